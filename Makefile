@@ -1,0 +1,49 @@
+# magic-ip — `make help` lists the targets.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+
+CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/magic-ip
+export ASSETS_CACHE := $(CACHE)
+CONTROLLER_GEN_VERSION := v0.23.0
+CONTROLLER_GEN := $(CACHE)/bin/controller-gen-$(CONTROLLER_GEN_VERSION)
+export CONTROLLER_GEN
+GO_TEST_FLAGS ?=
+CRD_DIR := manifests/crd
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build magic-ip-agent and magic-ip-webhook into bin/.
+	go build -o bin/ ./cmd/...
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
+	$(CONTROLLER_GEN) object paths=./api/...
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate the MagicIP CRD into manifests/crd.
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=$(CRD_DIR)
+
+$(CONTROLLER_GEN): test/tools/codegen/go.mod
+	mkdir -p $(dir $@)
+	cd test/tools/codegen && go build -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
+
+.PHONY: envtest-assets
+envtest-assets: ## Build kube-apiserver, etcd and kubectl for tests (cached by version; ~6 min cold).
+	@hack/envtest-assets.sh >/dev/null
+
+.PHONY: prereqs
+prereqs: ## Install the system packages tests and the demo need (apt: iptables, iproute2, ...).
+	@hack/prereqs.sh
+
+.PHONY: test
+test: prereqs envtest-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part).
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 60m $(GO_TEST_FLAGS) ./...
+
+.PHONY: verify
+verify: $(CONTROLLER_GEN) ## gofmt, go vet, and generated files up to date.
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	go vet ./...
+	go test -count=1 -run TestGeneratedFilesUpToDate ./api/...

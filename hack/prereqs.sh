@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the demo need, when missing (Debian/Ubuntu, as root).
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables-restore >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v make >/dev/null || need+=(make)
+[[ ${#need[@]} -eq 0 ]] && exit 0
+if [[ $(id -u) -ne 0 ]]; then
+	echo "prereqs: missing ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2
+	exit 0 # tests that need them skip (or fail under CI) with the reason
+fi
+if ! command -v apt-get >/dev/null; then
+	echo "prereqs: missing ${need[*]} and no apt-get: install them with your package manager" >&2
+	exit 1
+fi
+echo "prereqs: installing ${need[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2

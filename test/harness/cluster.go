@@ -1,0 +1,206 @@
+package harness
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Addressing of a simulated cluster. Everything lives in network namespaces the harness creates;
+// the machine's root namespace has no link or route to any of it.
+const (
+	// UnderlayBridge joins the node uplinks inside the cluster's underlay namespace.
+	UnderlayBridge = "br0"
+	// PodBridge is each node's pod bridge.
+	PodBridge = "cni0"
+	// UplinkName is the node's uplink interface (to the underlay).
+	UplinkName = "eth0"
+	// underlayPrefix is the node uplink network: node i is .10+i; "outside" hosts are .200+.
+	underlayPrefix = "172.20.0."
+)
+
+// Cluster is a set of simulated nodes: one network namespace each, a cni0 bridge with a pod CIDR
+// 10.244.<i>.0/24, an uplink eth0 (172.20.0.<10+i>) on a shared underlay bridge, routes to the other
+// nodes' pod CIDRs, ip_forward=1, the API server reachable on the same 127.0.0.1 port as in the root
+// namespace, and a Node object in the API.
+type Cluster struct {
+	// Name is unique per test; node names and namespace names derive from it.
+	Name  string
+	Nodes []*Node
+	CP    *ControlPlane
+
+	t        testing.TB
+	underlay *Netns
+	mu       sync.Mutex
+	outsides int
+}
+
+// ClusterOptions configure NewCluster.
+type ClusterOptions struct {
+	Nodes int
+	// Name overrides the generated cluster name (default: derived from the test name).
+	Name string
+}
+
+// NewCluster builds the nodes and registers their teardown with t.Cleanup.
+func NewCluster(t testing.TB, cp *ControlPlane, opts ClusterOptions) *Cluster {
+	t.Helper()
+	RequireRoot(t)
+	if opts.Name == "" {
+		opts.Name = shortName("c", t.Name())
+	}
+	c := &Cluster{Name: opts.Name, CP: cp, t: t}
+	var err error
+	if c.underlay, err = NewNetns(c.netnsName("underlay")); err != nil {
+		t.Fatalf("cluster %s: %v", c.Name, err)
+	}
+	t.Cleanup(func() {
+		if err := c.underlay.Delete(); err != nil {
+			t.Errorf("cluster %s: %v", c.Name, err)
+		}
+	})
+	if err := c.underlay.withHandle(func(h *netlink.Handle) error {
+		return addBridge(h, UnderlayBridge, nil)
+	}); err != nil {
+		t.Fatalf("cluster %s: underlay: %v", c.Name, err)
+	}
+	for i := 1; i <= opts.Nodes; i++ {
+		n, err := c.addNode(i)
+		if err != nil {
+			t.Fatalf("cluster %s: node %d: %v", c.Name, i, err)
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	for _, n := range c.Nodes {
+		if err := n.routeToPeers(c.Nodes); err != nil {
+			t.Fatalf("cluster %s: %v", c.Name, err)
+		}
+	}
+	return c
+}
+
+// netnsName is the namespace name for a part of this cluster: <run prefix>-<cluster>-<part>.
+func (c *Cluster) netnsName(part string) string {
+	return RunPrefix() + "-" + c.Name + "-" + part
+}
+
+// Outside is a host on the node uplink network that is not part of any node: traffic from it to a
+// magic IP must never reach a producer.
+type Outside struct {
+	Netns *Netns
+	IP    net.IP
+}
+
+// AddOutside creates an outside host on the underlay with a route for dst (e.g. a magic IP/32)
+// through node's uplink address, as a neighbouring machine on the node's network could have.
+func (c *Cluster) AddOutside(node *Node, dst *net.IPNet) *Outside {
+	c.t.Helper()
+	c.mu.Lock()
+	c.outsides++
+	i := c.outsides
+	c.mu.Unlock()
+	ns, err := NewNetns(c.netnsName(fmt.Sprintf("outside%d", i)))
+	if err != nil {
+		c.t.Fatalf("outside: %v", err)
+	}
+	c.t.Cleanup(func() {
+		if err := ns.Delete(); err != nil {
+			c.t.Errorf("outside: %v", err)
+		}
+	})
+	o := &Outside{Netns: ns, IP: net.ParseIP(fmt.Sprintf("%s%d", underlayPrefix, 200+i))}
+	if err := c.plugUplink(ns, fmt.Sprintf("out%d", i), o.IP); err != nil {
+		c.t.Fatalf("outside: %v", err)
+	}
+	if err := ns.withHandle(func(h *netlink.Handle) error {
+		return h.RouteAdd(&netlink.Route{Dst: dst, Gw: node.IP})
+	}); err != nil {
+		c.t.Fatalf("outside: route %s via %s: %v", dst, node.IP, err)
+	}
+	return o
+}
+
+// plugUplink connects ns to the underlay bridge with a veth (ns side "eth0", address ip/24).
+func (c *Cluster) plugUplink(ns *Netns, underlaySide string, ip net.IP) error {
+	err := c.underlay.withHandle(func(h *netlink.Handle) error {
+		br, err := h.LinkByName(UnderlayBridge)
+		if err != nil {
+			return err
+		}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: underlaySide, MasterIndex: br.Attrs().Index},
+			PeerName:      UplinkName,
+			PeerNamespace: netlink.NsFd(int(ns.handle)),
+		}
+		if err := h.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", underlaySide, err)
+		}
+		return h.LinkSetUp(veth)
+	})
+	if err != nil {
+		return fmt.Errorf("uplink of %s: %w", ns.Name, err)
+	}
+	return ns.withHandle(func(h *netlink.Handle) error {
+		return linkUpWithAddr(h, UplinkName, &net.IPNet{IP: ip, Mask: net.CIDRMask(24, 32)})
+	})
+}
+
+// addBridge creates a bridge, optionally with an address, and sets it up.
+func addBridge(h *netlink.Handle, name string, addr *net.IPNet) error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if err := h.LinkAdd(br); err != nil {
+		return fmt.Errorf("add bridge %s: %w", name, err)
+	}
+	return linkUpWithAddr(h, name, addr)
+}
+
+// linkUpWithAddr adds addr (when not nil) to the link and sets it up.
+func linkUpWithAddr(h *netlink.Handle, name string, addr *net.IPNet) error {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	if addr != nil {
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: addr}); err != nil {
+			return fmt.Errorf("add %s to %s: %w", addr, name, err)
+		}
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}
+
+// shortName is prefix + 6 hex digits of a hash of s: stable, short and unique enough for names.
+func shortName(prefix, s string) string {
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return fmt.Sprintf("%s%06x", prefix, h.Sum32()&0xffffff)
+}
+
+// nodeObject is the Node as a kubelet would register it.
+func nodeObject(n *Node) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
+			"kubernetes.io/hostname": n.Name, "magic-ip.dev/test-cluster": n.cluster.Name,
+		}},
+		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+	}
+}
+
+func setNodeStatus(n *Node, node *corev1.Node) {
+	node.Status.Addresses = []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: n.IP.String()},
+		{Type: corev1.NodeHostName, Address: n.Name},
+	}
+	node.Status.Conditions = []corev1.NodeCondition{{
+		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(),
+	}}
+}

@@ -1,0 +1,205 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ServeTCP runs a TCP server inside the namespace on port (all addresses) that greets every
+// connection with "<name>\n" and then echoes what it receives. Stopped in t.Cleanup.
+func (n *Netns) ServeTCP(t testing.TB, port int, name string) {
+	t.Helper()
+	var ln net.Listener
+	if err := n.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatalf("tcp server %s on %s:%d: %v", name, n.Name, port, err)
+	}
+	var wg sync.WaitGroup
+	conns := newConnSet()
+	t.Cleanup(func() {
+		ln.Close()
+		conns.closeAll()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.add(c)
+			wg.Go(func() {
+				defer conns.remove(c)
+				if _, err := io.WriteString(c, name+"\n"); err == nil {
+					_, _ = io.Copy(c, c)
+				}
+			})
+		}
+	})
+}
+
+// ServeUDP runs a UDP server inside the namespace on port that answers every datagram with
+// "<name>". Stopped in t.Cleanup.
+func (n *Netns) ServeUDP(t testing.TB, port int, name string) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := n.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatalf("udp server %s on %s:%d: %v", name, n.Name, port, err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(name), from)
+		}
+	})
+}
+
+// DialTCP connects from inside the namespace to addr and returns the greeting (the answering
+// server's name). The context bounds the whole exchange.
+func (n *Netns) DialTCP(ctx context.Context, addr string) (string, error) {
+	var c net.Conn
+	if err := n.Do(func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read greeting from %s: %w", addr, err)
+	}
+	return strings.TrimSuffix(line, "\n"), nil
+}
+
+// UDPClient is a UDP socket opened inside a namespace and kept, as a client that reuses its socket
+// (a DogStatsD client, say) does.
+type UDPClient struct {
+	conn *net.UDPConn
+}
+
+// DialUDP opens a connected UDP socket from inside the namespace to addr. Close it when done.
+func (n *Netns) DialUDP(addr string) (*UDPClient, error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	var c *net.UDPConn
+	if err := n.Do(func() (err error) {
+		c, err = net.DialUDP("udp", nil, raddr)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return &UDPClient{conn: c}, nil
+}
+
+// Exchange sends one datagram and waits for one answer until the context ends; it returns the
+// answering server's name.
+func (u *UDPClient) Exchange(ctx context.Context) (string, error) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(time.Second)
+	}
+	if err := u.conn.SetDeadline(dl); err != nil {
+		return "", err
+	}
+	if _, err := u.conn.Write([]byte("ping")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 512)
+	m, err := u.conn.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:m]), nil
+}
+
+// Close closes the socket.
+func (u *UDPClient) Close() error { return u.conn.Close() }
+
+// ExchangeUDP sends one datagram from a fresh socket inside the namespace and returns the answer.
+func (n *Netns) ExchangeUDP(ctx context.Context, addr string) (string, error) {
+	u, err := n.DialUDP(addr)
+	if err != nil {
+		return "", err
+	}
+	defer u.Close()
+	return u.Exchange(ctx)
+}
+
+// Outcome classifies a dial result for assertions: "answered", "refused", "timeout",
+// "unreachable" or "error: ...".
+func Outcome(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "answered"
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET):
+		return "refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	default:
+		return "error: " + err.Error()
+	}
+}
+
+// connSet tracks open connections so a server can close them on shutdown.
+type connSet struct {
+	mu sync.Mutex
+	m  map[net.Conn]struct{}
+}
+
+func newConnSet() *connSet { return &connSet{m: map[net.Conn]struct{}{}} }
+
+func (s *connSet) add(c net.Conn) {
+	s.mu.Lock()
+	s.m[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.m {
+		c.Close()
+	}
+}

@@ -1,0 +1,175 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Node is a simulated node: a network namespace with an uplink, a pod bridge and a Node object.
+type Node struct {
+	Name  string
+	Index int
+	Netns *Netns
+	// IP is the node's uplink (InternalIP) address.
+	IP net.IP
+	// PodCIDR is 10.244.<Index>.0/24; Gateway (.1) sits on cni0.
+	PodCIDR *net.IPNet
+	Gateway net.IP
+
+	cluster *Cluster
+	mu      sync.Mutex
+	nextIP  int
+}
+
+func (c *Cluster) addNode(i int) (*Node, error) {
+	n := &Node{
+		Name:    fmt.Sprintf("%s-node-%d", c.Name, i),
+		Index:   i,
+		IP:      net.ParseIP(fmt.Sprintf("%s%d", underlayPrefix, 10+i)).To4(),
+		PodCIDR: &net.IPNet{IP: net.IPv4(10, 244, byte(i), 0).To4(), Mask: net.CIDRMask(24, 32)},
+		Gateway: net.IPv4(10, 244, byte(i), 1).To4(),
+		cluster: c,
+		nextIP:  10,
+	}
+	ns, err := NewNetns(c.netnsName(fmt.Sprintf("node%d", i)))
+	if err != nil {
+		return nil, err
+	}
+	n.Netns = ns
+	c.t.Cleanup(func() {
+		if err := ns.Delete(); err != nil {
+			c.t.Errorf("node %s: %v", n.Name, err)
+		}
+	})
+	if err := c.plugUplink(ns, fmt.Sprintf("up%d", i), n.IP); err != nil {
+		return nil, err
+	}
+	if err := ns.withHandle(func(h *netlink.Handle) error {
+		return addBridge(h, PodBridge, &net.IPNet{IP: n.Gateway, Mask: n.PodCIDR.Mask})
+	}); err != nil {
+		return nil, err
+	}
+	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	if err := n.forwardAPIServer(); err != nil {
+		return nil, err
+	}
+	return n, n.register(c.t.Context())
+}
+
+// register creates the Node object with an InternalIP address and a Ready condition.
+func (n *Node) register(ctx context.Context) error {
+	obj := nodeObject(n)
+	if err := n.cluster.CP.Client.Create(ctx, obj); err != nil {
+		return fmt.Errorf("create Node %s: %w", n.Name, err)
+	}
+	setNodeStatus(n, obj)
+	if err := n.cluster.CP.Client.Status().Update(ctx, obj); err != nil {
+		return fmt.Errorf("update Node %s status: %w", n.Name, err)
+	}
+	return nil
+}
+
+// routeToPeers adds a route to every other node's pod CIDR via that node's uplink address.
+func (n *Node) routeToPeers(nodes []*Node) error {
+	return n.Netns.withHandle(func(h *netlink.Handle) error {
+		for _, p := range nodes {
+			if p == n {
+				continue
+			}
+			if err := h.RouteAdd(&netlink.Route{Dst: p.PodCIDR, Gw: p.IP}); err != nil {
+				return fmt.Errorf("node %s: route %s via %s: %w", n.Name, p.PodCIDR, p.IP, err)
+			}
+		}
+		return nil
+	})
+}
+
+// forwardAPIServer listens on 127.0.0.1:<api port> inside the node namespace and forwards every
+// connection to the API server on the root namespace's loopback, so the admin kubeconfig works
+// unchanged for processes run inside the node.
+func (n *Node) forwardAPIServer() error {
+	port, err := n.cluster.CP.APIPort()
+	if err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	var ln net.Listener
+	if err := n.Netns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		return fmt.Errorf("node %s: API forwarder: %w", n.Name, err)
+	}
+	var wg sync.WaitGroup
+	conns := newConnSet()
+	n.cluster.t.Cleanup(func() {
+		ln.Close()
+		conns.closeAll()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.add(in)
+			wg.Go(func() {
+				defer conns.remove(in)
+				proxy(in, addr)
+			})
+		}
+	})
+	return nil
+}
+
+// proxy copies between in and a new connection to addr (dialed from the root namespace: this
+// goroutine never entered another namespace) until either side closes.
+func proxy(in net.Conn, addr string) {
+	out, err := net.Dial("tcp", addr)
+	if err != nil {
+		return
+	}
+	defer out.Close()
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(out, in)
+	go cp(in, out)
+	<-done
+	<-done
+}
+
+// allocIP hands out the next pod address in the node's CIDR.
+func (n *Node) allocIP() (net.IP, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.nextIP > 250 {
+		return nil, errors.New("pod CIDR exhausted")
+	}
+	ip := net.IPv4(10, 244, byte(n.Index), byte(n.nextIP)).To4()
+	n.nextIP++
+	return ip, nil
+}
+
+// Object returns the node's current Node object.
+func (n *Node) Object(ctx context.Context) (*corev1.Node, error) {
+	obj := nodeObject(n)
+	err := n.cluster.CP.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj)
+	return obj, err
+}
