@@ -1,0 +1,150 @@
+// Package agent programs one node so that its magic IPs reach a Ready producer on the same node.
+//
+// The core is pure: Desired turns the MagicIPs and this node's pods into a State (plain data);
+// rendering turns a State into iptables-restore input; the kernel side applies it in one step.
+package agent
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+// State is what the node should look like: addresses per interface and one Service per served
+// port. Everything is sorted, so equal inputs give equal States.
+type State struct {
+	// Addresses maps a host interface to the magic addresses it carries.
+	Addresses map[string][]netip.Addr
+	Services  []Service
+	// Conflicts: MagicIPs ignored because an older one claims their address+port+protocol.
+	Conflicts map[string]v1alpha1.Conflict
+	// Invalid: MagicIPs ignored because they cannot be programmed, with the reason.
+	Invalid map[string]string
+}
+
+// Service is one MagicIP port on this node.
+type Service struct {
+	MagicIP  string
+	PortName string
+	Address  netip.Addr
+	Port     int32
+	Protocol v1alpha1.Protocol
+	// WhenNoProducer applies when Endpoints is empty, and to traffic that was not redirected.
+	WhenNoProducer v1alpha1.NoLocalProducerAction
+	// Endpoints are the Ready local producers, sorted by IP.
+	Endpoints []Endpoint
+}
+
+// Endpoint is one producer pod's address and target port.
+type Endpoint struct {
+	Pod  string // namespace/name
+	Addr netip.AddrPort
+}
+
+// Key names the service for comments and chain names: "<magicip>:<port name>".
+func (s Service) Key() string { return s.MagicIP + ":" + s.PortName }
+
+// Desired computes the node's State from all MagicIPs and the pods bound to this node.
+// defaultInterface is used for MagicIPs that do not name a hostInterface.
+func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterface string) State {
+	st := State{Addresses: map[string][]netip.Addr{}, Invalid: map[string]string{}}
+	accepted, conflicts := v1alpha1.ResolveClaims(mips)
+	st.Conflicts = conflicts
+	for _, m := range mips {
+		if _, err := netip.ParseAddr(m.Spec.Address); err != nil {
+			st.Invalid[m.Name] = fmt.Sprintf("address %q: %v", m.Spec.Address, err)
+		}
+	}
+	for _, m := range accepted {
+		addr := netip.MustParseAddr(m.Spec.Address).Unmap()
+		eps, err := producers(m, pods, nodeName, addr.Is4())
+		if err != nil {
+			st.Invalid[m.Name] = err.Error()
+			continue
+		}
+		iface := cmp.Or(m.Spec.HostInterface, defaultInterface)
+		if !slices.Contains(st.Addresses[iface], addr) {
+			st.Addresses[iface] = append(st.Addresses[iface], addr)
+		}
+		for _, p := range m.Spec.Ports {
+			svc := Service{
+				MagicIP: m.Name, PortName: p.Name, Address: addr, Port: p.Port,
+				Protocol: p.EffectiveProtocol(), WhenNoProducer: m.Spec.EffectiveWhenNoLocalProducer(),
+			}
+			for _, ep := range eps {
+				svc.Endpoints = append(svc.Endpoints, Endpoint{Pod: ep.pod, Addr: netip.AddrPortFrom(ep.ip, uint16(p.EffectiveTargetPort()))})
+			}
+			st.Services = append(st.Services, svc)
+		}
+	}
+	for _, a := range st.Addresses {
+		slices.SortFunc(a, netip.Addr.Compare)
+	}
+	slices.SortFunc(st.Services, func(a, b Service) int {
+		return cmp.Or(a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+	})
+	return st
+}
+
+type producer struct {
+	pod string
+	ip  netip.Addr
+}
+
+// producers are m's pods on this node: in the producer namespace, matching the selector, Ready,
+// not terminating, with an IP of the address family wanted. Sorted by IP.
+func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) ([]producer, error) {
+	sel, err := metav1.LabelSelectorAsSelector(m.Spec.Producer.Selector.AsLabelSelector())
+	if err != nil {
+		return nil, fmt.Errorf("producer selector: %w", err)
+	}
+	if sel.Empty() {
+		return nil, fmt.Errorf("producer selector is empty")
+	}
+	var out []producer
+	for i := range pods {
+		p := &pods[i]
+		if p.Namespace != m.Spec.Producer.Namespace || p.Spec.NodeName != nodeName ||
+			p.DeletionTimestamp != nil || !isReady(p) || !sel.Matches(labels.Set(p.Labels)) {
+			continue
+		}
+		if ip, ok := podIP(p, v4); ok {
+			out = append(out, producer{pod: p.Namespace + "/" + p.Name, ip: ip})
+		}
+	}
+	slices.SortFunc(out, func(a, b producer) int { return a.ip.Compare(b.ip) })
+	return out, nil
+}
+
+func isReady(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podIP is the pod's first IP of the wanted family.
+func podIP(p *corev1.Pod, v4 bool) (netip.Addr, bool) {
+	ips := []string{p.Status.PodIP}
+	for _, x := range p.Status.PodIPs {
+		ips = append(ips, x.IP)
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Unmap().Is4() == v4 {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}

@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Sysctl reads and writes /proc/sys in the agent's network namespace.
+type Sysctl struct{ Root string }
+
+func (s Sysctl) path(key string) string {
+	return s.Root + "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+}
+
+// Get reads a sysctl.
+func (s Sysctl) Get(key string) (string, error) {
+	b, err := os.ReadFile(s.path(key))
+	return strings.TrimSpace(string(b)), err
+}
+
+// Set writes a sysctl.
+func (s Sysctl) Set(key, value string) error {
+	return os.WriteFile(s.path(key), []byte(value), 0o644)
+}
+
+const (
+	sysctlBridgeNF  = "net.bridge.bridge-nf-call-iptables"
+	sysctlIPForward = "net.ipv4.ip_forward"
+)
+
+// EnsureNodeSysctls makes bridged pod traffic pass iptables (without it a consumer and a producer
+// on the same bridge hang: the producer's reply is bridged straight back and never un-NATed) and
+// checks that the node forwards IPv4. It returns what it changed and what is wrong.
+func EnsureNodeSysctls(s Sysctl) (changed []string, problems []error) {
+	switch v, err := s.Get(sysctlBridgeNF); {
+	case errors.Is(err, os.ErrNotExist):
+		problems = append(problems, fmt.Errorf("%s is missing: br_netfilter is not loaded, so a consumer and a producer on the same bridge cannot talk through a magic IP (modprobe br_netfilter)", sysctlBridgeNF))
+	case err != nil:
+		problems = append(problems, fmt.Errorf("read %s: %w", sysctlBridgeNF, err))
+	case v != "1":
+		if err := s.Set(sysctlBridgeNF, "1"); err != nil {
+			problems = append(problems, fmt.Errorf("set %s=1: %w", sysctlBridgeNF, err))
+		} else {
+			changed = append(changed, sysctlBridgeNF+"=1")
+		}
+	}
+	if v, err := s.Get(sysctlIPForward); err != nil || v != "1" {
+		problems = append(problems, fmt.Errorf("%s is %q (err %v): pods cannot be redirected to producers until it is 1", sysctlIPForward, v, err))
+	}
+	return changed, problems
+}
+
+// FlushConntrack deletes the conntrack entries of flows sent to addr:port over UDP, so that
+// clients reusing a socket are redirected afresh (to the new producer, or refused) instead of
+// following a stale entry forever.
+func FlushConntrack(h *netlink.Handle, addr netip.Addr, port int32) (uint, error) {
+	f := &netlink.ConntrackFilter{}
+	family := netlink.InetFamily(unix.AF_INET)
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	if err := errors.Join(
+		f.AddProtocol(unix.IPPROTO_UDP),
+		f.AddIP(netlink.ConntrackOrigDstIP, addr.AsSlice()),
+		f.AddPort(netlink.ConntrackOrigDstPort, uint16(port)),
+	); err != nil {
+		return 0, err
+	}
+	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)
+	if err != nil {
+		return n, fmt.Errorf("delete conntrack entries for %s:%d/UDP: %w", addr, port, err)
+	}
+	return n, nil
+}

@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the agent's Prometheus metrics. Create them with NewMetrics and register them once.
+type Metrics struct {
+	SyncDuration   prometheus.Histogram
+	SyncErrors     prometheus.Counter
+	IptablesExecs  prometheus.Counter
+	EventToApplied prometheus.Histogram
+	DriftRepairs   prometheus.Counter
+	Producers      *prometheus.GaugeVec
+	Problems       *prometheus.GaugeVec
+}
+
+// NewMetrics creates the metrics (unregistered).
+func NewMetrics() *Metrics {
+	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	return &Metrics{
+		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "magic_ip_agent_sync_duration_seconds", Help: "Time to apply the desired state to the node.", Buckets: buckets}),
+		SyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "magic_ip_agent_sync_errors_total", Help: "Syncs that failed (they are retried with backoff)."}),
+		IptablesExecs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "magic_ip_agent_iptables_execs_total", Help: "iptables-save and iptables-restore processes run."}),
+		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "magic_ip_agent_event_to_applied_seconds", Help: "From a pod or MagicIP change being observed to the rules that reflect it being applied.", Buckets: buckets}),
+		DriftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "magic_ip_agent_drift_repairs_total", Help: "Full syncs that found our rules changed behind our back and restored them."}),
+		Producers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "magic_ip_agent_programmed_producers", Help: "Local producers programmed per MagicIP and port."}, []string{"magicip", "port"}),
+		Problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "magic_ip_agent_magicip_problems", Help: "1 when a MagicIP is not served on this node, by reason (Conflict, Invalid, InterfaceUnavailable)."}, []string{"magicip", "reason"}),
+	}
+}
+
+// Register adds the metrics to reg.
+func (m *Metrics) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.IptablesExecs, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Metrics) observeSync(d time.Duration, execs int64) {
+	m.SyncDuration.Observe(d.Seconds())
+	m.IptablesExecs.Add(float64(execs))
+}
+
+func (m *Metrics) setProducers(st State) {
+	m.Producers.Reset()
+	for _, s := range st.Services {
+		m.Producers.WithLabelValues(s.MagicIP, s.PortName).Set(float64(len(s.Endpoints)))
+	}
+}
+
+func (m *Metrics) setProblems(problems map[string]string) {
+	m.Problems.Reset()
+	for name, p := range problems {
+		reason, _, _ := strings.Cut(p, "|")
+		m.Problems.WithLabelValues(name, reason).Set(1)
+	}
+}

@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+// Chains we own. Everything we create starts with ChainPrefix; nothing else is ever touched.
+const (
+	ChainPrefix     = "MAGIC-IP-"
+	chainPrerouting = "MAGIC-IP-PREROUTING"
+	chainOutput     = "MAGIC-IP-OUTPUT"
+	chainServices   = "MAGIC-IP-SERVICES"
+	chainInput      = "MAGIC-IP-INPUT"
+	svcChainPrefix  = "MAGIC-IP-SVC-"
+)
+
+// Jump is a rule in a built-in chain that sends packets to one of our chains; it must be first.
+type Jump struct {
+	Table, Chain, Target, Comment string
+}
+
+// Jumps are our entry points: nat PREROUTING (pods), nat OUTPUT (the node and host-network pods)
+// and filter INPUT (refuse what was not redirected).
+var Jumps = []Jump{
+	{"nat", "PREROUTING", chainPrerouting, "magic-ip: node-local redirects"},
+	{"nat", "OUTPUT", chainOutput, "magic-ip: node-local redirects for host clients"},
+	{"filter", "INPUT", chainInput, "magic-ip: refuse what was not redirected"},
+}
+
+// Spec renders as iptables-restore arguments (after "-A PREROUTING" or "-I PREROUTING 1").
+func (j Jump) Spec() []string {
+	return []string{"-m", "comment", "--comment", j.Comment, "-j", j.Target}
+}
+
+// IsOurs reports whether a chain name is one of ours.
+func IsOurs(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) }
+
+// svcChain names the chain of one service: prefix + a short hash of what it serves.
+func svcChain(s Service) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", s.Key(), s.Address, s.Port, s.Protocol))
+	return svcChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
+}
+
+// Ruleset is the rendered content of our chains per table, in iptables-restore syntax.
+type Ruleset struct {
+	// Chains maps table → chain → rules (each rule without the "-A CHAIN" head).
+	Chains map[string]map[string][]string
+}
+
+// Render turns a State into our chains. externalIfaces are the node's uplinks: traffic arriving
+// there is from outside the node and is never redirected.
+func Render(st State, externalIfaces []string) Ruleset {
+	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainServices: nil}
+	filter := map[string][]string{chainInput: nil}
+	for _, ifc := range externalIfaces {
+		nat[chainPrerouting] = append(nat[chainPrerouting],
+			fmt.Sprintf(`-i %s -m comment --comment "external interface: not node-local" -j RETURN`, ifc))
+	}
+	var addrs []netip.Addr
+	for _, s := range st.Services {
+		if !slices.Contains(addrs, s.Address) {
+			addrs = append(addrs, s.Address)
+		}
+	}
+	for _, a := range addrs {
+		for _, ch := range []string{chainPrerouting, chainOutput} {
+			nat[ch] = append(nat[ch], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
+		}
+	}
+	for _, s := range st.Services {
+		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
+		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s -m comment --comment "%s: not redirected" %s`, match, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
+		if len(s.Endpoints) == 0 {
+			continue
+		}
+		chain := svcChain(s)
+		nat[chainServices] = append(nat[chainServices], fmt.Sprintf(`%s -m comment --comment "%s" -j %s`, match, s.Key(), chain))
+		nat[chain] = endpointRules(s)
+	}
+	// Any other port on a magic address is refused too: the address serves only its declared ports.
+	for _, a := range addrs {
+		for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
+			filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`-d %s -p %s -m comment --comment "%s: undeclared port" %s`,
+				hostCIDR(a), proto(p), a, verdict(v1alpha1.Reject, p)))
+		}
+	}
+	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
+}
+
+// endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i).
+func endpointRules(s Service) []string {
+	n := len(s.Endpoints)
+	rules := make([]string, 0, n)
+	for i, ep := range s.Endpoints {
+		prob := ""
+		if left := n - i; left > 1 {
+			prob = fmt.Sprintf(" -m statistic --mode random --probability %.11f", 1/float64(left))
+		}
+		rules = append(rules, fmt.Sprintf(`-m comment --comment "%s -> %s"%s -j DNAT --to-destination %s`, s.Key(), ep.Pod, prob, ep.Addr))
+	}
+	return rules
+}
+
+func verdict(a v1alpha1.NoLocalProducerAction, p v1alpha1.Protocol) string {
+	switch {
+	case a == v1alpha1.Drop:
+		return "-j DROP"
+	case p == v1alpha1.ProtocolTCP:
+		return "-j REJECT --reject-with tcp-reset"
+	default:
+		return "-j REJECT --reject-with icmp-port-unreachable"
+	}
+}
+
+func proto(p v1alpha1.Protocol) string { return strings.ToLower(string(p)) }
+
+func hostCIDR(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
+
+// JumpFix puts a jump first in its built-in chain; Delete removes the misplaced one first.
+type JumpFix struct {
+	Jump
+	Delete bool
+}
+
+// Restore renders the iptables-restore --noflush input that makes the kernel hold exactly rs in
+// our chains: each of our chains is declared (which empties it) and refilled, stale chains of
+// ours (existing, not in rs) are emptied and deleted, and jumps that are missing or not first are
+// put first in their built-in chain — one transaction per table, nat before filter.
+func (rs Ruleset) Restore(existing map[string][]string, jumps []JumpFix) []byte {
+	var b bytes.Buffer
+	for _, table := range []string{"nat", "filter"} {
+		chains := rs.Chains[table]
+		names := sortedKeys(chains)
+		var stale []string
+		for _, c := range existing[table] {
+			if _, keep := chains[c]; !keep && IsOurs(c) {
+				stale = append(stale, c)
+			}
+		}
+		fmt.Fprintf(&b, "*%s\n", table)
+		for _, c := range append(slices.Clone(names), stale...) {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+		}
+		for _, c := range names {
+			for _, r := range chains[c] {
+				fmt.Fprintf(&b, "-A %s %s\n", c, r)
+			}
+		}
+		for _, c := range stale {
+			fmt.Fprintf(&b, "-X %s\n", c)
+		}
+		for _, j := range jumps {
+			if j.Table != table {
+				continue
+			}
+			if j.Delete {
+				fmt.Fprintf(&b, "-D %s %s\n", j.Chain, quoteArgs(j.Spec()))
+			}
+			fmt.Fprintf(&b, "-I %s 1 %s\n", j.Chain, quoteArgs(j.Spec()))
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes()
+}
+
+func quoteArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " \t\"") {
+			a = `"` + strings.ReplaceAll(a, `"`, `\"`) + `"`
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/go-logr/logr"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+// Syncer applies States to the node: addresses with netlink, rules with one iptables-restore,
+// then stale addresses and stale UDP conntrack entries. It remembers what it applied, so a sync
+// with nothing changed writes nothing.
+type Syncer struct {
+	Ipt   *Iptables
+	Links *Links
+	// ExternalInterfaces are the node's uplinks: traffic arriving there is never redirected.
+	ExternalInterfaces []string
+	Log                logr.Logger
+
+	last      []byte
+	lastRules Ruleset
+	lastState *State
+	dirty     bool
+}
+
+// SyncResult says what a sync did.
+type SyncResult struct {
+	// Wrote is true when iptables-restore ran.
+	Wrote bool
+	// Drift lists what a full sync found changed behind our back (and repaired).
+	Drift []string
+	// FailedInterfaces: interfaces the addresses could not be put on; their MagicIPs are not served.
+	FailedInterfaces map[string]error
+	// Unserved maps each MagicIP left out because of a failed interface to its interface.
+	Unserved map[string]string
+	// Flushed counts conntrack entries deleted.
+	Flushed uint
+	State   State
+}
+
+// Sync makes the node match st. full re-reads the kernel's rules to repair drift (at start and on
+// every resync); otherwise the last applied rules are trusted and an unchanged State costs no exec.
+func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, error) {
+	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
+	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
+	res.State = st
+	rules := Render(st, s.ExternalInterfaces)
+	content := rules.Restore(nil, nil)
+	full = full || s.dirty || s.lastState == nil
+
+	var input []byte
+	if full {
+		saved, err := s.Ipt.Save(ctx)
+		if err != nil {
+			s.dirty = true
+			return res, err
+		}
+		obs := ParseSave(saved)
+		if s.lastState != nil {
+			res.Drift = obs.Drifted(rules)
+		}
+		if len(res.Drift) > 0 || !bytes.Equal(content, s.last) {
+			input = rules.Restore(obs.Chains, obs.JumpFixes())
+		}
+	} else if !bytes.Equal(content, s.last) {
+		input = rules.Restore(map[string][]string{"nat": sortedKeys(s.lastRules.Chains["nat"]), "filter": sortedKeys(s.lastRules.Chains["filter"])}, nil)
+	}
+	if input != nil {
+		s.Log.V(9).Info("iptables-restore", "input", string(input))
+		if err := s.Ipt.Restore(ctx, input); err != nil {
+			s.dirty = true
+			return res, err
+		}
+		res.Wrote = true
+	}
+	if err := s.Links.RemoveStale(st.Addresses); err != nil {
+		s.dirty = true
+		return res, err
+	}
+	res.Flushed = s.flushConntrack(st)
+	s.last, s.lastRules, s.lastState, s.dirty = content, rules, &st, false
+	return res, nil
+}
+
+// flushConntrack deletes UDP conntrack entries for every UDP service whose producers changed (all
+// of them on the first sync: flows may predate the agent).
+func (s *Syncer) flushConntrack(st State) uint {
+	before := map[string][]Endpoint{}
+	if s.lastState != nil {
+		for _, svc := range s.lastState.Services {
+			before[udpKey(svc)] = svc.Endpoints
+		}
+	}
+	var total uint
+	for _, svc := range st.Services {
+		if svc.Protocol != v1alpha1.ProtocolUDP {
+			continue
+		}
+		if old, ok := before[udpKey(svc)]; ok && s.lastState != nil && slices.Equal(old, svc.Endpoints) {
+			continue
+		}
+		n, err := FlushConntrack(s.Links.h, svc.Address, svc.Port)
+		if err != nil {
+			s.Log.Error(err, "conntrack flush failed", "magicIP", svc.MagicIP, "port", svc.PortName)
+		}
+		total += n
+	}
+	return total
+}
+
+func udpKey(s Service) string { return fmt.Sprintf("%s:%d", s.Address, s.Port) }
+
+// withoutInterfaces drops the addresses and services of MagicIPs whose interface failed.
+func withoutInterfaces(st State, failed map[string]error) (State, map[string]string) {
+	if len(failed) == 0 {
+		return st, nil
+	}
+	gone := map[netip.Addr]string{}
+	for ifname := range failed {
+		for _, a := range st.Addresses[ifname] {
+			gone[a] = ifname
+		}
+	}
+	out := st
+	out.Addresses = maps.Clone(st.Addresses)
+	for ifname := range failed {
+		delete(out.Addresses, ifname)
+	}
+	out.Services = nil
+	unserved := map[string]string{}
+	for _, svc := range st.Services {
+		if ifname, ok := gone[svc.Address]; ok {
+			unserved[svc.MagicIP] = ifname
+			continue
+		}
+		out.Services = append(out.Services, svc)
+	}
+	return out, unserved
+}
+
+// Cleanup removes everything the agent owns on this node: jumps, chains, addresses, the dummy link.
+func Cleanup(ipt *Iptables, links *Links) error {
+	if err := ipt.Cleanup(); err != nil {
+		return err
+	}
+	return links.Cleanup()
+}
+

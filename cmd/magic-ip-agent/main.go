@@ -1,0 +1,53 @@
+// Command magic-ip-agent programs one node so that its magic IPs reach a Ready producer on the
+// same node. `magic-ip-agent cleanup` removes everything it put on the node.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap/zapcore"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/magic-ip/magic-ip/agent"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "magic-ip-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("magic-ip-agent", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: magic-ip-agent [flags]\n       magic-ip-agent cleanup   remove every rule, chain and address the agent owns (idempotent)\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var cfg agent.Config
+	cfg.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)))
+	if fs.Arg(0) == "cleanup" {
+		if err := agent.CleanupNode(); err != nil {
+			return err
+		}
+		log.Info("removed magic-ip rules, chains and addresses")
+		return nil
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return agent.Run(ctx, cfg, log)
+}
