@@ -73,7 +73,7 @@ type RestoreError struct {
 func (e *RestoreError) Error() string {
 	msg := fmt.Sprintf("iptables-restore: %v: %s", e.Err, e.Stderr)
 	var line int
-	if _, err := fmt.Sscanf(lastField(e.Stderr, "line "), "%d", &line); err == nil && line > 0 {
+	if _, err := fmt.Sscanf(lastField(e.Stderr, "line: "), "%d", &line); err == nil && line > 0 {
 		lines := strings.Split(string(e.Input), "\n")
 		if line <= len(lines) {
 			msg += fmt.Sprintf(" (line %d: %q)", line, lines[line-1])

@@ -17,6 +17,7 @@ const (
 	ChainPrefix     = "MAGIC-IP-"
 	chainPrerouting = "MAGIC-IP-PREROUTING"
 	chainOutput     = "MAGIC-IP-OUTPUT"
+	chainPost       = "MAGIC-IP-POSTROUTING"
 	chainServices   = "MAGIC-IP-SERVICES"
 	chainInput      = "MAGIC-IP-INPUT"
 	svcChainPrefix  = "MAGIC-IP-SVC-"
@@ -27,11 +28,12 @@ type Jump struct {
 	Table, Chain, Target, Comment string
 }
 
-// Jumps are our entry points: nat PREROUTING (pods), nat OUTPUT (the node and host-network pods)
-// and filter INPUT (refuse what was not redirected).
+// Jumps are our entry points: nat PREROUTING (pods), nat OUTPUT (the node and host-network pods),
+// nat POSTROUTING (source fix for host clients) and filter INPUT (refuse what was not redirected).
 var Jumps = []Jump{
 	{"nat", "PREROUTING", chainPrerouting, "magic-ip: node-local redirects"},
 	{"nat", "OUTPUT", chainOutput, "magic-ip: node-local redirects for host clients"},
+	{"nat", "POSTROUTING", chainPost, "magic-ip: host clients must not keep the magic IP as source"},
 	{"filter", "INPUT", chainInput, "magic-ip: refuse what was not redirected"},
 }
 
@@ -55,10 +57,15 @@ type Ruleset struct {
 	Chains map[string]map[string][]string
 }
 
+// notRedirected matches packets of connections that no DNAT touched: those still addressed to the
+// magic IP in filter INPUT are refused, while the replies of redirected host clients (addressed to
+// the magic IP again once un-NATed) pass.
+const notRedirected = "-m conntrack ! --ctstate DNAT"
+
 // Render turns a State into our chains. externalIfaces are the node's uplinks: traffic arriving
 // there is from outside the node and is never redirected.
 func Render(st State, externalIfaces []string) Ruleset {
-	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainServices: nil}
+	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainPost: nil, chainServices: nil}
 	filter := map[string][]string{chainInput: nil}
 	for _, ifc := range externalIfaces {
 		nat[chainPrerouting] = append(nat[chainPrerouting],
@@ -74,10 +81,15 @@ func Render(st State, externalIfaces []string) Ruleset {
 		for _, ch := range []string{chainPrerouting, chainOutput} {
 			nat[ch] = append(nat[ch], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
 		}
+		// A host client talking to a local address gets that address as its source. Once its
+		// packets are redirected to a pod, the pod's replies would come back with the node's own
+		// address as destination *and* (un-NATed) as source: dropped as martians. Masquerade them.
+		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
+			`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a))
 	}
 	for _, s := range st.Services {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
-		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s -m comment --comment "%s: not redirected" %s`, match, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
+		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s: not redirected" %s`, match, notRedirected, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
 		if len(s.Endpoints) == 0 {
 			continue
 		}
@@ -88,8 +100,8 @@ func Render(st State, externalIfaces []string) Ruleset {
 	// Any other port on a magic address is refused too: the address serves only its declared ports.
 	for _, a := range addrs {
 		for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
-			filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`-d %s -p %s -m comment --comment "%s: undeclared port" %s`,
-				hostCIDR(a), proto(p), a, verdict(v1alpha1.Reject, p)))
+			filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`-d %s -p %s %s -m comment --comment "%s: undeclared port" %s`,
+				hostCIDR(a), proto(p), notRedirected, a, verdict(v1alpha1.Reject, p)))
 		}
 	}
 	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
@@ -104,7 +116,7 @@ func endpointRules(s Service) []string {
 		if left := n - i; left > 1 {
 			prob = fmt.Sprintf(" -m statistic --mode random --probability %.11f", 1/float64(left))
 		}
-		rules = append(rules, fmt.Sprintf(`-m comment --comment "%s -> %s"%s -j DNAT --to-destination %s`, s.Key(), ep.Pod, prob, ep.Addr))
+		rules = append(rules, fmt.Sprintf(`-p %s -m comment --comment "%s -> %s"%s -j DNAT --to-destination %s`, proto(s.Protocol), s.Key(), ep.Pod, prob, ep.Addr))
 	}
 	return rules
 }

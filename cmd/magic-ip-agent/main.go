@@ -37,7 +37,7 @@ func run(args []string) error {
 		}
 		return err
 	}
-	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)))
+	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)), zap.StacktraceLevel(zapcore.PanicLevel))
 	if fs.Arg(0) == "cleanup" {
 		if err := agent.CleanupNode(); err != nil {
 			return err

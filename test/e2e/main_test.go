@@ -2,10 +2,27 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"testing"
 
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
-func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+// agentBin is the magic-ip-agent binary built once for the package: tests run the same binary
+// users deploy, one process per simulated node.
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "magic-ip-e2e-bin-")
+	if err == nil {
+		agentBin, err = harness.Build(dir, "./cmd/magic-ip-agent")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.Exit(1)
+	}
+	code := harness.Main(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
