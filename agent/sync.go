@@ -151,4 +151,3 @@ func Cleanup(ipt *Iptables, links *Links) error {
 	}
 	return links.Cleanup()
 }
-

@@ -7,6 +7,7 @@ import (
 )
 
 // Claim is one address+port+protocol that a MagicIP serves.
+// +kubebuilder:object:generate=false
 type Claim struct {
 	Address  netip.Addr
 	Port     int32
@@ -18,6 +19,7 @@ func (c Claim) String() string {
 }
 
 // Conflict says why a MagicIP lost: Winner already claims Claim.
+// +kubebuilder:object:generate=false
 type Conflict struct {
 	Claim  Claim
 	Winner string

@@ -34,7 +34,7 @@ func TestGeneratedFilesUpToDate(t *testing.T) {
 	}
 	for got, want := range map[string]string{
 		filepath.Join(scratch, "api", "v1alpha1", "zz_generated.deepcopy.go"): filepath.Join(root, "api", "v1alpha1", "zz_generated.deepcopy.go"),
-		filepath.Join(scratch, "crd", "magic-ip.dev_magicips.yaml"):          filepath.Join(root, "manifests", "crd", "magic-ip.dev_magicips.yaml"),
+		filepath.Join(scratch, "crd", "magic-ip.dev_magicips.yaml"):           filepath.Join(root, "manifests", "crd", "magic-ip.dev_magicips.yaml"),
 	} {
 		g, err1 := os.ReadFile(got)
 		w, err2 := os.ReadFile(want)

@@ -250,4 +250,3 @@ type MagicIPList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []MagicIP `json:"items"`
 }
-
