@@ -93,7 +93,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	start := time.Now()
 	execsBefore := r.Syncer.Ipt.Execs()
 	res, err := r.Syncer.Sync(ctx, st, full)
-	r.Metrics.observeSync(time.Since(start), r.Syncer.Ipt.Execs()-execsBefore)
+	r.Metrics.observeSync(time.Since(start), r.Syncer.Ipt.Execs()-execsBefore, res.Wrote)
 	if err != nil {
 		r.Metrics.SyncErrors.Inc()
 		r.mu.Lock()

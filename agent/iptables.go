@@ -187,6 +187,13 @@ func (o Observed) Drifted(rs Ruleset) []string {
 func (x *Iptables) Cleanup() error {
 	var errs []error
 	for _, j := range Jumps {
+		// A jump can only exist while its target chain does (and checking for it fails otherwise).
+		if ok, err := x.ipt.ChainExists(j.Table, j.Target); err != nil || !ok {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("check chain %s/%s: %w", j.Table, j.Target, err))
+			}
+			continue
+		}
 		if err := x.ipt.DeleteIfExists(j.Table, j.Chain, j.Spec()...); err != nil {
 			errs = append(errs, fmt.Errorf("delete jump %s/%s: %w", j.Table, j.Chain, err))
 		}

@@ -12,6 +12,7 @@ type Metrics struct {
 	SyncDuration   prometheus.Histogram
 	SyncErrors     prometheus.Counter
 	IptablesExecs  prometheus.Counter
+	RuleWrites     prometheus.Counter
 	EventToApplied prometheus.Histogram
 	DriftRepairs   prometheus.Counter
 	Producers      *prometheus.GaugeVec
@@ -28,6 +29,8 @@ func NewMetrics() *Metrics {
 			Name: "magic_ip_agent_sync_errors_total", Help: "Syncs that failed (they are retried with backoff)."}),
 		IptablesExecs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "magic_ip_agent_iptables_execs_total", Help: "iptables-save and iptables-restore processes run."}),
+		RuleWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "magic_ip_agent_rule_writes_total", Help: "Syncs that wrote rules (iptables-restore); a sync with nothing changed writes nothing."}),
 		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "magic_ip_agent_event_to_applied_seconds", Help: "From a pod or MagicIP change being observed to the rules that reflect it being applied.", Buckets: buckets}),
 		DriftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
@@ -41,7 +44,7 @@ func NewMetrics() *Metrics {
 
 // Register adds the metrics to reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.IptablesExecs, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems} {
+	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -49,9 +52,12 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 	return nil
 }
 
-func (m *Metrics) observeSync(d time.Duration, execs int64) {
+func (m *Metrics) observeSync(d time.Duration, execs int64, wrote bool) {
 	m.SyncDuration.Observe(d.Seconds())
 	m.IptablesExecs.Add(float64(execs))
+	if wrote {
+		m.RuleWrites.Inc()
+	}
 }
 
 func (m *Metrics) setProducers(st State) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net"
 	"os"
 	"strings"
@@ -202,4 +203,17 @@ func (s *connSet) closeAll() {
 	for c := range s.m {
 		c.Close()
 	}
+}
+
+// HTTPClient returns a client whose connections are opened inside the namespace.
+func (n *Netns) HTTPClient(timeout time.Duration) *http.Client {
+	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = n.Do(func() error {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 }

@@ -1,0 +1,440 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+// referenceState is one MagicIP with a TCP port served by two local producers and a UDP port
+// with none.
+func referenceState() State {
+	addr := netip.MustParseAddr(testAddr)
+	return State{
+		Addresses: map[string][]netip.Addr{testIface: {addr}},
+		Services: []Service{
+			{
+				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126,
+				Protocol: v1alpha1.ProtocolTCP, WhenNoProducer: v1alpha1.Reject,
+				Endpoints: []Endpoint{
+					{Pod: "datadog/agent-a", Addr: netip.MustParseAddrPort("10.244.1.5:8126")},
+					{Pod: "datadog/agent-b", Addr: netip.MustParseAddrPort("10.244.1.7:8126")},
+				},
+			},
+			{
+				MagicIP: "datadog", PortName: "dogstatsd", Address: addr, Port: 8125,
+				Protocol: v1alpha1.ProtocolUDP, WhenNoProducer: v1alpha1.Reject,
+			},
+		},
+	}
+}
+
+// referenceRestore is Render(referenceState(), ["eth0"]).Restore(nil, nil), checked line by line:
+//   - nat chains are declared (emptied) in name order, then filled;
+//   - the only svc chain is the TCP one: the UDP port has no producer, so no MAGIC-IP-SERVICES rule;
+//   - DNAT rules carry -p; the first of two matches with probability 0.5, the last always;
+//   - filter INPUT refuses what no DNAT touched: the UDP port keeps its rule, and undeclared ports
+//     of the address are refused too.
+const referenceRestore = `*nat
+:MAGIC-IP-OUTPUT - [0:0]
+:MAGIC-IP-POSTROUTING - [0:0]
+:MAGIC-IP-PREROUTING - [0:0]
+:MAGIC-IP-SERVICES - [0:0]
+:MAGIC-IP-SVC-BMDMKVQYRIDQ - [0:0]
+-A MAGIC-IP-OUTPUT -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
+-A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
+-A MAGIC-IP-PREROUTING -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-SERVICES -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-BMDMKVQYRIDQ
+-A MAGIC-IP-SVC-BMDMKVQYRIDQ -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.244.1.5:8126
+-A MAGIC-IP-SVC-BMDMKVQYRIDQ -p tcp -m comment --comment "datadog:apm -> datadog/agent-b" -j DNAT --to-destination 10.244.1.7:8126
+COMMIT
+*filter
+:MAGIC-IP-INPUT - [0:0]
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m conntrack ! --ctstate DNAT -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m udp --dport 8125 -m conntrack ! --ctstate DNAT -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp-port-unreachable
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m conntrack ! --ctstate DNAT -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with tcp-reset
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m conntrack ! --ctstate DNAT -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+`
+
+// diffLines reports the first lines where got and want differ (go-cmp is not a dependency).
+func diffLines(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	var b strings.Builder
+	for i := range max(len(g), len(w)) {
+		var gl, wl string
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if gl != wl {
+			fmt.Fprintf(&b, "line %d:\n  got  %q\n  want %q\n", i+1, gl, wl)
+		}
+	}
+	return b.String()
+}
+
+func TestRenderGolden(t *testing.T) {
+	got := string(Render(referenceState(), []string{"eth0"}).Restore(nil, nil))
+	if got != referenceRestore {
+		t.Errorf("Restore(nil, nil) differs from the reference:\n%s\nfull output:\n%s", diffLines(got, referenceRestore), got)
+	}
+}
+
+// sections splits restore input into the lines of each table, without the "*table" and COMMIT lines.
+func sections(t *testing.T, restore []byte) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	table := ""
+	for _, line := range strings.Split(strings.TrimSuffix(string(restore), "\n"), "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			if table != "" {
+				t.Fatalf("table %s opened before %s was committed", line, table)
+			}
+			table = line[1:]
+		case line == "COMMIT":
+			if table == "" {
+				t.Fatalf("COMMIT outside a table")
+			}
+			table = ""
+		case table == "":
+			t.Fatalf("line outside a table: %q", line)
+		default:
+			out[table] = append(out[table], line)
+		}
+	}
+	if table != "" {
+		t.Fatalf("table %s not committed", table)
+	}
+	return out
+}
+
+func manyEndpoints(n int) []Endpoint {
+	eps := make([]Endpoint, n)
+	for i := range eps {
+		eps[i] = Endpoint{Pod: fmt.Sprintf("datadog/agent-%d", i), Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, 1, byte(10 + i)}), 8126)}
+	}
+	return eps
+}
+
+func TestRenderProbabilities(t *testing.T) {
+	tests := map[string]struct {
+		endpoints int
+		want      []string // probability per rule, "" for none
+	}{
+		"one endpoint":    {1, []string{""}},
+		"two endpoints":   {2, []string{"0.50000000000", ""}},
+		"three endpoints": {3, []string{"0.33333333333", "0.50000000000", ""}},
+		"four endpoints":  {4, []string{"0.25000000000", "0.33333333333", "0.50000000000", ""}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			st := referenceState()
+			st.Services = st.Services[:1]
+			st.Services[0].Endpoints = manyEndpoints(tc.endpoints)
+			nat := Render(st, nil).Chains["nat"]
+			rules := nat[svcChain(st.Services[0])]
+			if len(rules) != tc.endpoints {
+				t.Fatalf("want %d DNAT rules, got %d: %q", tc.endpoints, len(rules), rules)
+			}
+			for i, r := range rules {
+				_, after, found := strings.Cut(r, "--probability ")
+				got := ""
+				if found {
+					got, _, _ = strings.Cut(after, " ")
+				}
+				if got != tc.want[i] {
+					t.Errorf("rule %d: probability %q, want %q: %s", i, got, tc.want[i], r)
+				}
+				wantDNAT := "-j DNAT --to-destination " + st.Services[0].Endpoints[i].Addr.String()
+				if !strings.HasPrefix(r, "-p tcp ") || !strings.HasSuffix(r, wantDNAT) {
+					t.Errorf("rule %d: want it to start with -p tcp and end with %q: %s", i, wantDNAT, r)
+				}
+			}
+		})
+	}
+}
+
+func TestRenderVerdicts(t *testing.T) {
+	tests := map[string]struct {
+		policy v1alpha1.NoLocalProducerAction
+		proto  v1alpha1.Protocol
+		want   string
+	}{
+		"reject TCP": {v1alpha1.Reject, v1alpha1.ProtocolTCP, "-j REJECT --reject-with tcp-reset"},
+		"reject UDP": {v1alpha1.Reject, v1alpha1.ProtocolUDP, "-j REJECT --reject-with icmp-port-unreachable"},
+		"drop TCP":   {v1alpha1.Drop, v1alpha1.ProtocolTCP, "-j DROP"},
+		"drop UDP":   {v1alpha1.Drop, v1alpha1.ProtocolUDP, "-j DROP"},
+	}
+	for name, tc := range tests {
+		for _, eps := range []int{0, 2} {
+			t.Run(fmt.Sprintf("%s/%d endpoints", name, eps), func(t *testing.T) {
+				s := Service{
+					MagicIP: "m", PortName: "p", Address: netip.MustParseAddr(testAddr), Port: 53,
+					Protocol: tc.proto, WhenNoProducer: tc.policy, Endpoints: manyEndpoints(eps),
+				}
+				input := Render(State{Services: []Service{s}}, nil).Chains["filter"][chainInput]
+				p := strings.ToLower(string(tc.proto))
+				wantRule := fmt.Sprintf(`-d 169.254.210.210/32 -p %s -m %s --dport 53 -m conntrack ! --ctstate DNAT -m comment --comment "m:p: not redirected" %s`, p, p, tc.want)
+				if len(input) == 0 || input[0] != wantRule {
+					t.Errorf("first INPUT rule:\n got %q\nwant %q", input, wantRule)
+				}
+				// Undeclared ports are always refused at once, whatever the policy.
+				for _, r := range input[1:] {
+					if !strings.Contains(r, "undeclared port") || strings.Contains(r, "DROP") {
+						t.Errorf("undeclared-port rule should reject: %s", r)
+					}
+				}
+				if len(input) != 3 {
+					t.Errorf("want 3 INPUT rules (service, undeclared TCP, undeclared UDP), got %d: %q", len(input), input)
+				}
+				_, hasSvc := Render(State{Services: []Service{s}}, nil).Chains["nat"][svcChain(s)]
+				if hasSvc != (eps > 0) {
+					t.Errorf("svc chain present = %v with %d endpoints", hasSvc, eps)
+				}
+			})
+		}
+	}
+}
+
+// bigState has services of every kind on two addresses, long names included.
+func bigState() State {
+	a1, a2 := netip.MustParseAddr(testAddr), netip.MustParseAddr("169.254.20.10")
+	long := strings.Repeat("very-long-magicip-name-", 10)
+	var svcs []Service
+	for i, a := range []netip.Addr{a1, a2} {
+		for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
+			svcs = append(svcs, Service{
+				MagicIP: long + fmt.Sprint(i), PortName: "port-with-long-n", Address: a, Port: 65535,
+				Protocol: p, WhenNoProducer: v1alpha1.Drop, Endpoints: manyEndpoints(3),
+			})
+		}
+	}
+	return State{Services: svcs}
+}
+
+func TestRenderChainNames(t *testing.T) {
+	rs := Render(bigState(), []string{"eth0", "ens5"})
+	n := 0
+	for table, chains := range rs.Chains {
+		for c, rules := range chains {
+			n++
+			if !strings.HasPrefix(c, ChainPrefix) || !IsOurs(c) {
+				t.Errorf("%s/%s: does not start with %s", table, c, ChainPrefix)
+			}
+			if len(c) > 28 {
+				t.Errorf("%s/%s: %d characters, iptables allows 28", table, c, len(c))
+			}
+			// Every jump from one of our chains goes to a chain we declare, or to a built-in target.
+			for _, r := range rules {
+				if _, target, ok := strings.Cut(r, "-j "); ok {
+					target, _, _ = strings.Cut(target, " ")
+					if _, declared := chains[target]; IsOurs(target) && !declared {
+						t.Errorf("%s/%s jumps to undeclared %s", table, c, target)
+					}
+				}
+			}
+		}
+	}
+	// 5 base chains + one svc chain per service.
+	if want := 5 + len(bigState().Services); n != want {
+		t.Errorf("want %d chains, got %d", want, n)
+	}
+	for _, j := range Jumps {
+		if _, ok := rs.Chains[j.Table][j.Target]; !ok {
+			t.Errorf("jump %s/%s targets %s, which Render does not declare", j.Table, j.Chain, j.Target)
+		}
+	}
+}
+
+func TestSvcChain(t *testing.T) {
+	base := referenceState().Services[0]
+	name := svcChain(base)
+	if !strings.HasPrefix(name, svcChainPrefix) || len(name) > 28 {
+		t.Fatalf("svcChain = %q: want prefix %s and at most 28 characters", name, svcChainPrefix)
+	}
+	same := base
+	same.Endpoints = manyEndpoints(4)
+	same.WhenNoProducer = v1alpha1.Drop
+	if got := svcChain(same); got != name {
+		t.Errorf("producers and policy changed the chain name: %s → %s (the chain should be stable)", name, got)
+	}
+	if got := svcChain(base); got != name {
+		t.Errorf("svcChain is not stable: %s then %s", name, got)
+	}
+	variants := map[string]func(*Service){
+		"other MagicIP": func(s *Service) { s.MagicIP = "other" },
+		"other port name": func(s *Service) { s.PortName = "other" },
+		"other address":   func(s *Service) { s.Address = netip.MustParseAddr("169.254.210.211") },
+		"other port":      func(s *Service) { s.Port = 8127 },
+		"other protocol":  func(s *Service) { s.Protocol = v1alpha1.ProtocolUDP },
+		"IPv6 address":    func(s *Service) { s.Address = netip.MustParseAddr("fe80::1") },
+	}
+	seen := map[string]string{name: "base"}
+	for vname, mod := range variants {
+		s := base
+		mod(&s)
+		got := svcChain(s)
+		if prev, dup := seen[got]; dup {
+			t.Errorf("%s and %s share the chain %s", vname, prev, got)
+		}
+		seen[got] = vname
+	}
+}
+
+func TestRestoreStaleChains(t *testing.T) {
+	rs := Render(referenceState(), []string{"eth0"})
+	existing := map[string][]string{
+		"nat":    {"MAGIC-IP-PREROUTING", "MAGIC-IP-SVC-OLD", "KUBE-SVC-X", svcChain(referenceState().Services[0])},
+		"filter": {"MAGIC-IP-INPUT", "MAGIC-IP-OLDINPUT", "KUBE-FIREWALL"},
+	}
+	out := restoreChecked(t, rs, existing, nil)
+	if strings.Contains(string(out), "KUBE-") {
+		t.Errorf("a foreign chain is touched:\n%s", out)
+	}
+	sec := sections(t, out)
+	for table, stale := range map[string]string{"nat": "MAGIC-IP-SVC-OLD", "filter": "MAGIC-IP-OLDINPUT"} {
+		lines := sec[table]
+		decl, del := slices.Index(lines, ":"+stale+" - [0:0]"), slices.Index(lines, "-X "+stale)
+		if decl < 0 || del < 0 || del < decl {
+			t.Errorf("%s: want %s declared (emptied) then deleted, got:\n%s", table, stale, strings.Join(lines, "\n"))
+		}
+		// After -X nothing may refer to the stale chain.
+		for _, l := range lines[del+1:] {
+			if strings.Contains(l, stale) {
+				t.Errorf("%s: %q after -X %s", table, l, stale)
+			}
+		}
+		var deleted []string
+		for _, l := range lines {
+			if c, ok := strings.CutPrefix(l, "-X "); ok {
+				deleted = append(deleted, c)
+			}
+		}
+		if !slices.Equal(deleted, []string{stale}) {
+			t.Errorf("%s: deleted %v, want only %s", table, deleted, stale)
+		}
+	}
+	// Without existing chains, the output is the same as before, minus the stale ones.
+	clean := restoreChecked(t, rs, nil, nil)
+	var kept []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if !strings.Contains(l, "OLD") {
+			kept = append(kept, l)
+		}
+	}
+	if got := strings.Join(kept, "\n"); got != string(clean) {
+		t.Errorf("stale chains changed more than their own lines:\n%s", diffLines(got, string(clean)))
+	}
+}
+
+// restoreChecked calls rs.Restore and checks the shape every restore input must have.
+func restoreChecked(t *testing.T, rs Ruleset, existing map[string][]string, jumps []JumpFix) []byte {
+	t.Helper()
+	out := rs.Restore(existing, jumps)
+	s := string(out)
+	if !strings.HasPrefix(s, "*nat\n") || strings.Count(s, "COMMIT\n") != 2 || !strings.HasSuffix(s, "COMMIT\n") {
+		t.Errorf("want *nat … COMMIT *filter … COMMIT, got:\n%s", s)
+	}
+	if n, f := strings.Index(s, "*nat\n"), strings.Index(s, "*filter\n"); n < 0 || f < 0 || f < n {
+		t.Errorf("nat must come before filter:\n%s", s)
+	}
+	return out
+}
+
+func TestRestoreJumpFixes(t *testing.T) {
+	rs := Render(referenceState(), nil)
+	byChain := map[string]Jump{}
+	for _, j := range Jumps {
+		byChain[j.Chain] = j
+	}
+	out := restoreChecked(t, rs, nil, []JumpFix{
+		{Jump: byChain["PREROUTING"], Delete: true},
+		{Jump: byChain["OUTPUT"]},
+		{Jump: byChain["INPUT"], Delete: true},
+	})
+	sec := sections(t, out)
+	tests := map[string]struct {
+		table, chain string
+		wantDelete   bool
+		wantInsert   bool
+	}{
+		"misplaced PREROUTING jump": {"nat", "PREROUTING", true, true},
+		"missing OUTPUT jump":       {"nat", "OUTPUT", false, true},
+		"POSTROUTING in place":      {"nat", "POSTROUTING", false, false},
+		"misplaced INPUT jump":      {"filter", "INPUT", true, true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			j := byChain[tc.chain]
+			spec := fmt.Sprintf(`-m comment --comment "%s" -j %s`, j.Comment, j.Target)
+			del := slices.Index(sec[tc.table], "-D "+tc.chain+" "+spec)
+			ins := slices.Index(sec[tc.table], "-I "+tc.chain+" 1 "+spec)
+			if (del >= 0) != tc.wantDelete || (ins >= 0) != tc.wantInsert {
+				t.Fatalf("%s: delete at %d (want %v), insert at %d (want %v):\n%s", tc.table, del, tc.wantDelete, ins, tc.wantInsert, strings.Join(sec[tc.table], "\n"))
+			}
+			if tc.wantDelete && del > ins {
+				t.Errorf("-D must come before -I:\n%s", strings.Join(sec[tc.table], "\n"))
+			}
+			if decl := slices.Index(sec[tc.table], ":"+j.Target+" - [0:0]"); tc.wantInsert && (decl < 0 || decl > ins) {
+				t.Errorf("the jump target %s must be declared before the jump is inserted:\n%s", j.Target, strings.Join(sec[tc.table], "\n"))
+			}
+			other := map[string]string{"nat": "filter", "filter": "nat"}[tc.table]
+			for _, l := range sec[other] {
+				if strings.Contains(l, j.Target) && !strings.HasPrefix(l, "-A ") && !strings.HasPrefix(l, ":") {
+					t.Errorf("the fix for %s/%s leaked into %s: %s", tc.table, tc.chain, other, l)
+				}
+			}
+		})
+	}
+}
+
+func TestRestoreEmptyState(t *testing.T) {
+	out := restoreChecked(t, Render(State{}, nil), nil, nil)
+	want := `*nat
+:MAGIC-IP-OUTPUT - [0:0]
+:MAGIC-IP-POSTROUTING - [0:0]
+:MAGIC-IP-PREROUTING - [0:0]
+:MAGIC-IP-SERVICES - [0:0]
+COMMIT
+*filter
+:MAGIC-IP-INPUT - [0:0]
+COMMIT
+`
+	if string(out) != want {
+		t.Errorf("empty State:\n%s", diffLines(string(out), want))
+	}
+}
+
+// Render's output is fed to iptables-restore, the IPv4 tool (see Syncer.Sync): an IPv6 address in
+// it makes the whole nat (or filter) transaction fail, which would stop every MagicIP on the node.
+// Desired does produce IPv6 services (the API accepts IPv6 addresses).
+func TestRenderIPv4RulesetHasNoIPv6(t *testing.T) {
+	st := referenceState()
+	v6 := netip.MustParseAddr("fe80::a9fe:d2d2")
+	st.Services = append(st.Services, Service{
+		MagicIP: "v6", PortName: "apm", Address: v6, Port: 8126, Protocol: v1alpha1.ProtocolTCP,
+		WhenNoProducer: v1alpha1.Reject,
+		Endpoints:      []Endpoint{{Pod: "datadog/agent-a", Addr: netip.MustParseAddrPort("[fd00:10:244:1::5]:8126")}},
+	})
+	out := string(Render(st, nil).Restore(nil, nil))
+	var v6Lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "fe80::") || strings.Contains(l, "fd00:") {
+			v6Lines = append(v6Lines, l)
+		}
+	}
+	if len(v6Lines) > 0 {
+		t.Errorf("BUG: an IPv6 MagicIP is rendered into the IPv4 iptables-restore input; iptables-restore rejects "+
+			"these lines and the whole table transaction fails, so no MagicIP of the node is programmed:\n%s",
+			strings.Join(v6Lines, "\n"))
+	}
+}

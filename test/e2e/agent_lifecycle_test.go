@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	eventsv1 "k8s.io/api/events/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// metric reads one sample of the agent's Prometheus metrics from inside the node.
+func metric(ctx context.Context, n *harness.Node, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9402/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := n.Netns.HTTPClient(2 * time.Second).Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
+}
+
+// TestAgentDriftRepair: `iptables -t nat -F` on the node (as a firewall reload might) is repaired
+// within the resync period; while nothing drifts, resyncs write nothing.
+func TestAgentDriftRepair(t *testing.T) {
+	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402")
+	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
+	ctx := t.Context()
+	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+
+	writes, err := metric(ctx, e.node, "magic_ip_agent_rule_writes_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncs, _ := metric(ctx, e.node, "magic_ip_agent_sync_duration_seconds_count")
+	eventually(t, 10*time.Second, "two more (full) syncs", func(ctx context.Context) error {
+		if n, err := metric(ctx, e.node, "magic_ip_agent_sync_duration_seconds_count"); err != nil || n < syncs+2 {
+			return fmt.Errorf("syncs %v (err %v), want ≥ %v", n, err, syncs+2)
+		}
+		return nil
+	})
+	if now, _ := metric(ctx, e.node, "magic_ip_agent_rule_writes_total"); now != writes {
+		t.Errorf("idle resyncs wrote rules: writes %v → %v", writes, now)
+	}
+
+	if _, err := e.node.Netns.Run(ctx, "iptables", "-t", "nat", "-F"); err != nil {
+		t.Fatal(err)
+	}
+	if got := tcpOutcome(ctx, e.consumer.Netns, magicAddr, apmPort); got == p.Name {
+		t.Fatalf("still answered right after flushing nat: the flush did not take")
+	}
+	eventually(t, 5*time.Second, "nat flush repaired within the 2s resync period", onlyAnswers(e.consumer.Netns, p.Name))
+	if n, err := metric(ctx, e.node, "magic_ip_agent_drift_repairs_total"); err != nil || n < 1 {
+		t.Errorf("drift repairs metric %v (err %v), want ≥ 1", n, err)
+	}
+}
+
+// TestAgentDeleteAndCleanup: deleting the MagicIP removes its rules and address; `cleanup` removes
+// everything of ours and nothing else, and running it twice is fine.
+func TestAgentDeleteAndCleanup(t *testing.T) {
+	e := newOneNode(t)
+	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
+	ctx := t.Context()
+	// A foreign rule and chain that must survive our syncs and our cleanup.
+	for _, args := range [][]string{
+		{"-t", "nat", "-N", "KUBE-SERVICES"},
+		{"-t", "nat", "-I", "PREROUTING", "1", "-j", "KUBE-SERVICES"},
+		{"-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
+	} {
+		if _, err := e.node.Netns.Run(ctx, "iptables", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	save := func() string {
+		out, err := e.node.Netns.Run(ctx, "iptables-save")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	addrs := func() string {
+		out, err := e.node.Netns.Run(ctx, "ip", "-o", "addr", "show", "dev", harness.PodBridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if first := firstRule(save(), "PREROUTING"); !strings.Contains(first, "MAGIC-IP-PREROUTING") {
+		t.Errorf("first PREROUTING rule is %q, want our jump first", first)
+	}
+
+	if err := e.c.CP.Client.Delete(ctx, datadogMagicIP("datadog")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "rules and address gone", func(context.Context) error {
+		if s := save(); strings.Contains(s, magicAddr) {
+			return fmt.Errorf("iptables still mentions %s", magicAddr)
+		}
+		if a := addrs(); strings.Contains(a, magicAddr) {
+			return fmt.Errorf("address still on cni0: %s", a)
+		}
+		return nil
+	})
+
+	if err := e.agent.Stop(); err != nil {
+		t.Fatalf("agent exit: %v", err)
+	}
+	if !strings.Contains(save(), "MAGIC-IP-") {
+		t.Fatalf("stopping the agent removed its chains; they must stay (no --cleanup-on-exit)")
+	}
+	for i := range 2 {
+		if out, err := e.node.Netns.Run(ctx, agentBin, "cleanup"); err != nil {
+			t.Fatalf("cleanup run %d: %v\n%s", i+1, err, out)
+		}
+		s := save()
+		if strings.Contains(s, "MAGIC-IP-") {
+			t.Errorf("cleanup run %d left our rules:\n%s", i+1, s)
+		}
+		for _, foreign := range []string{"-A PREROUTING -j KUBE-SERVICES", "--dport 22 -j ACCEPT"} {
+			if !strings.Contains(s, foreign) {
+				t.Errorf("cleanup run %d removed a foreign rule %q", i+1, foreign)
+			}
+		}
+	}
+}
+
+func firstRule(save, chain string) string {
+	for _, line := range strings.Split(save, "\n") {
+		if strings.HasPrefix(line, "-A "+chain+" ") {
+			return line
+		}
+	}
+	return ""
+}
+
+// TestAgentConflictsAndBadInterface: a younger MagicIP claiming the same address+port+protocol is
+// ignored and reported with an Event; one naming an interface the node lacks is reported; the
+// original keeps working throughout.
+func TestAgentConflictsAndBadInterface(t *testing.T) {
+	e := newOneNode(t)
+	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
+	ctx := t.Context()
+	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+
+	rival := datadogMagicIP("datadog-rival")
+	rival.Spec.Producer.Namespace = "rival"
+	badIf := datadogMagicIP("apm-elsewhere")
+	badIf.Spec.Address = "169.254.210.211"
+	badIf.Spec.HostInterface = "nosuch0"
+	for _, m := range []client.Object{rival, badIf} {
+		if err := e.c.CP.Client.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rivalProducer := e.c.AddPod(e.node, "rival", "rival-1", map[string]string{"app": "dd"}, harness.PodOptions{})
+	rivalProducer.Netns.ServeTCP(t, apmPort, rivalProducer.Name)
+
+	wantEvent := func(regarding, reason, text string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			var list eventsv1.EventList
+			if err := e.c.CP.Client.List(ctx, &list); err != nil {
+				return err
+			}
+			for _, ev := range list.Items {
+				if ev.Regarding.Name == regarding && ev.Reason == reason && strings.Contains(ev.Note, text) {
+					return nil
+				}
+			}
+			return fmt.Errorf("no %s event for %s mentioning %q among %d events", reason, regarding, text, len(list.Items))
+		}
+	}
+	eventually(t, 10*time.Second, "conflict reported", wantEvent("datadog-rival", "Conflict", "claimed by MagicIP datadog"))
+	eventually(t, 10*time.Second, "missing interface reported", wantEvent("apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
+	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[p.Name] {
+		t.Errorf("original MagicIP disturbed: outcomes %v, want only %s", got, p.Name)
+	}
+}
