@@ -167,7 +167,10 @@ func TestAgentConflictsAndBadInterface(t *testing.T) {
 	badIf := datadogMagicIP("apm-elsewhere")
 	badIf.Spec.Address = "169.254.210.211"
 	badIf.Spec.HostInterface = "nosuch0"
-	for _, m := range []client.Object{rival, badIf} {
+	noDummy := datadogMagicIP("on-dummy") // this kernel has no dummy link type: the agent must say so
+	noDummy.Spec.Address = "169.254.210.212"
+	noDummy.Spec.HostInterface = "magic-ip0"
+	for _, m := range []client.Object{rival, badIf, noDummy} {
 		if err := e.c.CP.Client.Create(ctx, m); err != nil {
 			t.Fatal(err)
 		}
@@ -191,6 +194,7 @@ func TestAgentConflictsAndBadInterface(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "conflict reported", wantEvent("datadog-rival", "Conflict", "claimed by MagicIP datadog"))
 	eventually(t, 10*time.Second, "missing interface reported", wantEvent("apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
+	eventually(t, 10*time.Second, "missing dummy support reported", wantEvent("on-dummy", "InterfaceUnavailable", "no 'dummy' link type"))
 	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[p.Name] {
 		t.Errorf("original MagicIP disturbed: outcomes %v, want only %s", got, p.Name)
 	}

@@ -55,3 +55,35 @@ func TestAgentNodeLocal(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentHostNetworkProducer: a host-network producer (DNAT to the node's address and target
+// port) serves pods and the node itself; the bridge sysctl the agent needs is switched on, and
+// /readyz reports ready after the first sync.
+func TestAgentHostNetworkProducer(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	n := c.Nodes[0]
+	if err := n.Netns.Sysctl("net.bridge.bridge-nf-call-iptables", "0"); err != nil {
+		t.Fatal(err)
+	}
+	prod := addProducer(t, c, n, "dd-host", harness.PodOptions{HostNetwork: true})
+	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
+	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, c, n)
+	eventually(t, 10*time.Second, "pod reaches the host-network producer", wantTCP(consumer.Netns, apmPort, prod.Name))
+	eventually(t, 5*time.Second, "UDP too", wantUDP(consumer.Netns, statsPort, prod.Name))
+	eventually(t, 5*time.Second, "the node itself too", wantTCP(n.Netns, apmPort, prod.Name))
+	if v, err := n.Netns.ReadSysctl("net.bridge.bridge-nf-call-iptables"); err != nil || v != "1" {
+		t.Errorf("bridge-nf-call-iptables = %q (err %v), want the agent to set 1", v, err)
+	}
+	resp, err := n.Netns.HTTPClient(2 * time.Second).Get("http://127.0.0.1:9403/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/readyz: %s, want 200 after the first sync", resp.Status)
+	}
+}

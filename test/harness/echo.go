@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // ServeTCP runs a TCP server inside the namespace on port (all addresses) that greets every
@@ -52,15 +54,20 @@ func (n *Netns) ServeTCP(t testing.TB, port int, name string) {
 }
 
 // ServeUDP runs a UDP server inside the namespace on port that answers every datagram with
-// "<name>". Stopped in t.Cleanup.
+// "<name>", from the address the datagram was sent to (IP_PKTINFO, as well-behaved UDP servers
+// such as DNS servers do). Stopped in t.Cleanup.
 func (n *Netns) ServeUDP(t testing.TB, port int, name string) {
 	t.Helper()
 	var pc net.PacketConn
 	if err := n.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
 		return err
 	}); err != nil {
 		t.Fatalf("udp server %s on %s:%d: %v", name, n.Name, port, err)
+	}
+	p := ipv4.NewPacketConn(pc)
+	if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
+		t.Fatalf("udp server %s: IP_PKTINFO: %v", name, err)
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
@@ -70,11 +77,15 @@ func (n *Netns) ServeUDP(t testing.TB, port int, name string) {
 	wg.Go(func() {
 		buf := make([]byte, 2048)
 		for {
-			_, from, err := pc.ReadFrom(buf)
+			_, cm, from, err := p.ReadFrom(buf)
 			if err != nil {
 				return
 			}
-			_, _ = pc.WriteTo([]byte(name), from)
+			var reply *ipv4.ControlMessage
+			if cm != nil {
+				reply = &ipv4.ControlMessage{Src: cm.Dst}
+			}
+			_, _ = p.WriteTo([]byte(name), reply, from)
 		}
 	})
 }
