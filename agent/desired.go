@@ -64,6 +64,12 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 	}
 	for _, m := range accepted {
 		addr := netip.MustParseAddr(m.Spec.Address).Unmap()
+		if !addr.Is4() {
+			// The datapath is IPv4 iptables for now; an IPv6 rule in the same restore would fail
+			// the whole sync and take every other MagicIP down with it.
+			st.Invalid[m.Name] = fmt.Sprintf("address %s: the agent does not program IPv6 magic addresses yet", addr)
+			continue
+		}
 		eps, err := producers(m, pods, nodeName, addr.Is4())
 		if err != nil {
 			st.Invalid[m.Name] = err.Error()
@@ -119,7 +125,7 @@ func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) 
 			out = append(out, producer{pod: p.Namespace + "/" + p.Name, ip: ip})
 		}
 	}
-	slices.SortFunc(out, func(a, b producer) int { return a.ip.Compare(b.ip) })
+	slices.SortFunc(out, func(a, b producer) int { return cmp.Or(a.ip.Compare(b.ip), cmp.Compare(a.pod, b.pod)) })
 	return out, nil
 }
 

@@ -62,9 +62,11 @@ type Ruleset struct {
 // the magic IP again once un-NATed) pass.
 const notRedirected = "-m conntrack ! --ctstate DNAT"
 
-// Render turns a State into our chains. externalIfaces are the node's uplinks: traffic arriving
-// there is from outside the node and is never redirected.
+// Render turns a State into our (IPv4) chains. externalIfaces are the node's uplinks: traffic
+// arriving there is from outside the node and is never redirected. Non-IPv4 services are left out
+// (Desired reports them): one bad line would fail the whole restore.
 func Render(st State, externalIfaces []string) Ruleset {
+	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !s.Address.Is4() })
 	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainPost: nil, chainServices: nil}
 	filter := map[string][]string{chainInput: nil}
 	for _, ifc := range externalIfaces {
