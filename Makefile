@@ -40,7 +40,13 @@ prereqs: ## Install the system packages tests and the demo need (apt: iptables, 
 
 .PHONY: test
 test: prereqs envtest-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part).
-	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 60m $(GO_TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
+
+BENCH_OUT ?= bench-results
+.PHONY: bench
+bench: prereqs envtest-assets ## Measure convergence, sync cost and memory; QUICK=1 for a short run. Writes $(BENCH_OUT)/results.{md,json}.
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 30m ./test/bench -run '^$$' -bench . -benchtime 1x \
+		-args -out $(abspath $(BENCH_OUT)) $(if $(QUICK),-quick)
 
 .PHONY: verify
 verify: $(CONTROLLER_GEN) ## gofmt, go vet, and generated files up to date.

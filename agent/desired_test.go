@@ -166,6 +166,10 @@ func TestDesiredProducers(t *testing.T) {
 			pods: []corev1.Pod{readyPod("a", []string{"fd00:10:244::5", "10.244.1.5"})},
 			want: []Endpoint{ep("a", "10.244.1.5:8126")},
 		},
+		"IPv4-mapped pod IP is unmapped": {
+			pods: []corev1.Pod{readyPod("a", []string{"::ffff:10.244.1.5"})},
+			want: []Endpoint{ep("a", "10.244.1.5:8126")},
+		},
 		"IPv6-only pod is skipped for an IPv4 address": {
 			pods: []corev1.Pod{readyPod("a", []string{"fd00:10:244::5"})},
 		},
@@ -444,20 +448,45 @@ func TestDesiredInvalid(t *testing.T) {
 	}
 }
 
-func TestDesiredIPv6(t *testing.T) {
-	const addr6 = "fe80::a9fe:d2d2"
+// An IPv6 magic address takes the IPv6 address of each producer (status.podIPs lists the
+// families in any order) and skips the producers without one.
+func TestProducersIPv6(t *testing.T) {
 	pods := []corev1.Pod{
 		readyPod("v4-only", []string{"10.244.1.4"}),
 		readyPod("dual", []string{"10.244.1.5", "fd00:10:244:1::5"}),
 		readyPod("v6-only", []string{"fd00:10:244:1::3"}),
 	}
-	st := Desired([]v1alpha1.MagicIP{newMagicIP("m6", addr6, 0)}, pods, testNode, testIface)
-	want := []Endpoint{ep("v6-only", "[fd00:10:244:1::3]:8126"), ep("dual", "[fd00:10:244:1::5]:8126")}
-	if got := endpointsOf(t, st); !reflect.DeepEqual(got, want) {
-		t.Errorf("endpoints:\n got %v\nwant %v", got, want)
+	got, err := producers(newMagicIP("m6", "fe80::a9fe:d2d2", 0), pods, testNode, false)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got, want := st.Addresses, map[string][]netip.Addr{testIface: {netip.MustParseAddr(addr6)}}; !reflect.DeepEqual(got, want) {
-		t.Errorf("addresses: got %v, want %v", got, want)
+	want := []producer{
+		{pod: "datadog/v6-only", ip: netip.MustParseAddr("fd00:10:244:1::3")},
+		{pod: "datadog/dual", ip: netip.MustParseAddr("fd00:10:244:1::5")},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("producers:\n got %v\nwant %v", got, want)
+	}
+}
+
+// The datapath is IPv4 iptables: an IPv6 MagicIP is reported invalid and left out, and the
+// IPv4 ones next to it are served as usual.
+func TestDesiredIPv6Reported(t *testing.T) {
+	const addr6 = "fe80::a9fe:d2d2"
+	pods := []corev1.Pod{readyPod("dual", []string{"10.244.1.5", "fd00:10:244:1::5"})}
+	mips := []v1alpha1.MagicIP{newMagicIP("m6", addr6, 0), newMagicIP("m4", testAddr, 1)}
+	st := Desired(mips, pods, testNode, testIface)
+	if reason := st.Invalid["m6"]; !strings.Contains(reason, addr6) || !strings.Contains(reason, "IPv6") {
+		t.Errorf("Invalid[m6] = %q, want the address and IPv6 named", reason)
+	}
+	if len(st.Invalid) != 1 || len(st.Conflicts) != 0 {
+		t.Errorf("only m6 is invalid and nothing conflicts: invalid %v, conflicts %v", st.Invalid, st.Conflicts)
+	}
+	if got := endpointsOf(t, st); st.Services[0].MagicIP != "m4" || !reflect.DeepEqual(got, []Endpoint{ep("dual", "10.244.1.5:8126")}) {
+		t.Errorf("want only m4 served, by dual's IPv4: %+v", st.Services)
+	}
+	if want := map[string][]netip.Addr{testIface: {netip.MustParseAddr(testAddr)}}; !reflect.DeepEqual(st.Addresses, want) {
+		t.Errorf("addresses: got %v, want %v", st.Addresses, want)
 	}
 }
 
@@ -496,7 +525,7 @@ func richInput() ([]v1alpha1.MagicIP, []corev1.Pod) {
 func TestDesiredDeterministic(t *testing.T) {
 	mips, pods := richInput()
 	want := Desired(mips, pods, testNode, testIface)
-	if len(want.Services) != 6 || len(want.Conflicts) != 2 || len(want.Invalid) != 2 {
+	if len(want.Services) != 5 || len(want.Conflicts) != 2 || len(want.Invalid) != 3 {
 		t.Fatalf("reference input does not cover what it should: %d services, conflicts %v, invalid %v",
 			len(want.Services), want.Conflicts, want.Invalid)
 	}
@@ -520,10 +549,10 @@ func TestDesiredDeterministicSharedPodIP(t *testing.T) {
 		readyPod("agent-new", []string{"192.168.1.10"}),
 	}
 	mips := []v1alpha1.MagicIP{newMagicIP("datadog", testAddr, 0)}
-	forward := Desired(mips, pods, testNode, testIface)
-	backward := Desired(mips, []corev1.Pod{pods[1], pods[0]}, testNode, testIface)
-	if !reflect.DeepEqual(forward, backward) {
-		t.Errorf("BUG: producers sharing an IP are not ordered deterministically (sorted by IP only, no tie-break on the pod name): "+
-			"pod order %v gives %v, reversed gives %v", []string{"agent-old", "agent-new"}, endpointsOf(t, forward), endpointsOf(t, backward))
+	want := []Endpoint{ep("agent-new", "192.168.1.10:8126"), ep("agent-old", "192.168.1.10:8126")}
+	for name, order := range map[string][]corev1.Pod{"listed": pods, "reversed": {pods[1], pods[0]}} {
+		if got := endpointsOf(t, Desired(mips, order, testNode, testIface)); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: producers sharing an IP must be ordered by pod name too:\n got %v\nwant %v", name, got, want)
+		}
 	}
 }

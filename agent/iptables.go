@@ -97,14 +97,14 @@ type Observed struct {
 	Chains map[string][]string
 	Rules  map[string]map[string]int
 	// First is the target of the first rule of each built-in chain we jump from ("" if empty);
-	// Has says whether our jump is there at all.
-	First map[Jump]string
-	Has   map[Jump]bool
+	// JumpRules are the rules there that jump to our chain, as printed after "-A CHAIN ".
+	First     map[Jump]string
+	JumpRules map[Jump][]string
 }
 
 // ParseSave reads iptables-save output.
 func ParseSave(out []byte) Observed {
-	o := Observed{Chains: map[string][]string{}, Rules: map[string]map[string]int{}, First: map[Jump]string{}, Has: map[Jump]bool{}}
+	o := Observed{Chains: map[string][]string{}, Rules: map[string]map[string]int{}, First: map[Jump]string{}, JumpRules: map[Jump][]string{}}
 	table := ""
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -139,7 +139,7 @@ func ParseSave(out []byte) Observed {
 					o.First[j] = target
 				}
 				if target == j.Target {
-					o.Has[j] = true
+					o.JumpRules[j] = append(o.JumpRules[j], strings.TrimPrefix(line, "-A "+chain+" "))
 				}
 			}
 			seen[chain] = true
@@ -153,7 +153,7 @@ func (o Observed) JumpFixes() []JumpFix {
 	var fixes []JumpFix
 	for _, j := range Jumps {
 		if o.First[j] != j.Target {
-			fixes = append(fixes, JumpFix{Jump: j, Delete: o.Has[j]})
+			fixes = append(fixes, JumpFix{Jump: j, Delete: o.JumpRules[j]})
 		}
 	}
 	return fixes

@@ -138,10 +138,12 @@ func proto(p v1alpha1.Protocol) string { return strings.ToLower(string(p)) }
 
 func hostCIDR(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
-// JumpFix puts a jump first in its built-in chain; Delete removes the misplaced one first.
+// JumpFix puts a jump first in its built-in chain. Delete lists the misplaced jumps to remove
+// first, exactly as iptables-save printed them (after "-A CHAIN "), so a jump written by another
+// version with another comment is still removed, not left to fail the restore.
 type JumpFix struct {
 	Jump
-	Delete bool
+	Delete []string
 }
 
 // Restore renders the iptables-restore --noflush input that makes the kernel hold exactly rs in
@@ -151,38 +153,69 @@ type JumpFix struct {
 func (rs Ruleset) Restore(existing map[string][]string, jumps []JumpFix) []byte {
 	var b bytes.Buffer
 	for _, table := range []string{"nat", "filter"} {
-		chains := rs.Chains[table]
-		names := sortedKeys(chains)
 		var stale []string
 		for _, c := range existing[table] {
-			if _, keep := chains[c]; !keep && IsOurs(c) {
+			if _, keep := rs.Chains[table][c]; !keep && IsOurs(c) {
 				stale = append(stale, c)
 			}
 		}
-		fmt.Fprintf(&b, "*%s\n", table)
-		for _, c := range append(slices.Clone(names), stale...) {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-		}
-		for _, c := range names {
-			for _, r := range chains[c] {
-				fmt.Fprintf(&b, "-A %s %s\n", c, r)
-			}
-		}
-		for _, c := range stale {
-			fmt.Fprintf(&b, "-X %s\n", c)
-		}
-		for _, j := range jumps {
-			if j.Table != table {
-				continue
-			}
-			if j.Delete {
-				fmt.Fprintf(&b, "-D %s %s\n", j.Chain, quoteArgs(j.Spec()))
-			}
-			fmt.Fprintf(&b, "-I %s 1 %s\n", j.Chain, quoteArgs(j.Spec()))
-		}
-		b.WriteString("COMMIT\n")
+		writeTable(&b, table, rs.Chains[table], sortedKeys(rs.Chains[table]), stale, jumps)
 	}
 	return b.Bytes()
+}
+
+// RestoreChanges renders only what differs from prev (the last ruleset applied): changed or new
+// chains are rewritten, chains gone since are deleted, unchanged chains and tables are not
+// mentioned at all. It returns nil when nothing changed.
+func (rs Ruleset) RestoreChanges(prev Ruleset) []byte {
+	var b bytes.Buffer
+	for _, table := range []string{"nat", "filter"} {
+		var changed, stale []string
+		for _, c := range sortedKeys(rs.Chains[table]) {
+			if old, ok := prev.Chains[table][c]; !ok || !slices.Equal(old, rs.Chains[table][c]) {
+				changed = append(changed, c)
+			}
+		}
+		for _, c := range sortedKeys(prev.Chains[table]) {
+			if _, keep := rs.Chains[table][c]; !keep {
+				stale = append(stale, c)
+			}
+		}
+		if len(changed)+len(stale) > 0 {
+			writeTable(&b, table, rs.Chains[table], changed, stale, nil)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return b.Bytes()
+}
+
+// writeTable writes one table's transaction: declare (and so empty) the chains to fill and the
+// stale ones, fill, delete the stale ones, then fix the jumps of this table.
+func writeTable(b *bytes.Buffer, table string, chains map[string][]string, fill, stale []string, jumps []JumpFix) {
+	fmt.Fprintf(b, "*%s\n", table)
+	for _, c := range append(slices.Clone(fill), stale...) {
+		fmt.Fprintf(b, ":%s - [0:0]\n", c)
+	}
+	for _, c := range fill {
+		for _, r := range chains[c] {
+			fmt.Fprintf(b, "-A %s %s\n", c, r)
+		}
+	}
+	for _, c := range stale {
+		fmt.Fprintf(b, "-X %s\n", c)
+	}
+	for _, j := range jumps {
+		if j.Table != table {
+			continue
+		}
+		for _, rule := range j.Delete {
+			fmt.Fprintf(b, "-D %s %s\n", j.Chain, rule)
+		}
+		fmt.Fprintf(b, "-I %s 1 %s\n", j.Chain, quoteArgs(j.Spec()))
+	}
+	b.WriteString("COMMIT\n")
 }
 
 func quoteArgs(args []string) string {

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -23,7 +22,6 @@ type Syncer struct {
 	ExternalInterfaces []string
 	Log                logr.Logger
 
-	last      []byte
 	lastRules Ruleset
 	lastState *State
 	dirty     bool
@@ -51,10 +49,9 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
 	res.State = st
 	rules := Render(st, s.ExternalInterfaces)
-	content := rules.Restore(nil, nil)
 	full = full || s.dirty || s.lastState == nil
-
-	var input []byte
+	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
+	input := rules.RestoreChanges(s.lastRules)
 	if full {
 		saved, err := s.Ipt.Save(ctx)
 		if err != nil {
@@ -65,11 +62,9 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 		if s.lastState != nil {
 			res.Drift = obs.Drifted(rules)
 		}
-		if len(res.Drift) > 0 || !bytes.Equal(content, s.last) {
+		if len(res.Drift) > 0 || input != nil || s.lastState == nil {
 			input = rules.Restore(obs.Chains, obs.JumpFixes())
 		}
-	} else if !bytes.Equal(content, s.last) {
-		input = rules.Restore(map[string][]string{"nat": sortedKeys(s.lastRules.Chains["nat"]), "filter": sortedKeys(s.lastRules.Chains["filter"])}, nil)
 	}
 	if input != nil {
 		s.Log.V(9).Info("iptables-restore", "input", string(input))
@@ -84,7 +79,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 		return res, err
 	}
 	res.Flushed = s.flushConntrack(st)
-	s.last, s.lastRules, s.lastState, s.dirty = content, rules, &st, false
+	s.lastRules, s.lastState, s.dirty = rules, &st, false
 	return res, nil
 }
 

@@ -49,6 +49,7 @@ func TestAgentNodeLocal(t *testing.T) {
 	}
 	// A neighbour on node A's uplink with a route to the magic IP through A: never served.
 	out := c.AddOutside(a, &net.IPNet{IP: net.ParseIP(magicAddr), Mask: net.CIDRMask(32, 32)})
+	eventually(t, 10*time.Second, "outside host refused", wantTCP(out.Netns, apmPort, "refused"))
 	for range 5 {
 		if got := tcpOutcome(t.Context(), out.Netns, magicAddr, apmPort); got != "refused" {
 			t.Fatalf("outside host through node A: %q, want refused (never the producer)", got)

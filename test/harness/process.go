@@ -122,3 +122,6 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Pid is the process id (`ip netns exec` execs the program, so it is the program's own).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }

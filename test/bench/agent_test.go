@@ -1,0 +1,243 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/magic-ip/magic-ip/agent"
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// syntheticCluster is 100 MagicIPs × 4 ports with 3 Ready producers each on node "bench-node".
+func syntheticCluster() ([]v1alpha1.MagicIP, []corev1.Pod) {
+	var mips []v1alpha1.MagicIP
+	var pods []corev1.Pod
+	for i := range 100 {
+		name := fmt.Sprintf("svc-%03d", i)
+		m := v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.MagicIPSpec{
+			Address:  netip.AddrFrom4([4]byte{169, 254, byte(1 + i/200), byte(1 + i%200)}).String(),
+			Producer: v1alpha1.Producer{Namespace: "ns", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": name}}},
+		}}
+		for p := range 4 {
+			m.Spec.Ports = append(m.Spec.Ports, v1alpha1.MagicIPPort{Name: fmt.Sprintf("p%d", p), Port: int32(8000 + p), Protocol: []v1alpha1.Protocol{"TCP", "UDP"}[p%2]})
+		}
+		mips = append(mips, m)
+		for k := range 3 {
+			pods = append(pods, corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("%s-%d", name, k), Labels: map[string]string{"app": name}},
+				Spec:       corev1.PodSpec{NodeName: "bench-node"},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fmt.Sprintf("10.244.%d.%d", 1+(i*3+k)/250, 1+(i*3+k)%250),
+					Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+			})
+		}
+	}
+	return mips, pods
+}
+
+// BenchmarkAgentSync: the agent's sync for 100 MagicIPs × 4 ports × 3 producers, in a fresh
+// network namespace with real iptables: first (full) sync, a sync after one producer change, an
+// idle sync, and an idle full resync — each with its iptables process count.
+func BenchmarkAgentSync(b *testing.B) {
+	harness.RequireRoot(b)
+	ns, err := harness.NewNetns(harness.RunPrefix() + "-syncbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ns.Delete() })
+	if _, err := ns.Run(b.Context(), "ip", "link", "add", "cni0", "type", "bridge"); err != nil {
+		b.Fatal(err)
+	}
+	mips, pods := syntheticCluster()
+	rounds := trials(50, 5)
+	type sample struct {
+		d     time.Duration
+		execs int64
+	}
+	var cold, change, idle, resync []sample
+	err = ns.Do(func() error {
+		ipt, err := agent.NewIptables()
+		if err != nil {
+			return err
+		}
+		links, err := agent.NewLinks(agent.DefaultDummyInterface)
+		if err != nil {
+			return err
+		}
+		defer links.Close()
+		s := &agent.Syncer{Ipt: ipt, Links: links, ExternalInterfaces: []string{"eth0"}, Log: logr.Discard()}
+		ctx := context.Background()
+		run := func(into *[]sample, st agent.State, full bool) error {
+			e0, t0 := ipt.Execs(), time.Now()
+			if _, err := s.Sync(ctx, st, full); err != nil {
+				return err
+			}
+			*into = append(*into, sample{time.Since(t0), ipt.Execs() - e0})
+			return nil
+		}
+		if err := run(&cold, agent.Desired(mips, pods, "bench-node", "cni0"), true); err != nil {
+			return err
+		}
+		for i := range rounds {
+			p := &pods[i%len(pods)]
+			p.Status.Conditions[0].Status = corev1.ConditionFalse
+			st := agent.Desired(mips, pods, "bench-node", "cni0")
+			p.Status.Conditions[0].Status = corev1.ConditionTrue
+			if err := run(&change, st, false); err != nil {
+				return err
+			}
+			if err := run(&idle, st, false); err != nil {
+				return err
+			}
+			if err := run(&resync, st, true); err != nil {
+				return err
+			}
+		}
+		return agent.Cleanup(ipt, links)
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const sc = "agent sync, 100 MagicIPs × 4 ports × 3 producers"
+	stats := func(ss []sample) ([]time.Duration, int64) {
+		var ds []time.Duration
+		var maxExecs int64
+		for _, s := range ss {
+			ds = append(ds, s.d)
+			maxExecs = max(maxExecs, s.execs)
+		}
+		return ds, maxExecs
+	}
+	ds, ex := stats(cold)
+	record(row{Scenario: sc, Figure: fmt.Sprintf("first sync (%d execs)", ex), Value: percentile(ds, 50), Unit: "ms"})
+	ds, ex = stats(change)
+	p99 := percentile(ds, 99)
+	goal(sc, fmt.Sprintf("one producer changed, p99 of %d", len(ds)), p99, "ms", "≤ 50 ms", p99 <= 50)
+	goal(sc, "iptables execs per change sync", float64(ex), "execs", "≤ 3", ex <= 3)
+	_, ex = stats(idle)
+	goal(sc, "iptables execs per idle sync", float64(ex), "execs", "0", ex == 0)
+	ds, ex = stats(resync)
+	record(row{Scenario: sc, Figure: fmt.Sprintf("idle full resync p99 (%d execs, 0 writes)", ex), Value: percentile(ds, 99), Unit: "ms"})
+}
+
+// BenchmarkAgentRSS: the agent's resident memory on a node with 110 local pods among 1,000 in the
+// cluster (the cache holds only its own node's pods).
+func BenchmarkAgentRSS(b *testing.B) {
+	cp := harness.StartControlPlane(b)
+	c := harness.NewCluster(b, cp, harness.ClusterOptions{Nodes: 1})
+	n := c.Nodes[0]
+	ctx := b.Context()
+	if err := c.EnsureNamespace(ctx, "load", nil); err != nil {
+		b.Fatal(err)
+	}
+	if err := createPods(ctx, cp, n.Name, 1000, 110); err != nil {
+		b.Fatal(err)
+	}
+	mips, _ := syntheticCluster()
+	for _, m := range mips[:10] {
+		m.Spec.Producer.Namespace = "load"
+		if err := cp.Client.Create(ctx, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	p := n.Netns.StartProcess(b, "agent", agentBin, "--node-name", n.Name, "--kubeconfig", cp.Kubeconfig,
+		"--host-interface", harness.PodBridge, "--node-ip", n.IP.String(), "--metrics-bind-address", "0",
+		"--health-probe-bind-address", "127.0.0.1:9403", "--resync-period", "1s")
+	hc := n.Netns.HTTPClient(time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := hc.Get("http://127.0.0.1:9403/readyz")
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("agent not ready after 30 s")
+		}
+	}
+	// Settle: sample until three consecutive readings, a resync period apart, agree within 1 MiB.
+	var rss []float64
+	for len(rss) < 3 || rss[len(rss)-1]-rss[len(rss)-3] > 1 || rss[len(rss)-3]-rss[len(rss)-1] > 1 {
+		if len(rss) > 30 {
+			break
+		}
+		v, err := procStatus(p.Pid(), "VmRSS")
+		if err != nil {
+			b.Fatal(err)
+		}
+		rss = append(rss, v)
+		waitUntil := time.Now().Add(time.Second)
+		for time.Now().Before(waitUntil) {
+			_, _ = hc.Get("http://127.0.0.1:9403/healthz") // paced by the HTTP round trips, not a sleep
+		}
+	}
+	v := rss[len(rss)-1]
+	goal("agent memory", "RSS, 110 local pods among 1,000", v, "MiB", "≤ 30 MiB", v <= 30)
+	for _, field := range []string{"RssAnon", "RssFile"} {
+		if x, err := procStatus(p.Pid(), field); err == nil {
+			record(row{Scenario: "agent memory", Figure: field + " (of RSS)", Value: x, Unit: "MiB"})
+		}
+	}
+}
+
+// createPods creates total pods through the API, local of them bound to node, the rest to other
+// (nonexistent) nodes, with 8 concurrent writers.
+func createPods(ctx context.Context, cp *harness.ControlPlane, node string, total, local int) error {
+	work := make(chan int)
+	errs := make(chan error, total)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				nodeName := fmt.Sprintf("other-%d", i%50)
+				if i < local {
+					nodeName = node
+				}
+				pod := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Namespace: "load", Name: fmt.Sprintf("pod-%04d", i), Labels: map[string]string{"app": fmt.Sprintf("svc-%03d", i%10)}},
+					Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}},
+				}
+				if err := cp.Client.Create(ctx, pod); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	for i := range total {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// procStatus reads a kB field of /proc/<pid>/status (VmRSS, RssAnon, RssFile) in MiB.
+func procStatus(pid int, field string) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
+			kb, err := strconv.ParseFloat(f[1], 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no %s for pid %d", field, pid)
+}
