@@ -9,14 +9,17 @@ import (
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
-// agentBin is the magic-ip-agent binary built once for the package: tests run the same binary
-// users deploy, one process per simulated node.
-var agentBin string
+// agentBin and webhookBin are built once for the package: tests run the same binaries users
+// deploy (one agent process per simulated node).
+var agentBin, webhookBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "magic-ip-e2e-bin-")
 	if err == nil {
 		agentBin, err = harness.Build(dir, "./cmd/magic-ip-agent")
+	}
+	if err == nil {
+		webhookBin, err = harness.Build(dir, "./cmd/magic-ip-webhook")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)

@@ -41,12 +41,23 @@ type Process struct {
 // output is printed when the test failed.
 func (n *Netns) StartProcess(t testing.TB, name, bin string, args ...string) *Process {
 	t.Helper()
-	p := &Process{Name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", n.Name, bin}, args...)...)
+	return startProcess(t, name, exec.Command("ip", append([]string{"netns", "exec", n.Name, bin}, args...)...))
+}
+
+// StartHostProcess runs bin in the root network namespace (e.g. the webhook, which the API server
+// on the root namespace's loopback calls). Stopped in t.Cleanup like StartProcess.
+func StartHostProcess(t testing.TB, name, bin string, args ...string) *Process {
+	t.Helper()
+	return startProcess(t, name, exec.Command(bin, args...))
+}
+
+func startProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {
+	t.Helper()
+	p := &Process{Name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Env = append(os.Environ(), "KUBECONFIG=")
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s in %s: %v", name, n.Name, err)
+		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
 		p.err = p.cmd.Wait()

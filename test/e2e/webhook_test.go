@@ -1,0 +1,338 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// webhookEnv is a control plane with the real webhook registered, the datadog MagicIP (with
+// extraEnv and a hostname) and an opted-in namespace "apps".
+type webhookEnv struct {
+	cp *harness.ControlPlane
+	wh *harness.Webhook
+}
+
+func newWebhookEnv(t *testing.T) *webhookEnv {
+	cp := harness.StartControlPlane(t)
+	e := &webhookEnv{cp: cp, wh: harness.StartWebhook(t, cp, webhookBin)}
+	ctx := t.Context()
+	for name, labels := range map[string]map[string]string{
+		"apps": {"magic-ip.dev/inject": "enabled"}, "plain": nil, "datadog": nil,
+		harness.WebhookNamespace: {"magic-ip.dev/inject": "enabled"},
+	} {
+		if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := datadogMagicIP("datadog")
+	m.Spec.Inject.ExtraEnv = []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}, {Name: "DD_TRACE_AGENT_URL", Value: "http://{address}:{port:apm}"}}
+	m.Spec.Inject.Hostnames = []string{"datadog.node.local"}
+	m.Spec.Inject.NodeMetadata = true
+	if err := cp.Client.Create(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAccepted(t, "datadog")
+	return e
+}
+
+// waitAccepted waits for the status controller to accept a MagicIP (the webhook injects
+// MagicIPs that win their claims; waiting also proves the controller works).
+func (e *webhookEnv) waitAccepted(t *testing.T, name string) {
+	t.Helper()
+	eventually(t, 10*time.Second, "MagicIP "+name+" Accepted", func(ctx context.Context) error {
+		m := &v1alpha1.MagicIP{}
+		if err := e.cp.Client.Get(ctx, client.ObjectKey{Name: name}, m); err != nil {
+			return err
+		}
+		if !meta.IsStatusConditionTrue(m.Status.Conditions, v1alpha1.ConditionAccepted) || m.Status.ObservedGeneration != m.Generation {
+			return fmt.Errorf("status %+v", m.Status)
+		}
+		return nil
+	})
+}
+
+func testPod(ns, name string, mutate ...func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{Name: "init", Image: "registry.invalid/init:1"}},
+			Containers:     []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}, {Name: "sidecar", Image: "registry.invalid/side:1"}},
+		},
+	}
+	for _, f := range mutate {
+		f(p)
+	}
+	return p
+}
+
+func envOf(c corev1.Container) map[string]string {
+	out := map[string]string{}
+	for _, e := range c.Env {
+		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			v = "fieldRef:" + e.ValueFrom.FieldRef.FieldPath
+		}
+		out[e.Name] = v
+	}
+	return out
+}
+
+// TestWebhookInjects: through the real API server calling the real webhook over TLS.
+func TestWebhookInjects(t *testing.T) {
+	e := newWebhookEnv(t)
+	ctx := t.Context()
+	want := map[string]string{
+		"DATADOG_MAGIC_HOST": magicAddr, "DATADOG_MAGIC_PORT": "8126", "DATADOG_MAGIC_PORT_APM": "8126",
+		"DATADOG_MAGIC_PORT_DOGSTATSD": "8125", "DD_AGENT_HOST": magicAddr, "DD_TRACE_AGENT_URL": "http://" + magicAddr + ":8126",
+		"NODE_NAME": "fieldRef:spec.nodeName", "NODE_IP": "fieldRef:status.hostIP",
+	}
+	cases := map[string]struct {
+		pod *corev1.Pod
+		// injected: want the env (except names set by the user) and the hostAlias.
+		injected bool
+		check    func(t *testing.T, p *corev1.Pod)
+	}{
+		"opted-in namespace":          {pod: testPod("apps", "web"), injected: true},
+		"namespace without the label": {pod: testPod("plain", "web")},
+		"pod opted out": {pod: testPod("apps", "optout", func(p *corev1.Pod) {
+			p.Labels = map[string]string{"magic-ip.dev/inject": "disabled"}
+		})},
+		"webhook's own namespace never mutated": {pod: testPod(harness.WebhookNamespace, "self")},
+		"user values win, existing hostAlias kept": {
+			pod: testPod("apps", "custom", func(p *corev1.Pod) {
+				p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "DD_AGENT_HOST", Value: "my-agent"}}
+				p.Spec.HostAliases = []corev1.HostAlias{{IP: magicAddr, Hostnames: []string{"apm.local"}}}
+			}),
+			injected: true,
+			check: func(t *testing.T, p *corev1.Pod) {
+				if got := envOf(p.Spec.Containers[0])["DD_AGENT_HOST"]; got != "my-agent" {
+					t.Errorf("user's DD_AGENT_HOST became %q", got)
+				}
+				if len(p.Spec.HostAliases) != 1 || !slices.Equal(p.Spec.HostAliases[0].Hostnames, []string{"apm.local", "datadog.node.local"}) {
+					t.Errorf("hostAliases %+v, want datadog.node.local merged into the existing entry", p.Spec.HostAliases)
+				}
+			},
+		},
+		"select annotation names another MagicIP": {pod: testPod("apps", "narrow", func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"magic-ip.dev/select": "otel"}
+		})},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if err := e.cp.Client.Create(ctx, tc.pod); err != nil {
+				t.Fatal(err)
+			}
+			got := &corev1.Pod{}
+			if err := e.cp.Client.Get(ctx, client.ObjectKeyFromObject(tc.pod), got); err != nil {
+				t.Fatal(err)
+			}
+			all := append(slices.Clone(got.Spec.InitContainers), got.Spec.Containers...)
+			for _, c := range all {
+				env := envOf(c)
+				for k, v := range want {
+					userSet := slices.ContainsFunc(tc.pod.Spec.Containers, func(uc corev1.Container) bool { return uc.Name == c.Name && envOf(uc)[k] != "" })
+					if tc.injected && !userSet && env[k] != v {
+						t.Errorf("container %s: %s=%q, want %q", c.Name, k, env[k], v)
+					}
+					if !tc.injected && env[k] != "" {
+						t.Errorf("container %s: %s injected, want the pod untouched", c.Name, k)
+					}
+				}
+			}
+			if ann := got.Annotations["magic-ip.dev/injected"]; (ann == "datadog") != tc.injected {
+				t.Errorf("injected annotation %q (injected=%v)", ann, tc.injected)
+			}
+			if tc.injected && tc.check == nil && (len(got.Spec.HostAliases) != 1 || got.Spec.HostAliases[0].IP != magicAddr) {
+				t.Errorf("hostAliases %+v, want datadog.node.local -> %s", got.Spec.HostAliases, magicAddr)
+			}
+			if tc.check != nil {
+				tc.check(t, got)
+			}
+		})
+	}
+}
+
+// TestWebhookConflictAndSelect: a MagicIP in Conflict is never injected; the select annotation
+// picks among Accepted ones; the status controller reports both and the missing namespace.
+func TestWebhookConflictAndSelect(t *testing.T) {
+	e := newWebhookEnv(t)
+	ctx := t.Context()
+	rival := datadogMagicIP("rival")
+	rival.Spec.Producer.Namespace = "nowhere"
+	otel := &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: "otel"}, Spec: v1alpha1.MagicIPSpec{
+		Address: "169.254.210.220", Ports: []v1alpha1.MagicIPPort{{Name: "grpc", Port: 4317}, {Name: "http", Port: 4318}},
+		Producer: v1alpha1.Producer{Namespace: "datadog", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": "otel"}}},
+	}}
+	for _, m := range []*v1alpha1.MagicIP{rival, otel} {
+		if err := e.cp.Client.Create(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitAccepted(t, "otel")
+	eventually(t, 10*time.Second, "rival reported in Conflict and its namespace missing", func(ctx context.Context) error {
+		m := &v1alpha1.MagicIP{}
+		if err := e.cp.Client.Get(ctx, client.ObjectKey{Name: "rival"}, m); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionConflict)
+		ns := meta.FindStatusCondition(m.Status.Conditions, "ProducerNamespaceFound")
+		if c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "MagicIP datadog") ||
+			meta.IsStatusConditionTrue(m.Status.Conditions, v1alpha1.ConditionAccepted) || ns == nil || ns.Status != metav1.ConditionFalse {
+			return fmt.Errorf("conditions %+v", m.Status.Conditions)
+		}
+		if m.Status.PortSummary != "8126/TCP,8125/UDP" {
+			return fmt.Errorf("portSummary %q", m.Status.PortSummary)
+		}
+		return nil
+	})
+	for name, tc := range map[string]struct {
+		annotations map[string]string
+		want        string
+	}{
+		"all accepted":     {nil, "datadog,otel"},
+		"select otel":      {map[string]string{"magic-ip.dev/select": "otel"}, "otel"},
+		"select the rival": {map[string]string{"magic-ip.dev/select": "rival, datadog"}, "datadog"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := testPod("apps", strings.ReplaceAll(name, " ", "-"), func(p *corev1.Pod) { p.Annotations = tc.annotations })
+			if err := e.cp.Client.Create(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Annotations["magic-ip.dev/injected"]; got != tc.want {
+				t.Errorf("injected %q, want %q", got, tc.want)
+			}
+			if env := envOf(p.Spec.Containers[0]); strings.Contains(tc.want, "otel") != (env["OTEL_MAGIC_PORT_GRPC"] == "4317") {
+				t.Errorf("OTEL env %v for injected %q", env, tc.want)
+			}
+		})
+	}
+}
+
+// TestWebhookDryRun: a dry-run create returns the mutated pod and stores nothing.
+func TestWebhookDryRun(t *testing.T) {
+	e := newWebhookEnv(t)
+	p := testPod("apps", "dry")
+	if err := e.cp.Client.Create(t.Context(), p, client.DryRunAll); err != nil {
+		t.Fatal(err)
+	}
+	if envOf(p.Spec.Containers[0])["DATADOG_MAGIC_HOST"] != magicAddr {
+		t.Errorf("dry-run response not mutated: %v", p.Spec.Containers[0].Env)
+	}
+	if err := e.cp.Client.Get(t.Context(), client.ObjectKeyFromObject(p), &corev1.Pod{}); !apierrors.IsNotFound(err) {
+		t.Errorf("dry-run stored the pod (get: %v)", err)
+	}
+}
+
+// TestWebhookCertRotation: a new certificate on disk is served at the next handshake, without a
+// restart, and the API server keeps calling the webhook.
+func TestWebhookCertRotation(t *testing.T) {
+	e := newWebhookEnv(t)
+	before, err := e.wh.ServedCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.wh.RotateCert(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "new certificate served", func(context.Context) error {
+		now, err := e.wh.ServedCert()
+		if err != nil {
+			return err
+		}
+		if now.SerialNumber.Cmp(before.SerialNumber) == 0 {
+			return fmt.Errorf("still serving serial %s", before.SerialNumber)
+		}
+		return nil
+	})
+	p := testPod("apps", "after-rotation")
+	if err := e.cp.Client.Create(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	if envOf(p.Spec.Containers[0])["DATADOG_MAGIC_HOST"] != magicAddr {
+		t.Errorf("pod created after rotation not injected")
+	}
+	if e.wh.Process.Exited() {
+		t.Errorf("webhook restarted or exited")
+	}
+}
+
+// TestWebhookDownFailsOpen: with the webhook process gone, pods are still created, promptly.
+func TestWebhookDownFailsOpen(t *testing.T) {
+	e := newWebhookEnv(t)
+	e.wh.Process.Kill()
+	start := time.Now()
+	p := testPod("apps", "while-down")
+	if err := e.cp.Client.Create(t.Context(), p); err != nil {
+		t.Fatalf("pod creation blocked by a dead webhook: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("creation took %s with the webhook down, want within its 2 s timeout", d)
+	}
+	if envOf(p.Spec.Containers[0])["DATADOG_MAGIC_HOST"] != "" {
+		t.Errorf("injected with the webhook down?")
+	}
+}
+
+// TestWebhookBadInput: malformed bodies get 400 and oversized ones 413, with the reason (as
+// controller-runtime answers, in the AdmissionReview status); a non-pod object is allowed unchanged.
+func TestWebhookBadInput(t *testing.T) {
+	e := newWebhookEnv(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(e.wh.CA.Cert)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	url := fmt.Sprintf("https://127.0.0.1:%d/mutate-v1-pod", e.wh.Port)
+	post := func(body []byte) (int, string) {
+		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	review := func(kind, object string) []byte {
+		return fmt.Appendf(nil, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":%q},"resource":{"group":"","version":"v1","resource":"x"},"operation":"CREATE","namespace":"apps","object":%s}}`, kind, object)
+	}
+	for name, tc := range map[string]struct {
+		body       []byte
+		wantCode   string
+		wantSubstr string
+	}{
+		"not JSON":   {[]byte("{nope"), `"code":400`, "couldn't get version/kind"},
+		"empty body": {nil, `"code":400`, "request body is empty"},
+		"oversized (413, Request Entity Too Large)": {bytes.Repeat([]byte("x"), 8<<20), `"code":413`, "too large"},
+		"a ConfigMap":       {review("ConfigMap", `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}`), `"allowed":true`, "not a pod creation"},
+		"pod not decodable": {review("Pod", `{"apiVersion":"v1","kind":"Pod","spec":{"containers":"oops"}}`), `"allowed":true`, "not decodable"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, body := post(tc.body)
+			if code != 200 && code != 400 {
+				t.Fatalf("HTTP %d: %s", code, body)
+			}
+			if !strings.Contains(body, tc.wantCode) || !strings.Contains(body, tc.wantSubstr) {
+				t.Errorf("response %q, want %s and %q", body, tc.wantCode, tc.wantSubstr)
+			}
+		})
+	}
+	if e.wh.Process.Exited() {
+		t.Errorf("webhook died on bad input:\n%s", e.wh.Process.Output())
+	}
+}

@@ -1,0 +1,177 @@
+// Package webhook injects magic-IP endpoints into consumer pods (a mutating admission webhook)
+// and keeps MagicIP status (a leader-elected controller).
+package webhook
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+// Labels and annotations of the magic-ip.dev API.
+const (
+	// InjectLabel on a namespace opts its pods in ("enabled"); on a pod, "disabled" opts it out.
+	InjectLabel = "magic-ip.dev/inject"
+	// SelectAnnotation on a pod limits injection to the named MagicIPs ("a,b").
+	SelectAnnotation = "magic-ip.dev/select"
+	// InjectedAnnotation records the MagicIPs injected into a pod.
+	InjectedAnnotation = "magic-ip.dev/injected"
+)
+
+// EnvPrefix is the variable prefix for a MagicIP: its name upper-cased, '-' and '.' as '_'.
+func EnvPrefix(name string) string { return envName(name) }
+
+func envName(s string) string {
+	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(s))
+}
+
+// Injectable returns the MagicIPs a pod may get: those that own their claims (the same rule the
+// agents program), not reported un-Accepted for their current generation, narrowed by the pod's
+// select annotation. Sorted by name.
+func Injectable(pod *corev1.Pod, mips []v1alpha1.MagicIP) []v1alpha1.MagicIP {
+	accepted, _ := v1alpha1.ResolveClaims(mips)
+	var want []string
+	if sel, ok := pod.Annotations[SelectAnnotation]; ok {
+		for _, n := range strings.Split(sel, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				want = append(want, n)
+			}
+		}
+	}
+	var out []v1alpha1.MagicIP
+	for _, m := range accepted {
+		if want != nil && !slices.Contains(want, m.Name) {
+			continue
+		}
+		if c := findCondition(m.Status.Conditions, v1alpha1.ConditionAccepted); c != nil &&
+			c.Status == metav1.ConditionFalse && c.ObservedGeneration == m.Generation {
+			continue
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b v1alpha1.MagicIP) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Mutate adds the endpoints of mips to pod: env vars in every container and init container (a
+// variable the pod already sets keeps its value), hostAliases (merged into an entry for the same
+// IP), and the injected annotation. It returns whether the pod changed; a second call changes
+// nothing.
+func Mutate(pod *corev1.Pod, mips []v1alpha1.MagicIP) bool {
+	changed := false
+	var names []string
+	for _, m := range mips {
+		env := Env(m)
+		for i := range pod.Spec.InitContainers {
+			changed = addEnv(&pod.Spec.InitContainers[i], env) || changed
+		}
+		for i := range pod.Spec.Containers {
+			changed = addEnv(&pod.Spec.Containers[i], env) || changed
+		}
+		changed = addHostAliases(pod, m.Spec.Address, m.Spec.Inject.Hostnames) || changed
+		names = append(names, m.Name)
+	}
+	if len(names) == 0 {
+		return changed
+	}
+	prev := pod.Annotations[InjectedAnnotation]
+	all := names
+	for _, n := range strings.Split(prev, ",") {
+		if n != "" && !slices.Contains(all, n) {
+			all = append(all, n)
+		}
+	}
+	slices.Sort(all)
+	if joined := strings.Join(all, ","); joined != prev {
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		pod.Annotations[InjectedAnnotation] = joined
+		changed = true
+	}
+	return changed
+}
+
+// Env lists the variables a MagicIP injects, in order.
+func Env(m v1alpha1.MagicIP) []corev1.EnvVar {
+	var env []corev1.EnvVar
+	if m.Spec.Inject.EnvEnabled() && len(m.Spec.Ports) > 0 {
+		prefix := envName(m.Name) + "_MAGIC_"
+		env = append(env,
+			corev1.EnvVar{Name: prefix + "HOST", Value: m.Spec.Address},
+			corev1.EnvVar{Name: prefix + "PORT", Value: strconv.Itoa(int(m.Spec.Ports[0].Port))})
+		for _, p := range m.Spec.Ports {
+			env = append(env, corev1.EnvVar{Name: prefix + "PORT_" + envName(p.Name), Value: strconv.Itoa(int(p.Port))})
+		}
+	}
+	for _, e := range m.Spec.Inject.ExtraEnv {
+		env = append(env, corev1.EnvVar{Name: e.Name, Value: ExpandTemplate(e.Value, m.Spec)})
+	}
+	if m.Spec.Inject.NodeMetadata {
+		env = append(env,
+			corev1.EnvVar{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
+			corev1.EnvVar{Name: "NODE_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}})
+	}
+	return env
+}
+
+// ExpandTemplate resolves {address}, {port} (the first port) and {port:NAME}. Unknown
+// placeholders are left as they are (the CRD refuses them on admission).
+func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
+	pairs := []string{"{address}", spec.Address}
+	if len(spec.Ports) > 0 {
+		pairs = append(pairs, "{port}", strconv.Itoa(int(spec.Ports[0].Port)))
+	}
+	for _, p := range spec.Ports {
+		pairs = append(pairs, "{port:"+p.Name+"}", strconv.Itoa(int(p.Port)))
+	}
+	return strings.NewReplacer(pairs...).Replace(tmpl)
+}
+
+// addEnv appends the variables the container does not set yet.
+func addEnv(c *corev1.Container, env []corev1.EnvVar) bool {
+	changed := false
+	for _, e := range env {
+		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
+			continue
+		}
+		c.Env = append(c.Env, e)
+		changed = true
+	}
+	return changed
+}
+
+// addHostAliases adds the hostnames for ip, into an existing entry for ip when there is one. A
+// hostname the pod already maps (to any IP) is left as the pod has it.
+func addHostAliases(pod *corev1.Pod, ip string, hostnames []string) bool {
+	var add []string
+	for _, h := range hostnames {
+		if !slices.ContainsFunc(pod.Spec.HostAliases, func(a corev1.HostAlias) bool { return slices.Contains(a.Hostnames, h) }) {
+			add = append(add, h)
+		}
+	}
+	if len(add) == 0 {
+		return false
+	}
+	i := slices.IndexFunc(pod.Spec.HostAliases, func(a corev1.HostAlias) bool { return a.IP == ip })
+	if i < 0 {
+		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: ip})
+		i = len(pod.Spec.HostAliases) - 1
+	}
+	pod.Spec.HostAliases[i].Hostnames = append(pod.Spec.HostAliases[i].Hostnames, add...)
+	return true
+}
+
+func findCondition(conds []metav1.Condition, t string) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == t {
+			return &conds[i]
+		}
+	}
+	return nil
+}

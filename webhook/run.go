@@ -1,0 +1,157 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/certs"
+)
+
+// Config is the webhook's configuration, from flags with environment-variable twins.
+type Config struct {
+	Port              int
+	CertDir           string
+	Kubeconfig        string
+	MetricsAddr       string
+	HealthAddr        string
+	LeaderElect       bool
+	LeaderElectionNS  string
+	EnableHTTP2       bool
+	Verbosity         int
+	DisableStatusCtrl bool
+}
+
+// BindFlags registers the flags on fs, defaults taken from the environment when set.
+func (c *Config) BindFlags(fs *flag.FlagSet) {
+	env := func(key, def string) string {
+		if v, ok := os.LookupEnv(key); ok {
+			return v
+		}
+		return def
+	}
+	atoi := func(s string, def int) int {
+		if n, err := strconv.Atoi(s); err == nil {
+			return n
+		}
+		return def
+	}
+	boolean := func(s string, def bool) bool {
+		if b, err := strconv.ParseBool(s); err == nil {
+			return b
+		}
+		return def
+	}
+	fs.IntVar(&c.Port, "port", atoi(env("MAGIC_IP_WEBHOOK_PORT", "9443"), 9443), "HTTPS port of "+Path+" (env MAGIC_IP_WEBHOOK_PORT)")
+	fs.StringVar(&c.CertDir, "cert-dir", env("MAGIC_IP_CERT_DIR", "/etc/magic-ip/tls"), "directory with tls.crt and tls.key (as cert-manager writes them); reloaded when they change (env MAGIC_IP_CERT_DIR)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", env("KUBECONFIG", ""), "kubeconfig file; empty means in-cluster config (env KUBECONFIG)")
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", env("MAGIC_IP_METRICS_BIND_ADDRESS", ":8080"), "address of /metrics; 0 disables it (env MAGIC_IP_METRICS_BIND_ADDRESS)")
+	fs.StringVar(&c.HealthAddr, "health-probe-bind-address", env("MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":8081"), "address of /healthz and /readyz (env MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS)")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", boolean(env("MAGIC_IP_LEADER_ELECT", "true"), true), "elect one replica to write MagicIP status (env MAGIC_IP_LEADER_ELECT)")
+	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", env("POD_NAMESPACE", ""), "namespace of the leader-election Lease; empty means the pod's own (env POD_NAMESPACE)")
+	fs.BoolVar(&c.EnableHTTP2, "enable-http2", boolean(env("MAGIC_IP_ENABLE_HTTP2", "false"), false), "serve HTTP/2 too (off by default: HTTP/1.1 only avoids the HTTP/2 rapid-reset class of attacks) (env MAGIC_IP_ENABLE_HTTP2)")
+	fs.IntVar(&c.Verbosity, "v", atoi(env("MAGIC_IP_VERBOSITY", "0"), 0), "log verbosity: 2 status changes, 4 every injection (env MAGIC_IP_VERBOSITY)")
+	fs.BoolVar(&c.DisableStatusCtrl, "disable-status-controller", boolean(env("MAGIC_IP_DISABLE_STATUS_CONTROLLER", "false"), false), "serve the webhook only, without the MagicIP status controller (env MAGIC_IP_DISABLE_STATUS_CONTROLLER)")
+}
+
+// Validate returns every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Port < 1 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("--port %d: want 1-65535", c.Port))
+	}
+	if c.CertDir == "" {
+		errs = append(errs, errors.New("--cert-dir must not be empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// Run serves the webhook (all replicas) and the status controller (the leader) until ctx ends.
+func Run(ctx context.Context, cfg Config, log logr.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	watcher, err := certs.NewWatcher(cfg.CertDir)
+	if err != nil {
+		return err
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	restCfg.UserAgent = "magic-ip-webhook"
+	scheme := runtime.NewScheme()
+	if err := errors.Join(corev1.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
+		return err
+	}
+	tlsOpts := []func(*tls.Config){func(c *tls.Config) {
+		c.GetCertificate = watcher.GetCertificate
+		c.MinVersion = tls.VersionTLS12
+		if !cfg.EnableHTTP2 {
+			c.NextProtos = []string{"http/1.1"}
+		}
+	}}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                  scheme,
+		Logger:                  log,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.HealthAddr,
+		WebhookServer:           crwebhook.NewServer(crwebhook.Options{Port: cfg.Port, TLSOpts: tlsOpts}),
+		LeaderElection:          cfg.LeaderElect,
+		LeaderElectionID:        "magic-ip-webhook",
+		LeaderElectionNamespace: cfg.LeaderElectionNS,
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	if err := mgr.Add(watcher); err != nil {
+		return err
+	}
+	injections := NewInjectionsMetric()
+	if err := metrics.Registry.Register(injections); err != nil {
+		return err
+	}
+	// Start the MagicIP informer with the cache, so the first admission request finds it synced.
+	if _, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.MagicIP{}); err != nil {
+		return fmt.Errorf("MagicIP informer: %w", err)
+	}
+	inj := &Injector{MagicIPs: mgr.GetCache(), Log: log.WithName("inject"), Injections: injections}
+	mgr.GetWebhookServer().Register(Path, inj.Webhook())
+	if !cfg.DisableStatusCtrl {
+		if err := (&StatusReconciler{Client: mgr.GetClient(), Log: log.WithName("status")}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("set up status controller: %w", err)
+		}
+	}
+	cacheSynced := func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return errors.New("MagicIP cache not synced")
+		}
+		return nil
+	}
+	if err := errors.Join(
+		mgr.AddHealthzCheck("ping", healthz.Ping),
+		mgr.AddReadyzCheck("certificate", watcher.Checker),
+		mgr.AddReadyzCheck("webhook-server", mgr.GetWebhookServer().StartedChecker()),
+		mgr.AddReadyzCheck("magicip-cache", cacheSynced),
+	); err != nil {
+		return err
+	}
+	log.Info("starting", "port", cfg.Port, "certDir", cfg.CertDir, "leaderElect", cfg.LeaderElect)
+	return mgr.Start(ctx)
+}

@@ -1,0 +1,112 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+// ConditionProducerNamespace is True when the producer namespace exists.
+const ConditionProducerNamespace = "ProducerNamespaceFound"
+
+// StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, ProducerNamespaceFound),
+// observedGeneration and portSummary true. Conflicts are decided by v1alpha1.ResolveClaims, the
+// same function the agents use, so status and datapath agree. One work item covers all MagicIPs:
+// a change to one can change who wins for the others.
+type StatusReconciler struct {
+	Client client.Client
+	Log    logr.Logger
+}
+
+var allRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "all"}}
+
+// SetupWithManager watches MagicIPs and namespaces. It runs only on the elected leader.
+func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{allRequest}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("magicip-status").
+		Watches(&v1alpha1.MagicIP{}, all).
+		Watches(&corev1.Namespace{}, all).
+		Complete(r)
+}
+
+// Reconcile recomputes the status of every MagicIP and writes those that changed.
+func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	var list v1alpha1.MagicIPList
+	if err := r.Client.List(ctx, &list); err != nil {
+		return reconcile.Result{}, fmt.Errorf("list MagicIPs: %w", err)
+	}
+	var namespaces corev1.NamespaceList
+	if err := r.Client.List(ctx, &namespaces); err != nil {
+		return reconcile.Result{}, fmt.Errorf("list namespaces: %w", err)
+	}
+	exists := map[string]bool{}
+	for _, ns := range namespaces.Items {
+		exists[ns.Name] = ns.DeletionTimestamp == nil
+	}
+	_, conflicts := v1alpha1.ResolveClaims(list.Items)
+	var errs []error
+	for i := range list.Items {
+		m := &list.Items[i]
+		want := m.Status.DeepCopy()
+		DesiredStatus(want, m, conflicts, exists[m.Spec.Producer.Namespace])
+		if equality.Semantic.DeepEqual(*want, m.Status) {
+			continue
+		}
+		m.Status = *want
+		if err := r.Client.Status().Update(ctx, m); err != nil {
+			errs = append(errs, fmt.Errorf("update status of MagicIP %s: %w", m.Name, err))
+			continue
+		}
+		r.Log.V(2).Info("status updated", "magicIP", m.Name, "accepted", meta.IsStatusConditionTrue(m.Status.Conditions, v1alpha1.ConditionAccepted))
+	}
+	return reconcile.Result{}, errors.Join(errs...)
+}
+
+// DesiredStatus sets the conditions of m into st (keeping transition times of unchanged ones).
+func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, conflicts map[string]v1alpha1.Conflict, nsExists bool) {
+	gen := m.Generation
+	set := func(t string, ok bool, reason, msg string) {
+		s := metav1.ConditionFalse
+		if ok {
+			s = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+	}
+	if c, lost := conflicts[m.Name]; lost {
+		msg := fmt.Sprintf("%s is already claimed by MagicIP %s (the older claim wins); this MagicIP is neither programmed nor injected", c.Claim, c.Winner)
+		set(v1alpha1.ConditionAccepted, false, "Conflict", msg)
+		set(v1alpha1.ConditionConflict, true, "ClaimTaken", msg)
+	} else {
+		claims := make([]string, 0, len(m.Spec.Ports))
+		for _, c := range m.Claims() {
+			claims = append(claims, c.String())
+		}
+		set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
+		set(v1alpha1.ConditionConflict, false, "NoConflict", "no older MagicIP claims the same address, port and protocol")
+	}
+	if nsExists {
+		set(ConditionProducerNamespace, true, "Found", "namespace "+m.Spec.Producer.Namespace+" exists")
+	} else {
+		set(ConditionProducerNamespace, false, "NamespaceNotFound",
+			fmt.Sprintf("producer namespace %q does not exist: no pod can serve this address until it does", m.Spec.Producer.Namespace))
+	}
+	st.ObservedGeneration = gen
+	st.PortSummary = m.Spec.PortSummary()
+}
