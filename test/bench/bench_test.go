@@ -61,6 +61,12 @@ func TestMain(m *testing.M) {
 	if err == nil {
 		agentBin, err = harness.Build(dir, "./cmd/magic-ip-agent")
 	}
+	if err == nil {
+		webhookBin, err = harness.Build(dir, "./cmd/magic-ip-webhook")
+	}
+	if err == nil {
+		noopBin, err = harness.Build(dir, "./test/bench/noopwebhook")
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "build:", err)
 		os.Exit(1)

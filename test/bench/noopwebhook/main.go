@@ -1,0 +1,42 @@
+// Command noopwebhook is the benchmark's baseline: an admission webhook that allows everything,
+// served by the same controller-runtime machinery and TLS as magic-ip-webhook, in its own process.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+func main() {
+	dir := flag.String("cert-dir", "", "directory with tls.crt and tls.key")
+	addr := flag.String("listen", "127.0.0.1:0", "listen address")
+	flag.Parse()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(*dir, "tls.crt"), filepath.Join(*dir, "tls.key"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ln, err := tls.Listen("tcp", *addr, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().String()) // the bench reads the address from the first line
+	hook := &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
+		return admission.Allowed("")
+	})}
+	srv := &http.Server{Handler: hook}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	_ = srv.Serve(ln)
+}

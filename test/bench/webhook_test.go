@@ -1,0 +1,179 @@
+package bench
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/certs"
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// webhookBin and noopBin are built in TestMain next to agentBin.
+var webhookBin, noopBin string
+
+// BenchmarkWebhook: handler latency at 1,000 AdmissionReviews/s over HTTPS keep-alive, against a
+// no-op admission handler measured the same way in the same run; pod creation through the API
+// server with and without the webhook in the path; the webhook's RSS after the load.
+func BenchmarkWebhook(b *testing.B) {
+	cp := harness.StartControlPlane(b)
+	ctx := b.Context()
+	for name, labels := range map[string]map[string]string{"apps": {"magic-ip.dev/inject": "enabled"}, "plain": nil} {
+		if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	mip := &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: "datadog"}, Spec: v1alpha1.MagicIPSpec{
+		Address: magicAddr, Ports: []v1alpha1.MagicIPPort{{Name: "apm", Port: 8126}, {Name: "dogstatsd", Port: 8125, Protocol: "UDP"}},
+		Producer: v1alpha1.Producer{Namespace: "datadog", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": "dd"}}},
+		Inject:   v1alpha1.Inject{ExtraEnv: []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}}, Hostnames: []string{"datadog.node.local"}},
+	}}
+	if err := cp.Client.Create(ctx, mip); err != nil {
+		b.Fatal(err)
+	}
+	wh := harness.StartWebhook(b, cp, webhookBin)
+	noop := startNoop(b, wh.CA)
+
+	seconds := trials(5, 1)
+	body := reviewBody(b)
+	ours := load(b, fmt.Sprintf("https://127.0.0.1:%d/mutate-v1-pod", wh.Port), wh.CA, body, seconds)
+	base := load(b, noop, wh.CA, body, seconds)
+	const sc = "webhook handler at 1,000 req/s (HTTPS keep-alive)"
+	p50, p99, b99 := percentile(ours, 50), percentile(ours, 99), percentile(base, 99)
+	record(row{Scenario: sc, Figure: fmt.Sprintf("magic-ip p50 (%d requests)", len(ours)), Value: p50, Unit: "ms"})
+	goal(sc, "magic-ip p99", p99, "ms", "≤ 2 ms", p99 <= 2)
+	record(row{Scenario: sc, Figure: "no-op handler p99", Value: b99, Unit: "ms"})
+	goal(sc, "p99 ratio to no-op", p99/b99, "×", "≤ 1.3×", p99/b99 <= 1.3)
+	if rss, err := procStatus(wh.Process.Pid(), "VmRSS"); err == nil {
+		goal("webhook memory", "RSS after the load", rss, "MiB", "≤ 40 MiB", rss <= 40)
+	}
+
+	n := trials(200, 20)
+	with, without := podCreates(b, cp, n)
+	w99, wo99 := percentile(with, 99), percentile(without, 99)
+	const sc2 = "pod create through the API server"
+	record(row{Scenario: sc2, Figure: fmt.Sprintf("p99 with the webhook (%d pods)", n), Value: w99, Unit: "ms"})
+	record(row{Scenario: sc2, Figure: "p99 without (namespace not opted in)", Value: wo99, Unit: "ms"})
+	goal(sc2, "p99 ratio", w99/wo99, "×", "≤ 1.10×", w99/wo99 <= 1.10)
+}
+
+// reviewBody is an AdmissionReview for a typical two-container pod in an opted-in namespace.
+func reviewBody(b *testing.B) []byte {
+	pod := `{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"web-","namespace":"apps","labels":{"app":"web"}},` +
+		`"spec":{"containers":[{"name":"app","image":"registry.invalid/app:1","env":[{"name":"A","value":"1"}]},{"name":"side","image":"registry.invalid/side:1"}]}}`
+	return fmt.Appendf(nil, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"00000000-0000-0000-0000-000000000001",`+
+		`"kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","namespace":"apps","object":%s}}`, pod)
+}
+
+// startNoop runs the baseline webhook process (test/bench/noopwebhook): it allows everything,
+// through the same controller-runtime machinery and TLS, in its own process like ours.
+func startNoop(b *testing.B, ca *certs.CA) string {
+	dir := b.TempDir()
+	if _, err := certs.Generate(dir, certs.Options{Hosts: []string{"127.0.0.1"}, CA: ca}); err != nil {
+		b.Fatal(err)
+	}
+	p := harness.StartHostProcess(b, "noop webhook", noopBin, "--cert-dir", dir)
+	var addr string
+	for addr == "" {
+		if line, _, ok := strings.Cut(p.Output(), "\n"); ok {
+			addr = line
+		} else if p.Exited() {
+			b.Fatalf("noop webhook exited: %s", p.Output())
+		} else {
+			runtime.Gosched()
+		}
+	}
+	return "https://" + addr + "/"
+}
+
+// load sends body to url at 1,000 requests/s for the given seconds over 8 keep-alive
+// connections and returns each request's latency.
+func load(b *testing.B, url string, ca *certs.CA, body []byte, seconds int) []time.Duration {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 8, MaxConnsPerHost: 8,
+		DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	defer tr.CloseIdleConnections()
+	send := func() (time.Duration, error) {
+		start := time.Now()
+		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return 0, fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return time.Since(start), nil
+	}
+	for range 200 { // warm up connections and caches
+		if _, err := send(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var (
+		mu   sync.Mutex
+		out  []time.Duration
+		errs int
+		wg   sync.WaitGroup
+	)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for range seconds * 1000 {
+		<-tick.C
+		wg.Go(func() {
+			d, err := send()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs++
+				return
+			}
+			out = append(out, d)
+		})
+	}
+	wg.Wait()
+	if errs > 0 {
+		b.Fatalf("%d requests to %s failed", errs, url)
+	}
+	return out
+}
+
+// podCreates creates n pods in the opted-in namespace and n in the plain one, alternating, and
+// returns the create latencies of each.
+func podCreates(b *testing.B, cp *harness.ControlPlane, n int) (with, without []time.Duration) {
+	ctx := b.Context()
+	create := func(ns string) time.Duration {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: "web-"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}}}
+		start := time.Now()
+		if err := cp.Client.Create(ctx, p); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	for range 20 {
+		create("apps")
+		create("plain")
+	}
+	for range n {
+		with = append(with, create("apps"))
+		without = append(without, create("plain"))
+	}
+	return with, without
+}
