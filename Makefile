@@ -39,8 +39,36 @@ prereqs: ## Install the system packages tests and the demo need (apt: iptables, 
 	@hack/prereqs.sh
 
 .PHONY: test
-test: prereqs envtest-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part).
+test: prereqs envtest-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
+	@echo "--- benchmarks, quick form (figures are rough; this only proves they run)"
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 20m ./test/bench -run '^$$' -bench . -benchtime 1x -args -quick
+
+DEMO_STATE ?= $(CACHE)/demo
+.PHONY: demo
+demo: prereqs envtest-assets ## Run magic-ip on a local simulated cluster (root). KEEP=1 leaves it up until `make demo-down`.
+	@mkdir -p bin $(DEMO_STATE)
+	go build -o bin/demo ./test/demo
+ifdef KEEP
+	@rm -f $(DEMO_STATE)/ready $(DEMO_STATE)/pid
+	@nohup bin/demo -keep -ready-file $(DEMO_STATE)/ready > $(DEMO_STATE)/demo.log 2>&1 & echo $$! > $(DEMO_STATE)/pid
+	@while [ ! -f $(DEMO_STATE)/ready ]; do \
+		if ! kill -0 $$(cat $(DEMO_STATE)/pid) 2>/dev/null; then cat $(DEMO_STATE)/demo.log; echo "demo failed"; exit 1; fi; \
+		sleep 0.5; done
+	@cat $(DEMO_STATE)/demo.log
+	@echo "(log: $(DEMO_STATE)/demo.log)"
+else
+	bin/demo
+endif
+
+.PHONY: demo-down
+demo-down: ## Stop a demo started with `make demo KEEP=1` and clean everything up.
+	@if [ -f $(DEMO_STATE)/pid ] && kill -0 $$(cat $(DEMO_STATE)/pid) 2>/dev/null; then \
+		pid=$$(cat $(DEMO_STATE)/pid); kill -TERM $$pid; \
+		while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; \
+		tail -n 3 $(DEMO_STATE)/demo.log; \
+	else echo "no demo running"; fi
+	@rm -f $(DEMO_STATE)/pid $(DEMO_STATE)/ready
 
 BENCH_OUT ?= bench-results
 .PHONY: bench

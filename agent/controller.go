@@ -13,12 +13,14 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
@@ -54,10 +56,17 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.observed()
 		return []reconcile.Request{nodeRequest}
 	})
+	// One sync at start even when nothing exists yet: it installs our jumps, removes what a
+	// previous run left behind, and makes the agent ready.
+	initial := source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		q.Add(nodeRequest)
+		return nil
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("magic-ip-agent").
 		Watches(&v1alpha1.MagicIP{}, toNode).
 		Watches(&corev1.Pod{}, toNode).
+		WatchesRawSource(initial).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
 		Complete(r)
 }

@@ -152,9 +152,7 @@ func BenchmarkAgentRSS(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	p := n.Netns.StartProcess(b, "agent", agentBin, "--node-name", n.Name, "--kubeconfig", cp.Kubeconfig,
-		"--host-interface", harness.PodBridge, "--node-ip", n.IP.String(), "--metrics-bind-address", "0",
-		"--health-probe-bind-address", "127.0.0.1:9403", "--resync-period", "1s")
+	p := harness.StartAgent(b, c, n, agentBin, "--resync-period", "1s", "-v", "0")
 	hc := n.Netns.HTTPClient(time.Second)
 	deadline := time.Now().Add(30 * time.Second)
 	for {

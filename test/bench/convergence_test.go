@@ -42,9 +42,7 @@ func BenchmarkConvergence(b *testing.B) {
 	if err := cp.Client.Create(b.Context(), mip); err != nil {
 		b.Fatal(err)
 	}
-	n.Netns.StartProcess(b, "agent", agentBin, "--node-name", n.Name, "--kubeconfig", cp.Kubeconfig,
-		"--host-interface", harness.PodBridge, "--node-ip", n.IP.String(), "--metrics-bind-address", "0",
-		"--health-probe-bind-address", "0")
+	harness.StartAgent(b, c, n, agentBin, "--resync-period", "10s", "-v", "0")
 	poller := startPoller(b, cp.Client, n)
 	// Start measuring once the agent has programmed the node: a connection is refused at once.
 	for {

@@ -25,12 +25,7 @@ const (
 // startAgent runs the real magic-ip-agent inside node's namespace, with cni0 as host interface.
 func startAgent(t *testing.T, c *harness.Cluster, n *harness.Node, extra ...string) *harness.Process {
 	t.Helper()
-	args := append([]string{
-		"--node-name", n.Name, "--kubeconfig", c.CP.Kubeconfig, "--host-interface", harness.PodBridge,
-		"--node-ip", n.IP.String(), "--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:9403",
-		"--resync-period", "2s", "-v", "2",
-	}, extra...)
-	return n.Netns.StartProcess(t, "agent "+n.Name, agentBin, args...)
+	return harness.StartAgent(t, c, n, agentBin, extra...)
 }
 
 // datadogMagicIP is the example: 169.254.210.210, 8126/TCP + 8125/UDP, producers app=dd in

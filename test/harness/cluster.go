@@ -5,7 +5,6 @@ import (
 	"hash/fnv"
 	"net"
 	"sync"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
@@ -35,7 +34,7 @@ type Cluster struct {
 	Nodes []*Node
 	CP    *ControlPlane
 
-	t        testing.TB
+	t        T
 	underlay *Netns
 	mu       sync.Mutex
 	outsides int
@@ -49,7 +48,7 @@ type ClusterOptions struct {
 }
 
 // NewCluster builds the nodes and registers their teardown with t.Cleanup.
-func NewCluster(t testing.TB, cp *ControlPlane, opts ClusterOptions) *Cluster {
+func NewCluster(t T, cp *ControlPlane, opts ClusterOptions) *Cluster {
 	t.Helper()
 	RequireRoot(t)
 	if opts.Name == "" {

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -53,7 +52,7 @@ func NewScheme() (*runtime.Scheme, error) {
 }
 
 // StartControlPlane starts a control plane for one test and stops it in t.Cleanup.
-func StartControlPlane(t testing.TB) *ControlPlane {
+func StartControlPlane(t T) *ControlPlane {
 	t.Helper()
 	cp, err := NewControlPlane()
 	if err != nil {

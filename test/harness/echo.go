@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -20,7 +19,7 @@ import (
 
 // ServeTCP runs a TCP server inside the namespace on port (all addresses) that greets every
 // connection with "<name>\n" and then echoes what it receives. Stopped in t.Cleanup.
-func (n *Netns) ServeTCP(t testing.TB, port int, name string) {
+func (n *Netns) ServeTCP(t T, port int, name string) {
 	t.Helper()
 	var ln net.Listener
 	if err := n.Do(func() (err error) {
@@ -56,7 +55,7 @@ func (n *Netns) ServeTCP(t testing.TB, port int, name string) {
 // ServeUDP runs a UDP server inside the namespace on port that answers every datagram with
 // "<name>", from the address the datagram was sent to (IP_PKTINFO, as well-behaved UDP servers
 // such as DNS servers do). Stopped in t.Cleanup.
-func (n *Netns) ServeUDP(t testing.TB, port int, name string) {
+func (n *Netns) ServeUDP(t T, port int, name string) {
 	t.Helper()
 	var pc net.PacketConn
 	if err := n.Do(func() (err error) {

@@ -14,7 +14,7 @@ func RunPrefix() string { return fmt.Sprintf("mip%d", os.Getpid()) }
 
 // RequireRoot skips a test that needs root or ip/iptables, saying why — except under CI
 // (CI=true), where everything needed is present and a skip would hide a broken suite: there it fails.
-func RequireRoot(t testing.TB) {
+func RequireRoot(t T) {
 	t.Helper()
 	var missing []string
 	if os.Geteuid() != 0 {

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -39,19 +38,19 @@ type Process struct {
 
 // StartProcess runs bin with args inside the namespace. It is stopped in t.Cleanup, and its
 // output is printed when the test failed.
-func (n *Netns) StartProcess(t testing.TB, name, bin string, args ...string) *Process {
+func (n *Netns) StartProcess(t T, name, bin string, args ...string) *Process {
 	t.Helper()
 	return startProcess(t, name, exec.Command("ip", append([]string{"netns", "exec", n.Name, bin}, args...)...))
 }
 
 // StartHostProcess runs bin in the root network namespace (e.g. the webhook, which the API server
 // on the root namespace's loopback calls). Stopped in t.Cleanup like StartProcess.
-func StartHostProcess(t testing.TB, name, bin string, args ...string) *Process {
+func StartHostProcess(t T, name, bin string, args ...string) *Process {
 	t.Helper()
 	return startProcess(t, name, exec.Command(bin, args...))
 }
 
-func startProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {
+func startProcess(t T, name string, cmd *exec.Cmd) *Process {
 	t.Helper()
 	p := &Process{Name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

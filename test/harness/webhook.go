@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -37,7 +36,7 @@ const WebhookNamespace = "magic-ip-system"
 // StartWebhook generates a CA and a serving certificate for 127.0.0.1, starts bin serving them,
 // registers a MutatingWebhookConfiguration like the one the manifests ship (opt-in namespace
 // label, opt-out pod label, failurePolicy Ignore, 2 s timeout) and waits until it is ready.
-func StartWebhook(t testing.TB, cp *ControlPlane, bin string, extraArgs ...string) *Webhook {
+func StartWebhook(t T, cp *ControlPlane, bin string, extraArgs ...string) *Webhook {
 	t.Helper()
 	ca, err := certs.NewCA("magic-ip-test-ca", 24*time.Hour)
 	if err != nil {
@@ -89,7 +88,7 @@ func (w *Webhook) ServedCert() (*x509.Certificate, error) {
 }
 
 // WaitReady polls /readyz until it answers 200.
-func (w *Webhook) WaitReady(t testing.TB, timeout time.Duration) error {
+func (w *Webhook) WaitReady(t T, timeout time.Duration) error {
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", w.HealthPort)
 	return wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
 		if w.Process.Exited() {
