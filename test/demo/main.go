@@ -377,4 +377,3 @@ func stayUp(t *demoT, cp *harness.ControlPlane, readyFile string) error {
 	fmt.Println("\nstopping: cleaning up")
 	return nil
 }
-
