@@ -199,3 +199,43 @@ func TestAgentConflictsAndBadInterface(t *testing.T) {
 		t.Errorf("original MagicIP disturbed: outcomes %v, want only %s", got, p.Name)
 	}
 }
+
+// TestAgentStartCleansLeftovers: a MagicIP deleted while the agent was down leaves rules and an
+// address behind; the next agent, with nothing at all to watch, removes them and becomes ready.
+func TestAgentStartCleansLeftovers(t *testing.T) {
+	e := newOneNode(t)
+	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
+	ctx := t.Context()
+	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	if err := e.agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.CP.Client.Delete(ctx, datadogMagicIP("datadog")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.consumer.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, e.c, e.node)
+	eventually(t, 10*time.Second, "leftovers removed by the new agent", func(ctx context.Context) error {
+		out, err := e.node.Netns.Run(ctx, "sh", "-c", "iptables-save; ip -o addr show dev cni0")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(out, magicAddr) {
+			return fmt.Errorf("still there:\n%s", out)
+		}
+		return nil
+	})
+	resp, err := e.node.Netns.HTTPClient(2 * time.Second).Get("http://127.0.0.1:9403/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz %s: an agent with nothing to program must still become ready", resp.Status)
+	}
+}
