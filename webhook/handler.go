@@ -3,7 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
-	"net/http"
+	"fmt"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,7 +42,15 @@ func (in *Injector) Webhook() *admission.Webhook {
 
 // Handle mutates a pod on CREATE; anything else is allowed unchanged. It never refuses a pod: the
 // worst outcome of a problem here is a pod without injection, with a warning.
-func (in *Injector) Handle(ctx context.Context, req admission.Request) admission.Response {
+func (in *Injector) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
+	// An explicit answer is never subject to failurePolicy: a panic answered as an error would
+	// refuse the pod. Recover here and admit it unchanged instead.
+	defer func() {
+		if r := recover(); r != nil {
+			in.Log.Error(fmt.Errorf("panic: %v", r), "injection failed, pod admitted unchanged", "namespace", req.Namespace)
+			resp = admission.Allowed("").WithWarnings("magic-ip: internal error, nothing injected")
+		}
+	}()
 	if req.Operation != admissionv1.Create || req.Kind.Group != "" || req.Kind.Kind != "Pod" {
 		return admission.Allowed("not a pod creation")
 	}
@@ -57,12 +65,9 @@ func (in *Injector) Handle(ctx context.Context, req admission.Request) admission
 		return admission.Allowed("").WithWarnings("magic-ip: MagicIPs unavailable, nothing injected")
 	}
 	mips := Injectable(pod, list.Items)
+	before := pod.DeepCopy()
 	if !Mutate(pod, mips) {
 		return admission.Allowed("nothing to inject")
-	}
-	mutated, err := json.Marshal(pod)
-	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, err)
 	}
 	names := make([]string, len(mips))
 	for i, m := range mips {
@@ -72,7 +77,10 @@ func (in *Injector) Handle(ctx context.Context, req admission.Request) admission
 		}
 	}
 	in.Log.V(4).Info("injected", "namespace", req.Namespace, "pod", podName(pod), "magicIPs", names)
-	return admission.PatchResponseFromRaw(req.Object.Raw, mutated)
+	patched := admission.Patched("", Patch(before, pod)...)
+	patchType := admissionv1.PatchTypeJSONPatch
+	patched.PatchType = &patchType
+	return patched
 }
 
 func isDryRun(req admission.Request) bool { return req.DryRun != nil && *req.DryRun }
