@@ -12,10 +12,10 @@ import (
 )
 
 // Sysctl reads and writes /proc/sys in the agent's network namespace.
-type Sysctl struct{ Root string }
+type Sysctl struct{}
 
-func (s Sysctl) path(key string) string {
-	return s.Root + "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+func (Sysctl) path(key string) string {
+	return "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
 }
 
 // Get reads a sysctl.

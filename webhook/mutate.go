@@ -23,9 +23,7 @@ const (
 	InjectedAnnotation = "magic-ip.dev/injected"
 )
 
-// EnvPrefix is the variable prefix for a MagicIP: its name upper-cased, '-' and '.' as '_'.
-func EnvPrefix(name string) string { return envName(name) }
-
+// envName upper-cases s with '-' and '.' as '_': MagicIP and port names in variable names.
 func envName(s string) string {
 	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(s))
 }
