@@ -117,6 +117,9 @@ func (ca *CA) Sign(o Options) (certPEM, keyPEM []byte, err error) {
 	if o.Service == "" && len(o.Hosts) == 0 {
 		return nil, nil, errors.New("no names: set a service (and namespace) or hosts")
 	}
+	if o.Service != "" && o.Namespace == "" {
+		return nil, nil, fmt.Errorf("service %q needs a namespace", o.Service)
+	}
 	if o.Validity == 0 {
 		o.Validity = 365 * 24 * time.Hour
 	}
@@ -128,9 +131,13 @@ func (ca *CA) Sign(o Options) (certPEM, keyPEM []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	cn := o.Service + "." + o.Namespace + ".svc"
+	if o.Service == "" {
+		cn = o.Hosts[0]
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: o.Service + "." + o.Namespace + ".svc"},
+		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    time.Now().Add(-time.Minute),
 		NotAfter:     time.Now().Add(o.Validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

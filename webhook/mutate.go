@@ -35,6 +35,7 @@ func Injectable(pod *corev1.Pod, mips []v1alpha1.MagicIP) []v1alpha1.MagicIP {
 	accepted, _ := v1alpha1.ResolveClaims(mips)
 	var want []string
 	if sel, ok := pod.Annotations[SelectAnnotation]; ok {
+		want = []string{} // present but empty selects nothing
 		for _, n := range strings.Split(sel, ",") {
 			if n = strings.TrimSpace(n); n != "" {
 				want = append(want, n)

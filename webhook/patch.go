@@ -39,7 +39,7 @@ func Patch(before, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
 		}
 	}
 	if v, ok := after.Annotations[InjectedAnnotation]; ok && v != before.Annotations[InjectedAnnotation] {
-		if before.Annotations == nil {
+		if len(before.Annotations) == 0 {
 			add("/metadata/annotations", map[string]string{InjectedAnnotation: v})
 		} else {
 			op := "add" // add replaces an existing member of an object (RFC 6902 4.1)

@@ -1,0 +1,198 @@
+package webhook
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+)
+
+type wantCondition struct {
+	status  metav1.ConditionStatus
+	reason  string
+	message []string // substrings
+}
+
+func checkConditions(t *testing.T, st v1alpha1.MagicIPStatus, gen int64, want map[string]wantCondition) {
+	t.Helper()
+	if len(st.Conditions) != len(want) {
+		t.Errorf("%d conditions, want %d: %+v", len(st.Conditions), len(want), st.Conditions)
+	}
+	for typ, w := range want {
+		c := meta.FindStatusCondition(st.Conditions, typ)
+		if c == nil {
+			t.Errorf("no %s condition", typ)
+			continue
+		}
+		if c.Status != w.status || c.Reason != w.reason {
+			t.Errorf("%s = %s (%s), want %s (%s)", typ, c.Status, c.Reason, w.status, w.reason)
+		}
+		for _, m := range w.message {
+			if !strings.Contains(c.Message, m) {
+				t.Errorf("%s message %q does not contain %q", typ, c.Message, m)
+			}
+		}
+		if c.ObservedGeneration != gen {
+			t.Errorf("%s observedGeneration = %d, want %d", typ, c.ObservedGeneration, gen)
+		}
+		if c.LastTransitionTime.IsZero() {
+			t.Errorf("%s has no lastTransitionTime", typ)
+		}
+	}
+}
+
+func TestDesiredStatus(t *testing.T) {
+	twoPorts := withPorts(
+		v1alpha1.MagicIPPort{Name: "apm", Port: 8126},
+		v1alpha1.MagicIPPort{Name: "dogstatsd", Port: 8125, Protocol: v1alpha1.ProtocolUDP},
+	)
+	gen := func(g int64) func(*v1alpha1.MagicIP) { return func(m *v1alpha1.MagicIP) { m.Generation = g } }
+	tests := map[string]struct {
+		mips        []v1alpha1.MagicIP // all MagicIPs; the status of the first is checked
+		nsExists    bool
+		wantSummary string
+		want        map[string]wantCondition
+	}{
+		"accepted, producer namespace found": {
+			mips:        []v1alpha1.MagicIP{newMIP("dd", testAddr, 0, twoPorts, gen(3))},
+			nsExists:    true,
+			wantSummary: "8126/TCP,8125/UDP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", []string{"datadog"}},
+			},
+		},
+		"accepted, producer namespace missing": {
+			mips:        []v1alpha1.MagicIP{newMIP("dd", testAddr, 0, gen(2))},
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace: {metav1.ConditionFalse, "NamespaceNotFound", []string{`"datadog"`}},
+			},
+		},
+		"conflict: the younger is not accepted, the message names the winner and the claim": {
+			mips: []v1alpha1.MagicIP{
+				newMIP("aa-young", testAddr, 5, twoPorts, gen(4)),
+				newMIP("zz-old", testAddr, 0, withPorts(v1alpha1.MagicIPPort{Name: "x", Port: 8125, Protocol: v1alpha1.ProtocolUDP})),
+			},
+			nsExists:    true,
+			wantSummary: "8126/TCP,8125/UDP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, "Conflict", []string{"zz-old", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionConflict: {metav1.ConditionTrue, "ClaimTaken", []string{"zz-old", testAddr + ":8125/UDP"}},
+				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"the older of two is accepted": {
+			mips: []v1alpha1.MagicIP{
+				newMIP("zz-old", testAddr, 0),
+				newMIP("aa-young", testAddr, 5),
+			},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP"}},
+				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, conflicts := v1alpha1.ResolveClaims(tc.mips)
+			m := &tc.mips[0]
+			var st v1alpha1.MagicIPStatus
+			DesiredStatus(&st, m, conflicts, tc.nsExists)
+			checkConditions(t, st, m.Generation, tc.want)
+			if st.ObservedGeneration != m.Generation {
+				t.Errorf("observedGeneration = %d, want %d", st.ObservedGeneration, m.Generation)
+			}
+			if st.PortSummary != tc.wantSummary {
+				t.Errorf("portSummary = %q, want %q", st.PortSummary, tc.wantSummary)
+			}
+		})
+	}
+}
+
+func TestDesiredStatusTransitionTimes(t *testing.T) {
+	old := metav1.NewTime(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))
+	young, winner := newMIP("aa-young", testAddr, 5), newMIP("zz-old", testAddr, 0)
+	ageAll := func(st *v1alpha1.MagicIPStatus) {
+		for i := range st.Conditions {
+			st.Conditions[i].LastTransitionTime = old
+		}
+	}
+
+	// Accepted alone, twice: no condition moves.
+	var st v1alpha1.MagicIPStatus
+	_, conflicts := v1alpha1.ResolveClaims([]v1alpha1.MagicIP{young})
+	DesiredStatus(&st, &young, conflicts, true)
+	ageAll(&st)
+	young.Generation = 2 // a spec change that keeps the outcome
+	DesiredStatus(&st, &young, conflicts, true)
+	for _, c := range st.Conditions {
+		if !c.LastTransitionTime.Equal(&old) {
+			t.Errorf("same outcome: %s lastTransitionTime %v, want it kept (%v)", c.Type, c.LastTransitionTime, old)
+		}
+		if c.ObservedGeneration != 2 {
+			t.Errorf("%s observedGeneration = %d, want 2", c.Type, c.ObservedGeneration)
+		}
+	}
+
+	// An older MagicIP appears: Accepted and Conflict move, ProducerNamespaceFound does not.
+	_, conflicts = v1alpha1.ResolveClaims([]v1alpha1.MagicIP{young, winner})
+	DesiredStatus(&st, &young, conflicts, true)
+	for _, c := range st.Conditions {
+		moved := !c.LastTransitionTime.Equal(&old)
+		if wantMoved := c.Type != ConditionProducerNamespace; moved != wantMoved {
+			t.Errorf("after a conflict: %s (%s) lastTransitionTime moved = %v, want %v", c.Type, c.Status, moved, wantMoved)
+		}
+	}
+
+	// The same conflict again: nothing moves.
+	ageAll(&st)
+	DesiredStatus(&st, &young, conflicts, true)
+	for _, c := range st.Conditions {
+		if !c.LastTransitionTime.Equal(&old) {
+			t.Errorf("same conflict: %s lastTransitionTime %v, want it kept", c.Type, c.LastTransitionTime)
+		}
+	}
+}
+
+// TestStatusReconciler writes what DesiredStatus computes, through the status subresource.
+func TestStatusReconciler(t *testing.T) {
+	// Names in the opposite order of age: the creation time decides, not the name.
+	young, winner := newMIP("aa-young", testAddr, 5), newMIP("zz-old", testAddr, 0)
+	c := fake.NewClientBuilder().WithScheme(testScheme(t)).
+		WithStatusSubresource(&v1alpha1.MagicIP{}).
+		WithObjects(&young, &winner, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "datadog"}}).
+		Build()
+	r := &StatusReconciler{Client: c}
+	if _, err := r.Reconcile(t.Context(), allRequest); err != nil {
+		t.Fatal(err)
+	}
+	for name, wantAccepted := range map[string]bool{"zz-old": true, "aa-young": false} {
+		var m v1alpha1.MagicIP
+		if err := c.Get(t.Context(), client.ObjectKey{Name: name}, &m); err != nil {
+			t.Fatal(err)
+		}
+		if got := meta.IsStatusConditionTrue(m.Status.Conditions, v1alpha1.ConditionAccepted); got != wantAccepted {
+			t.Errorf("%s: Accepted = %v, want %v (%+v)", name, got, wantAccepted, m.Status.Conditions)
+		}
+		if !meta.IsStatusConditionTrue(m.Status.Conditions, ConditionProducerNamespace) {
+			t.Errorf("%s: %s not True", name, ConditionProducerNamespace)
+		}
+		if m.Status.PortSummary != "8126/TCP" {
+			t.Errorf("%s: portSummary %q", name, m.Status.PortSummary)
+		}
+	}
+}
