@@ -18,6 +18,7 @@ type Config struct {
 	NodeIP             string
 	ResyncPeriod       time.Duration
 	CleanupOnExit      bool
+	ProcSysDir         string
 	Kubeconfig         string
 	MetricsAddr        string
 	HealthAddr         string
@@ -37,6 +38,8 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	str(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; empty means in-cluster config")
 	str(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", ":9402", "address of the Prometheus /metrics endpoint; 0 disables it")
 	str(&c.HealthAddr, "health-probe-bind-address", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":9403", "address of /healthz and /readyz; 0 disables them")
+	str(&c.ProcSysDir, "proc-sys-dir", "MAGIC_IP_PROC_SYS_DIR", "/proc/sys",
+		"where the node's sysctls are read and written; a container's /proc/sys is read-only, so the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys")
 	ext := envOr("MAGIC_IP_EXTERNAL_INTERFACES", "")
 	if ext != "" {
 		c.ExternalInterfaces = strings.Split(ext, ",")

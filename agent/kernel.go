@@ -5,17 +5,24 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Sysctl reads and writes /proc/sys in the agent's network namespace.
-type Sysctl struct{}
+// Sysctl reads and writes sysctls of the agent's network namespace under Dir (empty: /proc/sys).
+// In a container /proc/sys is read-only, so the DaemonSet mounts the host's /proc/sys/net
+// elsewhere and points Dir there: net.* entries always resolve to the opener's namespace.
+type Sysctl struct{ Dir string }
 
-func (Sysctl) path(key string) string {
-	return "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+func (s Sysctl) path(key string) string {
+	dir := s.Dir
+	if dir == "" {
+		dir = "/proc/sys"
+	}
+	return filepath.Join(dir, strings.ReplaceAll(key, ".", "/"))
 }
 
 // Get reads a sysctl.

@@ -31,7 +31,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 		return err
 	}
 	log = log.WithValues("node", cfg.NodeName)
-	changed, problems := EnsureNodeSysctls(Sysctl{})
+	changed, problems := EnsureNodeSysctls(Sysctl{Dir: cfg.ProcSysDir})
 	for _, c := range changed {
 		log.Info("set sysctl so bridged pod traffic passes iptables (needed for same-bridge consumers and producers)", "sysctl", c)
 	}
