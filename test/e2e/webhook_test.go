@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
@@ -36,11 +38,16 @@ func newWebhookEnv(t *testing.T) *webhookEnv {
 	ctx := t.Context()
 	for name, labels := range map[string]map[string]string{
 		"apps": {"magic-ip.dev/inject": "enabled"}, "plain": nil, "datadog": nil,
-		harness.WebhookNamespace: {"magic-ip.dev/inject": "enabled"},
 	} {
 		if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The webhook's own namespace (created with the control plane) opts in, to prove it is still
+	// never mutated.
+	own := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.WebhookNamespace}}
+	if err := cp.Client.Patch(ctx, own, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"magic-ip.dev/inject":"enabled"}}}`))); err != nil {
+		t.Fatal(err)
 	}
 	m := datadogMagicIP("datadog")
 	m.Spec.Inject.ExtraEnv = []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}, {Name: "DD_TRACE_AGENT_URL", Value: "http://{address}:{port:apm}"}}
@@ -334,5 +341,25 @@ func TestWebhookBadInput(t *testing.T) {
 	}
 	if e.wh.Process.Exited() {
 		t.Errorf("webhook died on bad input:\n%s", e.wh.Process.Output())
+	}
+}
+
+// TestWebhookLeaderElection: with leader election on (as the Deployment runs it), the webhook,
+// acting as its service account under the shipped RBAC, takes the Lease in its own namespace and
+// writes MagicIP status as the leader.
+func TestWebhookLeaderElection(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	harness.StartWebhook(t, cp, webhookBin, "--leader-elect=true", "--leader-election-namespace="+harness.WebhookNamespace)
+	e := &webhookEnv{cp: cp}
+	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAccepted(t, "datadog")
+	lease := &coordinationv1.Lease{}
+	if err := cp.Client.Get(t.Context(), client.ObjectKey{Namespace: harness.WebhookNamespace, Name: "magic-ip-webhook"}, lease); err != nil {
+		t.Fatalf("leader-election Lease: %v", err)
+	}
+	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+		t.Errorf("Lease has no holder: %+v", lease.Spec)
 	}
 }

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -34,6 +35,9 @@ type ControlPlane struct {
 	Scheme *runtime.Scheme
 	// Kubeconfig is the path of an admin kubeconfig file for processes (agents, kubectl).
 	Kubeconfig string
+	// AgentKubeconfig and WebhookKubeconfig act as the service accounts the shipped RBAC binds
+	// (manifests/rbac, applied at start), the way the DaemonSet and Deployment run.
+	AgentKubeconfig, WebhookKubeconfig string
 	// AssetsDir holds kube-apiserver, etcd and kubectl.
 	AssetsDir string
 	dir       string
@@ -99,6 +103,11 @@ func NewControlPlane() (*ControlPlane, error) {
 	if err := cp.init(); err != nil {
 		return nil, errors.Join(err, cp.Stop())
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := cp.installRBAC(ctx); err != nil {
+		return nil, errors.Join(err, cp.Stop())
+	}
 	return cp, nil
 }
 
@@ -152,6 +161,17 @@ func (cp *ControlPlane) Kubectl(args ...string) (string, error) {
 		return out.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out.String())
 	}
 	return out.String(), nil
+}
+
+// kubectlOutput runs kubectl and returns its stdout; stderr goes into the error.
+func kubectlOutput(kubectl string, args ...string) ([]byte, error) {
+	cmd := exec.Command(kubectl, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.Bytes(), nil
 }
 
 // RepoRoot finds the magic-ip module root from the working directory upwards.

@@ -135,3 +135,15 @@ func tail(s string, n int) string {
 
 // Pid is the process id (`ip netns exec` execs the program, so it is the program's own).
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// failOnForbidden makes t fail when the process logged an authorization error: processes that
+// act as a shipped service account must never be refused by the shipped RBAC.
+func (p *Process) failOnForbidden(t T) {
+	t.Cleanup(func() {
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if strings.Contains(line, "forbidden") {
+				t.Errorf("%s was refused by the API server (shipped RBAC too narrow?): %s", p.Name, line)
+			}
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,9 +12,8 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/utils/ptr"
 
 	"github.com/magic-ip/magic-ip/certs"
 )
@@ -34,8 +34,8 @@ type Webhook struct {
 const WebhookNamespace = "magic-ip-system"
 
 // StartWebhook generates a CA and a serving certificate for 127.0.0.1, starts bin serving them,
-// registers a MutatingWebhookConfiguration like the one the manifests ship (opt-in namespace
-// label, opt-out pod label, failurePolicy Ignore, 2 s timeout) and waits until it is ready.
+// registers the MutatingWebhookConfiguration the manifests ship (pointed at it) and waits until
+// it is ready. The process authenticates as the webhook's service account (shipped RBAC).
 func StartWebhook(t T, cp *ControlPlane, bin string, extraArgs ...string) *Webhook {
 	t.Helper()
 	ca, err := certs.NewCA("magic-ip-test-ca", 24*time.Hour)
@@ -53,15 +53,19 @@ func StartWebhook(t T, cp *ControlPlane, bin string, extraArgs ...string) *Webho
 		t.Fatal(err)
 	}
 	args := append([]string{
-		"--kubeconfig", cp.Kubeconfig, "--cert-dir", w.CertDir, "--port", strconv.Itoa(w.Port),
+		"--kubeconfig", cp.WebhookKubeconfig, "--cert-dir", w.CertDir, "--port", strconv.Itoa(w.Port),
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", w.HealthPort), "--metrics-bind-address", "0",
 		"--leader-elect=false",
 	}, extraArgs...)
 	w.Process = StartHostProcess(t, "webhook", bin, args...)
+	w.Process.failOnForbidden(t)
 	if err := w.WaitReady(t, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	cfg := WebhookConfiguration(w.ConfigName, fmt.Sprintf("https://127.0.0.1:%d/mutate-v1-pod", w.Port), ca.CertPEM)
+	cfg, err := cp.WebhookConfiguration(w.ConfigName, fmt.Sprintf("https://127.0.0.1:%d/mutate-v1-pod", w.Port), ca.CertPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cp.Client.Create(t.Context(), cfg); err != nil {
 		t.Fatalf("register webhook: %v", err)
 	}
@@ -103,33 +107,29 @@ func (w *Webhook) WaitReady(t T, timeout time.Duration) error {
 	})
 }
 
-// WebhookConfiguration is the MutatingWebhookConfiguration magic-ip ships, pointed at url.
-func WebhookConfiguration(name, url string, caBundle []byte) *admissionregistrationv1.MutatingWebhookConfiguration {
-	ignore := admissionregistrationv1.Ignore
-	none := admissionregistrationv1.SideEffectClassNone
-	ifNeeded := admissionregistrationv1.IfNeededReinvocationPolicy
-	return &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{{
-			Name:                    "pods.magic-ip.dev",
-			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caBundle},
-			Rules:                   []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create}, Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}, Scope: ptr.To(admissionregistrationv1.NamespacedScope)}}},
-			FailurePolicy:           &ignore,
-			SideEffects:             &none,
-			TimeoutSeconds:          ptr.To[int32](2),
-			ReinvocationPolicy:      &ifNeeded,
-			AdmissionReviewVersions: []string{"v1"},
-			NamespaceSelector: &metav1.LabelSelector{
-				MatchLabels: map[string]string{"magic-ip.dev/inject": "enabled"},
-				MatchExpressions: []metav1.LabelSelectorRequirement{{
-					Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{WebhookNamespace, "kube-system"},
-				}},
-			},
-			ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-				Key: "magic-ip.dev/inject", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"disabled"},
-			}}},
-		}},
+// WebhookConfiguration is the MutatingWebhookConfiguration magic-ip ships (manifests/webhook),
+// renamed and pointed at url with caBundle instead of the in-cluster Service: everything else
+// (selectors, failure policy, timeout, reinvocation) is exactly what users install.
+func (cp *ControlPlane) WebhookConfiguration(name, url string, caBundle []byte) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	objs, err := cp.Kustomize("webhook")
+	if err != nil {
+		return nil, err
 	}
+	for _, o := range objs {
+		if o.GetKind() != "MutatingWebhookConfiguration" {
+			continue
+		}
+		cfg := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, cfg, true); err != nil {
+			return nil, fmt.Errorf("shipped MutatingWebhookConfiguration: %w", err)
+		}
+		cfg.Name = name
+		for i := range cfg.Webhooks {
+			cfg.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caBundle}
+		}
+		return cfg, nil
+	}
+	return nil, errors.New("manifests/webhook has no MutatingWebhookConfiguration")
 }
 
 func freePort() (int, error) {
