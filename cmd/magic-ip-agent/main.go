@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/magic-ip/magic-ip/agent"
+	"github.com/magic-ip/magic-ip/internal/version"
 )
 
 func main() {
@@ -31,11 +32,16 @@ func run(args []string) error {
 	}
 	var cfg agent.Config
 	cfg.BindFlags(fs)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return nil
 		}
 		return err
+	}
+	if *showVersion {
+		fmt.Println("magic-ip-agent", version.String())
+		return nil
 	}
 	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)), zap.StacktraceLevel(zapcore.PanicLevel))
 	if fs.Arg(0) == "cleanup" {
@@ -47,6 +53,7 @@ func run(args []string) error {
 	} else if fs.NArg() > 0 {
 		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
 	}
+	log.Info("magic-ip-agent", "version", version.Version, "commit", version.Commit, "buildDate", version.BuildDate)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return agent.Run(ctx, cfg, log)

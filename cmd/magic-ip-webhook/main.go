@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/magic-ip/magic-ip/certs"
+	"github.com/magic-ip/magic-ip/internal/version"
 	"github.com/magic-ip/magic-ip/webhook"
 )
 
@@ -40,16 +41,22 @@ func run(args []string) error {
 	}
 	var cfg webhook.Config
 	cfg.BindFlags(fs)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
 	}
+	if *showVersion {
+		fmt.Println("magic-ip-webhook", version.String())
+		return nil
+	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
 	}
 	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)), zap.StacktraceLevel(zapcore.PanicLevel))
+	log.Info("magic-ip-webhook", "version", version.Version, "commit", version.Commit, "buildDate", version.BuildDate)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return webhook.Run(ctx, cfg, log)
