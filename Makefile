@@ -14,9 +14,41 @@ CRD_DIR := manifests/crd
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# Version stamped into the binaries and images (internal/version, `--version`).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+VERSION_PKG := github.com/magic-ip/magic-ip/internal/version
+LDFLAGS = -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).BuildDate=$(BUILD_DATE)
+
 .PHONY: build
-build: ## Build magic-ip-agent and magic-ip-webhook into bin/.
-	go build -o bin/ ./cmd/...
+build: ## Build magic-ip-agent and magic-ip-webhook into bin/ (version from git describe).
+	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+IMAGE_REPO ?= ghcr.io/magic-ip
+IMAGE_TAG ?= $(VERSION)
+# CONTAINER_ENGINE=docker|podman forces one; by default the first whose engine answers `info` is
+# used (a docker CLI without a daemon does not count).
+CONTAINER_ENGINE ?=
+
+.PHONY: images
+images: ## Build the agent and webhook images with docker or podman (prints a note and succeeds when neither engine runs here).
+	@engine="$(CONTAINER_ENGINE)"; \
+	if [ -z "$$engine" ]; then \
+		for e in docker podman; do \
+			if command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1; then engine=$$e; break; fi; \
+		done; \
+	fi; \
+	if [ -z "$$engine" ]; then \
+		echo "make images: no container engine on this machine (neither 'docker info' nor 'podman info' succeeds); images not built."; \
+		echo "make images: run it where docker or podman works, or set CONTAINER_ENGINE=docker|podman."; \
+		exit 0; \
+	fi; \
+	for c in agent webhook; do \
+		echo "--- $$engine build $(IMAGE_REPO)/magic-ip-$$c:$(IMAGE_TAG)"; \
+		$$engine build -f Dockerfile.$$c -t $(IMAGE_REPO)/magic-ip-$$c:$(IMAGE_TAG) \
+			--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg BUILD_DATE=$(BUILD_DATE) . ; \
+	done
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
@@ -25,6 +57,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate the MagicIP CRD into manifests/crd.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=$(CRD_DIR)
+	cp $(CRD_DIR)/magic-ip.dev_magicips.yaml manifests/helm/magic-ip/crds/magic-ip.dev_magicips.yaml
 
 $(CONTROLLER_GEN): test/tools/codegen/go.mod
 	mkdir -p $(dir $@)
@@ -34,13 +67,21 @@ $(CONTROLLER_GEN): test/tools/codegen/go.mod
 envtest-assets: ## Build kube-apiserver, etcd and kubectl for tests (cached by version; ~6 min cold).
 	@hack/envtest-assets.sh >/dev/null
 
+.PHONY: helm
+helm: ## Build helm v3.22.0 for the chart tests (cached by version; 3-7 min cold).
+	@hack/helm.sh >/dev/null
+
+.PHONY: certmanager-assets
+certmanager-assets: ## Build cert-manager's controller and cainjector and copy its CRDs for tests (cached by version; 1.5-8 min cold).
+	@hack/certmanager-assets.sh >/dev/null
+
 .PHONY: prereqs
 prereqs: ## Install the system packages tests and the demo need (apt: iptables, iproute2, ...).
 	@hack/prereqs.sh
 
 .PHONY: test
-test: prereqs envtest-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
-	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
+test: prereqs envtest-assets certmanager-assets helm $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) CERT_MANAGER_ASSETS=$$(hack/certmanager-assets.sh) HELM=$$(hack/helm.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
 	@echo "--- benchmarks, quick form (figures are rough; this only proves they run)"
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 20m ./test/bench -run '^$$' -bench . -benchtime 1x -args -quick
 

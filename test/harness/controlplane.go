@@ -196,14 +196,20 @@ func RepoRoot() (string, error) {
 // AssetsDir is KUBEBUILDER_ASSETS, or else the directory hack/envtest-assets.sh builds into
 // (building there first if needed: about 6 minutes cold).
 func AssetsDir(root string) (string, error) {
-	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
+	return envOrScript(root, "KUBEBUILDER_ASSETS", "envtest-assets.sh")
+}
+
+// envOrScript is $env when set, or else what hack/<script> prints: the scripts build a test
+// binary once, cache it by version, and print where it is.
+func envOrScript(root, env, script string) (string, error) {
+	if d := os.Getenv(env); d != "" {
 		return d, nil
 	}
-	cmd := exec.Command(filepath.Join(root, "hack", "envtest-assets.sh"))
+	cmd := exec.Command(filepath.Join(root, "hack", script))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("build test control plane (hack/envtest-assets.sh): %w", err)
+		return "", fmt.Errorf("build test binaries (hack/%s): %w", script, err)
 	}
 	return strings.TrimSpace(string(out)), nil
 }

@@ -15,16 +15,7 @@ const ChartDir = "manifests/helm/magic-ip"
 // HelmBinary is $HELM, or else the binary hack/helm.sh builds (building it first if needed:
 // about 3 minutes cold), the way AssetsDir treats KUBEBUILDER_ASSETS.
 func HelmBinary(root string) (string, error) {
-	if h := os.Getenv("HELM"); h != "" {
-		return h, nil
-	}
-	cmd := exec.Command(filepath.Join(root, "hack", "helm.sh"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("build helm (hack/helm.sh): %w", err)
-	}
-	return strings.TrimSpace(string(out)), nil
+	return envOrScript(root, "HELM", "helm.sh")
 }
 
 // HelmTemplate renders the chart in manifests/helm/magic-ip as

@@ -1,0 +1,548 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// rendering is one way users install magic-ip: the objects it renders and the namespace they land in.
+type rendering struct {
+	name, namespace string
+	render          func(cp *harness.ControlPlane) ([]*unstructured.Unstructured, error)
+}
+
+func helmRendering(name, release, namespace string, set ...string) rendering {
+	return rendering{name: name, namespace: namespace, render: func(*harness.ControlPlane) ([]*unstructured.Unstructured, error) {
+		b, err := harness.HelmTemplate(release, namespace, set...)
+		if err != nil {
+			return nil, err
+		}
+		return harness.DecodeObjects(b)
+	}}
+}
+
+var renderings = []rendering{
+	{name: "kustomize manifests/default", namespace: harness.WebhookNamespace, render: func(cp *harness.ControlPlane) ([]*unstructured.Unstructured, error) {
+		return cp.Kustomize("default")
+	}},
+	helmRendering("helm defaults", "magic-ip", harness.WebhookNamespace),
+	// The seed chart's one-liner (kube-magic-ip-address), in the seed's kube-system namespace.
+	helmRendering("helm seed-style values", "169-254-210-210", "kube-system",
+		"config.ipAddress=169.254.210.210", "config.port=9200", "config.selector=app=apm-server"),
+	helmRendering("helm without cert-manager", "magic-ip", harness.WebhookNamespace, "certManager.enabled=false"),
+}
+
+// TestManifestsValid renders every install path and applies each object to the real API server
+// with server-side dry-run (schema, CEL, defaulting, admission), after installing cert-manager's
+// CRDs; then checks the rendered objects against our deployment policies.
+func TestManifestsValid(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	harness.InstallCertManagerCRDs(t, cp)
+	for _, r := range renderings {
+		t.Run(r.name, func(t *testing.T) {
+			objs, err := r.render(cp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objs) == 0 {
+				t.Fatal("rendered nothing")
+			}
+			if err := cp.Apply(t.Context(), objs, true); err != nil {
+				t.Errorf("server-side dry-run:\n%v", err)
+			}
+			set, err := decodeSet(objs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, err := range set.check(r.namespace) {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestManifestsHelmMatchesKustomize: the chart's RBAC rules equal the kustomize ones, which the
+// e2e tests prove sufficient (the harness runs the agent and webhook under them).
+func TestManifestsHelmMatchesKustomize(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	sets := map[string]*objectSet{}
+	for _, r := range renderings[:2] {
+		objs, err := r.render(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sets[r.name], err = decodeSet(objs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, h := sets[renderings[0].name], sets[renderings[1].name]
+	for _, component := range []string{"agent", "webhook"} {
+		if got, want := h.clusterRules(component), k.clusterRules(component); !slices.EqualFunc(got, want, ruleEqual) {
+			t.Errorf("%s ClusterRole rules: helm %v, kustomize %v", component, got, want)
+		}
+	}
+}
+
+// TestManifestsRBACNotMore asks the API server (SubjectAccessReview) what the shipped service
+// accounts may do: what they need is allowed, everything sensitive next to it is not.
+func TestManifestsRBACNotMore(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	type access struct {
+		verb, group, resource, subresource, namespace string
+	}
+	cases := map[string]struct {
+		allowed, denied []access
+	}{
+		harness.AgentServiceAccount: {
+			allowed: []access{{verb: "watch", resource: "pods"}, {verb: "list", group: "magic-ip.dev", resource: "magicips"}, {verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"}},
+			denied: []access{
+				{verb: "get", resource: "secrets", namespace: "default"}, {verb: "list", resource: "secrets"},
+				{verb: "update", group: "magic-ip.dev", resource: "magicips"}, {verb: "update", group: "magic-ip.dev", resource: "magicips", subresource: "status"},
+				{verb: "create", resource: "pods", namespace: "default"}, {verb: "delete", resource: "pods", namespace: "default"},
+				{verb: "patch", resource: "nodes"}, {verb: "list", resource: "configmaps"},
+			},
+		},
+		harness.WebhookServiceAccount: {
+			allowed: []access{
+				{verb: "watch", group: "magic-ip.dev", resource: "magicips"}, {verb: "update", group: "magic-ip.dev", resource: "magicips", subresource: "status"},
+				{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: harness.WebhookNamespace},
+			},
+			denied: []access{
+				{verb: "get", resource: "secrets", namespace: harness.WebhookNamespace}, {verb: "list", resource: "pods"},
+				{verb: "update", group: "magic-ip.dev", resource: "magicips"}, {verb: "delete", group: "magic-ip.dev", resource: "magicips"},
+				{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: "kube-system"},
+				{verb: "update", group: "admissionregistration.k8s.io", resource: "mutatingwebhookconfigurations"},
+			},
+		},
+	}
+	for sa, tc := range cases {
+		for _, want := range []bool{true, false} {
+			list := tc.denied
+			if want {
+				list = tc.allowed
+			}
+			for _, a := range list {
+				sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+					User:   harness.ServiceAccountUser(harness.WebhookNamespace, sa),
+					Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + harness.WebhookNamespace, "system:authenticated"},
+					ResourceAttributes: &authorizationv1.ResourceAttributes{
+						Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
+					},
+				}}
+				if err := cp.Client.Create(t.Context(), sar); err != nil {
+					t.Fatal(err)
+				}
+				if sar.Status.Allowed != want {
+					t.Errorf("%s %s %+v: allowed=%v, want %v", sa, a.verb, a, sar.Status.Allowed, want)
+				}
+			}
+		}
+	}
+}
+
+// TestManifestPoliciesCatchViolations breaks the rendered kustomize objects one way at a time and
+// expects the policy checks to notice each, so a green TestManifestsValid means something.
+func TestManifestPoliciesCatchViolations(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	objs, err := cp.Kustomize("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := decodeSet(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := good.check(harness.WebhookNamespace); len(errs) > 0 {
+		t.Fatalf("shipped manifests fail the policies: %v", errs)
+	}
+	cases := map[string]struct {
+		mutate func(s *objectSet)
+		want   string
+	}{
+		"agent privileged": {func(s *objectSet) {
+			s.agent().Spec.Template.Spec.Containers[0].SecurityContext.Privileged = ptrTo(true)
+		}, "privileged"},
+		"agent extra capability": {func(s *objectSet) {
+			c := s.agent().Spec.Template.Spec.Containers[0].SecurityContext.Capabilities
+			c.Add = append(c.Add, "SYS_ADMIN")
+		}, "SYS_ADMIN"},
+		"no readiness probe": {func(s *objectSet) { s.webhook().Spec.Template.Spec.Containers[0].ReadinessProbe = nil }, "readinessProbe"},
+		"no requests":        {func(s *objectSet) { s.agent().Spec.Template.Spec.Containers[0].Resources.Requests = nil }, "requests"},
+		"writable root fs": {func(s *objectSet) {
+			s.webhook().Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = ptrTo(false)
+		}, "readOnlyRootFilesystem"},
+		"webhook may run as root": {func(s *objectSet) { s.webhook().Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil }, "runAsNonRoot"},
+		"wildcard verb":           {func(s *objectSet) { s.clusterRoles[0].Rules[0].Verbs = []string{"*"} }, "wildcard"},
+		"secrets access": {func(s *objectSet) {
+			s.clusterRoles[0].Rules[0].Resources = append(s.clusterRoles[0].Rules[0].Resources, "secrets")
+		}, "secrets"},
+		"failurePolicy Fail":       {func(s *objectSet) { s.mwc.Webhooks[0].FailurePolicy = ptrTo(admissionregistrationv1.Fail) }, "failurePolicy"},
+		"kube-system not excluded": {func(s *objectSet) { s.mwc.Webhooks[0].NamespaceSelector.MatchExpressions = nil }, "kube-system"},
+		"no opt-out":               {func(s *objectSet) { s.mwc.Webhooks[0].ObjectSelector = nil }, "objectSelector"},
+		"no CA injection":          {func(s *objectSet) { s.mwc.Annotations = nil }, "inject-ca-from"},
+		"agent misses a taint":     {func(s *objectSet) { s.agent().Spec.Template.Spec.Tolerations = nil }, "tolerat"},
+		"no PodDisruptionBudget":   {func(s *objectSet) { s.pdbs = nil }, "PodDisruptionBudget"},
+		"one webhook replica":      {func(s *objectSet) { s.webhook().Spec.Replicas = ptrTo[int32](1) }, "replicas"},
+		"certificate misses a name": {func(s *objectSet) {
+			for _, c := range s.certificates {
+				_ = unstructured.SetNestedStringSlice(c.Object, []string{"localhost"}, "spec", "dnsNames")
+			}
+		}, "dnsNames"},
+		"no xtables lock": {func(s *objectSet) { s.agent().Spec.Template.Spec.Containers[0].VolumeMounts = nil }, "xtables"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			s, err := decodeSet(objs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.mutate(s)
+			errs := s.check(harness.WebhookNamespace)
+			if !slices.ContainsFunc(errs, func(e error) bool { return strings.Contains(e.Error(), tc.want) }) {
+				t.Errorf("policies did not notice (want an error mentioning %q), got %v", tc.want, errs)
+			}
+		})
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+type metaRequirement = metav1.LabelSelectorRequirement
+
+// objectSet is a rendering decoded into the typed objects the policies look at.
+type objectSet struct {
+	daemonSets   []*appsv1.DaemonSet
+	deployments  []*appsv1.Deployment
+	services     []*corev1.Service
+	pdbs         []*policyv1.PodDisruptionBudget
+	clusterRoles []*rbacv1.ClusterRole
+	roles        []*rbacv1.Role
+	mwc          *admissionregistrationv1.MutatingWebhookConfiguration
+	certificates []*unstructured.Unstructured
+	secrets      []*corev1.Secret
+}
+
+func decodeSet(objs []*unstructured.Unstructured) (*objectSet, error) {
+	s := &objectSet{}
+	for _, o := range objs {
+		var target any
+		switch o.GetKind() {
+		case "DaemonSet":
+			target = appendNew(&s.daemonSets)
+		case "Deployment":
+			target = appendNew(&s.deployments)
+		case "Service":
+			target = appendNew(&s.services)
+		case "PodDisruptionBudget":
+			target = appendNew(&s.pdbs)
+		case "ClusterRole":
+			target = appendNew(&s.clusterRoles)
+		case "Role":
+			target = appendNew(&s.roles)
+		case "Secret":
+			target = appendNew(&s.secrets)
+		case "MutatingWebhookConfiguration":
+			if s.mwc != nil {
+				return nil, errors.New("two MutatingWebhookConfigurations")
+			}
+			s.mwc = &admissionregistrationv1.MutatingWebhookConfiguration{}
+			target = s.mwc
+		case "Certificate":
+			s.certificates = append(s.certificates, o)
+			continue
+		default:
+			continue
+		}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, target, true); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", o.GetKind(), o.GetName(), err)
+		}
+	}
+	return s, nil
+}
+
+func appendNew[T any](list *[]*T) *T {
+	v := new(T)
+	*list = append(*list, v)
+	return v
+}
+
+func component(m map[string]string) string { return m["app.kubernetes.io/component"] }
+
+func (s *objectSet) agent() *appsv1.DaemonSet {
+	for _, d := range s.daemonSets {
+		if component(d.Labels) == "agent" {
+			return d
+		}
+	}
+	return nil
+}
+
+func (s *objectSet) webhook() *appsv1.Deployment {
+	for _, d := range s.deployments {
+		if component(d.Labels) == "webhook" {
+			return d
+		}
+	}
+	return nil
+}
+
+func (s *objectSet) clusterRules(comp string) []rbacv1.PolicyRule {
+	var rules []rbacv1.PolicyRule
+	for _, r := range s.clusterRoles {
+		if component(r.Labels) == comp {
+			rules = append(rules, r.Rules...)
+		}
+	}
+	return rules
+}
+
+func ruleEqual(a, b rbacv1.PolicyRule) bool {
+	return slices.Equal(a.APIGroups, b.APIGroups) && slices.Equal(a.Resources, b.Resources) &&
+		slices.Equal(a.Verbs, b.Verbs) && slices.Equal(a.ResourceNames, b.ResourceNames)
+}
+
+// check returns every policy violation: what an operator reviewing the install would reject.
+func (s *objectSet) check(namespace string) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, d := range s.daemonSets {
+		checkPod(fail, "DaemonSet "+d.Name, &d.Spec.Template.Spec)
+	}
+	for _, d := range s.deployments {
+		checkPod(fail, "Deployment "+d.Name, &d.Spec.Template.Spec)
+	}
+	if a := s.agent(); a == nil {
+		fail("no agent DaemonSet")
+	} else {
+		checkAgent(fail, a)
+	}
+	if w := s.webhook(); w == nil {
+		fail("no webhook Deployment")
+	} else {
+		s.checkWebhook(fail, w)
+	}
+	s.checkRBAC(fail)
+	s.checkWebhookConfiguration(fail, namespace)
+	return errs
+}
+
+// checkPod: requests, probes and a locked-down securityContext on every container.
+func checkPod(fail func(string, ...any), what string, p *corev1.PodSpec) {
+	if p.SecurityContext == nil || p.SecurityContext.SeccompProfile == nil || p.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		fail("%s: pod seccompProfile is not RuntimeDefault", what)
+	}
+	for _, c := range append(slices.Clone(p.InitContainers), p.Containers...) {
+		where := what + " container " + c.Name
+		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+			fail("%s: no cpu and memory requests", where)
+		}
+		if c.Resources.Limits.Memory().IsZero() {
+			fail("%s: no memory limit", where)
+		}
+		if c.LivenessProbe == nil {
+			fail("%s: no livenessProbe", where)
+		}
+		if c.ReadinessProbe == nil {
+			fail("%s: no readinessProbe", where)
+		}
+		sc := c.SecurityContext
+		if sc == nil {
+			fail("%s: no securityContext", where)
+			continue
+		}
+		if sc.Privileged != nil && *sc.Privileged {
+			fail("%s: privileged", where)
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			fail("%s: allowPrivilegeEscalation not false", where)
+		}
+		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			fail("%s: readOnlyRootFilesystem not true", where)
+		}
+		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			fail("%s: capabilities do not drop ALL", where)
+		}
+		if strings.HasSuffix(c.Image, ":latest") || !strings.Contains(c.Image, ":") {
+			fail("%s: image %q has no pinned tag", where, c.Image)
+		}
+	}
+}
+
+func checkAgent(fail func(string, ...any), d *appsv1.DaemonSet) {
+	p := &d.Spec.Template.Spec
+	if !p.HostNetwork {
+		fail("agent: not hostNetwork")
+	}
+	if p.PriorityClassName != "system-node-critical" {
+		fail("agent: priorityClassName %q, want system-node-critical", p.PriorityClassName)
+	}
+	if !slices.ContainsFunc(p.Tolerations, func(t corev1.Toleration) bool {
+		return t.Key == "" && t.Operator == corev1.TolerationOpExists && t.Effect == ""
+	}) {
+		fail("agent: does not tolerate every taint (want a toleration with operator Exists and no key)")
+	}
+	if u := d.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil || u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.IntValue() != 1 {
+		fail("agent: updateStrategy %+v, want RollingUpdate with maxUnavailable 1", u)
+	}
+	for _, c := range p.Containers {
+		if sc := c.SecurityContext; sc != nil && sc.Capabilities != nil {
+			for _, capability := range sc.Capabilities.Add {
+				if capability != "NET_ADMIN" && capability != "NET_RAW" {
+					fail("agent: capability %s added (only NET_ADMIN and NET_RAW are needed)", capability)
+				}
+			}
+		}
+		if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/run/xtables.lock" }) {
+			fail("agent: /run/xtables.lock not mounted (iptables would not share the node's xtables lock)")
+		}
+		if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+			return e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+		}) {
+			fail("agent: NODE_NAME not from the downward API spec.nodeName")
+		}
+	}
+}
+
+func (s *objectSet) checkWebhook(fail func(string, ...any), d *appsv1.Deployment) {
+	p := &d.Spec.Template.Spec
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		fail("webhook: fewer than 2 replicas")
+	}
+	if p.SecurityContext == nil || p.SecurityContext.RunAsNonRoot == nil || !*p.SecurityContext.RunAsNonRoot {
+		fail("webhook: pod runAsNonRoot not true")
+	}
+	if len(p.TopologySpreadConstraints) == 0 && (p.Affinity == nil || p.Affinity.PodAntiAffinity == nil) {
+		fail("webhook: replicas not spread across nodes")
+	}
+	if !slices.ContainsFunc(s.pdbs, func(b *policyv1.PodDisruptionBudget) bool {
+		return b.Spec.Selector != nil && selects(b.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
+	}) {
+		fail("webhook: no PodDisruptionBudget selects its pods")
+	}
+	if !slices.ContainsFunc(s.services, func(svc *corev1.Service) bool { return selects(svc.Spec.Selector, d.Spec.Template.Labels) }) {
+		fail("webhook: no Service selects its pods")
+	}
+	// The serving certificate's Secret is what the webhook mounts.
+	var mounted []string
+	for _, v := range p.Volumes {
+		if v.Secret != nil {
+			mounted = append(mounted, v.Secret.SecretName)
+		}
+	}
+	issued := slices.ContainsFunc(s.certificates, func(c *unstructured.Unstructured) bool {
+		name, _, _ := unstructured.NestedString(c.Object, "spec", "secretName")
+		return slices.Contains(mounted, name)
+	}) || slices.ContainsFunc(s.secrets, func(sec *corev1.Secret) bool { return slices.Contains(mounted, sec.Name) })
+	if !issued {
+		fail("webhook: mounts Secrets %v that no Certificate (or rendered Secret) provides", mounted)
+	}
+}
+
+func selects(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *objectSet) checkRBAC(fail func(string, ...any)) {
+	var rules []rbacv1.PolicyRule
+	for _, r := range s.clusterRoles {
+		rules = append(rules, r.Rules...)
+	}
+	for _, r := range s.roles {
+		rules = append(rules, r.Rules...)
+	}
+	if len(rules) == 0 {
+		fail("no RBAC rules rendered")
+	}
+	for _, r := range rules {
+		if slices.Contains(r.Verbs, "*") || slices.Contains(r.Resources, "*") || slices.Contains(r.APIGroups, "*") {
+			fail("RBAC rule %v uses a wildcard", r)
+		}
+		if slices.Contains(r.Resources, "secrets") {
+			fail("RBAC rule %v grants access to secrets", r)
+		}
+		if len(r.NonResourceURLs) > 0 {
+			fail("RBAC rule %v grants non-resource URLs", r)
+		}
+	}
+}
+
+func (s *objectSet) checkWebhookConfiguration(fail func(string, ...any), namespace string) {
+	if s.mwc == nil {
+		fail("no MutatingWebhookConfiguration")
+		return
+	}
+	certManaged := len(s.certificates) > 0
+	if ann := s.mwc.Annotations["cert-manager.io/inject-ca-from"]; certManaged {
+		ns, name, _ := strings.Cut(ann, "/")
+		i := slices.IndexFunc(s.certificates, func(c *unstructured.Unstructured) bool { return c.GetName() == name })
+		if ns != namespace || i < 0 {
+			fail("MutatingWebhookConfiguration: cert-manager.io/inject-ca-from %q names no rendered Certificate in %s", ann, namespace)
+		} else if w := s.mwc.Webhooks; len(w) > 0 && w[0].ClientConfig.Service != nil {
+			dns, _, _ := unstructured.NestedStringSlice(s.certificates[i].Object, "spec", "dnsNames")
+			base := w[0].ClientConfig.Service.Name + "." + namespace + ".svc"
+			if !slices.Contains(dns, base) || !slices.Contains(dns, base+".cluster.local") {
+				fail("Certificate %s: dnsNames %v, want %s and %s.cluster.local", name, dns, base, base)
+			}
+		}
+	}
+	for _, w := range s.mwc.Webhooks {
+		where := "webhook " + w.Name
+		if !certManaged && len(w.ClientConfig.CABundle) == 0 {
+			fail("%s: no caBundle and no cert-manager.io/inject-ca-from annotation", where)
+		}
+		if w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Ignore {
+			fail("%s: failurePolicy not Ignore", where)
+		}
+		if w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNone {
+			fail("%s: sideEffects not None", where)
+		}
+		if w.TimeoutSeconds == nil || *w.TimeoutSeconds != 2 {
+			fail("%s: timeoutSeconds not 2", where)
+		}
+		if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy {
+			fail("%s: reinvocationPolicy not IfNeeded", where)
+		}
+		if sel := w.NamespaceSelector; sel == nil || sel.MatchLabels["magic-ip.dev/inject"] != "enabled" {
+			fail("%s: namespaceSelector does not require magic-ip.dev/inject=enabled", where)
+		} else {
+			for _, never := range []string{namespace, "kube-system"} {
+				if !slices.ContainsFunc(sel.MatchExpressions, func(e metaRequirement) bool {
+					return e.Key == "kubernetes.io/metadata.name" && e.Operator == "NotIn" && slices.Contains(e.Values, never)
+				}) {
+					fail("%s: namespaceSelector does not exclude %s", where, never)
+				}
+			}
+		}
+		if sel := w.ObjectSelector; sel == nil || !slices.ContainsFunc(sel.MatchExpressions, func(e metaRequirement) bool {
+			return e.Key == "magic-ip.dev/inject" && e.Operator == "NotIn" && slices.Contains(e.Values, "disabled")
+		}) {
+			fail("%s: objectSelector does not exclude pods labelled magic-ip.dev/inject=disabled", where)
+		}
+		if svc := w.ClientConfig.Service; svc == nil || svc.Namespace != namespace || !slices.ContainsFunc(s.services, func(x *corev1.Service) bool { return x.Name == svc.Name }) {
+			fail("%s: clientConfig.service %+v is not a rendered Service in %s", where, svc, namespace)
+		}
+	}
+}
