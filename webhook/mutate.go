@@ -25,7 +25,15 @@ const (
 
 // envName upper-cases s with '-' and '.' as '_': MagicIP and port names in variable names.
 func envName(s string) string {
-	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(s))
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '-' || r == '.':
+			return '_'
+		case 'a' <= r && r <= 'z':
+			return r - 'a' + 'A'
+		}
+		return r
+	}, s)
 }
 
 // Injectable returns the MagicIPs a pod may get: those that own their claims (the same rule the
