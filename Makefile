@@ -67,6 +67,10 @@ $(CONTROLLER_GEN): test/tools/codegen/go.mod
 envtest-assets: ## Build kube-apiserver, etcd and kubectl for tests (cached by version; ~6 min cold).
 	@hack/envtest-assets.sh >/dev/null
 
+.PHONY: peer-assets
+peer-assets: ## Build kube-proxy and kube-controller-manager, the benchmark peers, next to the control plane (cached by version; ~10 min cold).
+	@hack/peer-assets.sh >/dev/null
+
 .PHONY: helm
 helm: ## Build helm v3.22.0 for the chart tests (cached by version; 3-7 min cold).
 	@hack/helm.sh >/dev/null
@@ -80,7 +84,7 @@ prereqs: ## Install the system packages tests and the demo need (apt: iptables, 
 	@hack/prereqs.sh
 
 .PHONY: test
-test: prereqs envtest-assets certmanager-assets helm $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
+test: prereqs envtest-assets peer-assets certmanager-assets helm $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) CERT_MANAGER_ASSETS=$$(hack/certmanager-assets.sh) HELM=$$(hack/helm.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
 	@echo "--- benchmarks, quick form (figures are rough; this only proves they run)"
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 20m ./test/bench -run '^$$' -bench . -benchtime 1x -args -quick
@@ -113,7 +117,7 @@ demo-down: ## Stop a demo started with `make demo KEEP=1` and clean everything u
 
 BENCH_OUT ?= bench-results
 .PHONY: bench
-bench: prereqs envtest-assets ## Measure convergence, sync cost and memory; QUICK=1 for a short run. Writes $(BENCH_OUT)/results.{md,json}.
+bench: prereqs envtest-assets peer-assets ## Measure convergence, sync cost and memory; QUICK=1 for a short run. Writes $(BENCH_OUT)/results.{md,json}.
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 30m ./test/bench -run '^$$' -bench . -benchtime 1x \
 		-args -out $(abspath $(BENCH_OUT)) $(if $(QUICK),-quick)
 
