@@ -38,11 +38,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	for _, p := range problems {
 		log.Error(p, "node network check failed")
 	}
-	ipt, err := NewIptables()
-	if err != nil {
-		return err
-	}
-	links, err := NewLinks(DefaultDummyInterface)
+	ipt, links, err := openNode()
 	if err != nil {
 		return err
 	}
@@ -149,16 +145,25 @@ func externalInterfaces(cfg Config) ([]string, error) {
 
 // CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand).
 func CleanupNode() error {
-	ipt, err := NewIptables()
-	if err != nil {
-		return err
-	}
-	links, err := NewLinks(DefaultDummyInterface)
+	ipt, links, err := openNode()
 	if err != nil {
 		return err
 	}
 	defer links.Close()
 	return Cleanup(ipt, links)
+}
+
+// openNode opens the node's iptables and netlink handles; the caller closes the Links.
+func openNode() (*Iptables, *Links, error) {
+	ipt, err := NewIptables()
+	if err != nil {
+		return nil, nil, err
+	}
+	links, err := NewLinks(DefaultDummyInterface)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ipt, links, nil
 }
 
 // slimPod keeps only what Desired reads of a pod, so the cache stays small on busy nodes.

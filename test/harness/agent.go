@@ -12,6 +12,6 @@ func StartAgent(t T, c *Cluster, n *Node, bin string, extra ...string) *Process 
 		"--resync-period", "2s", "-v", "2",
 	}, extra...)
 	p := n.Netns.StartProcess(t, "agent "+n.Name, bin, args...)
-	p.failOnForbidden(t)
+	p.FailOnForbidden(t)
 	return p
 }

@@ -136,9 +136,9 @@ func tail(s string, n int) string {
 // Pid is the process id (`ip netns exec` execs the program, so it is the program's own).
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
-// failOnForbidden makes t fail when the process logged an authorization error: processes that
+// FailOnForbidden makes t fail when the process logged an authorization error: processes that
 // act as a shipped service account must never be refused by the shipped RBAC.
-func (p *Process) failOnForbidden(t T) {
+func (p *Process) FailOnForbidden(t T) {
 	t.Cleanup(func() {
 		for _, line := range strings.Split(p.Output(), "\n") {
 			if strings.Contains(line, "forbidden") {

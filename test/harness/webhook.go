@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -46,10 +45,10 @@ func StartWebhook(t T, cp *ControlPlane, bin string, extraArgs ...string) *Webho
 	if err := w.RotateCert(); err != nil {
 		t.Fatal(err)
 	}
-	if w.Port, err = freePort(); err != nil {
+	if w.Port, err = FreePort(); err != nil {
 		t.Fatal(err)
 	}
-	if w.HealthPort, err = freePort(); err != nil {
+	if w.HealthPort, err = FreePort(); err != nil {
 		t.Fatal(err)
 	}
 	args := append([]string{
@@ -58,7 +57,7 @@ func StartWebhook(t T, cp *ControlPlane, bin string, extraArgs ...string) *Webho
 		"--leader-elect=false",
 	}, extraArgs...)
 	w.Process = StartHostProcess(t, "webhook", bin, args...)
-	w.Process.failOnForbidden(t)
+	w.Process.FailOnForbidden(t)
 	if err := w.WaitReady(t, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +82,13 @@ func (w *Webhook) RotateCert() error {
 func (w *Webhook) ServedCert() (*x509.Certificate, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(w.CA.Cert)
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", fmt.Sprintf("127.0.0.1:%d", w.Port), &tls.Config{RootCAs: pool})
+	return ServedCert(w.Port, pool)
+}
+
+// ServedCert performs a TLS handshake with 127.0.0.1:port as the API server does (verifying the
+// chain to roots and the name 127.0.0.1) and returns the certificate presented.
+func ServedCert(port int, roots *x509.CertPool) (*x509.Certificate, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{RootCAs: roots})
 	if err != nil {
 		return nil, err
 	}
@@ -111,10 +116,24 @@ func (w *Webhook) WaitReady(t T, timeout time.Duration) error {
 // renamed and pointed at url with caBundle instead of the in-cluster Service: everything else
 // (selectors, failure policy, timeout, reinvocation) is exactly what users install.
 func (cp *ControlPlane) WebhookConfiguration(name, url string, caBundle []byte) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	cfg, err := cp.ShippedWebhookConfiguration()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Name = name
+	for i := range cfg.Webhooks {
+		cfg.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caBundle}
+	}
+	return cfg, nil
+}
+
+// ShippedWebhookConfiguration is the one MutatingWebhookConfiguration manifests/webhook renders, typed.
+func (cp *ControlPlane) ShippedWebhookConfiguration() (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
 	objs, err := cp.Kustomize("webhook")
 	if err != nil {
 		return nil, err
 	}
+	var found []*admissionregistrationv1.MutatingWebhookConfiguration
 	for _, o := range objs {
 		if o.GetKind() != "MutatingWebhookConfiguration" {
 			continue
@@ -123,16 +142,16 @@ func (cp *ControlPlane) WebhookConfiguration(name, url string, caBundle []byte) 
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, cfg, true); err != nil {
 			return nil, fmt.Errorf("shipped MutatingWebhookConfiguration: %w", err)
 		}
-		cfg.Name = name
-		for i := range cfg.Webhooks {
-			cfg.Webhooks[i].ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caBundle}
-		}
-		return cfg, nil
+		found = append(found, cfg)
 	}
-	return nil, errors.New("manifests/webhook has no MutatingWebhookConfiguration")
+	if len(found) != 1 {
+		return nil, fmt.Errorf("manifests/webhook renders %d MutatingWebhookConfigurations, want 1", len(found))
+	}
+	return found[0], nil
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
