@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"strconv"
@@ -153,21 +152,10 @@ func BenchmarkAgentRSS(b *testing.B) {
 		}
 	}
 	p := harness.StartAgent(b, c, n, agentBin, "--resync-period", "1s", "-v", "0")
-	hc := n.Netns.HTTPClient(time.Second)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := hc.Get("http://127.0.0.1:9403/readyz")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("agent not ready after 30 s")
-		}
+	if err := harness.WaitAgentReady(ctx, n.Netns, 30*time.Second); err != nil {
+		b.Fatalf("agent not ready after 30 s: %v", err)
 	}
+	hc := n.Netns.HTTPClient(time.Second)
 	// Settle: sample until three consecutive readings, a resync period apart, agree within 1 MiB.
 	var rss []float64
 	for len(rss) < 3 || rss[len(rss)-1]-rss[len(rss)-3] > 1 || rss[len(rss)-3]-rss[len(rss)-1] > 1 {

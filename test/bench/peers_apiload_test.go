@@ -87,7 +87,7 @@ func BenchmarkPeersAPILoad(b *testing.B) {
 		kc := writeKubeconfig(b, dir, fmt.Sprintf("agent%02d", i), ln.Addr().String())
 		ns.StartProcess(b, "agent "+nodeName(i), agentBin, "--node-name", nodeName(i), "--kubeconfig", kc,
 			"--host-interface", "cni0", "--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:9403", "-v", "0")
-		wg.Go(func() { errs <- waitReadyz(ctx, ns) })
+		wg.Go(func() { errs <- harness.WaitAgentReady(ctx, ns, 90*time.Second) })
 	}
 	wg.Wait()
 	close(errs)
@@ -221,30 +221,6 @@ func cmpErr(a, b error) error {
 		return a
 	}
 	return b
-}
-
-// waitReadyz waits until the agent in ns reports its first sync done.
-func waitReadyz(ctx context.Context, ns *harness.Netns) error {
-	hc := ns.HTTPClient(time.Second)
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		resp, err := hc.Get("http://127.0.0.1:9403/readyz")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("agent in %s not ready after 90 s", ns.Name)
-		}
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 func writeKubeconfig(b *testing.B, dir, name, addr string) string {

@@ -165,11 +165,6 @@ func BenchmarkPeers(b *testing.B) {
 	}
 }
 
-// goalRow is a row with a target, as goal records it.
-func goalRow(scenario, figure string, value float64, unit, target string, ok bool) row {
-	return row{Scenario: scenario, Figure: figure, Value: value, Unit: unit, Target: target, Pass: &ok}
-}
-
 // peerRows records a peer's p50 and p99 and its p50 as a multiple of the agent's.
 func peerRows(sc, name string, ds []time.Duration, agentP50 float64) {
 	p50 := percentile(ds, 50)

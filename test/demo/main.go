@@ -338,18 +338,12 @@ func restartUnderLoad(t *demoT, c *harness.Cluster, agentBin string, agent *harn
 	return nil
 }
 
-// waitReady polls the agent's /readyz inside the node until it answers 200.
+// waitReady waits until the agent in n answers /readyz.
 func waitReady(n *harness.Node, timeout time.Duration) error {
-	hc := n.Netns.HTTPClient(time.Second)
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
-		if resp, err := hc.Get("http://127.0.0.1:9403/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
+	if err := harness.WaitAgentReady(context.Background(), n.Netns, timeout); err != nil {
+		return fmt.Errorf("agent on %s not ready within %s: %w", n.Name, timeout, err)
 	}
-	return fmt.Errorf("agent on %s not ready within %s", n.Name, timeout)
+	return nil
 }
 
 // stayUp prints how to use the cluster and waits for SIGTERM/Ctrl-C.

@@ -1,5 +1,14 @@
 package harness
 
+import (
+	"context"
+	"io"
+	"net/http"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
 // StartAgent runs the magic-ip-agent binary inside node's namespace the way the DaemonSet runs it
 // on a node: cni0 as host interface, the node's uplink as external interface (from --node-ip),
 // the agent service account's kubeconfig (shipped RBAC) through the node's API forwarder, health on 127.0.0.1:9403 in the node,
@@ -14,4 +23,19 @@ func StartAgent(t T, c *Cluster, n *Node, bin string, extra ...string) *Process 
 	p := n.Netns.StartProcess(t, "agent "+n.Name, bin, args...)
 	p.FailOnForbidden(t)
 	return p
+}
+
+// WaitAgentReady polls the agent's /readyz (127.0.0.1:9403 inside ns, as StartAgent configures
+// it) every 20 ms until it answers 200, ctx ends or timeout passes.
+func WaitAgentReady(ctx context.Context, ns *Netns, timeout time.Duration) error {
+	hc := ns.HTTPClient(time.Second)
+	return wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		resp, err := hc.Get("http://127.0.0.1:9403/readyz")
+		if err != nil {
+			return false, nil
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
 }

@@ -205,6 +205,12 @@ func envOrScript(root, env, script string) (string, error) {
 	if d := os.Getenv(env); d != "" {
 		return d, nil
 	}
+	return runAssetScript(root, script)
+}
+
+// runAssetScript runs hack/<script>, which builds test binaries once (cached by version), and
+// returns the directory or path it prints.
+func runAssetScript(root, script string) (string, error) {
 	cmd := exec.Command(filepath.Join(root, "hack", script))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()

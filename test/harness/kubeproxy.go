@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -61,13 +58,10 @@ func PeerAssetsDir(assets string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.Command(filepath.Join(root, "hack", "peer-assets.sh"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	dir, err := runAssetScript(root, "peer-assets.sh")
 	if err != nil {
-		return "", fmt.Errorf("build kube-proxy and kube-controller-manager (hack/peer-assets.sh): %w", err)
+		return "", err
 	}
-	dir := strings.TrimSpace(string(out))
 	if !has(dir) {
 		return "", fmt.Errorf("hack/peer-assets.sh printed %q, which lacks kube-proxy or kube-controller-manager", dir)
 	}
@@ -83,7 +77,7 @@ func StartEndpointSliceController(t T, cp *ControlPlane) *Process {
 	if err != nil {
 		t.Fatalf("endpointslice controller: %v", err)
 	}
-	port, err := freeLoopbackPort()
+	port, err := FreePort()
 	if err != nil {
 		t.Fatalf("endpointslice controller: %v", err)
 	}
@@ -271,18 +265,4 @@ func waitFor(ctx context.Context, p *Process, timeout time.Duration, cond func()
 		case <-tick.C:
 		}
 	}
-}
-
-// freeLoopbackPort asks the kernel for a free TCP port on 127.0.0.1.
-func freeLoopbackPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	addr, ok := ln.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("no TCP address")
-	}
-	return addr.Port, nil
 }
