@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/magic-ip/magic-ip/certs"
@@ -56,6 +58,10 @@ func run(args []string) error {
 		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
 	}
 	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)), zap.StacktraceLevel(zapcore.PanicLevel))
+	// controller-runtime's and client-go's own logs go to the same structured log. Until
+	// SetLogger is called, every logger controller-runtime derives is kept in memory.
+	ctrl.SetLogger(log)
+	klog.SetLogger(log)
 	log.Info("magic-ip-webhook", "version", version.Version, "commit", version.Commit, "buildDate", version.BuildDate)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
