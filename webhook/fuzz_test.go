@@ -56,6 +56,7 @@ func FuzzMutate(f *testing.F) {
 	// Keys in another case decode all the same; an empty annotations map is left out when encoded.
 	f.Add([]byte(`{"metAdAtA":{"AnnotAtions":{}},"Spec":{"Containers":[{"Name":"a","ENV":[]}],"hostaliases":[]}}`))
 	mips := fuzzMagicIPs()
+	eps := endpoints(mips)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var decoded corev1.Pod
 		if err := json.Unmarshal(raw, &decoded); err != nil {
@@ -68,12 +69,23 @@ func FuzzMutate(f *testing.F) {
 			t.Fatalf("decode the canonical form: %v", err)
 		}
 		before := pod.DeepCopy()
-		Mutate(pod, mips)
+		Mutate(pod, eps)
 
 		checkPatch(t, before, pod)
 
+		// The handler decodes only what Mutate and Patch read: the same patch comes out.
+		partial, err := DecodePod(mustJSON(t, before))
+		if err != nil {
+			t.Fatalf("DecodePod of a pod json.Unmarshal decodes: %v", err)
+		}
+		shape := ShapeOf(partial)
+		Mutate(partial, eps)
+		if got, want := mustJSON(t, Patch(shape, partial)), mustJSON(t, Patch(ShapeOf(before), pod)); string(got) != string(want) {
+			t.Fatalf("patch from the decoded part of the pod:\ngot  %s\nwant %s", got, want)
+		}
+
 		again := pod.DeepCopy()
-		if Mutate(again, mips) {
+		if Mutate(again, eps) {
 			t.Fatalf("second Mutate() = true:\nafter first  %s\nafter second %s", toJSON(pod), toJSON(again))
 		}
 		if !equality.Semantic.DeepEqual(again, pod) {
@@ -195,13 +207,20 @@ func checkHostAliases(t *testing.T, before, after []corev1.HostAlias, mips []v1a
 // serializes it, and compares with after.
 func checkPatch(t *testing.T, before, after *corev1.Pod) {
 	t.Helper()
-	ops := Patch(before, after)
+	ops := Patch(ShapeOf(before), after)
 	for _, op := range ops {
 		if op.Operation != "add" {
 			t.Fatalf("patch operation %s %s: the webhook only adds", op.Operation, op.Path)
 		}
 	}
-	p, err := evanjsonpatch.DecodePatch(mustJSON(t, ops))
+	encoded, err := EncodePatch(ops)
+	if err != nil {
+		t.Fatalf("EncodePatch: %v", err)
+	}
+	if want := mustJSON(t, ops); string(encoded) != string(want) {
+		t.Fatalf("EncodePatch differs from json.Marshal:\ngot  %s\nwant %s", encoded, want)
+	}
+	p, err := evanjsonpatch.DecodePatch(encoded)
 	if err != nil {
 		t.Fatalf("decode patch: %v", err)
 	}

@@ -2,8 +2,9 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"sync"
+	"sync/atomic"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,13 +19,44 @@ import (
 // Path is where the pod mutation is served.
 const Path = "/mutate-v1-pod"
 
-// Injector is the admission handler: it reads MagicIPs from the manager's cache (a watch, never a
-// per-request GET) and patches pods that are being created.
+// Injector is the admission handler: it patches pods that are being created with the endpoints
+// of a Catalog built from the manager's MagicIP cache (a watch, never a per-request GET). The
+// catalog is rebuilt on the first request after a MagicIP changed (Invalidate), not per request.
 type Injector struct {
 	MagicIPs client.Reader
 	Log      logr.Logger
 	// Injections counts injections per MagicIP (may be nil).
 	Injections *prometheus.CounterVec
+
+	mu      sync.Mutex // serializes rebuilds
+	catalog atomic.Pointer[Catalog]
+	stale   atomic.Bool
+}
+
+// Invalidate makes the next request rebuild the catalog: call it on every MagicIP event, after
+// the cache has the change.
+func (in *Injector) Invalidate() { in.stale.Store(true) }
+
+// Catalog returns the current catalog, rebuilt from the cache when a MagicIP changed since.
+func (in *Injector) Catalog(ctx context.Context) (Catalog, error) {
+	if c := in.catalog.Load(); c != nil && !in.stale.Load() {
+		return *c, nil
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if c := in.catalog.Load(); c != nil && !in.stale.Load() {
+		return *c, nil
+	}
+	// Cleared before reading, so a change that lands during the read invalidates again.
+	in.stale.Store(false)
+	var list v1alpha1.MagicIPList
+	if err := in.MagicIPs.List(ctx, &list); err != nil {
+		in.stale.Store(true)
+		return nil, err
+	}
+	c := NewCatalog(list.Items)
+	in.catalog.Store(&c)
+	return c, nil
 }
 
 // NewInjectionsMetric is the injections counter, labelled by MagicIP.
@@ -37,7 +69,17 @@ func NewInjectionsMetric() *prometheus.CounterVec {
 // Webhook wraps the injector as controller-runtime's admission webhook (request size and
 // content-type checks, 400 for malformed bodies, panic recovery).
 func (in *Injector) Webhook() *admission.Webhook {
-	return (&admission.Webhook{Handler: in}).WithRecoverPanic(true)
+	return (&admission.Webhook{Handler: in, LogConstructor: requestLogger}).WithRecoverPanic(true)
+}
+
+// requestLogger gives controller-runtime's request logs (V(5) and up) the request's fields, and
+// skips building a logger per request when they are off: WithValues is paid on every request
+// whether anything is logged or not.
+func requestLogger(base logr.Logger, req *admission.Request) logr.Logger {
+	if req == nil || !base.V(5).Enabled() {
+		return base
+	}
+	return admission.DefaultLogConstructor(base, req)
 }
 
 // Handle mutates a pod on CREATE; anything else is allowed unchanged. It never refuses a pod: the
@@ -54,33 +96,43 @@ func (in *Injector) Handle(ctx context.Context, req admission.Request) (resp adm
 	if req.Operation != admissionv1.Create || req.Kind.Group != "" || req.Kind.Kind != "Pod" {
 		return admission.Allowed("not a pod creation")
 	}
-	pod := &corev1.Pod{}
-	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+	pod, err := DecodePod(req.Object.Raw)
+	if err != nil {
 		in.Log.Info("pod not decodable, allowed without injection", "namespace", req.Namespace, "error", err.Error())
 		return admission.Allowed("").WithWarnings("magic-ip: pod not decodable, nothing injected: " + err.Error())
 	}
-	var list v1alpha1.MagicIPList
-	if err := in.MagicIPs.List(ctx, &list); err != nil {
+	catalog, err := in.Catalog(ctx)
+	if err != nil {
 		in.Log.Error(err, "list MagicIPs from cache")
 		return admission.Allowed("").WithWarnings("magic-ip: MagicIPs unavailable, nothing injected")
 	}
-	mips := Injectable(pod, list.Items)
-	before := pod.DeepCopy()
-	if !Mutate(pod, mips) {
+	eps := catalog.For(pod.Annotations)
+	before := ShapeOf(pod)
+	if !Mutate(pod, eps) {
 		return admission.Allowed("nothing to inject")
 	}
-	names := make([]string, len(mips))
-	for i, m := range mips {
-		names[i] = m.Name
+	for _, e := range eps {
 		if in.Injections != nil && !isDryRun(req) {
-			in.Injections.WithLabelValues(m.Name).Inc()
+			in.Injections.WithLabelValues(e.Name).Inc()
 		}
 	}
-	in.Log.V(4).Info("injected", "namespace", req.Namespace, "pod", podName(pod), "magicIPs", names)
-	patched := admission.Patched("", Patch(before, pod)...)
+	if log := in.Log.V(4); log.Enabled() {
+		names := make([]string, len(eps))
+		for i, e := range eps {
+			names[i] = e.Name
+		}
+		log.Info("injected", "namespace", req.Namespace, "pod", podName(pod), "magicIPs", names)
+	}
+	patch, err := EncodePatch(Patch(before, pod))
+	if err != nil {
+		in.Log.Error(err, "encode the patch, pod admitted unchanged", "namespace", req.Namespace)
+		return admission.Allowed("").WithWarnings("magic-ip: internal error, nothing injected")
+	}
+	resp = admission.Allowed("")
+	resp.Patch = patch // already encoded: Response.Complete marshals only resp.Patches
 	patchType := admissionv1.PatchTypeJSONPatch
-	patched.PatchType = &patchType
-	return patched
+	resp.PatchType = &patchType
+	return resp
 }
 
 func isDryRun(req admission.Request) bool { return req.DryRun != nil && *req.DryRun }

@@ -17,6 +17,7 @@ import (
 	evanjsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/go-logr/logr/testr"
 	dto "github.com/prometheus/client_model/go"
+	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -125,16 +126,26 @@ func refPod() *corev1.Pod {
 	}
 }
 
+// patchOps decodes the JSON patch of resp.
+func patchOps(t *testing.T, resp admission.Response) []jsonpatch.JsonPatchOperation {
+	t.Helper()
+	var ops []jsonpatch.JsonPatchOperation
+	if err := json.Unmarshal(resp.Patch, &ops); err != nil {
+		t.Fatalf("patch %s: %v", resp.Patch, err)
+	}
+	return ops
+}
+
 // applyPatch applies resp's patches to raw and decodes the result.
 func applyPatch(t *testing.T, raw []byte, resp admission.Response) *corev1.Pod {
 	t.Helper()
-	p, err := evanjsonpatch.DecodePatch(mustJSON(t, resp.Patches))
+	p, err := evanjsonpatch.DecodePatch(resp.Patch)
 	if err != nil {
 		t.Fatalf("decode patch: %v", err)
 	}
 	out, err := p.Apply(raw)
 	if err != nil {
-		t.Fatalf("apply patch %s: %v", mustJSON(t, resp.Patches), err)
+		t.Fatalf("apply patch %s: %v", resp.Patch, err)
 	}
 	pod := &corev1.Pod{}
 	if err := json.Unmarshal(out, pod); err != nil {
@@ -155,7 +166,7 @@ func injections(t *testing.T, in *Injector, mip string) float64 {
 func TestHandle(t *testing.T) {
 	refRaw := mustJSON(t, refPod())
 	refWant := refPod()
-	Mutate(refWant, refMagicIPs()[:1])
+	Mutate(refWant, endpoints(refMagicIPs()[:1]))
 	tests := map[string]struct {
 		req         admission.Request
 		mips        []v1alpha1.MagicIP
@@ -224,8 +235,8 @@ func TestHandle(t *testing.T) {
 				t.Fatalf("Allowed = false (%v), want true: the webhook never refuses a pod", resp.Result)
 			}
 			if tc.want == nil {
-				if len(resp.Patches) != 0 || resp.PatchType != nil {
-					t.Errorf("got patches %s (type %v), want none", mustJSON(t, resp.Patches), resp.PatchType)
+				if len(resp.Patches) != 0 || len(resp.Patch) != 0 || resp.PatchType != nil {
+					t.Errorf("got patch %s (type %v), want none", resp.Patch, resp.PatchType)
 				}
 			} else {
 				if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
@@ -264,11 +275,11 @@ func TestHandleGolden(t *testing.T) {
 				t.Fatalf("Allowed = false: %v", resp.Result)
 			}
 			// The operations in the order the API server applies them ("-" appends depend on it).
-			got, err := json.MarshalIndent(resp.Patches, "", "  ")
-			if err != nil {
-				t.Fatal(err)
+			var indented bytes.Buffer
+			if err := json.Indent(&indented, resp.Patch, "", "  "); err != nil {
+				t.Fatalf("patch %s: %v", resp.Patch, err)
 			}
-			got = append(got, '\n')
+			got := append(indented.Bytes(), '\n')
 			golden := filepath.Join("testdata", "reference-patch.json")
 			if *update && !dryRun {
 				if err := os.MkdirAll("testdata", 0o755); err != nil {
@@ -287,7 +298,7 @@ func TestHandleGolden(t *testing.T) {
 			}
 			// The golden operations, applied to the reference pod, give what Mutate gives.
 			wantPod := refPod()
-			Mutate(wantPod, refMagicIPs()[:1])
+			Mutate(wantPod, endpoints(refMagicIPs()[:1]))
 			if gotPod := applyPatch(t, raw, resp); !equality.Semantic.DeepEqual(gotPod, wantPod) {
 				t.Errorf("patched pod:\ngot  %s\nwant %s", toJSON(gotPod), toJSON(wantPod))
 			}
@@ -381,7 +392,7 @@ func TestWebhookServeHTTP(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := refPod()
-			Mutate(want, refMagicIPs()[:1])
+			Mutate(want, endpoints(refMagicIPs()[:1]))
 			if !equality.Semantic.DeepEqual(got, want) {
 				t.Errorf("patched pod:\ngot  %s\nwant %s", toJSON(got), toJSON(want))
 			}
@@ -404,15 +415,15 @@ func TestHandleKeepsFieldsUnknownToThisVersion(t *testing.T) {
 
 	in := newInjector(t, nil, refMagicIPs()...)
 	resp := in.Handle(t.Context(), podRequest(raw))
-	if !resp.Allowed || len(resp.Patches) == 0 {
-		t.Fatalf("allowed=%v with %d patches, want allowed with patches", resp.Allowed, len(resp.Patches))
+	if !resp.Allowed || len(resp.Patch) == 0 {
+		t.Fatalf("allowed=%v with patch %s, want allowed with a patch", resp.Allowed, resp.Patch)
 	}
-	for _, op := range resp.Patches {
+	for _, op := range patchOps(t, resp) {
 		if op.Operation != "add" {
 			t.Errorf("BUG: the patch has %q %s: fields unknown to the webhook's k8s.io/api version are stripped from the user's pod (patch computed from the re-encoded typed pod)", op.Operation, op.Path)
 		}
 	}
-	p, err := evanjsonpatch.DecodePatch(mustJSON(t, resp.Patches))
+	p, err := evanjsonpatch.DecodePatch(resp.Patch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,7 +496,7 @@ func TestHandlePatchShapes(t *testing.T) {
 			if !resp.Allowed || len(resp.Warnings) > 0 {
 				t.Fatalf("allowed=%v warnings=%q", resp.Allowed, resp.Warnings)
 			}
-			for _, op := range resp.Patches {
+			for _, op := range patchOps(t, resp) {
 				if op.Operation != "add" {
 					t.Errorf("patch operation %s %s, want only adds", op.Operation, op.Path)
 				}
@@ -494,12 +505,52 @@ func TestHandlePatchShapes(t *testing.T) {
 			if err := json.Unmarshal([]byte(raw), want); err != nil {
 				t.Fatal(err)
 			}
-			if !Mutate(want, Injectable(want, mips)) {
+			if !Mutate(want, NewCatalog(mips).For(want.Annotations)) {
 				t.Fatal("Mutate() = false")
 			}
 			if got := applyPatch(t, []byte(raw), resp); !equality.Semantic.DeepEqual(got, want) {
-				t.Errorf("patched pod:\ngot  %s\nwant %s\npatch %s", toJSON(got), toJSON(want), mustJSON(t, resp.Patches))
+				t.Errorf("patched pod:\ngot  %s\nwant %s\npatch %s", toJSON(got), toJSON(want), resp.Patch)
 			}
 		})
+	}
+}
+
+// TestHandleCatalogFollowsInvalidate: requests reuse the catalog (no read of the MagicIPs per
+// request) until a MagicIP event invalidates it; the next request then sees the change.
+func TestHandleCatalogFollowsInvalidate(t *testing.T) {
+	lists := 0
+	in := newInjector(t, &interceptor.Funcs{List: func(ctx context.Context, c client.WithWatch, l client.ObjectList, o ...client.ListOption) error {
+		lists++
+		return c.List(ctx, l, o...)
+	}}, newMIP("a", testAddr, 0))
+	injected := func() string {
+		t.Helper()
+		resp := in.Handle(t.Context(), podRequest(mustJSON(t, testPod())))
+		if !resp.Allowed {
+			t.Fatalf("not allowed: %v", resp.Result)
+		}
+		return applyPatch(t, mustJSON(t, testPod()), resp).Annotations[InjectedAnnotation]
+	}
+	if got := injected(); got != "a" {
+		t.Fatalf("injected %q, want a", got)
+	}
+	b := newMIP("b", testAddr2, 1)
+	if err := in.MagicIPs.(client.Client).Create(t.Context(), &b); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got := injected(); got != "a" {
+			t.Fatalf("injected %q before Invalidate, want the cached catalog (a)", got)
+		}
+	}
+	if lists != 1 {
+		t.Errorf("%d reads of the MagicIPs for 4 requests, want 1", lists)
+	}
+	in.Invalidate()
+	if got := injected(); got != "a,b" {
+		t.Errorf("injected %q after Invalidate, want a,b", got)
+	}
+	if lists != 2 {
+		t.Errorf("%d reads of the MagicIPs after Invalidate, want 2", lists)
 	}
 }

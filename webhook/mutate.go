@@ -36,52 +36,74 @@ func envName(s string) string {
 	}, s)
 }
 
-// Injectable returns the MagicIPs a pod may get: those that own their claims (the same rule the
-// agents program), not reported un-Accepted for their current generation, narrowed by the pod's
-// select annotation. Sorted by name.
-func Injectable(pod *corev1.Pod, mips []v1alpha1.MagicIP) []v1alpha1.MagicIP {
+// Endpoint is what one MagicIP injects into a pod, resolved once per MagicIP change rather than
+// per admission request.
+type Endpoint struct {
+	Name      string
+	Address   string
+	Env       []corev1.EnvVar
+	Hostnames []string
+}
+
+// EndpointOf resolves what m injects.
+func EndpointOf(m v1alpha1.MagicIP) Endpoint {
+	return Endpoint{Name: m.Name, Address: m.Spec.Address, Env: Env(m), Hostnames: m.Spec.Inject.Hostnames}
+}
+
+// Catalog is the endpoints pods may get, sorted by name: the MagicIPs that own their claims (the
+// same rule the agents program) and are not reported un-Accepted for their current generation.
+type Catalog []Endpoint
+
+// NewCatalog resolves mips into the catalog.
+func NewCatalog(mips []v1alpha1.MagicIP) Catalog {
 	accepted, _ := v1alpha1.ResolveClaims(mips)
-	var want []string
-	if sel, ok := pod.Annotations[SelectAnnotation]; ok {
-		want = []string{} // present but empty selects nothing
-		for _, n := range strings.Split(sel, ",") {
-			if n = strings.TrimSpace(n); n != "" {
-				want = append(want, n)
-			}
-		}
-	}
-	var out []v1alpha1.MagicIP
+	var out Catalog
 	for _, m := range accepted {
-		if want != nil && !slices.Contains(want, m.Name) {
-			continue
-		}
 		if c := findCondition(m.Status.Conditions, v1alpha1.ConditionAccepted); c != nil &&
 			c.Status == metav1.ConditionFalse && c.ObservedGeneration == m.Generation {
 			continue
 		}
-		out = append(out, m)
+		out = append(out, EndpointOf(m))
 	}
-	slices.SortFunc(out, func(a, b v1alpha1.MagicIP) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
-// Mutate adds the endpoints of mips to pod: env vars in every container and init container (a
+// For returns the endpoints a pod with these annotations gets: the whole catalog, or the part its
+// select annotation names (present but empty selects nothing).
+func (c Catalog) For(annotations map[string]string) []Endpoint {
+	sel, ok := annotations[SelectAnnotation]
+	if !ok {
+		return c
+	}
+	var out []Endpoint
+	for _, n := range strings.Split(sel, ",") {
+		n = strings.TrimSpace(n)
+		if i := slices.IndexFunc(c, func(e Endpoint) bool { return e.Name == n }); n != "" && i >= 0 &&
+			!slices.ContainsFunc(out, func(e Endpoint) bool { return e.Name == n }) {
+			out = append(out, c[i])
+		}
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Mutate adds the endpoints eps to pod: env vars in every container and init container (a
 // variable the pod already sets keeps its value), hostAliases (merged into an entry for the same
 // IP), and the injected annotation. It returns whether the pod changed; a second call changes
 // nothing.
-func Mutate(pod *corev1.Pod, mips []v1alpha1.MagicIP) bool {
+func Mutate(pod *corev1.Pod, eps []Endpoint) bool {
 	changed := false
 	var names []string
-	for _, m := range mips {
-		env := Env(m)
+	for _, e := range eps {
 		for i := range pod.Spec.InitContainers {
-			changed = addEnv(&pod.Spec.InitContainers[i], env) || changed
+			changed = addEnv(&pod.Spec.InitContainers[i], e.Env) || changed
 		}
 		for i := range pod.Spec.Containers {
-			changed = addEnv(&pod.Spec.Containers[i], env) || changed
+			changed = addEnv(&pod.Spec.Containers[i], e.Env) || changed
 		}
-		changed = addHostAliases(pod, m.Spec.Address, m.Spec.Inject.Hostnames) || changed
-		names = append(names, m.Name)
+		changed = addHostAliases(pod, e.Address, e.Hostnames) || changed
+		names = append(names, e.Name)
 	}
 	if len(names) == 0 {
 		return changed
@@ -143,9 +165,13 @@ func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
 // addEnv appends the variables the container does not set yet.
 func addEnv(c *corev1.Container, env []corev1.EnvVar) bool {
 	changed := false
+	c.Env = slices.Grow(c.Env, len(env))
 	for _, e := range env {
 		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
 			continue
+		}
+		if e.ValueFrom != nil { // the endpoint's copy is shared by every request
+			e.ValueFrom = e.ValueFrom.DeepCopy()
 		}
 		c.Env = append(c.Env, e)
 		changed = true

@@ -421,28 +421,43 @@ func TestMutate(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			mipsBefore := make([]v1alpha1.MagicIP, len(tc.mips))
-			for i := range tc.mips {
-				tc.mips[i].DeepCopyInto(&mipsBefore[i])
-			}
+			// The endpoints are shared by concurrent requests: Mutate must not write into them.
+			eps, epsBefore := endpoints(tc.mips), endpoints(tc.mips)
 			pod := tc.pod.DeepCopy()
-			if got := Mutate(pod, tc.mips); got != tc.wantChanged {
+			if got := Mutate(pod, eps); got != tc.wantChanged {
 				t.Errorf("Mutate() = %v, want %v", got, tc.wantChanged)
 			}
 			if !equality.Semantic.DeepEqual(pod, tc.want) {
 				t.Errorf("Mutate():\ngot  %s\nwant %s", toJSON(pod), toJSON(tc.want))
 			}
-			if !equality.Semantic.DeepEqual(tc.mips, mipsBefore) {
-				t.Errorf("Mutate changed its MagicIPs argument")
+			if !equality.Semantic.DeepEqual(eps, epsBefore) {
+				t.Errorf("Mutate changed its endpoints argument")
 			}
 
 			// Idempotence: a second call (webhook reinvocation) changes nothing.
 			again := pod.DeepCopy()
-			if Mutate(again, tc.mips) {
+			if Mutate(again, eps) {
 				t.Errorf("second Mutate() = true, want false")
 			}
 			if !equality.Semantic.DeepEqual(again, pod) {
 				t.Errorf("second Mutate changed the pod:\ngot  %s\nwant %s", toJSON(again), toJSON(pod))
+			}
+			// Nor may the pod share memory with the endpoints.
+			for _, c := range append(pod.Spec.InitContainers, pod.Spec.Containers...) {
+				for i := range c.Env {
+					c.Env[i].Name += "!"
+					if c.Env[i].ValueFrom != nil && c.Env[i].ValueFrom.FieldRef != nil {
+						c.Env[i].ValueFrom.FieldRef.FieldPath += "!"
+					}
+				}
+			}
+			for _, a := range pod.Spec.HostAliases {
+				for i := range a.Hostnames {
+					a.Hostnames[i] += "!"
+				}
+			}
+			if !equality.Semantic.DeepEqual(eps, epsBefore) {
+				t.Errorf("the mutated pod shares memory with the endpoints: a later change of the pod changes what other pods get")
 			}
 		})
 	}
@@ -451,7 +466,7 @@ func TestMutate(t *testing.T) {
 func TestMutateNilAnnotations(t *testing.T) {
 	pod := testPod()
 	pod.Annotations = nil
-	if !Mutate(pod, []v1alpha1.MagicIP{ddMIP()}) {
+	if !Mutate(pod, endpoints([]v1alpha1.MagicIP{ddMIP()})) {
 		t.Fatal("Mutate() = false, want true")
 	}
 	if got := pod.Annotations[InjectedAnnotation]; got != "dd" {
@@ -459,7 +474,16 @@ func TestMutateNilAnnotations(t *testing.T) {
 	}
 }
 
-func TestInjectable(t *testing.T) {
+// endpoints is what each of mips injects, as they are (no claims resolved).
+func endpoints(mips []v1alpha1.MagicIP) []Endpoint {
+	out := make([]Endpoint, len(mips))
+	for i, m := range mips {
+		out[i] = EndpointOf(m)
+	}
+	return out
+}
+
+func TestCatalog(t *testing.T) {
 	other := func(name, addr string, age int, mods ...func(*v1alpha1.MagicIP)) v1alpha1.MagicIP {
 		return newMIP(name, addr, age, mods...)
 	}
@@ -528,11 +552,11 @@ func TestInjectable(t *testing.T) {
 				withAnnotation(SelectAnnotation, *tc.select_)(pod)
 			}
 			var got []string
-			for _, m := range Injectable(pod, tc.mips) {
+			for _, m := range NewCatalog(tc.mips).For(pod.Annotations) {
 				got = append(got, m.Name)
 			}
 			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("Injectable() = %q, want %q", got, tc.want)
+				t.Errorf("NewCatalog().For() = %q, want %q", got, tc.want)
 			}
 		})
 	}

@@ -1,68 +1,104 @@
 package webhook
 
 import (
-	"fmt"
+	"strconv"
 	"strings"
 
 	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 )
 
-// Patch lists the JSON patch operations that turn before into after, where after is before as
-// Mutate left it: Mutate only appends env vars, hostAliases and hostnames, and sets one
-// annotation, so the patch is built from those appends directly (no marshal-and-diff of the whole
-// pod on every admission request).
-func Patch(before, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
-	var ops []jsonpatch.JsonPatchOperation
+// Shape is what Patch needs to know of a pod before Mutate: the lengths of the lists Mutate
+// appends to, and the annotations. Taking it costs a few small slices where a deep copy of the
+// pod would cost the whole pod.
+type Shape struct {
+	initEnv, env []int
+	// aliases is the number of hostnames of each hostAlias.
+	aliases     []int
+	annotations int
+	injected    string
+}
+
+// ShapeOf records the shape of p.
+func ShapeOf(p *corev1.Pod) Shape {
+	s := Shape{
+		initEnv:     make([]int, len(p.Spec.InitContainers)),
+		env:         make([]int, len(p.Spec.Containers)),
+		aliases:     make([]int, len(p.Spec.HostAliases)),
+		annotations: len(p.Annotations),
+	}
+	for i, c := range p.Spec.InitContainers {
+		s.initEnv[i] = len(c.Env)
+	}
+	for i, c := range p.Spec.Containers {
+		s.env[i] = len(c.Env)
+	}
+	for i, a := range p.Spec.HostAliases {
+		s.aliases[i] = len(a.Hostnames)
+	}
+	s.injected = p.Annotations[InjectedAnnotation]
+	return s
+}
+
+// Patch lists the JSON patch operations that turn a pod of shape before into after, where after
+// is that pod as Mutate left it: Mutate only appends env vars, hostAliases and hostnames, and sets
+// one annotation, so the patch is built from those appends directly (no marshal-and-diff of the
+// whole pod on every admission request).
+func Patch(before Shape, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
+	ops := make([]jsonpatch.JsonPatchOperation, 0, len(before.initEnv)+len(before.env)+2)
 	add := func(path string, v any) {
 		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: path, Value: v})
 	}
 	for _, list := range []struct {
-		field         string
-		before, after []corev1.Container
-	}{{"initContainers", before.Spec.InitContainers, after.Spec.InitContainers}, {"containers", before.Spec.Containers, after.Spec.Containers}} {
+		field  string
+		before []int
+		after  []corev1.Container
+	}{{"initContainers", before.initEnv, after.Spec.InitContainers}, {"containers", before.env, after.Spec.Containers}} {
 		for i := range list.after {
-			appendOps(add, fmt.Sprintf("/spec/%s/%d/env", list.field, i), list.before[i].Env, list.after[i].Env)
+			appendOps(add, "/spec/"+list.field+"/"+strconv.Itoa(i)+"/env", list.before[i], list.after[i].Env)
 		}
 	}
-	if len(before.Spec.HostAliases) == 0 {
+	if len(before.aliases) == 0 {
 		if len(after.Spec.HostAliases) > 0 {
 			add("/spec/hostAliases", after.Spec.HostAliases)
 		}
 	} else {
 		for j, a := range after.Spec.HostAliases {
-			if j >= len(before.Spec.HostAliases) {
+			if j >= len(before.aliases) {
 				add("/spec/hostAliases/-", a)
 				continue
 			}
-			appendOps(add, fmt.Sprintf("/spec/hostAliases/%d/hostnames", j), before.Spec.HostAliases[j].Hostnames, a.Hostnames)
+			appendOps(add, "/spec/hostAliases/"+strconv.Itoa(j)+"/hostnames", before.aliases[j], a.Hostnames)
 		}
 	}
-	if v, ok := after.Annotations[InjectedAnnotation]; ok && v != before.Annotations[InjectedAnnotation] {
-		if len(before.Annotations) == 0 {
+	if v, ok := after.Annotations[InjectedAnnotation]; ok && v != before.injected {
+		if before.annotations == 0 {
 			add("/metadata/annotations", map[string]string{InjectedAnnotation: v})
 		} else {
-			op := "add" // add replaces an existing member of an object (RFC 6902 4.1)
-			ops = append(ops, jsonpatch.JsonPatchOperation{Operation: op, Path: "/metadata/annotations/" + escape(InjectedAnnotation), Value: v})
+			// add replaces an existing member of an object (RFC 6902 4.1)
+			add(injectedAnnotationPath, v)
 		}
 	}
 	return ops
 }
 
-// appendOps adds the elements after has beyond before: the whole list when before is empty
-// (the field may be absent), else one "add .../-" per new element.
-func appendOps[E any](add func(string, any), path string, before, after []E) {
-	if len(after) == len(before) {
+// appendOps adds the elements after has beyond the first n: the whole list when n is 0 (the
+// field may be absent), else one "add .../-" per new element.
+func appendOps[E any](add func(string, any), path string, n int, after []E) {
+	if len(after) == n {
 		return
 	}
-	if len(before) == 0 {
+	if n == 0 {
 		add(path, after)
 		return
 	}
-	for _, e := range after[len(before):] {
+	for _, e := range after[n:] {
 		add(path+"/-", e)
 	}
 }
+
+// injectedAnnotationPath is the JSON pointer of the injected annotation.
+var injectedAnnotationPath = "/metadata/annotations/" + escape(InjectedAnnotation)
 
 // escape encodes a JSON pointer token (RFC 6901).
 func escape(s string) string { return strings.NewReplacer("~", "~0", "/", "~1").Replace(s) }

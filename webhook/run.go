@@ -13,8 +13,10 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -31,6 +33,7 @@ type Config struct {
 	Kubeconfig        string
 	MetricsAddr       string
 	HealthAddr        string
+	PprofAddr         string
 	LeaderElect       bool
 	LeaderElectionNS  string
 	EnableHTTP2       bool
@@ -63,6 +66,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", env("KUBECONFIG", ""), "kubeconfig file; empty means in-cluster config (env KUBECONFIG)")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", env("MAGIC_IP_METRICS_BIND_ADDRESS", ":8080"), "address of /metrics; 0 disables it (env MAGIC_IP_METRICS_BIND_ADDRESS)")
 	fs.StringVar(&c.HealthAddr, "health-probe-bind-address", env("MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":8081"), "address of /healthz and /readyz (env MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS)")
+	fs.StringVar(&c.PprofAddr, "pprof-bind-address", env("MAGIC_IP_PPROF_BIND_ADDRESS", "0"), "address of Go's /debug/pprof profiles; 0 (the default) disables them (env MAGIC_IP_PPROF_BIND_ADDRESS)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", boolean(env("MAGIC_IP_LEADER_ELECT", "true"), true), "elect one replica to write MagicIP status (env MAGIC_IP_LEADER_ELECT)")
 	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", env("POD_NAMESPACE", ""), "namespace of the leader-election Lease; empty means the pod's own (env POD_NAMESPACE)")
 	fs.BoolVar(&c.EnableHTTP2, "enable-http2", boolean(env("MAGIC_IP_ENABLE_HTTP2", "false"), false), "serve HTTP/2 too (off by default: HTTP/1.1 only avoids the HTTP/2 rapid-reset class of attacks) (env MAGIC_IP_ENABLE_HTTP2)")
@@ -112,6 +116,8 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) error {
 		Logger:                  log,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:  cfg.HealthAddr,
+		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()}, // nothing reads them
+		PprofBindAddress:        cfg.PprofAddr,
 		WebhookServer:           crwebhook.NewServer(crwebhook.Options{Port: cfg.Port, TLSOpts: tlsOpts}),
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        "magic-ip-webhook",
@@ -127,11 +133,19 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) error {
 	if err := metrics.Registry.Register(injections); err != nil {
 		return err
 	}
-	// Start the MagicIP informer with the cache, so the first admission request finds it synced.
-	if _, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.MagicIP{}); err != nil {
+	inj := &Injector{MagicIPs: mgr.GetCache(), Log: log.WithName("inject"), Injections: injections}
+	// Start the MagicIP informer with the cache, so the first admission request finds it synced;
+	// every change makes the next request rebuild the injector's catalog.
+	informer, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.MagicIP{})
+	if err != nil {
 		return fmt.Errorf("MagicIP informer: %w", err)
 	}
-	inj := &Injector{MagicIPs: mgr.GetCache(), Log: log.WithName("inject"), Injections: injections}
+	invalidate := func(any) { inj.Invalidate() }
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: invalidate, DeleteFunc: invalidate, UpdateFunc: func(_, _ any) { inj.Invalidate() },
+	}); err != nil {
+		return fmt.Errorf("MagicIP informer: %w", err)
+	}
 	mgr.GetWebhookServer().Register(Path, inj.Webhook())
 	if !cfg.DisableStatusCtrl {
 		if err := (&StatusReconciler{Client: mgr.GetClient(), Log: log.WithName("status")}).SetupWithManager(mgr); err != nil {

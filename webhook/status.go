@@ -34,7 +34,8 @@ type StatusReconciler struct {
 
 var allRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "all"}}
 
-// SetupWithManager watches MagicIPs and namespaces. It runs only on the elected leader.
+// SetupWithManager watches MagicIPs and namespaces (their metadata only: whether a namespace
+// exists is all it reads). It runs only on the elected leader.
 func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{allRequest}
@@ -42,7 +43,7 @@ func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("magicip-status").
 		Watches(&v1alpha1.MagicIP{}, all).
-		Watches(&corev1.Namespace{}, all).
+		WatchesMetadata(&corev1.Namespace{}, all).
 		Complete(r)
 }
 
@@ -52,7 +53,8 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	if err := r.Client.List(ctx, &list); err != nil {
 		return reconcile.Result{}, fmt.Errorf("list MagicIPs: %w", err)
 	}
-	var namespaces corev1.NamespaceList
+	var namespaces metav1.PartialObjectMetadataList
+	namespaces.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NamespaceList"))
 	if err := r.Client.List(ctx, &namespaces); err != nil {
 		return reconcile.Result{}, fmt.Errorf("list namespaces: %w", err)
 	}
