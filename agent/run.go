@@ -9,19 +9,12 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"k8s.io/klog/v2"
 
-	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/agent/kube"
 )
 
 // Run programs the node until ctx ends. Rules and addresses stay in place on exit unless
@@ -57,58 +50,62 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 			}
 		}()
 	}
-	mgr, err := newManager(cfg, log)
+	syncer := &Syncer{Ipt: ipt, Links: links, ExternalInterfaces: ext, Log: log}
+	return runController(ctx, cfg, syncer, log)
+}
+
+// runController watches the API, serves the probes and metrics, and syncs the node until ctx
+// ends or one of them fails.
+func runController(ctx context.Context, cfg Config, syncer *Syncer, log logr.Logger) error {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	restCfg.UserAgent = "magic-ip-agent/" + cfg.NodeName
+	clients, err := kube.NewClients(restCfg)
 	if err != nil {
 		return err
 	}
-	m := NewMetrics()
-	if err := m.Register(metrics.Registry); err != nil {
-		return fmt.Errorf("register metrics: %w", err)
-	}
-	r := &Reconciler{
-		Client: mgr.GetClient(), NodeName: cfg.NodeName, DefaultInterface: cfg.HostInterface,
-		ResyncPeriod: cfg.ResyncPeriod, Recorder: mgr.GetEventRecorder("magic-ip-agent"), Metrics: m, Log: log,
-		Syncer: &Syncer{Ipt: ipt, Links: links, ExternalInterfaces: ext, Log: log},
-	}
-	if err := r.SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("set up controller: %w", err)
-	}
-	if err := errors.Join(mgr.AddHealthzCheck("ping", healthz.Ping), mgr.AddReadyzCheck("first-sync", r.Checker)); err != nil {
+	pods, err := kube.PodInformer(clients.Core, cfg.NodeName)
+	if err != nil {
 		return err
 	}
-	if err := mgr.Start(ctx); err != nil {
+	mips, err := kube.MagicIPInformer(clients.MagicIP)
+	if err != nil {
+		return err
+	}
+	recorder := kube.NewRecorder(clients.Events, cfg.NodeName, log)
+	m := NewMetrics()
+	c := NewController(ControllerConfig{
+		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
+		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, Recorder: recorder, Metrics: m, Log: log,
+	})
+	var synced []cache.DoneChecker
+	for _, inf := range []cache.SharedIndexInformer{pods, mips} {
+		reg, err := inf.AddEventHandler(c.Handler())
+		if err != nil {
+			return fmt.Errorf("watch: %w", err)
+		}
+		synced = append(synced, reg.HasSyncedChecker())
+	}
+	servers, err := startServers(cfg, c, m)
+	if err != nil {
+		return err
+	}
+	// client-go (reflectors) logs through the context's logger.
+	g, ctx := errgroup.WithContext(klog.NewContext(ctx, log))
+	for _, s := range servers {
+		g.Go(func() error { return s.serve(ctx, log) })
+	}
+	for _, inf := range []cache.SharedIndexInformer{pods, mips} {
+		g.Go(func() error { inf.RunWithContext(ctx); return nil })
+	}
+	g.Go(func() error { recorder.Run(ctx); return nil })
+	g.Go(func() error { c.Run(ctx, synced...); return nil })
+	if err := g.Wait(); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
-}
-
-func newManager(cfg Config, log logr.Logger) (ctrl.Manager, error) {
-	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
-	}
-	restCfg.UserAgent = "magic-ip-agent/" + cfg.NodeName
-	scheme := runtime.NewScheme()
-	// Only the types the agent reads: registering every built-in API group costs memory.
-	if err := errors.Join(corev1.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
-		return nil, err
-	}
-	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
-		Scheme:                 scheme,
-		Logger:                 log,
-		Metrics:                metricsserver.Options{BindAddress: cfg.MetricsAddr},
-		HealthProbeBindAddress: cfg.HealthAddr,
-		Cache: cache.Options{
-			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName), Transform: slimPod},
-			},
-			DefaultTransform: cache.TransformStripManagedFields(),
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create manager: %w", err)
-	}
-	return mgr, nil
 }
 
 // externalInterfaces is cfg.ExternalInterfaces, or else the interfaces holding cfg.NodeIP.
@@ -164,27 +161,4 @@ func openNode() (*Iptables, *Links, error) {
 		return nil, nil, err
 	}
 	return ipt, links, nil
-}
-
-// slimPod keeps only what Desired reads of a pod, so the cache stays small on busy nodes.
-func slimPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil
-	}
-	slim := &corev1.Pod{
-		TypeMeta: p.TypeMeta,
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp,
-		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			slim.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
-		}
-	}
-	return slim, nil
 }
