@@ -6,15 +6,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/go-logr/logr"
-	"k8s.io/klog/v2"
-
 	"github.com/magic-ip/magic-ip/agent"
+	"github.com/magic-ip/magic-ip/internal/logging"
 	"github.com/magic-ip/magic-ip/internal/version"
 )
 
@@ -44,7 +41,7 @@ func run(args []string) error {
 		fmt.Println("magic-ip-agent", version.String())
 		return nil
 	}
-	log := newLogger(cfg.Verbosity)
+	log := logging.New(os.Stderr, cfg.Verbosity)
 	if fs.Arg(0) == "cleanup" {
 		if err := agent.CleanupNode(); err != nil {
 			return err
@@ -58,12 +55,4 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return agent.Run(ctx, cfg, log)
-}
-
-// newLogger logs JSON lines to stderr; logr's V(n) is slog level -n, so -v n shows V(0)…V(n).
-// client-go's own logs (klog) go to the same logger.
-func newLogger(verbosity int) logr.Logger {
-	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-verbosity)}))
-	klog.SetLogger(log)
-	return log
 }

@@ -15,12 +15,10 @@ import (
 	"syscall"
 	"time"
 
-	"go.uber.org/zap/zapcore"
-	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/magic-ip/magic-ip/certs"
+	"github.com/magic-ip/magic-ip/internal/logging"
 	"github.com/magic-ip/magic-ip/internal/version"
 	"github.com/magic-ip/magic-ip/webhook"
 )
@@ -57,11 +55,11 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
 	}
-	log := zap.New(zap.Level(zapcore.Level(-cfg.Verbosity)), zap.StacktraceLevel(zapcore.PanicLevel))
-	// controller-runtime's and client-go's own logs go to the same structured log. Until
-	// SetLogger is called, every logger controller-runtime derives is kept in memory.
+	log := logging.New(os.Stderr, cfg.Verbosity)
+	// controller-runtime's own logs go to the same structured log (logging.New routes
+	// client-go's). Until SetLogger is called, every logger controller-runtime derives is kept in
+	// memory: one per admission request.
 	ctrl.SetLogger(log)
-	klog.SetLogger(log)
 	log.Info("magic-ip-webhook", "version", version.Version, "commit", version.Commit, "buildDate", version.BuildDate)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
