@@ -92,6 +92,14 @@ func TestAgentUDPSwitch(t *testing.T) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
+	// A refused datagram is answered with ICMP port-unreachable, which the kernel rate-limits per
+	// destination (net.ipv4.icmp_ratelimit, 1 s). This test is about which producer a reused
+	// socket reaches, and the refusals of the steps before the last one used up the budget: with
+	// the limit on, the last step saw only silence in 3 of 12 runs. Real clients see the same
+	// (README, Operations).
+	if err := n.Netns.Sysctl("net.ipv4.icmp_ratelimit", "0"); err != nil {
+		t.Fatal(err)
+	}
 	consumer := c.AddPod(n, "app", "statsd-client", nil, harness.PodOptions{})
 	p1 := addProducer(t, c, n, "dd-1", harness.PodOptions{})
 	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
