@@ -111,8 +111,8 @@ func (in *Injector) Handle(ctx context.Context, req admission.Request) (resp adm
 	if !Mutate(pod, eps) {
 		return admission.Allowed("nothing to inject")
 	}
-	for _, e := range eps {
-		if in.Injections != nil && !isDryRun(req) {
+	if in.Injections != nil && !isDryRun(req) {
+		for _, e := range eps {
 			in.Injections.WithLabelValues(e.Name).Inc()
 		}
 	}

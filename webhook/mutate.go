@@ -76,15 +76,16 @@ func (c Catalog) For(annotations map[string]string) []Endpoint {
 	if !ok {
 		return c
 	}
-	var out []Endpoint
-	for _, n := range strings.Split(sel, ",") {
-		n = strings.TrimSpace(n)
-		if i := slices.IndexFunc(c, func(e Endpoint) bool { return e.Name == n }); n != "" && i >= 0 &&
-			!slices.ContainsFunc(out, func(e Endpoint) bool { return e.Name == n }) {
-			out = append(out, c[i])
+	want := strings.Split(sel, ",")
+	for i := range want {
+		want[i] = strings.TrimSpace(want[i])
+	}
+	var out []Endpoint // in catalog order: sorted by name
+	for _, e := range c {
+		if slices.Contains(want, e.Name) {
+			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
