@@ -49,6 +49,13 @@ type CA struct {
 	CertPEM []byte
 }
 
+// Pool is a certificate pool holding only this CA: roots for a client that trusts it.
+func (ca *CA) Pool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return pool
+}
+
 // NewCA makes a self-signed ECDSA P-256 CA.
 func NewCA(name string, validity time.Duration) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -83,14 +82,14 @@ func BenchmarkWebhook(b *testing.B) {
 		}
 	}
 
+	const sc2 = "pod create through the API server"
 	registerNoop(b, cp, noop, wh.CA)
 	n := trials(1000, 50)
 	connsBefore := noopConnections(b, noop, wh.CA)
 	ds := podCreates(b, cp, n, "apps", "plain", "noop")
-	record(row{Scenario: "pod create through the API server", Figure: fmt.Sprintf("connections the API server opened to the no-op webhook for %d calls", n+20),
+	record(row{Scenario: sc2, Figure: fmt.Sprintf("connections the API server opened to the no-op webhook for %d calls", n+20),
 		Value: float64(noopConnections(b, noop, wh.CA) - connsBefore - 1), Unit: ""})
 	with, without, viaNoop := ds["apps"], ds["plain"], ds["noop"]
-	const sc2 = "pod create through the API server"
 	for _, s := range []struct {
 		name string
 		ds   []time.Duration
@@ -106,9 +105,7 @@ func BenchmarkWebhook(b *testing.B) {
 
 // noopConnections is how many connections the no-op webhook has accepted (this query's own included).
 func noopConnections(b *testing.B, url string, ca *certs.CA) int {
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	resp, err := hc.Get(url + "connections")
 	if err != nil {
 		b.Fatal(err)
@@ -174,9 +171,7 @@ func startNoop(b *testing.B, ca *certs.CA) string {
 // load sends body to url at 1,000 requests/s for the given seconds over 8 keep-alive
 // connections and returns each request's latency.
 func load(b *testing.B, url string, ca *certs.CA, body []byte, seconds int) []time.Duration {
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 8, MaxConnsPerHost: 8,
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, MaxIdleConnsPerHost: 8, MaxConnsPerHost: 8,
 		DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}
 	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 	defer tr.CloseIdleConnections()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -302,9 +301,7 @@ func TestWebhookDownFailsOpen(t *testing.T) {
 // controller-runtime answers, in the AdmissionReview status); a non-pod object is allowed unchanged.
 func TestWebhookBadInput(t *testing.T) {
 	e := newWebhookEnv(t)
-	pool := x509.NewCertPool()
-	pool.AddCert(e.wh.CA.Cert)
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.wh.CA.Pool()}}}
 	url := fmt.Sprintf("https://127.0.0.1:%d/mutate-v1-pod", e.wh.Port)
 	post := func(body []byte) (int, string) {
 		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))

@@ -80,9 +80,7 @@ func (w *Webhook) RotateCert() error {
 
 // ServedCert performs a TLS handshake with the webhook and returns the certificate it presents.
 func (w *Webhook) ServedCert() (*x509.Certificate, error) {
-	pool := x509.NewCertPool()
-	pool.AddCert(w.CA.Cert)
-	return ServedCert(w.Port, pool)
+	return ServedCert(w.Port, w.CA.Pool())
 }
 
 // ServedCert performs a TLS handshake with 127.0.0.1:port as the API server does (verifying the
