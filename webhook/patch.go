@@ -45,17 +45,43 @@ func ShapeOf(p *corev1.Pod) Shape {
 // one annotation, so the patch is built from those appends directly (no marshal-and-diff of the
 // whole pod on every admission request).
 func Patch(before Shape, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
-	ops := make([]jsonpatch.JsonPatchOperation, 0, len(before.initEnv)+len(before.env)+2)
-	add := func(path string, v any) {
-		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: path, Value: v})
-	}
-	for _, list := range []struct {
+	lists := [...]struct {
 		field  string
 		before []int
 		after  []corev1.Container
-	}{{"initContainers", before.initEnv, after.Spec.InitContainers}, {"containers", before.env, after.Spec.Containers}} {
-		for i := range list.after {
-			appendOps(add, "/spec/"+list.field+"/"+strconv.Itoa(i)+"/env", list.before[i], list.after[i].Env)
+	}{{"initContainers", before.initEnv, after.Spec.InitContainers}, {"containers", before.env, after.Spec.Containers}}
+	n := 2 // hostAliases (when the pod had none) and the annotation
+	for _, l := range lists {
+		for i := range l.after {
+			n += opsFor(l.before[i], len(l.after[i].Env))
+		}
+	}
+	for j, a := range after.Spec.HostAliases {
+		if j >= len(before.aliases) {
+			n++
+		} else {
+			n += opsFor(before.aliases[j], len(a.Hostnames))
+		}
+	}
+	ops := make([]jsonpatch.JsonPatchOperation, 0, n)
+	add := func(path string, v any) {
+		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: path, Value: v})
+	}
+	// Values are pointers into after where they can be (boxing a pointer costs no allocation);
+	// EncodePatch, like json.Marshal, writes what they point to.
+	for _, l := range lists {
+		for i := range l.after {
+			if env := l.after[i].Env; len(env) > l.before[i] {
+				path := "/spec/" + l.field + "/" + strconv.Itoa(i) + "/env"
+				if l.before[i] == 0 {
+					add(path, env)
+					continue
+				}
+				path += "/-"
+				for k := l.before[i]; k < len(env); k++ {
+					add(path, &env[k])
+				}
+			}
 		}
 	}
 	if len(before.aliases) == 0 {
@@ -63,12 +89,20 @@ func Patch(before Shape, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
 			add("/spec/hostAliases", after.Spec.HostAliases)
 		}
 	} else {
-		for j, a := range after.Spec.HostAliases {
-			if j >= len(before.aliases) {
+		for j := range after.Spec.HostAliases {
+			a := &after.Spec.HostAliases[j]
+			switch {
+			case j >= len(before.aliases):
 				add("/spec/hostAliases/-", a)
-				continue
+			case len(a.Hostnames) == before.aliases[j]:
+			case before.aliases[j] == 0:
+				add("/spec/hostAliases/"+strconv.Itoa(j)+"/hostnames", a.Hostnames)
+			default:
+				path := "/spec/hostAliases/" + strconv.Itoa(j) + "/hostnames/-"
+				for k := before.aliases[j]; k < len(a.Hostnames); k++ {
+					add(path, &a.Hostnames[k])
+				}
 			}
-			appendOps(add, "/spec/hostAliases/"+strconv.Itoa(j)+"/hostnames", before.aliases[j], a.Hostnames)
 		}
 	}
 	if v, ok := after.Annotations[InjectedAnnotation]; ok && v != before.injected {
@@ -82,19 +116,16 @@ func Patch(before Shape, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
 	return ops
 }
 
-// appendOps adds the elements after has beyond the first n: the whole list when n is 0 (the
-// field may be absent), else one "add .../-" per new element.
-func appendOps[E any](add func(string, any), path string, n int, after []E) {
-	if len(after) == n {
-		return
+// opsFor is how many operations append a list of n elements to one of before: none, one that
+// sets the whole list when before is 0 (the field may be absent), else one per new element.
+func opsFor(before, n int) int {
+	switch {
+	case n <= before:
+		return 0
+	case before == 0:
+		return 1
 	}
-	if n == 0 {
-		add(path, after)
-		return
-	}
-	for _, e := range after[n:] {
-		add(path+"/-", e)
-	}
+	return n - before
 }
 
 // injectedAnnotationPath is the JSON pointer of the injected annotation.

@@ -1,8 +1,10 @@
 package webhook
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
+	"sync"
 
 	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -12,8 +14,10 @@ import (
 // direct writers for the value types Patch produces (reflection-based marshalling of every
 // operation was the largest cost of an admission request). Other values go through json.Marshal.
 func EncodePatch(ops []jsonpatch.JsonPatchOperation) ([]byte, error) {
-	b := make([]byte, 0, 256*len(ops)+64)
-	b = append(b, '[')
+	// Written into a reused buffer, returned as an exact copy: one allocation of the patch's size.
+	buf := patchBuffers.Get().(*[]byte)
+	defer patchBuffers.Put(buf)
+	b := append((*buf)[:0], '[')
 	for i, op := range ops {
 		if i > 0 {
 			b = append(b, ',')
@@ -33,8 +37,18 @@ func EncodePatch(ops []jsonpatch.JsonPatchOperation) ([]byte, error) {
 		}
 		b = append(b, '}')
 	}
-	return append(b, ']'), nil
+	b = append(b, ']')
+	if cap(b) <= maxPooledPatch {
+		*buf = b
+	}
+	return bytes.Clone(b), nil
 }
+
+// patchBuffers holds the buffers EncodePatch writes into; one larger than maxPooledPatch (a pod
+// with a very long list of containers) is left to the garbage collector rather than kept.
+var patchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooledPatch = 64 << 10
 
 func appendValue(b []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
@@ -62,6 +76,21 @@ func appendValue(b []byte, v any) ([]byte, error) {
 			b = appendString(b, v[k])
 		}
 		return append(b, '}'), nil
+	case *string:
+		if v == nil {
+			return append(b, "null"...), nil
+		}
+		return appendString(b, *v), nil
+	case *corev1.EnvVar:
+		if v == nil {
+			return append(b, "null"...), nil
+		}
+		return appendEnvVar(b, *v)
+	case *corev1.HostAlias:
+		if v == nil {
+			return append(b, "null"...), nil
+		}
+		return appendHostAlias(b, *v)
 	case corev1.EnvVar:
 		return appendEnvVar(b, v)
 	case []corev1.EnvVar:

@@ -2,11 +2,14 @@ package webhook
 
 import (
 	"encoding/json"
+	"strconv"
+	"strings"
 	"testing"
 
 	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
 )
 
 // TestEncodePatch: EncodePatch writes what json.Marshal writes, byte for byte, for the values
@@ -54,6 +57,13 @@ func TestEncodePatch(t *testing.T) {
 			add("/metadata/annotations", map[string]string(nil)),
 			add("/metadata/annotations", map[string]string{}),
 		},
+		"pointers, as Patch boxes elements of the pod": {
+			add("/spec/containers/0/env/-", &corev1.EnvVar{Name: "A", Value: "1"}),
+			add("/spec/containers/0/env/-", ptr.To(fieldRef("NODE_IP", "status.hostIP", ""))),
+			add("/spec/hostAliases/-", &corev1.HostAlias{IP: "169.254.0.1", Hostnames: []string{"x.local"}}),
+			add("/spec/hostAliases/0/hostnames/-", ptr.To("b.local")),
+			add("/a", (*corev1.EnvVar)(nil)), add("/b", (*corev1.HostAlias)(nil)), add("/c", (*string)(nil)),
+		},
 		"other values go through json.Marshal": {add("/spec/x", map[string]int{"b": 2, "a": 1}), add("/spec/y", 3), add("/spec/z", []int{1})},
 	}
 	for name, ops := range tests {
@@ -73,6 +83,17 @@ func TestEncodePatch(t *testing.T) {
 				t.Errorf("EncodePatch:\ngot  %s\nwant %s", got, want)
 			}
 		})
+	}
+	big := make([]corev1.EnvVar, 2000) // a patch larger than the buffers kept for reuse
+	for i := range big {
+		big[i] = corev1.EnvVar{Name: "V" + strconv.Itoa(i), Value: strings.Repeat("x", 40)}
+	}
+	for range 2 {
+		ops := []jsonpatch.JsonPatchOperation{add("/spec/containers/0/env", big)}
+		got, err := EncodePatch(ops)
+		if want := mustJSON(t, ops); err != nil || string(got) != string(want) {
+			t.Errorf("EncodePatch of a %d-byte patch differs from json.Marshal (err %v)", len(want), err)
+		}
 	}
 	if _, err := EncodePatch([]jsonpatch.JsonPatchOperation{{Operation: "add", Path: "/x", Value: func() {}}}); err == nil {
 		t.Error("EncodePatch of an unencodable value: no error")

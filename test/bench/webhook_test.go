@@ -11,13 +11,14 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strings"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/certs"
@@ -56,7 +57,7 @@ func BenchmarkWebhook(b *testing.B) {
 	var oursP99, baseP99 []float64 // of each second: how much the box alone moves the figure
 	for range trials(10, 1) {
 		o := load(b, fmt.Sprintf("https://127.0.0.1:%d/mutate-v1-pod", wh.Port), wh.CA, body, 1)
-		n := load(b, noop, wh.CA, body, 1)
+		n := load(b, noop+"mutate", wh.CA, body, 1)
 		ours, base = append(ours, o...), append(base, n...)
 		oursP99, baseP99 = append(oursP99, percentile(o, 99)), append(baseP99, percentile(n, 99))
 	}
@@ -83,7 +84,7 @@ func BenchmarkWebhook(b *testing.B) {
 	}
 
 	const sc2 = "pod create through the API server"
-	registerNoop(b, cp, noop, wh.CA)
+	registerNoop(b, cp, noop+"mutate", wh.CA)
 	n := trials(1000, 50)
 	connsBefore := noopConnections(b, noop, wh.CA)
 	ds := podCreates(b, cp, n, "apps", "plain", "noop")
@@ -148,24 +149,37 @@ func reviewBody(b *testing.B) []byte {
 }
 
 // startNoop runs the baseline webhook process (test/bench/noopwebhook): it allows everything,
-// through the same controller-runtime machinery and TLS, in its own process like ours.
+// served by the same controller-runtime webhook server and TLS settings as ours, in its own
+// process. It returns the base URL; the no-op handler is at mutate, the connection count at
+// connections.
 func startNoop(b *testing.B, ca *certs.CA) string {
 	dir := b.TempDir()
 	if _, err := certs.Generate(dir, certs.Options{Hosts: []string{"127.0.0.1"}, CA: ca}); err != nil {
 		b.Fatal(err)
 	}
-	p := harness.StartHostProcess(b, "noop webhook", noopBin, "--cert-dir", dir)
-	var addr string
-	for addr == "" {
-		if line, _, ok := strings.Cut(p.Output(), "\n"); ok {
-			addr = line
-		} else if p.Exited() {
-			b.Fatalf("noop webhook exited: %s", p.Output())
-		} else {
-			runtime.Gosched()
-		}
+	port, err := harness.FreePort()
+	if err != nil {
+		b.Fatal(err)
 	}
-	return "https://" + addr + "/"
+	p := harness.StartHostProcess(b, "noop webhook", noopBin, "--cert-dir", dir, "--port", strconv.Itoa(port))
+	url := fmt.Sprintf("https://127.0.0.1:%d/", port)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}, Timeout: time.Second}
+	defer hc.CloseIdleConnections()
+	err = wait.PollUntilContextTimeout(b.Context(), 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		if p.Exited() {
+			return false, fmt.Errorf("exited: %s", p.Output())
+		}
+		resp, err := hc.Get(url + "connections")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return true, nil
+	})
+	if err != nil {
+		b.Fatalf("noop webhook not serving: %v", err)
+	}
+	return url
 }
 
 // load sends body to url at 1,000 requests/s for the given seconds over 8 keep-alive

@@ -1,5 +1,6 @@
 // Command noopwebhook is the benchmark's baseline: an admission webhook that allows everything,
-// served by the same controller-runtime machinery and TLS as magic-ip-webhook, in its own process.
+// served like magic-ip-webhook serves its handler: controller-runtime's webhook server (with its
+// request metrics), the same TLS settings (HTTP/1.1 only, TLS 1.2 and up), its own process.
 package main
 
 import (
@@ -7,54 +8,43 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
 func main() {
 	dir := flag.String("cert-dir", "", "directory with tls.crt and tls.key")
-	addr := flag.String("listen", "127.0.0.1:0", "listen address")
+	port := flag.Int("port", 9443, "HTTPS port on 127.0.0.1")
 	flag.Parse()
 	// As any webhook built on controller-runtime should: without a logger set, controller-runtime
 	// keeps every per-request logger it derives, and the growing heap would make this baseline's
 	// garbage collection rarer than a real webhook's.
 	ctrl.SetLogger(logr.Discard())
-	cert, err := tls.LoadX509KeyPair(filepath.Join(*dir, "tls.crt"), filepath.Join(*dir, "tls.key"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	ln, err := tls.Listen("tcp", *addr, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Println(ln.Addr().String()) // the bench reads the address from the first line
-	hook := &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
-		return admission.Allowed("")
-	})}
 	// GET /connections: how many connections clients opened (a client that does not keep its
-	// connections alive opens one per request, each with a TLS handshake).
+	// connections alive opens one per request, each with a TLS handshake). Every handshake,
+	// resumed or not, starts with a ClientHello.
 	var conns atomic.Int64
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /connections", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, conns.Load()) })
-	mux.Handle("/", hook)
-	srv := &http.Server{Handler: mux, ConnState: func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}}
+	srv := crwebhook.NewServer(crwebhook.Options{Host: "127.0.0.1", Port: *port, CertDir: *dir, TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+		c.MinVersion = tls.VersionTLS12
+		c.NextProtos = []string{"http/1.1"}
+		c.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { conns.Add(1); return nil, nil }
+	}}})
+	srv.Register("/mutate", &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
+		return admission.Allowed("")
+	})})
+	srv.WebhookMux().HandleFunc("GET /connections", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, conns.Load()) }) // after Register, which creates the mux
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	_ = srv.Serve(ln)
+	if err := srv.Start(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 }
