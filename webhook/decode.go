@@ -6,48 +6,40 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// podView is the part of a pod Mutate and Patch read; decoding only this part skips building the
-// rest of the pod (volumes, probes, resources, ...) on every admission request.
-type podView struct {
-	Metadata struct {
-		Name         string            `json:"name"`
-		GenerateName string            `json:"generateName"`
-		Annotations  map[string]string `json:"annotations"`
-	} `json:"metadata"`
-	Spec struct {
-		InitContainers []containerView    `json:"initContainers"`
-		Containers     []containerView    `json:"containers"`
-		HostAliases    []corev1.HostAlias `json:"hostAliases"`
-	} `json:"spec"`
+// Pod is the part of a pod the webhook reads and changes: its name, annotations, containers'
+// names and env, and hostAliases, with the pod's JSON field names. Decoding only this part skips
+// building the rest of the pod (images, volumes, probes, resources, ...) on every admission
+// request.
+type Pod struct {
+	PodMeta `json:"metadata"`
+	Spec    PodSpec `json:"spec"`
 }
 
-type containerView struct {
+// PodMeta is the part of a pod's metadata the webhook reads.
+type PodMeta struct {
+	Name         string            `json:"name,omitempty"`
+	GenerateName string            `json:"generateName,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+// PodSpec is the part of a pod's spec the webhook reads and changes.
+type PodSpec struct {
+	InitContainers []Container        `json:"initContainers,omitempty"`
+	Containers     []Container        `json:"containers,omitempty"`
+	HostAliases    []corev1.HostAlias `json:"hostAliases,omitempty"`
+}
+
+// Container is a container's name and env.
+type Container struct {
 	Name string          `json:"name"`
-	Env  []corev1.EnvVar `json:"env"`
+	Env  []corev1.EnvVar `json:"env,omitempty"`
 }
 
-// DecodePod decodes what Mutate and Patch need of a pod: its name, annotations, containers'
-// names and env, and hostAliases. The rest of the returned pod is left empty.
-func DecodePod(raw []byte) (*corev1.Pod, error) {
-	var v podView
-	if err := json.Unmarshal(raw, &v); err != nil {
+// DecodePod decodes the part of a pod the webhook reads from the pod's JSON.
+func DecodePod(raw []byte) (*Pod, error) {
+	pod := &Pod{}
+	if err := json.Unmarshal(raw, pod); err != nil {
 		return nil, err
 	}
-	pod := &corev1.Pod{}
-	pod.Name, pod.GenerateName, pod.Annotations = v.Metadata.Name, v.Metadata.GenerateName, v.Metadata.Annotations
-	pod.Spec.InitContainers = containers(v.Spec.InitContainers)
-	pod.Spec.Containers = containers(v.Spec.Containers)
-	pod.Spec.HostAliases = v.Spec.HostAliases
 	return pod, nil
-}
-
-func containers(views []containerView) []corev1.Container {
-	if views == nil {
-		return nil
-	}
-	out := make([]corev1.Container, len(views))
-	for i, c := range views {
-		out[i].Name, out[i].Env = c.Name, c.Env
-	}
-	return out
 }

@@ -69,7 +69,7 @@ func FuzzMutate(f *testing.F) {
 			t.Fatalf("decode the canonical form: %v", err)
 		}
 		before := pod.DeepCopy()
-		Mutate(pod, eps)
+		mutate(pod, eps)
 
 		checkPatch(t, before, pod)
 
@@ -80,12 +80,12 @@ func FuzzMutate(f *testing.F) {
 		}
 		shape := ShapeOf(partial)
 		Mutate(partial, eps)
-		if got, want := mustJSON(t, Patch(shape, partial)), mustJSON(t, Patch(ShapeOf(before), pod)); string(got) != string(want) {
+		if got, want := mustJSON(t, Patch(shape, partial)), mustJSON(t, Patch(ShapeOf(viewOf(before)), viewOf(pod))); string(got) != string(want) {
 			t.Fatalf("patch from the decoded part of the pod:\ngot  %s\nwant %s", got, want)
 		}
 
 		again := pod.DeepCopy()
-		if Mutate(again, eps) {
+		if mutate(again, eps) {
 			t.Fatalf("second Mutate() = true:\nafter first  %s\nafter second %s", toJSON(pod), toJSON(again))
 		}
 		if !equality.Semantic.DeepEqual(again, pod) {
@@ -207,7 +207,7 @@ func checkHostAliases(t *testing.T, before, after []corev1.HostAlias, mips []v1a
 // serializes it, and compares with after.
 func checkPatch(t *testing.T, before, after *corev1.Pod) {
 	t.Helper()
-	ops := Patch(ShapeOf(before), after)
+	ops := Patch(ShapeOf(viewOf(before)), viewOf(after))
 	for _, op := range ops {
 		if op.Operation != "add" {
 			t.Fatalf("patch operation %s %s: the webhook only adds", op.Operation, op.Path)

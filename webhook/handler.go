@@ -9,7 +9,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -137,7 +136,7 @@ func (in *Injector) Handle(ctx context.Context, req admission.Request) (resp adm
 
 func isDryRun(req admission.Request) bool { return req.DryRun != nil && *req.DryRun }
 
-func podName(p *corev1.Pod) string {
+func podName(p *Pod) string {
 	if p.Name != "" {
 		return p.Name
 	}

@@ -166,7 +166,7 @@ func injections(t *testing.T, in *Injector, mip string) float64 {
 func TestHandle(t *testing.T) {
 	refRaw := mustJSON(t, refPod())
 	refWant := refPod()
-	Mutate(refWant, endpoints(refMagicIPs()[:1]))
+	mutate(refWant, endpoints(refMagicIPs()[:1]))
 	tests := map[string]struct {
 		req         admission.Request
 		mips        []v1alpha1.MagicIP
@@ -298,7 +298,7 @@ func TestHandleGolden(t *testing.T) {
 			}
 			// The golden operations, applied to the reference pod, give what Mutate gives.
 			wantPod := refPod()
-			Mutate(wantPod, endpoints(refMagicIPs()[:1]))
+			mutate(wantPod, endpoints(refMagicIPs()[:1]))
 			if gotPod := applyPatch(t, raw, resp); !equality.Semantic.DeepEqual(gotPod, wantPod) {
 				t.Errorf("patched pod:\ngot  %s\nwant %s", toJSON(gotPod), toJSON(wantPod))
 			}
@@ -392,7 +392,7 @@ func TestWebhookServeHTTP(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := refPod()
-			Mutate(want, endpoints(refMagicIPs()[:1]))
+			mutate(want, endpoints(refMagicIPs()[:1]))
 			if !equality.Semantic.DeepEqual(got, want) {
 				t.Errorf("patched pod:\ngot  %s\nwant %s", toJSON(got), toJSON(want))
 			}
@@ -505,7 +505,7 @@ func TestHandlePatchShapes(t *testing.T) {
 			if err := json.Unmarshal([]byte(raw), want); err != nil {
 				t.Fatal(err)
 			}
-			if !Mutate(want, NewCatalog(mips).For(want.Annotations)) {
+			if !mutate(want, NewCatalog(mips).For(want.Annotations)) {
 				t.Fatal("Mutate() = false")
 			}
 			if got := applyPatch(t, []byte(raw), resp); !equality.Semantic.DeepEqual(got, want) {

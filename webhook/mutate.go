@@ -93,7 +93,7 @@ func (c Catalog) For(annotations map[string]string) []Endpoint {
 // variable the pod already sets keeps its value), hostAliases (merged into an entry for the same
 // IP), and the injected annotation. It returns whether the pod changed; a second call changes
 // nothing.
-func Mutate(pod *corev1.Pod, eps []Endpoint) bool {
+func Mutate(pod *Pod, eps []Endpoint) bool {
 	changed := false
 	var names []string
 	for _, e := range eps {
@@ -164,15 +164,17 @@ func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
 }
 
 // addEnv appends the variables the container does not set yet.
-func addEnv(c *corev1.Container, env []corev1.EnvVar) bool {
+func addEnv(c *Container, env []corev1.EnvVar) bool {
 	changed := false
-	c.Env = slices.Grow(c.Env, len(env))
-	for _, e := range env {
+	for i, e := range env {
 		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
 			continue
 		}
 		if e.ValueFrom != nil { // the endpoint's copy is shared by every request
 			e.ValueFrom = e.ValueFrom.DeepCopy()
+		}
+		if !changed { // room for the rest at once; nothing allocated when nothing is added
+			c.Env = slices.Grow(c.Env, len(env)-i)
 		}
 		c.Env = append(c.Env, e)
 		changed = true
@@ -182,7 +184,7 @@ func addEnv(c *corev1.Container, env []corev1.EnvVar) bool {
 
 // addHostAliases adds the hostnames for ip, into an existing entry for ip when there is one. A
 // hostname the pod already maps (to any IP) is left as the pod has it.
-func addHostAliases(pod *corev1.Pod, ip string, hostnames []string) bool {
+func addHostAliases(pod *Pod, ip string, hostnames []string) bool {
 	var add []string
 	for _, h := range hostnames {
 		if !slices.ContainsFunc(pod.Spec.HostAliases, func(a corev1.HostAlias) bool { return slices.Contains(a.Hostnames, h) }) {

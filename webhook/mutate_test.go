@@ -424,7 +424,7 @@ func TestMutate(t *testing.T) {
 			// The endpoints are shared by concurrent requests: Mutate must not write into them.
 			eps, epsBefore := endpoints(tc.mips), endpoints(tc.mips)
 			pod := tc.pod.DeepCopy()
-			if got := Mutate(pod, eps); got != tc.wantChanged {
+			if got := mutate(pod, eps); got != tc.wantChanged {
 				t.Errorf("Mutate() = %v, want %v", got, tc.wantChanged)
 			}
 			if !equality.Semantic.DeepEqual(pod, tc.want) {
@@ -436,7 +436,7 @@ func TestMutate(t *testing.T) {
 
 			// Idempotence: a second call (webhook reinvocation) changes nothing.
 			again := pod.DeepCopy()
-			if Mutate(again, eps) {
+			if mutate(again, eps) {
 				t.Errorf("second Mutate() = true, want false")
 			}
 			if !equality.Semantic.DeepEqual(again, pod) {
@@ -466,7 +466,7 @@ func TestMutate(t *testing.T) {
 func TestMutateNilAnnotations(t *testing.T) {
 	pod := testPod()
 	pod.Annotations = nil
-	if !Mutate(pod, endpoints([]v1alpha1.MagicIP{ddMIP()})) {
+	if !mutate(pod, endpoints([]v1alpha1.MagicIP{ddMIP()})) {
 		t.Fatal("Mutate() = false, want true")
 	}
 	if got := pod.Annotations[InjectedAnnotation]; got != "dd" {
@@ -560,4 +560,31 @@ func TestCatalog(t *testing.T) {
 			}
 		})
 	}
+}
+
+// viewOf is p as the webhook decodes it (Pod), sharing p's lists and map.
+func viewOf(p *corev1.Pod) *Pod {
+	v := &Pod{PodMeta: PodMeta{Name: p.Name, GenerateName: p.GenerateName, Annotations: p.Annotations}}
+	v.Spec.HostAliases = p.Spec.HostAliases
+	for _, c := range p.Spec.InitContainers {
+		v.Spec.InitContainers = append(v.Spec.InitContainers, Container{Name: c.Name, Env: c.Env})
+	}
+	for _, c := range p.Spec.Containers {
+		v.Spec.Containers = append(v.Spec.Containers, Container{Name: c.Name, Env: c.Env})
+	}
+	return v
+}
+
+// mutate runs Mutate on the part of p the webhook decodes and writes the result back into p.
+func mutate(p *corev1.Pod, eps []Endpoint) bool {
+	v := viewOf(p)
+	changed := Mutate(v, eps)
+	p.Annotations, p.Spec.HostAliases = v.Annotations, v.Spec.HostAliases
+	for i := range p.Spec.InitContainers {
+		p.Spec.InitContainers[i].Env = v.Spec.InitContainers[i].Env
+	}
+	for i := range p.Spec.Containers {
+		p.Spec.Containers[i].Env = v.Spec.Containers[i].Env
+	}
+	return changed
 }

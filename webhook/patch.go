@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	jsonpatch "gomodules.xyz/jsonpatch/v2"
-	corev1 "k8s.io/api/core/v1"
 )
 
 // Shape is what Patch needs to know of a pod before Mutate: the lengths of the lists Mutate
@@ -20,7 +19,7 @@ type Shape struct {
 }
 
 // ShapeOf records the shape of p.
-func ShapeOf(p *corev1.Pod) Shape {
+func ShapeOf(p *Pod) Shape {
 	s := Shape{
 		initEnv:     make([]int, len(p.Spec.InitContainers)),
 		env:         make([]int, len(p.Spec.Containers)),
@@ -44,11 +43,11 @@ func ShapeOf(p *corev1.Pod) Shape {
 // is that pod as Mutate left it: Mutate only appends env vars, hostAliases and hostnames, and sets
 // one annotation, so the patch is built from those appends directly (no marshal-and-diff of the
 // whole pod on every admission request).
-func Patch(before Shape, after *corev1.Pod) []jsonpatch.JsonPatchOperation {
+func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 	lists := [...]struct {
 		field  string
 		before []int
-		after  []corev1.Container
+		after  []Container
 	}{{"initContainers", before.initEnv, after.Spec.InitContainers}, {"containers", before.env, after.Spec.Containers}}
 	n := 2 // hostAliases (when the pod had none) and the annotation
 	for _, l := range lists {
