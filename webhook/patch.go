@@ -56,9 +56,11 @@ func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 		}
 	}
 	for j, a := range after.Spec.HostAliases {
-		if j >= len(before.aliases) {
+		switch {
+		case len(before.aliases) == 0: // one operation sets the whole list, counted above
+		case j >= len(before.aliases):
 			n++
-		} else {
+		default:
 			n += opsFor(before.aliases[j], len(a.Hostnames))
 		}
 	}
