@@ -120,6 +120,8 @@ BENCH_OUT ?= bench-results
 bench: prereqs envtest-assets peer-assets ## Measure convergence, sync cost and memory; QUICK=1 for a short run. Writes $(BENCH_OUT)/results.{md,json}.
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 30m ./test/bench -run '^$$' -bench . -benchtime 1x \
 		-args -out $(abspath $(BENCH_OUT)) $(if $(QUICK),-quick)
+	@echo "--- the webhook's cost per admission request in process (magic-ip vs a no-op handler, no TLS or network)"
+	go test -count=1 ./webhook -run '^$$' -bench ServeHTTP -benchmem $(if $(QUICK),-benchtime 200x)
 
 .PHONY: verify
 verify: $(CONTROLLER_GEN) ## gofmt, go vet, and generated files up to date.
