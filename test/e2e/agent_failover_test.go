@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -139,6 +140,24 @@ func TestAgentUDPSwitch(t *testing.T) {
 	eventually(t, 10*time.Second, "socket opened before the agent reaches the producer", wantReused(p1.Name))
 
 	p2 := addProducer(t, c, n, "dd-2", harness.PodOptions{NotReady: true})
+	// On failure (registered last, so it runs while the pods and the agent still exist): what the
+	// node and the client say about the lost datagrams.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, x := range []struct {
+			ns  *harness.Netns
+			cmd []string
+		}{
+			{n.Netns, []string{"conntrack", "-L", "-p", "udp"}}, {n.Netns, []string{"iptables-save", "-c"}},
+			{n.Netns, []string{"cat", "/proc/net/snmp"}}, {n.Netns, []string{"ip", "link"}}, {n.Netns, []string{"bridge", "fdb", "show", "br", harness.PodBridge}},
+			{consumer.Netns, []string{"ip", "neigh"}}, {consumer.Netns, []string{"ip", "route"}},
+		} {
+			out, err := x.ns.Run(context.Background(), x.cmd[0], x.cmd[1:]...)
+			t.Logf("%s: %s (err %v):\n%s", x.ns.Name, strings.Join(x.cmd, " "), err, out)
+		}
+	})
 	if err := p2.SetReady(t.Context(), true); err != nil {
 		t.Fatal(err)
 	}

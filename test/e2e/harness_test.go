@@ -61,6 +61,24 @@ func checkCluster(t *testing.T, c *harness.Cluster) {
 			t.Errorf("udp %s -> %s (%s): got %q, %v", from.Name, to.Name, to.IP, got, err)
 		}
 	}
+	// Each node's pod bridge keeps the MAC set from its gateway address, as CNI's bridge plugin
+	// does, whatever the MACs of the pods added since (a bridge left alone takes the lowest).
+	for _, n := range c.Nodes {
+		var mac net.HardwareAddr
+		if err := n.Netns.Do(func() error {
+			l, err := netlink.LinkByName(harness.PodBridge)
+			if err == nil {
+				mac = l.Attrs().HardwareAddr
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if want := (net.HardwareAddr{0x0a, 0x58, n.Gateway[0], n.Gateway[1], n.Gateway[2], n.Gateway[3]}); mac.String() != want.String() {
+			t.Errorf("%s: %s has MAC %s after its pods were added, want %s", n.Name, harness.PodBridge, mac, want)
+		}
+	}
+
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	a1, b1, a2 := pods[n1.Name][0], pods[n1.Name][1], pods[n2.Name][0]
 	dial(a1.Netns, b1) // pod to pod on one node
