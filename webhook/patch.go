@@ -45,10 +45,10 @@ func ShapeOf(p *Pod) Shape {
 // whole pod on every admission request).
 func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 	lists := [...]struct {
-		field  string
+		path   string // of the list, up to the container's index
 		before []int
 		after  []Container
-	}{{"initContainers", before.initEnv, after.Spec.InitContainers}, {"containers", before.env, after.Spec.Containers}}
+	}{{"/spec/initContainers/", before.initEnv, after.Spec.InitContainers}, {"/spec/containers/", before.env, after.Spec.Containers}}
 	n := 2 // hostAliases (when the pod had none) and the annotation
 	for _, l := range lists {
 		for i := range l.after {
@@ -65,60 +65,60 @@ func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 		}
 	}
 	ops := make([]jsonpatch.JsonPatchOperation, 0, n)
-	add := func(path string, v any) {
-		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: path, Value: v})
-	}
-	// Values are pointers into after where they can be (boxing a pointer costs no allocation);
-	// EncodePatch, like json.Marshal, writes what they point to.
 	for _, l := range lists {
 		for i := range l.after {
-			if env := l.after[i].Env; len(env) > l.before[i] {
-				path := "/spec/" + l.field + "/" + strconv.Itoa(i) + "/env"
-				if l.before[i] == 0 {
-					add(path, env)
-					continue
-				}
-				path += "/-"
-				for k := l.before[i]; k < len(env); k++ {
-					add(path, &env[k])
-				}
-			}
+			ops = appendTail(ops, l.path, i, "/env", l.before[i], l.after[i].Env)
 		}
 	}
 	if len(before.aliases) == 0 {
 		if len(after.Spec.HostAliases) > 0 {
-			add("/spec/hostAliases", after.Spec.HostAliases)
+			ops = append(ops, add("/spec/hostAliases", after.Spec.HostAliases))
 		}
 	} else {
 		for j := range after.Spec.HostAliases {
-			a := &after.Spec.HostAliases[j]
-			switch {
-			case j >= len(before.aliases):
-				add("/spec/hostAliases/-", a)
-			case len(a.Hostnames) == before.aliases[j]:
-			case before.aliases[j] == 0:
-				add("/spec/hostAliases/"+strconv.Itoa(j)+"/hostnames", a.Hostnames)
-			default:
-				path := "/spec/hostAliases/" + strconv.Itoa(j) + "/hostnames/-"
-				for k := before.aliases[j]; k < len(a.Hostnames); k++ {
-					add(path, &a.Hostnames[k])
-				}
+			if j >= len(before.aliases) {
+				ops = append(ops, add("/spec/hostAliases/-", &after.Spec.HostAliases[j]))
+				continue
 			}
+			ops = appendTail(ops, "/spec/hostAliases/", j, "/hostnames", before.aliases[j], after.Spec.HostAliases[j].Hostnames)
 		}
 	}
 	if v, ok := after.Annotations[InjectedAnnotation]; ok && v != before.injected {
 		if before.annotations == 0 {
-			add("/metadata/annotations", map[string]string{InjectedAnnotation: v})
+			ops = append(ops, add("/metadata/annotations", map[string]string{InjectedAnnotation: v}))
 		} else {
 			// add replaces an existing member of an object (RFC 6902 4.1)
-			add(injectedAnnotationPath, v)
+			ops = append(ops, add(injectedAnnotationPath, v))
 		}
 	}
 	return ops
 }
 
-// opsFor is how many operations append a list of n elements to one of before: none, one that
-// sets the whole list when before is 0 (the field may be absent), else one per new element.
+func add(path string, v any) jsonpatch.JsonPatchOperation {
+	return jsonpatch.JsonPatchOperation{Operation: "add", Path: path, Value: v}
+}
+
+// appendTail adds the operations that append list[n:] to the list at prefix+i+suffix (built only
+// when there is something to add), n being its length before: none, one that sets the whole list
+// when n is 0 (the field may be absent), else one "add .../-" per new element (opsFor counts
+// them). Elements go in as pointers into list (boxing a pointer costs no allocation);
+// EncodePatch, like json.Marshal, writes what they point to.
+func appendTail[E any](ops []jsonpatch.JsonPatchOperation, prefix string, i int, suffix string, n int, list []E) []jsonpatch.JsonPatchOperation {
+	if len(list) <= n {
+		return ops
+	}
+	path := prefix + strconv.Itoa(i) + suffix
+	if n == 0 {
+		return append(ops, add(path, list))
+	}
+	path += "/-"
+	for k := n; k < len(list); k++ {
+		ops = append(ops, add(path, &list[k]))
+	}
+	return ops
+}
+
+// opsFor is how many operations appendTail adds for a list of n elements that had before.
 func opsFor(before, n int) int {
 	switch {
 	case n <= before:
