@@ -158,26 +158,15 @@ func (c *Cluster) plugUplink(ns *Netns, underlaySide string, ip net.IP) error {
 // silence instead of a refusal until the pods re-ARP).
 func addBridge(h *netlink.Handle, name string, addr *net.IPNet) error {
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if addr != nil {
+		if ip := addr.IP.To4(); ip != nil {
+			br.HardwareAddr = net.HardwareAddr{0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]}
+		}
+	}
 	if err := h.LinkAdd(br); err != nil {
 		return fmt.Errorf("add bridge %s: %w", name, err)
 	}
-	if ip := addrIPv4(addr); ip != nil {
-		l, err := h.LinkByName(name)
-		if err != nil {
-			return fmt.Errorf("find %s: %w", name, err)
-		}
-		if err := h.LinkSetHardwareAddr(l, net.HardwareAddr{0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]}); err != nil {
-			return fmt.Errorf("set the MAC of %s: %w", name, err)
-		}
-	}
 	return linkUpWithAddr(h, name, addr)
-}
-
-func addrIPv4(addr *net.IPNet) net.IP {
-	if addr == nil {
-		return nil
-	}
-	return addr.IP.To4()
 }
 
 // linkUpWithAddr adds addr (when not nil) to the link and sets it up.
