@@ -136,16 +136,16 @@ func patchOps(t *testing.T, resp admission.Response) []jsonpatch.JsonPatchOperat
 	return ops
 }
 
-// applyPatch applies resp's patches to raw and decodes the result.
-func applyPatch(t *testing.T, raw []byte, resp admission.Response) *corev1.Pod {
+// applyPatch applies a JSON patch to raw and decodes the result.
+func applyPatch(t *testing.T, raw, patch []byte) *corev1.Pod {
 	t.Helper()
-	p, err := evanjsonpatch.DecodePatch(resp.Patch)
+	p, err := evanjsonpatch.DecodePatch(patch)
 	if err != nil {
-		t.Fatalf("decode patch: %v", err)
+		t.Fatalf("decode patch %s: %v", patch, err)
 	}
 	out, err := p.Apply(raw)
 	if err != nil {
-		t.Fatalf("apply patch %s: %v", resp.Patch, err)
+		t.Fatalf("apply patch %s: %v", patch, err)
 	}
 	pod := &corev1.Pod{}
 	if err := json.Unmarshal(out, pod); err != nil {
@@ -242,7 +242,7 @@ func TestHandle(t *testing.T) {
 				if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
 					t.Errorf("PatchType = %v, want JSONPatch", resp.PatchType)
 				}
-				if got := applyPatch(t, tc.req.Object.Raw, resp); !equality.Semantic.DeepEqual(got, tc.want) {
+				if got := applyPatch(t, tc.req.Object.Raw, resp.Patch); !equality.Semantic.DeepEqual(got, tc.want) {
 					t.Errorf("patched pod:\ngot  %s\nwant %s", toJSON(got), toJSON(tc.want))
 				}
 			}
@@ -299,7 +299,7 @@ func TestHandleGolden(t *testing.T) {
 			// The golden operations, applied to the reference pod, give what Mutate gives.
 			wantPod := refPod()
 			mutate(wantPod, endpoints(refMagicIPs()[:1]))
-			if gotPod := applyPatch(t, raw, resp); !equality.Semantic.DeepEqual(gotPod, wantPod) {
+			if gotPod := applyPatch(t, raw, resp.Patch); !equality.Semantic.DeepEqual(gotPod, wantPod) {
 				t.Errorf("patched pod:\ngot  %s\nwant %s", toJSON(gotPod), toJSON(wantPod))
 			}
 		})
@@ -379,18 +379,7 @@ func TestWebhookServeHTTP(t *testing.T) {
 			if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
 				t.Errorf("patchType = %v, want JSONPatch", resp.PatchType)
 			}
-			p, err := evanjsonpatch.DecodePatch(resp.Patch)
-			if err != nil {
-				t.Fatalf("decode patch %s: %v", resp.Patch, err)
-			}
-			out, err := p.Apply(raw)
-			if err != nil {
-				t.Fatalf("apply patch: %v", err)
-			}
-			got := &corev1.Pod{}
-			if err := json.Unmarshal(out, got); err != nil {
-				t.Fatal(err)
-			}
+			got := applyPatch(t, raw, resp.Patch)
 			want := refPod()
 			mutate(want, endpoints(refMagicIPs()[:1]))
 			if !equality.Semantic.DeepEqual(got, want) {
@@ -508,7 +497,7 @@ func TestHandlePatchShapes(t *testing.T) {
 			if !mutate(want, NewCatalog(mips).For(want.Annotations)) {
 				t.Fatal("Mutate() = false")
 			}
-			if got := applyPatch(t, []byte(raw), resp); !equality.Semantic.DeepEqual(got, want) {
+			if got := applyPatch(t, []byte(raw), resp.Patch); !equality.Semantic.DeepEqual(got, want) {
 				t.Errorf("patched pod:\ngot  %s\nwant %s\npatch %s", toJSON(got), toJSON(want), resp.Patch)
 			}
 		})
@@ -529,7 +518,7 @@ func TestHandleCatalogFollowsInvalidate(t *testing.T) {
 		if !resp.Allowed {
 			t.Fatalf("not allowed: %v", resp.Result)
 		}
-		return applyPatch(t, mustJSON(t, testPod()), resp).Annotations[InjectedAnnotation]
+		return applyPatch(t, mustJSON(t, testPod()), resp.Patch).Annotations[InjectedAnnotation]
 	}
 	if got := injected(); got != "a" {
 		t.Fatalf("injected %q, want a", got)
