@@ -36,6 +36,8 @@ type Service struct {
 	Address  netip.Addr
 	Port     int32
 	Protocol v1alpha1.Protocol
+	// Interface is the host interface that carries Address for this MagicIP.
+	Interface string
 	// WhenNoProducer applies when Endpoints is empty, and to traffic that was not redirected.
 	WhenNoProducer v1alpha1.NoLocalProducerAction
 	// Endpoints are the Ready local producers, sorted by IP.
@@ -81,8 +83,8 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 		}
 		for _, p := range m.Spec.Ports {
 			svc := Service{
-				MagicIP: m.Name, PortName: p.Name, Address: addr, Port: p.Port,
-				Protocol: p.EffectiveProtocol(), WhenNoProducer: m.Spec.EffectiveWhenNoLocalProducer(),
+				MagicIP: m.Name, PortName: p.Name, Address: addr, Port: p.Port, Protocol: p.EffectiveProtocol(),
+				Interface: iface, WhenNoProducer: m.Spec.EffectiveWhenNoLocalProducer(),
 			}
 			for _, ep := range eps {
 				svc.Endpoints = append(svc.Endpoints, Endpoint{Pod: ep.pod, Addr: netip.AddrPortFrom(ep.ip, uint16(p.EffectiveTargetPort()))})

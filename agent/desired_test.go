@@ -260,14 +260,14 @@ func TestDesiredServices(t *testing.T) {
 	}{
 		"defaults: targetPort = port, TCP, Reject": {
 			want: []Service{{
-				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP,
+				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP, Interface: testIface,
 				WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:8126")},
 			}},
 		},
 		"targetPort is used": {
 			mods: []func(*v1alpha1.MagicIP){withPorts(v1alpha1.MagicIPPort{Name: "apm", Port: 8126, TargetPort: 9126})},
 			want: []Service{{
-				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP,
+				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP, Interface: testIface,
 				WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:9126")},
 			}},
 		},
@@ -277,7 +277,7 @@ func TestDesiredServices(t *testing.T) {
 				func(m *v1alpha1.MagicIP) { m.Spec.WhenNoLocalProducer = v1alpha1.Drop },
 			},
 			want: []Service{{
-				MagicIP: "datadog", PortName: "dogstatsd", Address: addr, Port: 8125, Protocol: v1alpha1.ProtocolUDP,
+				MagicIP: "datadog", PortName: "dogstatsd", Address: addr, Port: 8125, Protocol: v1alpha1.ProtocolUDP, Interface: testIface,
 				WhenNoProducer: v1alpha1.Drop, Endpoints: []Endpoint{ep("a", "10.244.1.5:8125")},
 			}},
 		},
@@ -288,15 +288,15 @@ func TestDesiredServices(t *testing.T) {
 				v1alpha1.MagicIPPort{Name: "web", Port: 80, Protocol: v1alpha1.ProtocolTCP},
 			)},
 			want: []Service{
-				{MagicIP: "datadog", PortName: "web", Address: addr, Port: 80, Protocol: v1alpha1.ProtocolTCP, WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:80")}},
-				{MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP, WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:18126")}},
-				{MagicIP: "datadog", PortName: "dogstatsd", Address: addr, Port: 8125, Protocol: v1alpha1.ProtocolUDP, WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:8125")}},
+				{MagicIP: "datadog", PortName: "web", Address: addr, Port: 80, Protocol: v1alpha1.ProtocolTCP, Interface: testIface, WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:80")}},
+				{MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP, Interface: testIface, WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:18126")}},
+				{MagicIP: "datadog", PortName: "dogstatsd", Address: addr, Port: 8125, Protocol: v1alpha1.ProtocolUDP, Interface: testIface, WhenNoProducer: v1alpha1.Reject, Endpoints: []Endpoint{ep("a", "10.244.1.5:8125")}},
 			},
 		},
 		"no producer keeps the service, without endpoints": {
 			mods: []func(*v1alpha1.MagicIP){func(m *v1alpha1.MagicIP) { m.Spec.Producer.Namespace = "elsewhere" }},
 			want: []Service{{
-				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP, WhenNoProducer: v1alpha1.Reject,
+				MagicIP: "datadog", PortName: "apm", Address: addr, Port: 8126, Protocol: v1alpha1.ProtocolTCP, Interface: testIface, WhenNoProducer: v1alpha1.Reject,
 			}},
 		},
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
@@ -57,10 +58,11 @@ type Ruleset struct {
 	Chains map[string]map[string][]string
 }
 
-// notRedirected matches packets of connections that no DNAT touched: those still addressed to the
-// magic IP in filter INPUT are refused, while the replies of redirected host clients (addressed to
-// the magic IP again once un-NATed) pass.
-const notRedirected = "-m conntrack ! --ctstate DNAT"
+// newConn matches the first packet of a connection. filter INPUT refuses only those when they are
+// still addressed to the magic IP (no DNAT touched them): never a reply. A host client's refusal
+// (a TCP reset or ICMP error from the magic IP to the magic IP, a RELATED packet) and the replies
+// of redirected host clients (addressed to the magic IP again once un-NATed) must pass.
+const newConn = "-m conntrack --ctstate NEW"
 
 // Render turns a State into our (IPv4) chains. externalIfaces are the node's uplinks: traffic
 // arriving there is from outside the node and is never redirected. Non-IPv4 services are left out
@@ -73,12 +75,7 @@ func Render(st State, externalIfaces []string) Ruleset {
 		nat[chainPrerouting] = append(nat[chainPrerouting],
 			fmt.Sprintf(`-i %s -m comment --comment "external interface: not node-local" -j RETURN`, ifc))
 	}
-	var addrs []netip.Addr
-	for _, s := range st.Services {
-		if !slices.Contains(addrs, s.Address) {
-			addrs = append(addrs, s.Address)
-		}
-	}
+	addrs := addresses(st)
 	for _, a := range addrs {
 		for _, ch := range []string{chainPrerouting, chainOutput} {
 			nat[ch] = append(nat[ch], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
@@ -89,9 +86,10 @@ func Render(st State, externalIfaces []string) Ruleset {
 		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
 			`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a))
 	}
+	nat[chainPost] = append(nat[chainPost], hairpinRules(st.Services)...)
 	for _, s := range st.Services {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
-		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s: not redirected" %s`, match, notRedirected, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
+		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s: not redirected" %s`, match, newConn, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
 		if len(s.Endpoints) == 0 {
 			continue
 		}
@@ -99,14 +97,70 @@ func Render(st State, externalIfaces []string) Ruleset {
 		nat[chainServices] = append(nat[chainServices], fmt.Sprintf(`%s -m comment --comment "%s" -j %s`, match, s.Key(), chain))
 		nat[chain] = endpointRules(s)
 	}
-	// Any other port on a magic address is refused too: the address serves only its declared ports.
+	// Any other port on a magic address is refused too: the address serves only its declared
+	// ports. Every address the node carries gets these, so none is ever left without a verdict.
 	for _, a := range addrs {
 		for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
 			filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`-d %s -p %s %s -m comment --comment "%s: undeclared port" %s`,
-				hostCIDR(a), proto(p), notRedirected, a, verdict(v1alpha1.Reject, p)))
+				hostCIDR(a), proto(p), newConn, a, verdict(v1alpha1.Reject, p)))
 		}
 	}
 	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
+}
+
+// addresses are the IPv4 magic addresses of st, sorted: those on its interfaces and those of its
+// services (the same set when st came from Desired).
+func addresses(st State) []netip.Addr {
+	var addrs []netip.Addr
+	add := func(a netip.Addr) {
+		if a.Is4() && !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, as := range st.Addresses {
+		for _, a := range as {
+			add(a)
+		}
+	}
+	for _, s := range st.Services {
+		add(s.Address)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return addrs
+}
+
+// hairpinRules masquerade a producer's connections to its own magic IP that were redirected to
+// itself: the packet would otherwise come back with its own address as source and destination,
+// and the pod drops it (the connection hangs). Only this self-traffic is masqueraded, as
+// kube-proxy does for hairpin traffic; consumers, and producers sent to another producer, keep
+// their source address. One rule per magic address and producer IP, in address order.
+func hairpinRules(svcs []Service) []string {
+	type pair struct {
+		addr netip.Addr
+		ep   Endpoint
+	}
+	var pairs []pair
+	for _, s := range svcs {
+		for _, ep := range s.Endpoints {
+			p := pair{s.Address, Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)}}
+			if !slices.Contains(pairs, p) {
+				pairs = append(pairs, p)
+			}
+		}
+	}
+	slices.SortFunc(pairs, func(a, b pair) int {
+		return cmp.Or(a.addr.Compare(b.addr), a.ep.Addr.Addr().Compare(b.ep.Addr.Addr()), cmp.Compare(a.ep.Pod, b.ep.Pod))
+	})
+	rules := make([]string, 0, len(pairs))
+	for i, p := range pairs {
+		if i > 0 && pairs[i-1].addr == p.addr && pairs[i-1].ep.Addr == p.ep.Addr {
+			continue // two pods with one IP (host-network producers): one rule
+		}
+		ip := hostCIDR(p.ep.Addr.Addr())
+		rules = append(rules, fmt.Sprintf(`-s %s -d %s -m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin: %s reaching itself through %s" -j MASQUERADE`,
+			ip, ip, p.addr, p.ep.Pod, p.addr))
+	}
+	return rules
 }
 
 // endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i).

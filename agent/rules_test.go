@@ -38,8 +38,10 @@ func referenceState() State {
 //   - nat chains are declared (emptied) in name order, then filled;
 //   - the only svc chain is the TCP one: the UDP port has no producer, so no MAGIC-IP-SERVICES rule;
 //   - DNAT rules carry -p; the first of two matches with probability 0.5, the last always;
-//   - filter INPUT refuses what no DNAT touched: the UDP port keeps its rule, and undeclared ports
-//     of the address are refused too.
+//   - a producer reaching itself through the magic IP is masqueraded (hairpin), one rule per
+//     producer IP; nothing else is;
+//   - filter INPUT refuses new connections no DNAT touched (never replies: a host client's own
+//     refusal must reach it): the UDP port keeps its rule, and undeclared ports are refused too.
 const referenceRestore = `*nat
 :MAGIC-IP-OUTPUT - [0:0]
 :MAGIC-IP-POSTROUTING - [0:0]
@@ -48,6 +50,8 @@ const referenceRestore = `*nat
 :MAGIC-IP-SVC-BMDMKVQYRIDQ - [0:0]
 -A MAGIC-IP-OUTPUT -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
+-A MAGIC-IP-POSTROUTING -s 10.244.1.5/32 -d 10.244.1.5/32 -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin: datadog/agent-a reaching itself through 169.254.210.210" -j MASQUERADE
+-A MAGIC-IP-POSTROUTING -s 10.244.1.7/32 -d 10.244.1.7/32 -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin: datadog/agent-b reaching itself through 169.254.210.210" -j MASQUERADE
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
 -A MAGIC-IP-PREROUTING -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-SERVICES -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-BMDMKVQYRIDQ
@@ -56,10 +60,10 @@ const referenceRestore = `*nat
 COMMIT
 *filter
 :MAGIC-IP-INPUT - [0:0]
--A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m conntrack ! --ctstate DNAT -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset
--A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m udp --dport 8125 -m conntrack ! --ctstate DNAT -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp-port-unreachable
--A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m conntrack ! --ctstate DNAT -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with tcp-reset
--A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m conntrack ! --ctstate DNAT -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with icmp-port-unreachable
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m conntrack --ctstate NEW -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m udp --dport 8125 -m conntrack --ctstate NEW -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp-port-unreachable
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m conntrack --ctstate NEW -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with tcp-reset
+-A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m conntrack --ctstate NEW -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with icmp-port-unreachable
 COMMIT
 `
 
@@ -184,7 +188,7 @@ func TestRenderVerdicts(t *testing.T) {
 				}
 				input := Render(State{Services: []Service{s}}, nil).Chains["filter"][chainInput]
 				p := strings.ToLower(string(tc.proto))
-				wantRule := fmt.Sprintf(`-d 169.254.210.210/32 -p %s -m %s --dport 53 -m conntrack ! --ctstate DNAT -m comment --comment "m:p: not redirected" %s`, p, p, tc.want)
+				wantRule := fmt.Sprintf(`-d 169.254.210.210/32 -p %s -m %s --dport 53 -m conntrack --ctstate NEW -m comment --comment "m:p: not redirected" %s`, p, p, tc.want)
 				if len(input) == 0 || input[0] != wantRule {
 					t.Errorf("first INPUT rule:\n got %q\nwant %q", input, wantRule)
 				}

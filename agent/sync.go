@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -74,32 +73,28 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 		}
 		res.Wrote = true
 	}
+	if s.lastState == nil {
+		// A MagicIP deleted or changed while no agent ran leaves its address behind (removed just
+		// below) and its UDP flows: flush them all.
+		res.Flushed += s.flushOwned()
+	}
 	if err := s.Links.RemoveStale(st.Addresses); err != nil {
 		s.dirty = true
 		return res, err
 	}
-	res.Flushed = s.flushConntrack(st)
+	res.Flushed += s.flushConntrack(st)
 	s.lastRules, s.lastState, s.dirty = rules, &st, false
 	return res, nil
 }
 
-// flushConntrack deletes UDP conntrack entries for every UDP service whose producers changed (all
-// of them on the first sync: flows may predate the agent).
+// flushConntrack deletes the UDP conntrack entries of every UDP service that changed: whose
+// producers changed, and every one that disappeared (its MagicIP deleted, its address, port or
+// protocol changed, lost to a conflict, invalid, or its interface failed), so that a client
+// reusing its socket is redirected afresh or refused instead of following a stale entry. On the
+// first sync every UDP service is flushed: flows may predate the agent.
 func (s *Syncer) flushConntrack(st State) uint {
-	before := map[string][]Endpoint{}
-	if s.lastState != nil {
-		for _, svc := range s.lastState.Services {
-			before[udpKey(svc)] = svc.Endpoints
-		}
-	}
 	var total uint
-	for _, svc := range st.Services {
-		if svc.Protocol != v1alpha1.ProtocolUDP {
-			continue
-		}
-		if old, ok := before[udpKey(svc)]; ok && s.lastState != nil && slices.Equal(old, svc.Endpoints) {
-			continue
-		}
+	for _, svc := range udpChanges(s.lastState, st) {
 		n, err := FlushConntrack(s.Links.h, svc.Address, svc.Port)
 		if err != nil {
 			s.Log.Error(err, "conntrack flush failed", "magicIP", svc.MagicIP, "port", svc.PortName)
@@ -109,18 +104,63 @@ func (s *Syncer) flushConntrack(st State) uint {
 	return total
 }
 
-func udpKey(s Service) string { return fmt.Sprintf("%s:%d", s.Address, s.Port) }
+// flushOwned deletes the UDP conntrack entries of every address the node carries for us, all ports.
+func (s *Syncer) flushOwned() uint {
+	owned, err := s.Links.Owned()
+	if err != nil {
+		s.Log.Error(err, "conntrack flush of the addresses left by an earlier run skipped")
+		return 0
+	}
+	var total uint
+	for _, ifname := range sortedKeys(owned) {
+		for _, a := range owned[ifname] {
+			n, err := FlushConntrack(s.Links.h, a, 0)
+			if err != nil {
+				s.Log.Error(err, "conntrack flush failed", "address", a)
+			}
+			total += n
+		}
+	}
+	return total
+}
 
-// withoutInterfaces drops the addresses and services of MagicIPs whose interface failed.
+// udpChanges lists the UDP services (address and port) whose conntrack entries must go when the
+// node moves from prev (nil: nothing known) to next: those of next whose endpoints differ from
+// prev's (or all of next when prev is nil), then those of prev that next no longer has.
+func udpChanges(prev *State, next State) []Service {
+	before := map[string]Service{}
+	if prev != nil {
+		for _, svc := range prev.Services {
+			if svc.Protocol == v1alpha1.ProtocolUDP {
+				before[udpKey(svc)] = svc
+			}
+		}
+	}
+	var out []Service
+	for _, svc := range next.Services {
+		if svc.Protocol != v1alpha1.ProtocolUDP {
+			continue
+		}
+		old, ok := before[udpKey(svc)]
+		delete(before, udpKey(svc))
+		if prev == nil || !ok || !slices.Equal(old.Endpoints, svc.Endpoints) {
+			out = append(out, svc)
+		}
+	}
+	for _, k := range sortedKeys(before) {
+		out = append(out, before[k])
+	}
+	return out
+}
+
+func udpKey(s Service) string { return netip.AddrPortFrom(s.Address, uint16(s.Port)).String() }
+
+// withoutInterfaces drops the services whose interface failed, and those interfaces' addresses.
+// Services of the same address on a working interface stay, with their rules: an address is never
+// left on the node without its verdicts.
 func withoutInterfaces(st State, failed map[string]error) (State, map[string]string) {
 	if len(failed) == 0 {
 		return st, nil
-	}
-	gone := map[netip.Addr]string{}
-	for ifname := range failed {
-		for _, a := range st.Addresses[ifname] {
-			gone[a] = ifname
-		}
 	}
 	out := st
 	out.Addresses = maps.Clone(st.Addresses)
@@ -130,8 +170,8 @@ func withoutInterfaces(st State, failed map[string]error) (State, map[string]str
 	out.Services = nil
 	unserved := map[string]string{}
 	for _, svc := range st.Services {
-		if ifname, ok := gone[svc.Address]; ok {
-			unserved[svc.MagicIP] = ifname
+		if _, bad := failed[svc.Interface]; bad {
+			unserved[svc.MagicIP] = svc.Interface
 			continue
 		}
 		out.Services = append(out.Services, svc)

@@ -116,15 +116,7 @@ func TestAgentUDPSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	exchange := func(ctx context.Context) string {
-		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-		defer cancel()
-		got, err := client.Exchange(ctx)
-		if err != nil {
-			return harness.Outcome(err)
-		}
-		return got
-	}
+	exchange := func(ctx context.Context) string { return kept(ctx, client, 200*time.Millisecond) }
 	if got := exchange(t.Context()); got == p1.Name {
 		t.Fatalf("answered by %s before any agent ran", got)
 	}

@@ -10,13 +10,13 @@ import (
 )
 
 // StartAgent runs the magic-ip-agent binary inside node's namespace the way the DaemonSet runs it
-// on a node: cni0 as host interface, the node's uplink as external interface (from --node-ip),
+// on a node: cni0 (routed nodes: HostBridge) as host interface, the node's uplink as external interface (from --node-ip),
 // the agent service account's kubeconfig (shipped RBAC) through the node's API forwarder, health on 127.0.0.1:9403 in the node,
 // metrics off, a 2 s resync. extra flags come last and win.
 func StartAgent(t T, c *Cluster, n *Node, bin string, extra ...string) *Process {
 	t.Helper()
 	args := append([]string{
-		"--node-name", n.Name, "--kubeconfig", c.CP.AgentKubeconfig, "--host-interface", PodBridge,
+		"--node-name", n.Name, "--kubeconfig", c.CP.AgentKubeconfig, "--host-interface", n.HostInterface(),
 		"--node-ip", n.IP.String(), "--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:9403",
 		"--resync-period", "2s", "-v", "2",
 	}, extra...)

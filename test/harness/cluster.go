@@ -16,8 +16,11 @@ import (
 const (
 	// UnderlayBridge joins the node uplinks inside the cluster's underlay namespace.
 	UnderlayBridge = "br0"
-	// PodBridge is each node's pod bridge.
+	// PodBridge is each node's pod bridge (bridge nodes).
 	PodBridge = "cni0"
+	// HostBridge carries the magic addresses on routed nodes: an empty bridge, since this kernel
+	// has no dummy link type.
+	HostBridge = "mip-host0"
 	// UplinkName is the node's uplink interface (to the underlay).
 	UplinkName = "eth0"
 	// underlayPrefix is the node uplink network: node i is .10+i; "outside" hosts are .200+.
@@ -45,6 +48,12 @@ type ClusterOptions struct {
 	Nodes int
 	// Name overrides the generated cluster name (default: derived from the test name).
 	Name string
+	// Routed builds nodes as routed CNIs do (the CNI ptp plugin, Calico): no pod bridge, each
+	// pod's host-side veth carries the gateway address and a /32 route to the pod. Such nodes put
+	// the magic addresses on HostBridge, an empty bridge standing in for the dummy link this
+	// kernel lacks. Default: a cni0 bridge whose ports are in hairpin mode (the CNI bridge
+	// plugin's hairpinMode: true, flannel's default).
+	Routed bool
 }
 
 // NewCluster builds the nodes and registers their teardown with t.Cleanup.
@@ -70,7 +79,7 @@ func NewCluster(t T, cp *ControlPlane, opts ClusterOptions) *Cluster {
 		t.Fatalf("cluster %s: underlay: %v", c.Name, err)
 	}
 	for i := 1; i <= opts.Nodes; i++ {
-		n, err := c.addNode(i)
+		n, err := c.addNode(i, opts.Routed)
 		if err != nil {
 			t.Fatalf("cluster %s: node %d: %v", c.Name, i, err)
 		}

@@ -21,6 +21,28 @@ import (
 // connection with "<name>\n" and then echoes what it receives. Stopped in t.Cleanup.
 func (n *Netns) ServeTCP(t T, port int, name string) {
 	t.Helper()
+	n.serveTCP(t, port, name, func(net.Conn) string { return name })
+}
+
+// ServeTCPShowingPeer is ServeTCP with the greeting "<name> from <client IP>": the source address
+// the server sees (SplitGreeting takes it apart).
+func (n *Netns) ServeTCPShowingPeer(t T, port int, name string) {
+	t.Helper()
+	n.serveTCP(t, port, name, func(c net.Conn) string {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		return name + " from " + host
+	})
+}
+
+// SplitGreeting splits a ServeTCPShowingPeer greeting into the server's name and the client IP
+// it saw (empty when the greeting has none).
+func SplitGreeting(greeting string) (name, peer string) {
+	name, peer, _ = strings.Cut(greeting, " from ")
+	return name, peer
+}
+
+func (n *Netns) serveTCP(t T, port int, name string, greeting func(net.Conn) string) {
+	t.Helper()
 	var ln net.Listener
 	if err := n.Do(func() (err error) {
 		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
@@ -44,7 +66,7 @@ func (n *Netns) ServeTCP(t T, port int, name string) {
 			conns.add(c)
 			wg.Go(func() {
 				defer conns.remove(c)
-				if _, err := io.WriteString(c, name+"\n"); err == nil {
+				if _, err := io.WriteString(c, greeting(c)+"\n"); err == nil {
 					_, _ = io.Copy(c, c)
 				}
 			})

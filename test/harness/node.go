@@ -20,22 +20,26 @@ type Node struct {
 	Netns *Netns
 	// IP is the node's uplink (InternalIP) address.
 	IP net.IP
-	// PodCIDR is 10.244.<Index>.0/24; Gateway (.1) sits on cni0.
+	// PodCIDR is 10.244.<Index>.0/24; Gateway (.1) sits on cni0 (bridge nodes) or on every
+	// pod's host-side veth (routed nodes).
 	PodCIDR *net.IPNet
 	Gateway net.IP
+	// Routed: pods hang off the node on their own veths with /32 routes, no bridge.
+	Routed bool
 
 	cluster *Cluster
 	mu      sync.Mutex
 	nextIP  int
 }
 
-func (c *Cluster) addNode(i int) (*Node, error) {
+func (c *Cluster) addNode(i int, routed bool) (*Node, error) {
 	n := &Node{
 		Name:    fmt.Sprintf("%s-node-%d", c.Name, i),
 		Index:   i,
 		IP:      net.ParseIP(fmt.Sprintf("%s%d", underlayPrefix, 10+i)).To4(),
 		PodCIDR: &net.IPNet{IP: net.IPv4(10, 244, byte(i), 0).To4(), Mask: net.CIDRMask(24, 32)},
 		Gateway: net.IPv4(10, 244, byte(i), 1).To4(),
+		Routed:  routed,
 		cluster: c,
 		nextIP:  10,
 	}
@@ -53,6 +57,9 @@ func (c *Cluster) addNode(i int) (*Node, error) {
 		return nil, err
 	}
 	if err := ns.withHandle(func(h *netlink.Handle) error {
+		if routed {
+			return addBridge(h, HostBridge, nil)
+		}
 		return addBridge(h, PodBridge, &net.IPNet{IP: n.Gateway, Mask: n.PodCIDR.Mask})
 	}); err != nil {
 		return nil, err
@@ -64,6 +71,15 @@ func (c *Cluster) addNode(i int) (*Node, error) {
 		return nil, err
 	}
 	return n, n.register(c.t.Context())
+}
+
+// HostInterface is the interface the agent puts the magic addresses on: cni0 on bridge nodes,
+// HostBridge on routed ones.
+func (n *Node) HostInterface() string {
+	if n.Routed {
+		return HostBridge
+	}
+	return PodBridge
 }
 
 // register creates the Node object with an InternalIP address and a Ready condition.

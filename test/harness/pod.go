@@ -67,8 +67,9 @@ func (c *Cluster) AddPod(node *Node, namespace, name string, labels map[string]s
 	return p
 }
 
-// plumb creates the pod namespace and a veth from it to the node's cni0, with the pod address and
-// a default route via the node's gateway.
+// plumb creates the pod namespace and a veth from it to the node, with the pod address and a
+// default route via the node's gateway: the veth joins cni0 in hairpin mode on bridge nodes, and
+// carries the gateway address and a /32 route to the pod on routed nodes.
 func (p *Pod) plumb() error {
 	n := p.Node
 	ip, err := n.allocIP()
@@ -81,30 +82,66 @@ func (p *Pod) plumb() error {
 	}
 	p.Netns, p.IP, p.ownNetns = ns, ip, true
 	n.cluster.t.Cleanup(func() { _ = p.deleteNetns() })
-	err = n.Netns.withHandle(func(h *netlink.Handle) error {
+	if err := n.Netns.withHandle(func(h *netlink.Handle) error { return p.plugHostSide(h, ns) }); err != nil {
+		return err
+	}
+	return ns.withHandle(func(h *netlink.Handle) error {
+		mask := n.PodCIDR.Mask
+		if n.Routed {
+			mask = net.CIDRMask(32, 32)
+		}
+		if err := linkUpWithAddr(h, "eth0", &net.IPNet{IP: ip, Mask: mask}); err != nil {
+			return err
+		}
+		if n.Routed { // the gateway is not in the pod's /32: reach it on the link
+			eth0, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			gw := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: &net.IPNet{IP: n.Gateway, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}
+			if err := h.RouteAdd(gw); err != nil {
+				return fmt.Errorf("route to gateway %s: %w", n.Gateway, err)
+			}
+		}
+		return h.RouteAdd(&netlink.Route{Gw: n.Gateway})
+	})
+}
+
+// plugHostSide creates the pod's veth in the node namespace h and connects its node side: a cni0
+// port with hairpin mode on (so the bridge may send a frame back out of the port it came in on,
+// as a producer reaching itself through its magic IP needs), or, on routed nodes, the gateway
+// address and a /32 route to the pod.
+func (p *Pod) plugHostSide(h *netlink.Handle, ns *Netns) error {
+	n := p.Node
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: p.HostVeth()},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(ns.handle)),
+	}
+	if !n.Routed {
 		br, err := h.LinkByName(PodBridge)
 		if err != nil {
 			return err
 		}
-		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: p.HostVeth(), MasterIndex: br.Attrs().Index},
-			PeerName:      "eth0",
-			PeerNamespace: netlink.NsFd(int(ns.handle)),
-		}
-		if err := h.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth %s: %w", veth.Name, err)
+		veth.MasterIndex = br.Attrs().Index
+	}
+	if err := h.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s: %w", veth.Name, err)
+	}
+	if !n.Routed {
+		if err := h.LinkSetHairpin(veth, true); err != nil {
+			return fmt.Errorf("hairpin mode on %s: %w", veth.Name, err)
 		}
 		return h.LinkSetUp(veth)
-	})
-	if err != nil {
+	}
+	if err := linkUpWithAddr(h, veth.Name, &net.IPNet{IP: n.Gateway, Mask: net.CIDRMask(32, 32)}); err != nil {
 		return err
 	}
-	return ns.withHandle(func(h *netlink.Handle) error {
-		if err := linkUpWithAddr(h, "eth0", &net.IPNet{IP: ip, Mask: n.PodCIDR.Mask}); err != nil {
-			return err
-		}
-		return h.RouteAdd(&netlink.Route{Gw: n.Gateway})
-	})
+	route := &netlink.Route{LinkIndex: veth.Attrs().Index, Dst: &net.IPNet{IP: p.IP, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}
+	if err := h.RouteAdd(route); err != nil {
+		return fmt.Errorf("route to pod %s via %s: %w", p.IP, veth.Name, err)
+	}
+	return nil
 }
 
 // HostVeth is the node-side veth name: veth + 8 hex digits of a hash of namespace/name.
