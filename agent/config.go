@@ -9,6 +9,14 @@ import (
 	"github.com/magic-ip/magic-ip/internal/flagenv"
 )
 
+// Default endpoints: on the node's loopback (the agent shares the host network, so any other
+// address would be reachable from off the node), on ports no common node agent uses (9402 is
+// cert-manager's metrics; 10249-10259 are kube-proxy's and the control plane's).
+const (
+	DefaultMetricsAddr = "127.0.0.1:10271"
+	DefaultHealthAddr  = "127.0.0.1:10272"
+)
+
 // Config is the agent's whole configuration, from flags with environment-variable twins.
 type Config struct {
 	NodeName           string
@@ -32,8 +40,10 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 		"interface that carries the magic addresses; "+DefaultDummyInterface+" is created as a dummy link, any other name must exist (e.g. cni0)")
 	fs.String(&c.NodeIP, "node-ip", "NODE_IP", "", "the node's IP (downward API status.hostIP); the interfaces holding it are external unless --external-interfaces is set")
 	fs.String(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; empty means in-cluster config")
-	fs.String(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", ":9402", "address of the Prometheus /metrics endpoint; 0 disables it")
-	fs.String(&c.HealthAddr, "health-probe-bind-address", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":9403", "address of /healthz and /readyz; 0 disables them")
+	fs.String(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", DefaultMetricsAddr,
+		"address of the Prometheus /metrics endpoint (the agent is on the host network: the default is reachable on the node only; e.g. <node IP>:10271 or :10271 to scrape from a pod); 0 disables it")
+	fs.String(&c.HealthAddr, "health-probe-bind-address", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", DefaultHealthAddr,
+		"address of /healthz and /readyz (the kubelet probes 127.0.0.1 from the node); 0 disables them")
 	fs.String(&c.ProcSysDir, "proc-sys-dir", "MAGIC_IP_PROC_SYS_DIR", "/proc/sys",
 		"where the node's sysctls are read and written; a container's /proc/sys is read-only, so the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys")
 	fs.List(&c.ExternalInterfaces, "external-interfaces", "MAGIC_IP_EXTERNAL_INTERFACES", nil, checkInterfaceName,

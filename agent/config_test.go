@@ -30,6 +30,11 @@ func TestConfigEnv(t *testing.T) {
 		check   func(Config) bool
 		wantErr string
 	}{
+		"defaults: endpoints on the node's loopback": {
+			check: func(c Config) bool {
+				return c.MetricsAddr == "127.0.0.1:10271" && c.HealthAddr == "127.0.0.1:10272" && c.ResyncPeriod == 10*time.Second
+			},
+		},
 		"trailing comma in MAGIC_IP_EXTERNAL_INTERFACES": {
 			env:   map[string]string{"MAGIC_IP_EXTERNAL_INTERFACES": "eth0,"},
 			check: func(c Config) bool { return reflect.DeepEqual(c.ExternalInterfaces, []string{"eth0"}) },
