@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,13 +24,18 @@ type Config struct {
 	HostInterface      string
 	ExternalInterfaces []string
 	NodeIP             string
-	ResyncPeriod       time.Duration
-	CleanupOnExit      bool
-	ProcSysDir         string
-	Kubeconfig         string
-	MetricsAddr        string
-	HealthAddr         string
-	Verbosity          int
+	// DetectLocalMode is a LocalMode; PodBridgeInterface and PodInterfacePrefixes serve its
+	// BridgeInterface and InterfaceNamePrefix modes.
+	DetectLocalMode      string
+	PodBridgeInterface   string
+	PodInterfacePrefixes []string
+	ResyncPeriod         time.Duration
+	CleanupOnExit        bool
+	ProcSysDir           string
+	Kubeconfig           string
+	MetricsAddr          string
+	HealthAddr           string
+	Verbosity            int
 }
 
 // BindFlags registers every flag on fs, each with its environment-variable twin (named in the
@@ -38,7 +44,12 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.String(&c.NodeName, "node-name", "NODE_NAME", "", "name of this node (required; in a DaemonSet: the downward API's spec.nodeName)")
 	fs.String(&c.HostInterface, "host-interface", "MAGIC_IP_HOST_INTERFACE", DefaultDummyInterface,
 		"interface that carries the magic addresses; "+DefaultDummyInterface+" is created as a dummy link, any other name must exist (e.g. cni0)")
-	fs.String(&c.NodeIP, "node-ip", "NODE_IP", "", "the node's IP (downward API status.hostIP); the interfaces holding it are external unless --external-interfaces is set")
+	fs.String(&c.DetectLocalMode, "detect-local-mode", "MAGIC_IP_DETECT_LOCAL_MODE", string(NodeAddresses),
+		"how traffic from this node's pods (redirected) is told from off-node traffic (never redirected): NodeAddresses (arriving on an interface holding one of the Node's addresses is off-node), NodeCIDR (only sources in the Node's spec.podCIDRs are node-local), BridgeInterface (only traffic arriving on --pod-bridge-interface), InterfaceNamePrefix (only traffic arriving on an interface named with one of --pod-interface-name-prefixes)")
+	fs.String(&c.NodeIP, "node-ip", "NODE_IP", "", "NodeAddresses mode: the node's IP, instead of the Node object's InternalIP/ExternalIP addresses; the interfaces holding it are external")
+	fs.String(&c.PodBridgeInterface, "pod-bridge-interface", "MAGIC_IP_POD_BRIDGE_INTERFACE", "", "BridgeInterface mode: the bridge this node's pods attach to (e.g. cni0)")
+	fs.List(&c.PodInterfacePrefixes, "pod-interface-name-prefixes", "MAGIC_IP_POD_INTERFACE_NAME_PREFIXES", []string{"veth", "cali", "lxc"}, checkInterfaceName,
+		"InterfaceNamePrefix mode: comma-separated `prefixes` of the node-side interfaces of pods (veth: bridge CNIs, flannel; cali: Calico; lxc: Cilium)")
 	fs.String(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; empty means in-cluster config")
 	fs.String(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", DefaultMetricsAddr,
 		"address of the Prometheus /metrics endpoint (the agent is on the host network: the default is reachable on the node only; e.g. <node IP>:10271 or :10271 to scrape from a pod); 0 disables it")
@@ -47,7 +58,7 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.String(&c.ProcSysDir, "proc-sys-dir", "MAGIC_IP_PROC_SYS_DIR", "/proc/sys",
 		"where the node's sysctls are read and written; a container's /proc/sys is read-only, so the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys")
 	fs.List(&c.ExternalInterfaces, "external-interfaces", "MAGIC_IP_EXTERNAL_INTERFACES", nil, checkInterfaceName,
-		"comma-separated uplink `interfaces`: traffic arriving there is from outside the node and is never redirected (default: the interfaces holding --node-ip)")
+		"comma-separated uplink `interfaces`: traffic arriving there is from outside the node and is never redirected (NodeAddresses mode; default: the interfaces holding the node's addresses)")
 	fs.Duration(&c.ResyncPeriod, "resync-period", "MAGIC_IP_RESYNC_PERIOD", 10*time.Second, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
 	fs.Int(&c.Verbosity, "v", "MAGIC_IP_VERBOSITY", 0, "log verbosity: 2 one line per sync, 4 per object, 9 the rendered rules")
@@ -61,6 +72,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HostInterface == "" {
 		errs = append(errs, errors.New("--host-interface must not be empty"))
+	}
+	if !slices.Contains(LocalModes(), LocalMode(c.DetectLocalMode)) {
+		errs = append(errs, fmt.Errorf("--detect-local-mode %q: want one of %v", c.DetectLocalMode, LocalModes()))
 	}
 	if c.ResyncPeriod < time.Second {
 		errs = append(errs, fmt.Errorf("--resync-period %s is too short: use at least 1s", c.ResyncPeriod))
