@@ -30,6 +30,7 @@ type Config struct {
 	PodBridgeInterface   string
 	PodInterfacePrefixes []string
 	ResyncPeriod         time.Duration
+	MaxSyncBackoff       time.Duration
 	CleanupOnExit        bool
 	ProcSysDir           string
 	Kubeconfig           string
@@ -60,6 +61,8 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.List(&c.ExternalInterfaces, "external-interfaces", "MAGIC_IP_EXTERNAL_INTERFACES", nil, checkInterfaceName,
 		"comma-separated uplink `interfaces`: traffic arriving there is from outside the node and is never redirected (NodeAddresses mode; default: the interfaces holding the node's addresses)")
 	fs.Duration(&c.ResyncPeriod, "resync-period", "MAGIC_IP_RESYNC_PERIOD", 10*time.Second, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted")
+	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
+		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
 	fs.Int(&c.Verbosity, "v", "MAGIC_IP_VERBOSITY", 0, "log verbosity: 2 one line per sync, 4 per object, 9 the rendered rules")
 }
@@ -75,6 +78,9 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains(LocalModes(), LocalMode(c.DetectLocalMode)) {
 		errs = append(errs, fmt.Errorf("--detect-local-mode %q: want one of %v", c.DetectLocalMode, LocalModes()))
+	}
+	if c.MaxSyncBackoff < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--max-sync-backoff %s is too short: use at least 10ms", c.MaxSyncBackoff))
 	}
 	if c.ResyncPeriod < time.Second {
 		errs = append(errs, fmt.Errorf("--resync-period %s is too short: use at least 1s", c.ResyncPeriod))

@@ -32,7 +32,8 @@ func TestConfigEnv(t *testing.T) {
 	}{
 		"defaults: endpoints on the node's loopback": {
 			check: func(c Config) bool {
-				return c.MetricsAddr == "127.0.0.1:10271" && c.HealthAddr == "127.0.0.1:10272" && c.ResyncPeriod == 10*time.Second
+				return c.MetricsAddr == "127.0.0.1:10271" && c.HealthAddr == "127.0.0.1:10272" && c.ResyncPeriod == 10*time.Second &&
+					c.MaxSyncBackoff == 10*time.Second && c.DetectLocalMode == "NodeAddresses"
 			},
 		},
 		"trailing comma in MAGIC_IP_EXTERNAL_INTERFACES": {

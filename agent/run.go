@@ -100,7 +100,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	m := NewMetrics()
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
-		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, Recorder: recorder, Metrics: m, Log: log,
+		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Recorder: recorder, Metrics: m, Log: log,
 	})
 	var synced []cache.DoneChecker
 	for _, inf := range []cache.SharedIndexInformer{pods, mips} {
