@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -29,6 +30,7 @@ type Config struct {
 	DetectLocalMode      string
 	PodBridgeInterface   string
 	PodInterfacePrefixes []string
+	AllowedAddressRanges []string
 	ResyncPeriod         time.Duration
 	MaxSyncBackoff       time.Duration
 	CleanupOnExit        bool
@@ -60,6 +62,8 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 		"where the node's sysctls are read and written; a container's /proc/sys is read-only, so the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys")
 	fs.List(&c.ExternalInterfaces, "external-interfaces", "MAGIC_IP_EXTERNAL_INTERFACES", nil, checkInterfaceName,
 		"comma-separated uplink `interfaces`: traffic arriving there is from outside the node and is never redirected (NodeAddresses mode; default: the interfaces holding the node's addresses)")
+	fs.List(&c.AllowedAddressRanges, "allowed-address-ranges", "MAGIC_IP_ALLOWED_ADDRESS_RANGES", DefaultAllowedRanges(), checkPrefix,
+		"comma-separated CIDR `ranges` a MagicIP's address must fall in to be programmed on this node; others are reported, not programmed (cloud metadata addresses never are)")
 	fs.Duration(&c.ResyncPeriod, "resync-period", "MAGIC_IP_RESYNC_PERIOD", 10*time.Second, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted")
 	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
 		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
@@ -79,6 +83,9 @@ func (c *Config) Validate() error {
 	if !slices.Contains(LocalModes(), LocalMode(c.DetectLocalMode)) {
 		errs = append(errs, fmt.Errorf("--detect-local-mode %q: want one of %v", c.DetectLocalMode, LocalModes()))
 	}
+	if _, err := c.AddressPolicy(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.MaxSyncBackoff < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("--max-sync-backoff %s is too short: use at least 10ms", c.MaxSyncBackoff))
 	}
@@ -86,6 +93,24 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--resync-period %s is too short: use at least 1s", c.ResyncPeriod))
 	}
 	return errors.Join(errs...)
+}
+
+// AddressPolicy is the policy of --allowed-address-ranges.
+func (c *Config) AddressPolicy() (AddressPolicy, error) {
+	var p AddressPolicy
+	for _, s := range c.AllowedAddressRanges {
+		r, err := netip.ParsePrefix(s)
+		if err != nil {
+			return AddressPolicy{}, fmt.Errorf("--allowed-address-ranges: %w", err)
+		}
+		p.Allowed = append(p.Allowed, r.Masked())
+	}
+	return p, nil
+}
+
+func checkPrefix(s string) error {
+	_, err := netip.ParsePrefix(s)
+	return err
 }
 
 // checkInterfaceName refuses what the kernel would refuse as an interface name (IFNAMSIZ 16 with

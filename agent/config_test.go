@@ -33,7 +33,8 @@ func TestConfigEnv(t *testing.T) {
 		"defaults: endpoints on the node's loopback": {
 			check: func(c Config) bool {
 				return c.MetricsAddr == "127.0.0.1:10271" && c.HealthAddr == "127.0.0.1:10272" && c.ResyncPeriod == 10*time.Second &&
-					c.MaxSyncBackoff == 10*time.Second && c.DetectLocalMode == "NodeAddresses"
+					c.MaxSyncBackoff == 10*time.Second && c.DetectLocalMode == "NodeAddresses" &&
+					reflect.DeepEqual(c.AllowedAddressRanges, []string{"169.254.0.0/16", "fe80::/10", "fd00::/8"})
 			},
 		},
 		"trailing comma in MAGIC_IP_EXTERNAL_INTERFACES": {
@@ -58,6 +59,16 @@ func TestConfigEnv(t *testing.T) {
 		"bad interface name": {
 			env:     map[string]string{"MAGIC_IP_EXTERNAL_INTERFACES": "eth0,a very long name"},
 			wantErr: `environment variable MAGIC_IP_EXTERNAL_INTERFACES="eth0,a very long name" (flag --external-interfaces): "a very long name": interface name longer than 15 characters`,
+		},
+		"allowed ranges from env": {
+			env: map[string]string{"MAGIC_IP_ALLOWED_ADDRESS_RANGES": "169.254.0.0/16, 10.200.0.0/16,"},
+			check: func(c Config) bool {
+				return reflect.DeepEqual(c.AllowedAddressRanges, []string{"169.254.0.0/16", "10.200.0.0/16"})
+			},
+		},
+		"allowed range not a CIDR": {
+			env:     map[string]string{"MAGIC_IP_ALLOWED_ADDRESS_RANGES": "169.254.0.0/16,169.254.169.254"},
+			wantErr: `environment variable MAGIC_IP_ALLOWED_ADDRESS_RANGES="169.254.0.0/16,169.254.169.254" (flag --allowed-address-ranges): "169.254.169.254": netip.ParsePrefix("169.254.169.254"): no '/'`,
 		},
 		"resync without unit": {
 			env:     map[string]string{"MAGIC_IP_RESYNC_PERIOD": "10"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,9 +34,11 @@ type ControllerConfig struct {
 	ResyncPeriod     time.Duration
 	// MaxBackoff caps the delay between retries of a failing sync (DefaultMaxBackoff when 0).
 	MaxBackoff time.Duration
-	Recorder   EventRecorder
-	Metrics    *Metrics
-	Log        logr.Logger
+	// Addresses says which magic addresses may be programmed; the others are reported Invalid.
+	Addresses AddressPolicy
+	Recorder  EventRecorder
+	Metrics   *Metrics
+	Log       logr.Logger
 }
 
 // Controller keeps the node in line with the MagicIPs and this node's pods. Every informer event
@@ -175,7 +178,9 @@ func (c *Controller) sync(ctx context.Context) error {
 	c.mu.Unlock()
 
 	mips := kube.List[v1alpha1.MagicIP](c.MagicIPs)
-	st := Desired(mips, kube.List[corev1.Pod](c.Pods), c.NodeName, c.DefaultInterface)
+	allowed, refused := c.Addresses.Admit(mips)
+	st := Desired(allowed, kube.List[corev1.Pod](c.Pods), c.NodeName, c.DefaultInterface)
+	maps.Copy(st.Invalid, refused)
 	full := time.Since(c.lastFull) >= c.ResyncPeriod
 	start := time.Now()
 	execsBefore := c.Syncer.Ipt.Execs()

@@ -97,10 +97,14 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 		return err
 	}
 	recorder := kube.NewRecorder(clients.Events, cfg.NodeName, log)
+	addresses, err := cfg.AddressPolicy()
+	if err != nil {
+		return err
+	}
 	m := NewMetrics()
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
-		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Recorder: recorder, Metrics: m, Log: log,
+		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Metrics: m, Log: log,
 	})
 	var synced []cache.DoneChecker
 	for _, inf := range []cache.SharedIndexInformer{pods, mips} {

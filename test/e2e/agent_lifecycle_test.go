@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	eventsv1 "k8s.io/api/events/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/test/harness"
@@ -178,23 +177,9 @@ func TestAgentConflictsAndBadInterface(t *testing.T) {
 	rivalProducer := e.c.AddPod(e.node, "rival", "rival-1", map[string]string{"app": "dd"}, harness.PodOptions{})
 	rivalProducer.Netns.ServeTCP(t, apmPort, rivalProducer.Name)
 
-	wantEvent := func(regarding, reason, text string) func(context.Context) error {
-		return func(ctx context.Context) error {
-			var list eventsv1.EventList
-			if err := e.c.CP.Client.List(ctx, &list); err != nil {
-				return err
-			}
-			for _, ev := range list.Items {
-				if ev.Regarding.Name == regarding && ev.Reason == reason && strings.Contains(ev.Note, text) {
-					return nil
-				}
-			}
-			return fmt.Errorf("no %s event for %s mentioning %q among %d events", reason, regarding, text, len(list.Items))
-		}
-	}
-	eventually(t, 10*time.Second, "conflict reported", wantEvent("datadog-rival", "Conflict", "claimed by MagicIP datadog"))
-	eventually(t, 10*time.Second, "missing interface reported", wantEvent("apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
-	eventually(t, 10*time.Second, "missing dummy support reported", wantEvent("on-dummy", "InterfaceUnavailable", "no 'dummy' link type"))
+	eventually(t, 10*time.Second, "conflict reported", wantAgentEvent(e.c, "datadog-rival", "Conflict", "claimed by MagicIP datadog"))
+	eventually(t, 10*time.Second, "missing interface reported", wantAgentEvent(e.c, "apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
+	eventually(t, 10*time.Second, "missing dummy support reported", wantAgentEvent(e.c, "on-dummy", "InterfaceUnavailable", "no 'dummy' link type"))
 	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[p.Name] {
 		t.Errorf("original MagicIP disturbed: outcomes %v, want only %s", got, p.Name)
 	}
