@@ -202,3 +202,23 @@ func TestLocalPrerouting(t *testing.T) {
 		})
 	}
 }
+
+// TestNeedsNode: the Node object is read only when the flags do not already say everything.
+func TestNeedsNode(t *testing.T) {
+	for name, tc := range map[string]struct {
+		cfg  Config
+		want bool
+	}{
+		"no flags":                           {Config{DetectLocalMode: "NodeAddresses"}, true},
+		"--node-ip":                          {Config{DetectLocalMode: "NodeAddresses", NodeIP: "192.0.2.1"}, false},
+		"--external-interfaces":              {Config{DetectLocalMode: "NodeAddresses", ExternalInterfaces: []string{"eth0"}}, false},
+		"NodeCIDR: its pod CIDRs":            {Config{DetectLocalMode: "NodeCIDR", NodeIP: "192.0.2.1"}, true},
+		"BridgeInterface: its addresses":     {Config{DetectLocalMode: "BridgeInterface"}, true},
+		"BridgeInterface with --node-ip":     {Config{DetectLocalMode: "BridgeInterface", NodeIP: "192.0.2.1"}, false},
+		"InterfaceNamePrefix: its addresses": {Config{DetectLocalMode: "InterfaceNamePrefix"}, true},
+	} {
+		if got := needsNode(tc.cfg); got != tc.want {
+			t.Errorf("%s: needsNode = %v, want %v", name, got, tc.want)
+		}
+	}
+}

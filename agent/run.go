@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -65,11 +66,16 @@ func newClients(cfg Config) (*kube.Clients, error) {
 	return kube.NewClients(restCfg)
 }
 
-// detectLocal resolves --detect-local-mode from this node's Node object and interfaces.
+// detectLocal resolves --detect-local-mode from this node's interfaces and, unless the flags say
+// all it needs, its Node object.
 func detectLocal(ctx context.Context, cfg Config, clients *kube.Clients, log logr.Logger) (*LocalDetector, error) {
-	node, err := getNode(ctx, clients.Core, cfg.NodeName)
-	if err != nil {
-		return nil, err
+	node := &corev1.Node{}
+	node.Name = cfg.NodeName
+	if needsNode(cfg) {
+		var err error
+		if node, err = getNode(ctx, clients.Core, cfg.NodeName); err != nil {
+			return nil, err
+		}
 	}
 	links, err := hostLinks()
 	if err != nil {
@@ -83,6 +89,19 @@ func detectLocal(ctx context.Context, cfg Config, clients *kube.Clients, log log
 		log.Info("warning: "+n, "detectLocalMode", cfg.DetectLocalMode)
 	}
 	return local, nil
+}
+
+// needsNode reports whether local detection needs the Node object: for its pod CIDRs, or for its
+// addresses when neither --node-ip nor (in NodeAddresses mode) --external-interfaces gives them.
+func needsNode(cfg Config) bool {
+	mode := LocalMode(cfg.DetectLocalMode)
+	switch {
+	case mode == NodeCIDR:
+		return true
+	case mode == NodeAddresses && len(cfg.ExternalInterfaces) > 0:
+		return false
+	}
+	return cfg.NodeIP == ""
 }
 
 // runController watches the API, serves the probes and metrics, and syncs the node until ctx
