@@ -2,12 +2,21 @@ package agent
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"strconv"
+	"net/netip"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/magic-ip/magic-ip/internal/flagenv"
+)
+
+// Default endpoints: on the node's loopback (the agent shares the host network, so any other
+// address would be reachable from off the node), on ports no common node agent uses (9402 is
+// cert-manager's metrics; 10249-10259 are kube-proxy's and the control plane's).
+const (
+	DefaultMetricsAddr = "127.0.0.1:10271"
+	DefaultHealthAddr  = "127.0.0.1:10272"
 )
 
 // Config is the agent's whole configuration, from flags with environment-variable twins.
@@ -16,45 +25,50 @@ type Config struct {
 	HostInterface      string
 	ExternalInterfaces []string
 	NodeIP             string
-	ResyncPeriod       time.Duration
-	CleanupOnExit      bool
-	ProcSysDir         string
-	Kubeconfig         string
-	MetricsAddr        string
-	HealthAddr         string
-	Verbosity          int
+	// DetectLocalMode is a LocalMode; PodBridgeInterface and PodInterfacePrefixes serve its
+	// BridgeInterface and InterfaceNamePrefix modes.
+	DetectLocalMode      string
+	PodBridgeInterface   string
+	PodInterfacePrefixes []string
+	AllowedAddressRanges []string
+	ResyncPeriod         time.Duration
+	MaxSyncBackoff       time.Duration
+	CleanupOnExit        bool
+	ProcSysDir           string
+	Kubeconfig           string
+	MetricsAddr          string
+	HealthAddr           string
+	Verbosity            int
 }
 
-// BindFlags registers every flag on fs. Each flag's default comes from its environment variable
-// when set (named in the help text), so a DaemonSet can configure the agent either way.
-func (c *Config) BindFlags(fs *flag.FlagSet) {
-	str := func(p *string, name, env, def, help string) {
-		fs.StringVar(p, name, envOr(env, def), fmt.Sprintf("%s (env %s)", help, env))
-	}
-	str(&c.NodeName, "node-name", "NODE_NAME", "", "name of this node (required; in a DaemonSet: the downward API's spec.nodeName)")
-	str(&c.HostInterface, "host-interface", "MAGIC_IP_HOST_INTERFACE", DefaultDummyInterface,
+// BindFlags registers every flag on fs, each with its environment-variable twin (named in the
+// help text), so a DaemonSet can configure the agent either way; the command line wins.
+func (c *Config) BindFlags(fs *flagenv.Set) {
+	fs.String(&c.NodeName, "node-name", "NODE_NAME", "", "name of this node (required; in a DaemonSet: the downward API's spec.nodeName)")
+	fs.String(&c.HostInterface, "host-interface", "MAGIC_IP_HOST_INTERFACE", DefaultDummyInterface,
 		"interface that carries the magic addresses; "+DefaultDummyInterface+" is created as a dummy link, any other name must exist (e.g. cni0)")
-	str(&c.NodeIP, "node-ip", "NODE_IP", "", "the node's IP (downward API status.hostIP); the interfaces holding it are external unless --external-interfaces is set")
-	str(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; empty means in-cluster config")
-	str(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", ":9402", "address of the Prometheus /metrics endpoint; 0 disables it")
-	str(&c.HealthAddr, "health-probe-bind-address", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":9403", "address of /healthz and /readyz; 0 disables them")
-	str(&c.ProcSysDir, "proc-sys-dir", "MAGIC_IP_PROC_SYS_DIR", "/proc/sys",
+	fs.String(&c.DetectLocalMode, "detect-local-mode", "MAGIC_IP_DETECT_LOCAL_MODE", string(NodeAddresses),
+		"how traffic from this node's pods (redirected) is told from off-node traffic (never redirected): NodeAddresses (arriving on an interface holding one of the Node's addresses is off-node), NodeCIDR (only sources in the Node's spec.podCIDRs are node-local), BridgeInterface (only traffic arriving on --pod-bridge-interface), InterfaceNamePrefix (only traffic arriving on an interface named with one of --pod-interface-name-prefixes)")
+	fs.String(&c.NodeIP, "node-ip", "NODE_IP", "", "NodeAddresses mode: the node's IP, instead of the Node object's InternalIP/ExternalIP addresses; the interfaces holding it are external")
+	fs.String(&c.PodBridgeInterface, "pod-bridge-interface", "MAGIC_IP_POD_BRIDGE_INTERFACE", "", "BridgeInterface mode: the bridge this node's pods attach to (e.g. cni0)")
+	fs.List(&c.PodInterfacePrefixes, "pod-interface-name-prefixes", "MAGIC_IP_POD_INTERFACE_NAME_PREFIXES", []string{"veth", "cali", "lxc"}, checkInterfaceName,
+		"InterfaceNamePrefix mode: comma-separated `prefixes` of the node-side interfaces of pods (veth: bridge CNIs, flannel; cali: Calico; lxc: Cilium)")
+	fs.String(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; empty means in-cluster config")
+	fs.String(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", DefaultMetricsAddr,
+		"address of the Prometheus /metrics endpoint (the agent is on the host network: the default is reachable on the node only; e.g. <node IP>:10271 or :10271 to scrape from a pod); 0 disables it")
+	fs.String(&c.HealthAddr, "health-probe-bind-address", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", DefaultHealthAddr,
+		"address of /healthz and /readyz (the kubelet probes 127.0.0.1 from the node); 0 disables them")
+	fs.String(&c.ProcSysDir, "proc-sys-dir", "MAGIC_IP_PROC_SYS_DIR", "/proc/sys",
 		"where the node's sysctls are read and written; a container's /proc/sys is read-only, so the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys")
-	ext := envOr("MAGIC_IP_EXTERNAL_INTERFACES", "")
-	if ext != "" {
-		c.ExternalInterfaces = strings.Split(ext, ",")
-	}
-	fs.Func("external-interfaces", "comma-separated uplink interfaces: traffic arriving there is from outside the node and is never redirected (env MAGIC_IP_EXTERNAL_INTERFACES; default: the interfaces holding --node-ip)",
-		func(s string) error { c.ExternalInterfaces = splitNonEmpty(s); return nil })
-	resync, err := time.ParseDuration(envOr("MAGIC_IP_RESYNC_PERIOD", "10s"))
-	if err != nil {
-		resync = 10 * time.Second
-	}
-	fs.DurationVar(&c.ResyncPeriod, "resync-period", resync, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted (env MAGIC_IP_RESYNC_PERIOD)")
-	cleanup, _ := strconv.ParseBool(envOr("MAGIC_IP_CLEANUP_ON_EXIT", "false"))
-	fs.BoolVar(&c.CleanupOnExit, "cleanup-on-exit", cleanup, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic (env MAGIC_IP_CLEANUP_ON_EXIT)")
-	v, _ := strconv.Atoi(envOr("MAGIC_IP_VERBOSITY", "0"))
-	fs.IntVar(&c.Verbosity, "v", v, "log verbosity: 2 one line per sync, 4 per object, 9 the rendered rules (env MAGIC_IP_VERBOSITY)")
+	fs.List(&c.ExternalInterfaces, "external-interfaces", "MAGIC_IP_EXTERNAL_INTERFACES", nil, checkInterfaceName,
+		"comma-separated uplink `interfaces`: traffic arriving there is from outside the node and is never redirected (NodeAddresses mode; default: the interfaces holding the node's addresses)")
+	fs.List(&c.AllowedAddressRanges, "allowed-address-ranges", "MAGIC_IP_ALLOWED_ADDRESS_RANGES", DefaultAllowedRanges(), checkPrefix,
+		"comma-separated CIDR `ranges` a MagicIP's address must fall in to be programmed on this node; others are reported, not programmed (cloud metadata addresses never are)")
+	fs.Duration(&c.ResyncPeriod, "resync-period", "MAGIC_IP_RESYNC_PERIOD", 10*time.Second, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted")
+	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
+		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
+	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
+	fs.Int(&c.Verbosity, "v", "MAGIC_IP_VERBOSITY", 0, "log verbosity: 2 one line per sync, 4 per object, 9 the rendered rules")
 }
 
 // Validate returns every problem at once.
@@ -66,25 +80,47 @@ func (c *Config) Validate() error {
 	if c.HostInterface == "" {
 		errs = append(errs, errors.New("--host-interface must not be empty"))
 	}
+	if !slices.Contains(LocalModes(), LocalMode(c.DetectLocalMode)) {
+		errs = append(errs, fmt.Errorf("--detect-local-mode %q: want one of %v", c.DetectLocalMode, LocalModes()))
+	}
+	if _, err := c.AddressPolicy(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxSyncBackoff < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--max-sync-backoff %s is too short: use at least 10ms", c.MaxSyncBackoff))
+	}
 	if c.ResyncPeriod < time.Second {
 		errs = append(errs, fmt.Errorf("--resync-period %s is too short: use at least 1s", c.ResyncPeriod))
 	}
 	return errors.Join(errs...)
 }
 
-func envOr(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok {
-		return v
+// AddressPolicy is the policy of --allowed-address-ranges.
+func (c *Config) AddressPolicy() (AddressPolicy, error) {
+	var p AddressPolicy
+	for _, s := range c.AllowedAddressRanges {
+		r, err := netip.ParsePrefix(s)
+		if err != nil {
+			return AddressPolicy{}, fmt.Errorf("--allowed-address-ranges: %w", err)
+		}
+		p.Allowed = append(p.Allowed, r.Masked())
 	}
-	return def
+	return p, nil
 }
 
-func splitNonEmpty(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
+func checkPrefix(s string) error {
+	_, err := netip.ParsePrefix(s)
+	return err
+}
+
+// checkInterfaceName refuses what the kernel would refuse as an interface name (IFNAMSIZ 16 with
+// the NUL; no '/', ':' or whitespace), so a typo fails at start, not in every iptables-restore.
+func checkInterfaceName(name string) error {
+	if len(name) > 15 {
+		return fmt.Errorf("interface name longer than 15 characters")
 	}
-	return out
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n") {
+		return fmt.Errorf("not a valid interface name")
+	}
+	return nil
 }

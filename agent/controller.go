@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,9 +32,13 @@ type ControllerConfig struct {
 	NodeName         string
 	DefaultInterface string
 	ResyncPeriod     time.Duration
-	Recorder         EventRecorder
-	Metrics          *Metrics
-	Log              logr.Logger
+	// MaxBackoff caps the delay between retries of a failing sync (DefaultMaxBackoff when 0).
+	MaxBackoff time.Duration
+	// Addresses says which magic addresses may be programmed; the others are reported Invalid.
+	Addresses AddressPolicy
+	Recorder  EventRecorder
+	Metrics   *Metrics
+	Log       logr.Logger
 }
 
 // Controller keeps the node in line with the MagicIPs and this node's pods. Every informer event
@@ -43,23 +48,36 @@ type Controller struct {
 	ControllerConfig
 
 	queue    workqueue.TypedRateLimitingInterface[string]
+	limiter  workqueue.TypedRateLimiter[string]
 	ready    atomic.Bool
 	lastFull time.Time
-	// pendingSince is when the oldest event not yet applied was observed.
+	// mu guards the fields below. pendingSince is when the oldest event not yet applied was
+	// observed; failing is the error of the last sync, nil once one succeeds.
 	mu           sync.Mutex
 	pendingSince time.Time
+	failing      error
+	failingSince time.Time
 	reported     map[string]string
 }
 
 // nodeKey is the single work item.
 const nodeKey = "node"
 
-// NewController returns a Controller; failed syncs are retried with exponential backoff
-// (5 ms up to 1000 s).
+// DefaultMaxBackoff caps the retry delay of a failing sync: seconds, not client-go's default
+// 1000 s, so a node recovers soon after what broke a sync is fixed.
+const DefaultMaxBackoff = 10 * time.Second
+
+// NewController returns a Controller; failed syncs are retried with exponential backoff from
+// 5 ms up to cfg.MaxBackoff. There is a single work item, so no overall rate limit is needed.
 func NewController(cfg ControllerConfig) *Controller {
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, cfg.MaxBackoff)
 	return &Controller{
 		ControllerConfig: cfg,
-		queue:            workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		limiter:          limiter,
+		queue:            workqueue.NewTypedRateLimitingQueue(limiter),
 	}
 }
 
@@ -111,11 +129,13 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	defer q.Done(key)
 	if err := c.sync(ctx); err != nil {
 		if ctx.Err() == nil {
-			c.Log.Error(err, "sync failed; retrying with backoff")
+			c.setFailing(err)
+			c.Log.Error(err, "sync failed; retrying with backoff", "failures", q.NumRequeues(key)+1, "maxBackoff", c.MaxBackoff)
 		}
 		q.AddRateLimited(key)
 		return true
 	}
+	c.setFailing(nil)
 	q.Forget(key)
 	q.AddAfter(key, c.ResyncPeriod)
 	return true
@@ -124,12 +144,30 @@ func (c *Controller) processNext(ctx context.Context) bool {
 // Ready reports whether the first full sync has succeeded.
 func (c *Controller) Ready() bool { return c.ready.Load() }
 
-// ReadyCheck is the readiness check: ready once the first full sync succeeded.
+// ReadyCheck is the readiness check: ready once the first full sync succeeded, and not while the
+// last sync failed (the node may then lag behind the API; what was applied before stays).
 func (c *Controller) ReadyCheck() error {
 	if !c.Ready() {
 		return errors.New("first sync not done yet")
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failing != nil {
+		return fmt.Errorf("syncs failing since %s: %w", c.failingSince.UTC().Format(time.RFC3339), c.failing)
+	}
 	return nil
+}
+
+// setFailing records the outcome of a sync (nil: success) for ReadyCheck and the metrics.
+func (c *Controller) setFailing(err error) {
+	now := time.Now()
+	c.mu.Lock()
+	if err != nil && c.failing == nil {
+		c.failingSince = now
+	}
+	c.failing = err
+	c.mu.Unlock()
+	c.Metrics.setFailing(err != nil, now)
 }
 
 // sync computes the desired State from the informers' stores and applies it.
@@ -140,7 +178,9 @@ func (c *Controller) sync(ctx context.Context) error {
 	c.mu.Unlock()
 
 	mips := kube.List[v1alpha1.MagicIP](c.MagicIPs)
-	st := Desired(mips, kube.List[corev1.Pod](c.Pods), c.NodeName, c.DefaultInterface)
+	allowed, refused := c.Addresses.Admit(mips)
+	st := Desired(allowed, kube.List[corev1.Pod](c.Pods), c.NodeName, c.DefaultInterface)
+	maps.Copy(st.Invalid, refused)
 	full := time.Since(c.lastFull) >= c.ResyncPeriod
 	start := time.Now()
 	execsBefore := c.Syncer.Ipt.Execs()

@@ -156,3 +156,56 @@ func podIP(p *corev1.Pod, v4 bool) (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
+
+// AddressPolicy says which magic addresses this node may program (--allowed-address-ranges).
+// A MagicIP is a cluster-wide claim on an address on every node: one pointing at a node IP, a
+// ClusterIP or the cloud's metadata service would hijack it everywhere.
+type AddressPolicy struct {
+	Allowed []netip.Prefix
+}
+
+// DefaultAllowedRanges are the link-local IPv4 range and, for IPv6, link-local and the locally
+// assigned half of the unique local range (where AWS puts its IPv6 metadata service too).
+func DefaultAllowedRanges() []string { return []string{"169.254.0.0/16", "fe80::/10", "fd00::/8"} }
+
+// metadataAddrs are well-known cloud infrastructure addresses a MagicIP must never take, whatever
+// the allowed ranges: the instance metadata services of AWS, GCP, Azure, OpenStack and others
+// (169.254.169.254, IPv6 fd00:ec2::254), ECS task metadata (169.254.170.2), AWS's DNS resolver
+// (169.254.169.253) and time service (169.254.169.123).
+func metadataAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range []string{"169.254.169.254", "169.254.170.2", "169.254.169.253", "169.254.169.123", "fd00:ec2::254", "fd00:ec2::123"} {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+// Admit splits mips into those whose address the policy allows and, for the others, the reason
+// (for State.Invalid). Addresses that do not parse are left to Desired, which reports them.
+func (p AddressPolicy) Admit(mips []v1alpha1.MagicIP) ([]v1alpha1.MagicIP, map[string]string) {
+	var ok []v1alpha1.MagicIP
+	refused := map[string]string{}
+	for _, m := range mips {
+		if why := p.refuse(m.Spec.Address); why != "" {
+			refused[m.Name] = why
+			continue
+		}
+		ok = append(ok, m)
+	}
+	return ok, refused
+}
+
+func (p AddressPolicy) refuse(address string) string {
+	a, err := netip.ParseAddr(address)
+	if err != nil {
+		return ""
+	}
+	a = a.Unmap()
+	if slices.Contains(metadataAddrs(), a) {
+		return fmt.Sprintf("address %s is a cloud metadata or infrastructure address: never programmed", a)
+	}
+	if !slices.ContainsFunc(p.Allowed, func(r netip.Prefix) bool { return r.Contains(a) }) {
+		return fmt.Sprintf("address %s is outside the agent's --allowed-address-ranges %v: not programmed", a, p.Allowed)
+	}
+	return ""
+}

@@ -556,3 +556,65 @@ func TestDesiredDeterministicSharedPodIP(t *testing.T) {
 		}
 	}
 }
+
+// TestAddressPolicy: only addresses inside the allowed ranges are admitted, never a cloud
+// metadata address; the others are reported with the reason, and Desired never programs them.
+func TestAddressPolicy(t *testing.T) {
+	var def Config
+	def.AllowedAddressRanges = DefaultAllowedRanges()
+	defaults, err := def.AddressPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide := AddressPolicy{Allowed: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
+	tests := map[string]struct {
+		policy  AddressPolicy
+		addr    string
+		wantWhy string // "" means admitted
+	}{
+		"link-local IPv4":                    {defaults, "169.254.210.210", ""},
+		"IPv6 ULA (fd00::/8)":                {defaults, "fd00::10", ""},
+		"IPv6 link-local":                    {defaults, "fe80::10", ""},
+		"IPv4-mapped link-local":             {defaults, "::ffff:169.254.210.210", ""},
+		"a ClusterIP":                        {defaults, "10.96.0.10", "address 10.96.0.10 is outside the agent's --allowed-address-ranges [169.254.0.0/16 fe80::/10 fd00::/8]: not programmed"},
+		"a node IP":                          {defaults, "192.168.1.10", "outside the agent's --allowed-address-ranges"},
+		"ULA outside fd00::/8":               {defaults, "fc00::10", "outside the agent's --allowed-address-ranges"},
+		"cloud metadata":                     {defaults, "169.254.169.254", "address 169.254.169.254 is a cloud metadata or infrastructure address: never programmed"},
+		"ECS task metadata":                  {defaults, "169.254.170.2", "cloud metadata"},
+		"AWS IPv6 metadata":                  {defaults, "fd00:ec2::254", "cloud metadata"},
+		"metadata even when everything else": {wide, "169.254.169.254", "cloud metadata"},
+		"anything when the range allows it":  {wide, "10.96.0.10", ""},
+		"an empty list allows nothing":       {AddressPolicy{}, "169.254.210.210", "outside the agent's --allowed-address-ranges []"},
+		"unparsable: left to Desired":        {defaults, "not-an-ip", ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m := newMagicIP("m", tc.addr, 0)
+			ok, refused := tc.policy.Admit([]v1alpha1.MagicIP{m})
+			why := refused["m"]
+			if tc.wantWhy == "" && (why != "" || len(ok) != 1) {
+				t.Fatalf("refused %q, want admitted", why)
+			}
+			if tc.wantWhy != "" && (!strings.Contains(why, tc.wantWhy) || len(ok) != 0) {
+				t.Fatalf("admitted %d, reason %q; want refused with %q", len(ok), why, tc.wantWhy)
+			}
+		})
+	}
+}
+
+// TestAddressPolicyConflicts: refused MagicIPs take no part in claims: two on the same address and
+// port are both reported as refused (neither as a Conflict), and an allowed one is served.
+func TestAddressPolicyConflicts(t *testing.T) {
+	policy := AddressPolicy{Allowed: []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")}}
+	mips := []v1alpha1.MagicIP{newMagicIP("old-metadata", "169.254.169.254", 0), newMagicIP("young", "169.254.169.254", 5)}
+	ok, refused := policy.Admit(mips)
+	if len(ok) != 0 || len(refused) != 2 {
+		t.Fatalf("both on the metadata address must be refused: admitted %d, refused %v", len(ok), refused)
+	}
+	mips = []v1alpha1.MagicIP{newMagicIP("old-outside", "10.0.0.1", 0), newMagicIP("young", testAddr, 5), newMagicIP("same-port", "10.0.0.1", 9)}
+	ok, refused = policy.Admit(mips)
+	st := Desired(ok, nil, testNode, testIface)
+	if len(st.Conflicts) != 0 || len(st.Services) != 1 || st.Services[0].MagicIP != "young" || len(refused) != 2 {
+		t.Errorf("services %v, conflicts %v, refused %v; want young served, the two outside refused", st.Services, st.Conflicts, refused)
+	}
+}

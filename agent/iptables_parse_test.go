@@ -207,7 +207,7 @@ func saveText(rs Ruleset, foreign map[string][]string) string {
 }
 
 func TestDrifted(t *testing.T) {
-	rs := Render(referenceState(), []string{"eth0"})
+	rs := Render(referenceState(), ExternalInterfaces("eth0"))
 	inPlace := saveText(rs, map[string][]string{"PREROUTING": {"-A PREROUTING -j KUBE-SERVICES"}})
 	svc := svcChain(referenceState().Services[0])
 	dropLine := func(prefix string) func(string) string {
@@ -316,7 +316,7 @@ func TestDriftedNothingAfterApply(t *testing.T) {
 	}
 	for name, st := range states {
 		t.Run(name, func(t *testing.T) {
-			rs := Render(st, []string{"eth0", "eth1"})
+			rs := Render(st, ExternalInterfaces("eth0", "eth1"))
 			if d := ParseSave([]byte(saveText(rs, nil))).Drifted(rs); len(d) != 0 {
 				t.Errorf("drift reported for the applied ruleset: %q", d)
 			}

@@ -11,6 +11,8 @@ import (
 type Metrics struct {
 	SyncDuration   prometheus.Histogram
 	SyncErrors     prometheus.Counter
+	SyncFailing    prometheus.Gauge
+	LastSuccess    prometheus.Gauge
 	IptablesExecs  prometheus.Counter
 	RuleWrites     prometheus.Counter
 	EventToApplied prometheus.Histogram
@@ -27,6 +29,10 @@ func NewMetrics() *Metrics {
 			Name: "magic_ip_agent_sync_duration_seconds", Help: "Time to apply the desired state to the node.", Buckets: buckets}),
 		SyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "magic_ip_agent_sync_errors_total", Help: "Syncs that failed (they are retried with backoff)."}),
+		SyncFailing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "magic_ip_agent_sync_failing", Help: "1 while the last sync failed (the node may lag behind the API), else 0."}),
+		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "magic_ip_agent_last_successful_sync_timestamp_seconds", Help: "Unix time of the last sync that succeeded (0: none yet)."}),
 		IptablesExecs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "magic_ip_agent_iptables_execs_total", Help: "iptables-save and iptables-restore processes run."}),
 		RuleWrites: prometheus.NewCounter(prometheus.CounterOpts{
@@ -44,7 +50,7 @@ func NewMetrics() *Metrics {
 
 // Register adds the metrics to reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems} {
+	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.SyncFailing, m.LastSuccess, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -58,6 +64,15 @@ func (m *Metrics) observeSync(d time.Duration, execs int64, wrote bool) {
 	if wrote {
 		m.RuleWrites.Inc()
 	}
+}
+
+func (m *Metrics) setFailing(failing bool, now time.Time) {
+	if failing {
+		m.SyncFailing.Set(1)
+		return
+	}
+	m.SyncFailing.Set(0)
+	m.LastSuccess.Set(float64(now.UnixNano()) / 1e9)
 }
 
 func (m *Metrics) setProducers(st State) {

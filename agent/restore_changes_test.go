@@ -69,10 +69,10 @@ func TestRestoreChanges(t *testing.T) {
 			},
 		},
 	}
-	prev := Render(ref, []string{"eth0"})
+	prev := Render(ref, ExternalInterfaces("eth0"))
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got := Render(tc.next(), []string{"eth0"}).RestoreChanges(prev)
+			got := Render(tc.next(), ExternalInterfaces("eth0")).RestoreChanges(prev)
 			if tc.want == nil {
 				if got != nil {
 					t.Fatalf("want no input, got:\n%s", got)

@@ -64,22 +64,18 @@ type Ruleset struct {
 // of redirected host clients (addressed to the magic IP again once un-NATed) must pass.
 const newConn = "-m conntrack --ctstate NEW"
 
-// Render turns a State into our (IPv4) chains. externalIfaces are the node's uplinks: traffic
-// arriving there is from outside the node and is never redirected. Non-IPv4 services are left out
-// (Desired reports them): one bad line would fail the whole restore.
-func Render(st State, externalIfaces []string) Ruleset {
+// Render turns a State into our (IPv4) chains. local tells traffic from this node's pods from
+// traffic that arrives from outside the node, which is never redirected (nil: every source is
+// node-local). Non-IPv4 services are left out (Desired reports them): one bad line would fail the
+// whole restore.
+func Render(st State, local *LocalDetector) Ruleset {
 	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !s.Address.Is4() })
 	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainPost: nil, chainServices: nil}
 	filter := map[string][]string{chainInput: nil}
-	for _, ifc := range externalIfaces {
-		nat[chainPrerouting] = append(nat[chainPrerouting],
-			fmt.Sprintf(`-i %s -m comment --comment "external interface: not node-local" -j RETURN`, ifc))
-	}
 	addrs := addresses(st)
+	nat[chainPrerouting] = local.prerouting(addrs)
 	for _, a := range addrs {
-		for _, ch := range []string{chainPrerouting, chainOutput} {
-			nat[ch] = append(nat[ch], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
-		}
+		nat[chainOutput] = append(nat[chainOutput], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
 		// A host client talking to a local address gets that address as its source. Once its
 		// packets are redirected to a pod, the pod's replies would come back with the node's own
 		// address as destination *and* (un-NATed) as source: dropped as martians. Masquerade them.

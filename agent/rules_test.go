@@ -87,7 +87,7 @@ func diffLines(got, want string) string {
 }
 
 func TestRenderGolden(t *testing.T) {
-	got := string(Render(referenceState(), []string{"eth0"}).Restore(nil, nil))
+	got := string(Render(referenceState(), ExternalInterfaces("eth0")).Restore(nil, nil))
 	if got != referenceRestore {
 		t.Errorf("Restore(nil, nil) differs from the reference:\n%s\nfull output:\n%s", diffLines(got, referenceRestore), got)
 	}
@@ -227,7 +227,7 @@ func bigState() State {
 }
 
 func TestRenderChainNames(t *testing.T) {
-	rs := Render(bigState(), []string{"eth0", "ens5"})
+	rs := Render(bigState(), ExternalInterfaces("eth0", "ens5"))
 	n := 0
 	for table, chains := range rs.Chains {
 		for c, rules := range chains {
@@ -296,7 +296,7 @@ func TestSvcChain(t *testing.T) {
 }
 
 func TestRestoreStaleChains(t *testing.T) {
-	rs := Render(referenceState(), []string{"eth0"})
+	rs := Render(referenceState(), ExternalInterfaces("eth0"))
 	existing := map[string][]string{
 		"nat":    {"MAGIC-IP-PREROUTING", "MAGIC-IP-SVC-OLD", "KUBE-SVC-X", svcChain(referenceState().Services[0])},
 		"filter": {"MAGIC-IP-INPUT", "MAGIC-IP-OLDINPUT", "KUBE-FIREWALL"},
@@ -430,7 +430,7 @@ func TestRenderLeavesIPv6Out(t *testing.T) {
 		Endpoints: []Endpoint{{Pod: "datadog/agent-a", Addr: netip.MustParseAddrPort("[fd00:10:244:1::5]:8126")}},
 	})
 	before := slices.Clone(st.Services)
-	got := string(Render(st, []string{"eth0"}).Restore(nil, nil))
+	got := string(Render(st, ExternalInterfaces("eth0")).Restore(nil, nil))
 	if got != referenceRestore {
 		t.Errorf("an IPv6 service changed the IPv4 ruleset:\n%s", diffLines(got, referenceRestore))
 	}

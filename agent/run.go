@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"slices"
 
 	"github.com/go-logr/logr"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -31,16 +29,20 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	for _, p := range problems {
 		log.Error(p, "node network check failed")
 	}
+	clients, err := newClients(cfg)
+	if err != nil {
+		return err
+	}
+	local, err := detectLocal(ctx, cfg, clients, log)
+	if err != nil {
+		return err
+	}
 	ipt, links, err := openNode()
 	if err != nil {
 		return err
 	}
 	defer links.Close()
-	ext, err := externalInterfaces(cfg)
-	if err != nil {
-		return err
-	}
-	log.Info("starting", "hostInterface", cfg.HostInterface, "externalInterfaces", ext, "resyncPeriod", cfg.ResyncPeriod)
+	log.Info("starting", "hostInterface", cfg.HostInterface, "localTraffic", local.String(), "resyncPeriod", cfg.ResyncPeriod)
 	if cfg.CleanupOnExit {
 		defer func() {
 			if cerr := Cleanup(ipt, links); cerr != nil {
@@ -50,22 +52,61 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 			}
 		}()
 	}
-	syncer := &Syncer{Ipt: ipt, Links: links, ExternalInterfaces: ext, Log: log}
-	return runController(ctx, cfg, syncer, log)
+	syncer := &Syncer{Ipt: ipt, Links: links, Local: local, Log: log}
+	return runController(ctx, cfg, clients, syncer, log)
+}
+
+// newClients builds the API clients from --kubeconfig or the in-cluster config.
+func newClients(cfg Config) (*kube.Clients, error) {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	restCfg.UserAgent = "magic-ip-agent/" + cfg.NodeName
+	return kube.NewClients(restCfg)
+}
+
+// detectLocal resolves --detect-local-mode from this node's interfaces and, unless the flags say
+// all it needs, its Node object.
+func detectLocal(ctx context.Context, cfg Config, clients *kube.Clients, log logr.Logger) (*LocalDetector, error) {
+	node := &corev1.Node{}
+	node.Name = cfg.NodeName
+	if needsNode(cfg) {
+		var err error
+		if node, err = getNode(ctx, clients.Core, cfg.NodeName); err != nil {
+			return nil, err
+		}
+	}
+	links, err := hostLinks()
+	if err != nil {
+		return nil, err
+	}
+	local, notes, err := resolveLocal(cfg, node, links)
+	if err != nil {
+		return nil, fmt.Errorf("off-node traffic: %w", err)
+	}
+	for _, n := range notes {
+		log.Info("warning: "+n, "detectLocalMode", cfg.DetectLocalMode)
+	}
+	return local, nil
+}
+
+// needsNode reports whether local detection needs the Node object: for its pod CIDRs, or for its
+// addresses when neither --node-ip nor (in NodeAddresses mode) --external-interfaces gives them.
+func needsNode(cfg Config) bool {
+	mode := LocalMode(cfg.DetectLocalMode)
+	switch {
+	case mode == NodeCIDR:
+		return true
+	case mode == NodeAddresses && len(cfg.ExternalInterfaces) > 0:
+		return false
+	}
+	return cfg.NodeIP == ""
 }
 
 // runController watches the API, serves the probes and metrics, and syncs the node until ctx
 // ends or one of them fails.
-func runController(ctx context.Context, cfg Config, syncer *Syncer, log logr.Logger) error {
-	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	if err != nil {
-		return fmt.Errorf("kubernetes client config: %w", err)
-	}
-	restCfg.UserAgent = "magic-ip-agent/" + cfg.NodeName
-	clients, err := kube.NewClients(restCfg)
-	if err != nil {
-		return err
-	}
+func runController(ctx context.Context, cfg Config, clients *kube.Clients, syncer *Syncer, log logr.Logger) error {
 	pods, err := kube.PodInformer(clients.Core, cfg.NodeName)
 	if err != nil {
 		return err
@@ -75,10 +116,14 @@ func runController(ctx context.Context, cfg Config, syncer *Syncer, log logr.Log
 		return err
 	}
 	recorder := kube.NewRecorder(clients.Events, cfg.NodeName, log)
+	addresses, err := cfg.AddressPolicy()
+	if err != nil {
+		return err
+	}
 	m := NewMetrics()
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
-		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, Recorder: recorder, Metrics: m, Log: log,
+		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Metrics: m, Log: log,
 	})
 	var synced []cache.DoneChecker
 	for _, inf := range []cache.SharedIndexInformer{pods, mips} {
@@ -106,38 +151,6 @@ func runController(ctx context.Context, cfg Config, syncer *Syncer, log logr.Log
 		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
-}
-
-// externalInterfaces is cfg.ExternalInterfaces, or else the interfaces holding cfg.NodeIP.
-func externalInterfaces(cfg Config) ([]string, error) {
-	if len(cfg.ExternalInterfaces) > 0 || cfg.NodeIP == "" {
-		return cfg.ExternalInterfaces, nil
-	}
-	ip := net.ParseIP(cfg.NodeIP)
-	if ip == nil {
-		return nil, fmt.Errorf("--node-ip %q is not an IP address", cfg.NodeIP)
-	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	var out []string
-	for _, a := range addrs {
-		if !a.IP.Equal(ip) {
-			continue
-		}
-		link, err := netlink.LinkByIndex(a.LinkIndex)
-		if err != nil {
-			return nil, fmt.Errorf("interface of %s: %w", ip, err)
-		}
-		if name := link.Attrs().Name; !slices.Contains(out, name) {
-			out = append(out, name)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no interface holds --node-ip %s: set --external-interfaces", ip)
-	}
-	return out, nil
 }
 
 // CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand).

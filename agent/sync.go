@@ -17,9 +17,9 @@ import (
 type Syncer struct {
 	Ipt   *Iptables
 	Links *Links
-	// ExternalInterfaces are the node's uplinks: traffic arriving there is never redirected.
-	ExternalInterfaces []string
-	Log                logr.Logger
+	// Local tells node-local traffic from off-node traffic, which is never redirected.
+	Local *LocalDetector
+	Log   logr.Logger
 
 	lastRules Ruleset
 	lastState *State
@@ -47,7 +47,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
 	res.State = st
-	rules := Render(st, s.ExternalInterfaces)
+	rules := Render(st, s.Local)
 	full = full || s.dirty || s.lastState == nil
 	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
 	input := rules.RestoreChanges(s.lastRules)

@@ -4,11 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"net/http"
-	"os"
-	"strconv"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -24,6 +21,7 @@ import (
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/certs"
+	"github.com/magic-ip/magic-ip/internal/flagenv"
 )
 
 // Config is the webhook's configuration, from flags with environment-variable twins.
@@ -41,37 +39,20 @@ type Config struct {
 	DisableStatusCtrl bool
 }
 
-// BindFlags registers the flags on fs, defaults taken from the environment when set.
-func (c *Config) BindFlags(fs *flag.FlagSet) {
-	env := func(key, def string) string {
-		if v, ok := os.LookupEnv(key); ok {
-			return v
-		}
-		return def
-	}
-	atoi := func(s string, def int) int {
-		if n, err := strconv.Atoi(s); err == nil {
-			return n
-		}
-		return def
-	}
-	boolean := func(s string, def bool) bool {
-		if b, err := strconv.ParseBool(s); err == nil {
-			return b
-		}
-		return def
-	}
-	fs.IntVar(&c.Port, "port", atoi(env("MAGIC_IP_WEBHOOK_PORT", "9443"), 9443), "HTTPS port of "+Path+" (env MAGIC_IP_WEBHOOK_PORT)")
-	fs.StringVar(&c.CertDir, "cert-dir", env("MAGIC_IP_CERT_DIR", "/etc/magic-ip/tls"), "directory with tls.crt and tls.key (as cert-manager writes them); reloaded when they change (env MAGIC_IP_CERT_DIR)")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", env("KUBECONFIG", ""), "kubeconfig file; empty means in-cluster config (env KUBECONFIG)")
-	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", env("MAGIC_IP_METRICS_BIND_ADDRESS", ":8080"), "address of /metrics; 0 disables it (env MAGIC_IP_METRICS_BIND_ADDRESS)")
-	fs.StringVar(&c.HealthAddr, "health-probe-bind-address", env("MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":8081"), "address of /healthz and /readyz (env MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS)")
-	fs.StringVar(&c.PprofAddr, "pprof-bind-address", env("MAGIC_IP_PPROF_BIND_ADDRESS", "0"), "address of Go's /debug/pprof profiles; 0 (the default) disables them (env MAGIC_IP_PPROF_BIND_ADDRESS)")
-	fs.BoolVar(&c.LeaderElect, "leader-elect", boolean(env("MAGIC_IP_LEADER_ELECT", "true"), true), "elect one replica to write MagicIP status (env MAGIC_IP_LEADER_ELECT)")
-	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", env("POD_NAMESPACE", ""), "namespace of the leader-election Lease; empty means the pod's own (env POD_NAMESPACE)")
-	fs.BoolVar(&c.EnableHTTP2, "enable-http2", boolean(env("MAGIC_IP_ENABLE_HTTP2", "false"), false), "serve HTTP/2 too (off by default: HTTP/1.1 only avoids the HTTP/2 rapid-reset class of attacks) (env MAGIC_IP_ENABLE_HTTP2)")
-	fs.IntVar(&c.Verbosity, "v", atoi(env("MAGIC_IP_VERBOSITY", "0"), 0), "log verbosity: 2 status changes, 4 every injection (env MAGIC_IP_VERBOSITY)")
-	fs.BoolVar(&c.DisableStatusCtrl, "disable-status-controller", boolean(env("MAGIC_IP_DISABLE_STATUS_CONTROLLER", "false"), false), "serve the webhook only, without the MagicIP status controller (env MAGIC_IP_DISABLE_STATUS_CONTROLLER)")
+// BindFlags registers the flags on fs, each with its environment-variable twin; the command line
+// wins.
+func (c *Config) BindFlags(fs *flagenv.Set) {
+	fs.Int(&c.Port, "port", "MAGIC_IP_WEBHOOK_PORT", 9443, "HTTPS port of "+Path)
+	fs.String(&c.CertDir, "cert-dir", "MAGIC_IP_CERT_DIR", "/etc/magic-ip/tls", "directory with tls.crt and tls.key (as cert-manager writes them); reloaded when they change")
+	fs.String(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file; empty means in-cluster config")
+	fs.String(&c.MetricsAddr, "metrics-bind-address", "MAGIC_IP_METRICS_BIND_ADDRESS", ":8080", "address of /metrics; 0 disables it")
+	fs.String(&c.HealthAddr, "health-probe-bind-address", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", ":8081", "address of /healthz and /readyz")
+	fs.String(&c.PprofAddr, "pprof-bind-address", "MAGIC_IP_PPROF_BIND_ADDRESS", "0", "address of Go's /debug/pprof profiles; 0 (the default) disables them")
+	fs.Bool(&c.LeaderElect, "leader-elect", "MAGIC_IP_LEADER_ELECT", true, "elect one replica to write MagicIP status")
+	fs.String(&c.LeaderElectionNS, "leader-election-namespace", "POD_NAMESPACE", "", "namespace of the leader-election Lease; empty means the pod's own")
+	fs.Bool(&c.EnableHTTP2, "enable-http2", "MAGIC_IP_ENABLE_HTTP2", false, "serve HTTP/2 too (off by default: HTTP/1.1 only avoids the HTTP/2 rapid-reset class of attacks)")
+	fs.Int(&c.Verbosity, "v", "MAGIC_IP_VERBOSITY", 0, "log verbosity: 2 status changes, 4 every injection")
+	fs.Bool(&c.DisableStatusCtrl, "disable-status-controller", "MAGIC_IP_DISABLE_STATUS_CONTROLLER", false, "serve the webhook only, without the MagicIP status controller")
 }
 
 // Validate returns every problem at once.

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/magic-ip/magic-ip/agent"
+	"github.com/magic-ip/magic-ip/internal/flagenv"
 	"github.com/magic-ip/magic-ip/internal/logging"
 	"github.com/magic-ip/magic-ip/internal/version"
 )
@@ -22,34 +24,37 @@ func main() {
 	}
 }
 
+// flags binds the agent's flags (each with its environment twin, read through lookup) to cfg.
+func flags(cfg *agent.Config, showVersion *bool, lookup func(string) (string, bool)) *flagenv.Set {
+	fe := flagenv.NewCommand("magic-ip-agent", "Usage: magic-ip-agent [flags]\n       magic-ip-agent cleanup   remove every rule, chain and address the agent owns (idempotent)\n\nFlags:\n", lookup)
+	cfg.BindFlags(fe)
+	fe.FlagSet().BoolVar(showVersion, "version", false, "print the version and exit")
+	return fe
+}
+
 func run(args []string) error {
-	fs := flag.NewFlagSet("magic-ip-agent", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: magic-ip-agent [flags]\n       magic-ip-agent cleanup   remove every rule, chain and address the agent owns (idempotent)\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	var cfg agent.Config
-	cfg.BindFlags(fs)
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	var showVersion bool
+	fs := flags(&cfg, &showVersion, os.LookupEnv)
 	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
+		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
 	}
-	if *showVersion {
+	if showVersion {
 		fmt.Println("magic-ip-agent", version.String())
 		return nil
 	}
 	log := logging.New(os.Stderr, cfg.Verbosity)
-	if fs.Arg(0) == "cleanup" {
+	if fs.FlagSet().Arg(0) == "cleanup" {
 		if err := agent.CleanupNode(); err != nil {
 			return err
 		}
 		log.Info("removed magic-ip rules, chains and addresses")
 		return nil
-	} else if fs.NArg() > 0 {
-		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
+	} else if fs.FlagSet().NArg() > 0 {
+		return fmt.Errorf("unknown argument %q (see --help)", fs.FlagSet().Arg(0))
 	}
 	log.Info("magic-ip-agent", "version", version.Version, "commit", version.Commit, "buildDate", version.BuildDate)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/magic-ip/magic-ip/certs"
+	"github.com/magic-ip/magic-ip/internal/flagenv"
 	"github.com/magic-ip/magic-ip/internal/logging"
 	"github.com/magic-ip/magic-ip/internal/version"
 	"github.com/magic-ip/magic-ip/webhook"
@@ -30,30 +31,33 @@ func main() {
 	}
 }
 
+// flags binds the webhook's flags (each with its environment twin, read through lookup) to cfg.
+func flags(cfg *webhook.Config, showVersion *bool, lookup func(string) (string, bool)) *flagenv.Set {
+	fe := flagenv.NewCommand("magic-ip-webhook", "Usage: magic-ip-webhook [flags]\n       magic-ip-webhook certs generate --service S --namespace N --out DIR [--host H]...\n\nFlags:\n", lookup)
+	cfg.BindFlags(fe)
+	fe.FlagSet().BoolVar(showVersion, "version", false, "print the version and exit")
+	return fe
+}
+
 func run(args []string) error {
 	if len(args) >= 2 && args[0] == "certs" && args[1] == "generate" {
 		return generate(args[2:])
 	}
-	fs := flag.NewFlagSet("magic-ip-webhook", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: magic-ip-webhook [flags]\n       magic-ip-webhook certs generate --service S --namespace N --out DIR [--host H]...\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	var cfg webhook.Config
-	cfg.BindFlags(fs)
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	var showVersion bool
+	fs := flags(&cfg, &showVersion, os.LookupEnv)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
 	}
-	if *showVersion {
+	if showVersion {
 		fmt.Println("magic-ip-webhook", version.String())
 		return nil
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unknown argument %q (see --help)", fs.Arg(0))
+	if fs.FlagSet().NArg() > 0 {
+		return fmt.Errorf("unknown argument %q (see --help)", fs.FlagSet().Arg(0))
 	}
 	log := logging.New(os.Stderr, cfg.Verbosity)
 	// controller-runtime's own logs go to the same structured log (logging.New routes

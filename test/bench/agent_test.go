@@ -76,7 +76,7 @@ func BenchmarkAgentSync(b *testing.B) {
 			return err
 		}
 		defer links.Close()
-		s := &agent.Syncer{Ipt: ipt, Links: links, ExternalInterfaces: []string{"eth0"}, Log: logr.Discard()}
+		s := &agent.Syncer{Ipt: ipt, Links: links, Local: agent.ExternalInterfaces("eth0"), Log: logr.Discard()}
 		ctx := context.Background()
 		run := func(into *[]sample, st agent.State, full bool) error {
 			e0, t0 := ipt.Execs(), time.Now()

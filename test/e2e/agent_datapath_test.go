@@ -269,5 +269,5 @@ func TestAgentInterfaceFailureIsolated(t *testing.T) {
 	if got := tcpOutcome(t.Context(), consumer.Netns, magicAddr, 9999); got != "refused" {
 		t.Errorf("undeclared port: %q, want refused", got)
 	}
-	eventually(t, 10*time.Second, "the failing MagicIP is reported", wantEvent(cp, "stats", "InterfaceUnavailable", "missing0"))
+	eventually(t, 10*time.Second, "the failing MagicIP is reported", wantAgentEvent(c, "stats", "InterfaceUnavailable", "missing0"))
 }

@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -113,23 +111,6 @@ func wantUDP(ns *harness.Netns, port int, wants ...string) func(context.Context)
 			}
 		}
 		return fmt.Errorf("udp from %s: got %q, want one of %q", ns.Name, got, wants)
-	}
-}
-
-// wantEvent returns a condition that an Event about the object named regarding has reason and a
-// note mentioning text.
-func wantEvent(cp *harness.ControlPlane, regarding, reason, text string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		var list eventsv1.EventList
-		if err := cp.Client.List(ctx, &list); err != nil {
-			return err
-		}
-		for _, ev := range list.Items {
-			if ev.Regarding.Name == regarding && ev.Reason == reason && strings.Contains(ev.Note, text) {
-				return nil
-			}
-		}
-		return fmt.Errorf("no %s event for %s mentioning %q among %d events", reason, regarding, text, len(list.Items))
 	}
 }
 

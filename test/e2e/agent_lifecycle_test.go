@@ -177,9 +177,9 @@ func TestAgentConflictsAndBadInterface(t *testing.T) {
 	rivalProducer := e.c.AddPod(e.node, "rival", "rival-1", map[string]string{"app": "dd"}, harness.PodOptions{})
 	rivalProducer.Netns.ServeTCP(t, apmPort, rivalProducer.Name)
 
-	eventually(t, 10*time.Second, "conflict reported", wantEvent(e.c.CP, "datadog-rival", "Conflict", "claimed by MagicIP datadog"))
-	eventually(t, 10*time.Second, "missing interface reported", wantEvent(e.c.CP, "apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
-	eventually(t, 10*time.Second, "missing dummy support reported", wantEvent(e.c.CP, "on-dummy", "InterfaceUnavailable", "no 'dummy' link type"))
+	eventually(t, 10*time.Second, "conflict reported", wantAgentEvent(e.c, "datadog-rival", "Conflict", "claimed by MagicIP datadog"))
+	eventually(t, 10*time.Second, "missing interface reported", wantAgentEvent(e.c, "apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
+	eventually(t, 10*time.Second, "missing dummy support reported", wantAgentEvent(e.c, "on-dummy", "InterfaceUnavailable", "no 'dummy' link type"))
 	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[p.Name] {
 		t.Errorf("original MagicIP disturbed: outcomes %v, want only %s", got, p.Name)
 	}

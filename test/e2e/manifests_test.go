@@ -109,12 +109,12 @@ func TestManifestsRBACNotMore(t *testing.T) {
 		allowed, denied []access
 	}{
 		harness.AgentServiceAccount: {
-			allowed: []access{{verb: "watch", resource: "pods"}, {verb: "list", group: "magic-ip.dev", resource: "magicips"}, {verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"}},
+			allowed: []access{{verb: "watch", resource: "pods"}, {verb: "list", group: "magic-ip.dev", resource: "magicips"}, {verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"}, {verb: "get", resource: "nodes"}},
 			denied: []access{
 				{verb: "get", resource: "secrets", namespace: "default"}, {verb: "list", resource: "secrets"},
 				{verb: "update", group: "magic-ip.dev", resource: "magicips"}, {verb: "update", group: "magic-ip.dev", resource: "magicips", subresource: "status"},
 				{verb: "create", resource: "pods", namespace: "default"}, {verb: "delete", resource: "pods", namespace: "default"},
-				{verb: "patch", resource: "nodes"}, {verb: "list", resource: "configmaps"},
+				{verb: "patch", resource: "nodes"}, {verb: "list", resource: "nodes"}, {verb: "watch", resource: "nodes"}, {verb: "list", resource: "configmaps"},
 			},
 		},
 		harness.WebhookServiceAccount: {

@@ -15,9 +15,16 @@ import (
 // metrics off, a 2 s resync. extra flags come last and win.
 func StartAgent(t T, c *Cluster, n *Node, bin string, extra ...string) *Process {
 	t.Helper()
+	return StartAgentBare(t, c, n, bin, append([]string{"--node-ip", n.IP.String()}, extra...)...)
+}
+
+// StartAgentBare runs the agent as StartAgent does but without --node-ip: with no extra flags, no
+// local-detection flag at all, so the agent takes the node's addresses from its Node object.
+func StartAgentBare(t T, c *Cluster, n *Node, bin string, extra ...string) *Process {
+	t.Helper()
 	args := append([]string{
 		"--node-name", n.Name, "--kubeconfig", c.CP.AgentKubeconfig, "--host-interface", n.HostInterface(),
-		"--node-ip", n.IP.String(), "--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:9403",
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:9403",
 		"--resync-period", "2s", "-v", "2",
 	}, extra...)
 	p := n.Netns.StartProcess(t, "agent "+n.Name, bin, args...)

@@ -104,6 +104,17 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// WaitExit waits up to timeout for the process to end on its own: whether it ended, and its exit
+// error (nil for status 0).
+func (p *Process) WaitExit(timeout time.Duration) (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
 // Output is everything the process wrote so far.
 func (p *Process) Output() string { return p.out.String() }
 

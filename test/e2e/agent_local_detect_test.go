@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// TestAgentLocalDetection: with no flags at all (no --node-ip, no --external-interfaces) the agent
+// takes the node's address from its Node object, serves pods and refuses a neighbour that routes
+// the magic IP through the node; so does each --detect-local-mode, one agent after the other on
+// the same node (each one's rules checked in iptables-save), with a bridge pod and a pod plugged
+// as routed CNIs plug them served or refused as the mode says.
+func TestAgentLocalDetection(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	n := c.Nodes[0]
+	prod := addProducer(t, c, n, "dd", harness.PodOptions{})
+	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
+	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
+		t.Fatal(err)
+	}
+	out := c.AddOutside(n, &net.IPNet{IP: net.ParseIP(magicAddr), Mask: net.CIDRMask(32, 32)})
+	// A client plugged as Calico plugs pods (its own cali* link, no bridge), from the pod CIDR.
+	routed := c.AddRoutedClient(n, "calie2e0")
+	clients := func(nss ...*harness.Netns) []*harness.Netns { return nss }
+	for _, tc := range []struct {
+		name            string
+		flags           []string
+		rule            string // in MAGIC-IP-PREROUTING
+		served, refused []*harness.Netns
+	}{
+		{"defaults", nil, fmt.Sprintf(`-A MAGIC-IP-PREROUTING -i %s -m comment --comment "external interface: not node-local" -j RETURN`, harness.UplinkName),
+			clients(consumer.Netns, routed.Netns), nil},
+		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -d %s/32 -m comment --comment "node-local (NodeCIDR)"`, n.PodCIDR, magicAddr),
+			clients(consumer.Netns, routed.Netns), nil},
+		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, fmt.Sprintf(`-d %s/32 -i %s -m comment --comment "node-local (BridgeInterface)"`, magicAddr, harness.PodBridge),
+			clients(consumer.Netns), clients(routed.Netns)},
+		// The bridge's pods arrive on cni0 (the veth is a bridge port): not a cali* interface.
+		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, fmt.Sprintf(`-d %s/32 -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`, magicAddr),
+			clients(routed.Netns), clients(consumer.Netns)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agent := harness.StartAgentBare(t, c, n, agentBin, tc.flags...)
+			if err := harness.WaitAgentReady(t.Context(), n.Netns, 15*time.Second); err != nil {
+				t.Fatalf("agent not ready: %v\n%s", err, agent.Output())
+			}
+			for _, ns := range tc.served {
+				eventually(t, 5*time.Second, ns.Name+" reaches the producer", wantTCP(ns, apmPort, prod.Name))
+				eventually(t, 5*time.Second, ns.Name+" reaches the producer over UDP", wantUDP(ns, statsPort, prod.Name))
+			}
+			for _, ns := range append(tc.refused, out.Netns) {
+				for range 3 {
+					if got := tcpOutcome(t.Context(), ns, magicAddr, apmPort); got != "refused" {
+						t.Fatalf("%s, not node-local in this mode: %q, want refused (never the producer)", ns.Name, got)
+					}
+				}
+			}
+			// Ready means the first full sync applied this agent's rules: no wait needed.
+			if err := wantRule(n.Netns, tc.rule)(t.Context()); err != nil {
+				t.Errorf("MAGIC-IP-PREROUTING of this mode: %v", err)
+			}
+			if err := agent.Stop(); err != nil {
+				t.Errorf("agent stop: %v", err)
+			}
+		})
+	}
+}
+
+// TestAgentLocalDetectionRefusals: when nothing tells off-node traffic apart, or the chosen mode
+// would exempt every pod, the agent exits non-zero at start with a message naming a better mode.
+// The Node objects are extra ones the agent is pointed at (--node-name), in a real node's netns.
+func TestAgentLocalDetectionRefusals(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	n := c.Nodes[0]
+	node := func(name, podCIDR string, addrs ...string) string {
+		obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: podCIDR}}
+		if podCIDR != "" {
+			obj.Spec.PodCIDRs = []string{podCIDR}
+		}
+		if err := cp.Client.Create(t.Context(), obj); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			obj.Status.Addresses = append(obj.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
+		}
+		if err := cp.Client.Status().Update(t.Context(), obj); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		want  string
+	}{
+		{"no node address", []string{"--node-name", node("no-address", n.PodCIDR.String())},
+			"Node no-address lists no InternalIP or ExternalIP address: nothing tells off-node traffic apart"},
+		{"node address on the pod bridge", []string{"--node-name", node("ip-on-bridge", n.PodCIDR.String(), n.Gateway.String())},
+			"interface cni0 holds the node's address but is also where this node's pods attach (the pod bridge): counting it as external would leave every pod unserved; use --detect-local-mode=NodeCIDR"},
+		{"NodeCIDR without podCIDRs", []string{"--node-name", node("no-podcidr", "", n.IP.String()), "--detect-local-mode=NodeCIDR"},
+			"Node no-podcidr has no IPv4 spec.podCIDRs"},
+		{"prefix matching the uplink", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes=veth,eth"},
+			"interface eth0 counts as node-local (--detect-local-mode=InterfaceNamePrefix) but holds the node's address"},
+		{"unknown mode", []string{"--detect-local-mode=ClusterCIDR"}, `--detect-local-mode "ClusterCIDR": want one of`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agent := harness.StartAgentBare(t, c, n, agentBin, tc.flags...)
+			exited, err := agent.WaitExit(15 * time.Second)
+			if !exited || err == nil {
+				t.Fatalf("agent exited=%v err=%v, want a non-zero exit at start\n%s", exited, err, agent.Output())
+			}
+			if !strings.Contains(agent.Output(), tc.want) {
+				t.Errorf("agent output does not say %q:\n%s", tc.want, agent.Output())
+			}
+		})
+	}
+}
+
+// wantRule is a condition that iptables-save -t nat in ns has a line containing rule.
+func wantRule(ns *harness.Netns, rule string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		out, err := ns.Run(ctx, "iptables-save", "-t", "nat")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, rule) {
+			return fmt.Errorf("no %q in:\n%s", rule, out)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// TestAgentSyncFailingReadyz: a real failure — a foreign rule that jumps to one of our service
+// chains, so iptables-restore cannot delete it once its producer goes away — makes every sync
+// fail. /readyz then answers 500 with the error and magic_ip_agent_sync_failing is 1. Once the
+// syncs have failed long enough for the backoff to reach its cap (12 failures: client-go's default
+// limiter would wait 20 s before the next retry, and twice that after), the rule is removed: the
+// agent is ready again within the 10 s cap.
+func TestAgentSyncFailingReadyz(t *testing.T) {
+	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402")
+	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
+	ctx := t.Context()
+	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	if code, body := readyz(ctx, e.node); code != http.StatusOK {
+		t.Fatalf("/readyz before the failure: %d %s", code, body)
+	}
+	save, err := e.node.Netns.Run(ctx, "iptables-save", "-t", "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`--comment "?datadog:apm"? -j (MAGIC-IP-SVC-\S+)`).FindStringSubmatch(save)
+	if m == nil {
+		t.Fatalf("no service chain for datadog:apm in:\n%s", save)
+	}
+	foreign := []string{"OUTPUT", "-p", "tcp", "--dport", "9", "-m", "comment", "--comment", "foreign rule", "-j", m[1]}
+	if _, err := e.node.Netns.Run(ctx, "iptables", append([]string{"-t", "nat", "-A"}, foreign...)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetReady(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "/readyz reports the failing sync", func(ctx context.Context) error {
+		if code, body := readyz(ctx, e.node); code != http.StatusInternalServerError || !strings.Contains(body, "syncs failing since") {
+			return fmt.Errorf("/readyz %d %q, want 500 naming the failing sync", code, body)
+		}
+		return nil
+	})
+	if v, err := metric(ctx, e.node, "magic_ip_agent_sync_failing"); err != nil || v != 1 {
+		t.Errorf("magic_ip_agent_sync_failing = %v (err %v) while failing, want 1", v, err)
+	}
+	eventually(t, 40*time.Second, "12 failed syncs (backoff at its cap)", func(ctx context.Context) error {
+		if n, err := metric(ctx, e.node, "magic_ip_agent_sync_errors_total"); err != nil || n < 12 {
+			return fmt.Errorf("sync errors %v (err %v), want ≥ 12", n, err)
+		}
+		return nil
+	})
+	if _, err := e.node.Netns.Run(ctx, "iptables", append([]string{"-t", "nat", "-D"}, foreign...)...); err != nil {
+		t.Fatal(err)
+	}
+	removed := time.Now()
+	eventually(t, 13*time.Second, "ready again within the backoff cap", func(ctx context.Context) error {
+		if code, body := readyz(ctx, e.node); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d %q", code, body)
+		}
+		return nil
+	})
+	t.Logf("ready again %s after the foreign rule was removed", time.Since(removed).Round(time.Millisecond))
+	if v, err := metric(ctx, e.node, "magic_ip_agent_sync_failing"); err != nil || v != 0 {
+		t.Errorf("magic_ip_agent_sync_failing = %v (err %v) after recovery, want 0", v, err)
+	}
+	if v, err := metric(ctx, e.node, "magic_ip_agent_last_successful_sync_timestamp_seconds"); err != nil || v < float64(removed.Unix()) {
+		t.Errorf("last successful sync at %v (err %v), want after %d", v, err, removed.Unix())
+	}
+	eventually(t, 5*time.Second, "the producer's service chain is gone", func(ctx context.Context) error {
+		if out, err := e.node.Netns.Run(ctx, "iptables-save", "-t", "nat"); err != nil || strings.Contains(out, m[1]) {
+			return fmt.Errorf("%s still there (err %v)", m[1], err)
+		}
+		return nil
+	})
+}
+
+// readyz is the status code and body of the agent's /readyz in n (0 when it does not answer).
+func readyz(ctx context.Context, n *harness.Node) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9403/readyz", nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	resp, err := n.Netns.HTTPClient(2 * time.Second).Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(body))
+}
