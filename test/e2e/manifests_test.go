@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -16,6 +19,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/test/harness"
 )
@@ -36,14 +41,16 @@ func helmRendering(name, release, namespace string, set ...string) rendering {
 	}}
 }
 
+// seedSet are the values of the seed chart's one-liner.
+var seedSet = []string{"config.ipAddress=169.254.210.210", "config.port=9200", "config.selector=app=apm-server"}
+
 var renderings = []rendering{
 	{name: "kustomize manifests/default", namespace: harness.WebhookNamespace, render: func(cp *harness.ControlPlane) ([]*unstructured.Unstructured, error) {
 		return cp.Kustomize("default")
 	}},
 	helmRendering("helm defaults", "magic-ip", harness.WebhookNamespace),
 	// The seed chart's one-liner (kube-magic-ip-address), in the seed's kube-system namespace.
-	helmRendering("helm seed-style values", "169-254-210-210", "kube-system",
-		"config.ipAddress=169.254.210.210", "config.port=9200", "config.selector=app=apm-server"),
+	helmRendering("helm seed-style values", "169-254-210-210", "kube-system", seedSet...),
 	helmRendering("helm without cert-manager", "magic-ip", harness.WebhookNamespace, "certManager.enabled=false"),
 }
 
@@ -74,6 +81,126 @@ func TestManifestsValid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestManifestsAgentPlacement runs the real DaemonSet controller (kube-controller-manager) over
+// nodes labelled and tainted as their platforms do, and checks where each install path's agent
+// DaemonSet puts its pods: on every Linux node whatever its taints, on no Windows or virtual node.
+func TestManifestsAgentPlacement(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	harness.StartControllerManager(t, cp, "daemonset-controller")
+	noSchedule := func(key, value string) corev1.Taint {
+		return corev1.Taint{Key: key, Value: value, Effect: corev1.TaintEffectNoSchedule}
+	}
+	nodes := []*corev1.Node{
+		placementNode("linux-a", map[string]string{"kubernetes.io/os": "linux"}),
+		placementNode("linux-infra", map[string]string{"kubernetes.io/os": "linux", "pool": "infra"}, noSchedule("dedicated", "infra")),
+		placementNode("windows-a", map[string]string{"kubernetes.io/os": "windows"}, noSchedule("os", "windows")),
+		// An AKS virtual node (virtual-kubelet, pods run in Azure Container Instances).
+		placementNode("virtual-node-aci-linux", map[string]string{"kubernetes.io/os": "linux", "type": "virtual-kubelet", "kubernetes.io/role": "agent"},
+			noSchedule("virtual-kubelet.io/provider", "azure")),
+		// An EKS Fargate node (one per pod, run by AWS).
+		placementNode("fargate-ip-10-0-1-2.ec2.internal", map[string]string{"kubernetes.io/os": "linux", "eks.amazonaws.com/compute-type": "fargate"},
+			noSchedule("eks.amazonaws.com/compute-type", "fargate")),
+	}
+	for _, n := range nodes {
+		if err := cp.Client.Create(t.Context(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		r    rendering
+		want []string
+	}{
+		{renderings[0], []string{"linux-a", "linux-infra"}},
+		{helmRendering("helm defaults", "mip", "placement"), []string{"linux-a", "linux-infra"}},
+		{helmRendering("helm agent.nodeSelector", "pool", "placement-pool", "agent.nodeSelector.pool=infra"), []string{"linux-infra"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.r.name, func(t *testing.T) {
+			objs, err := tc.r.render(cp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds := applyAgent(t, cp, tc.r.namespace, objs)
+			// Polled every 100 ms (the client's rate limiter would take a faster poll's last
+			// error); the last error the controller's state gave is the one reported.
+			var last error
+			err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				if err := agentPodsOn(ctx, cp, ds, tc.want); ctx.Err() == nil {
+					last = err
+				}
+				return last == nil, nil
+			})
+			if err != nil {
+				t.Fatalf("agent pods on %v: not within 30s: %v", tc.want, last)
+			}
+		})
+	}
+}
+
+func placementNode(name string, labels map[string]string, taints ...corev1.Taint) *corev1.Node {
+	labels["kubernetes.io/hostname"] = name
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Spec: corev1.NodeSpec{Taints: taints}}
+}
+
+// applyAgent applies the namespace, the agent's ServiceAccount and DaemonSet from objs, and returns
+// the DaemonSet's key.
+func applyAgent(t *testing.T, cp *harness.ControlPlane, namespace string, objs []*unstructured.Unstructured) client.ObjectKey {
+	t.Helper()
+	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": namespace}}}
+	keep := []*unstructured.Unstructured{ns}
+	var key client.ObjectKey
+	for _, o := range objs {
+		if component(o.GetLabels()) != "agent" || (o.GetKind() != "DaemonSet" && o.GetKind() != "ServiceAccount") {
+			continue
+		}
+		keep = append(keep, o)
+		if o.GetKind() == "DaemonSet" {
+			key = client.ObjectKey{Namespace: o.GetNamespace(), Name: o.GetName()}
+		}
+	}
+	if key.Name == "" {
+		t.Fatal("no agent DaemonSet rendered")
+	}
+	if err := cp.Apply(t.Context(), keep, false); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// agentPodsOn: the DaemonSet controller has seen the DaemonSet, wants exactly the nodes want, and
+// has created a pod for each of them (a DaemonSet pod names its node in a required node affinity
+// on metadata.name).
+func agentPodsOn(ctx context.Context, cp *harness.ControlPlane, key client.ObjectKey, want []string) error {
+	ds := &appsv1.DaemonSet{}
+	if err := cp.Client.Get(ctx, key, ds); err != nil {
+		return err
+	}
+	if ds.Status.ObservedGeneration < ds.Generation {
+		return fmt.Errorf("DaemonSet %s not yet synced", key)
+	}
+	pods := &corev1.PodList{}
+	if err := cp.Client.List(ctx, pods, client.InNamespace(key.Namespace), client.MatchingLabels(ds.Spec.Selector.MatchLabels)); err != nil {
+		return err
+	}
+	var on []string
+	for _, p := range pods.Items {
+		a := p.Spec.Affinity
+		if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+			return fmt.Errorf("pod %s has no required node affinity naming its node", p.Name)
+		}
+		for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, f := range term.MatchFields {
+				on = append(on, f.Values...)
+			}
+		}
+	}
+	slices.Sort(on)
+	if int(ds.Status.DesiredNumberScheduled) != len(want) || !slices.Equal(on, want) {
+		return fmt.Errorf("DaemonSet %s wants %d nodes and has pods for %v; want pods for %v", key, ds.Status.DesiredNumberScheduled, on, want)
+	}
+	return nil
 }
 
 // TestManifestsHelmMatchesKustomize: the chart's RBAC rules equal the kustomize ones, which the
@@ -203,7 +330,21 @@ func TestManifestPoliciesCatchViolations(t *testing.T) {
 				_ = unstructured.SetNestedStringSlice(c.Object, []string{"localhost"}, "spec", "dnsNames")
 			}
 		}, "dnsNames"},
-		"no xtables lock": {func(s *objectSet) { s.agent().Spec.Template.Spec.Containers[0].VolumeMounts = nil }, "xtables"},
+		"no xtables lock":        {func(s *objectSet) { s.agent().Spec.Template.Spec.Containers[0].VolumeMounts = nil }, "xtables"},
+		"agent on Windows nodes": {func(s *objectSet) { s.agent().Spec.Template.Spec.NodeSelector = nil }, "kubernetes.io/os"},
+		"agent on virtual nodes": {func(s *objectSet) { s.agent().Spec.Template.Spec.Affinity = nil }, "virtual nodes"},
+		"metrics on every address": {func(s *objectSet) {
+			setAgentEnv(s, "MAGIC_IP_METRICS_BIND_ADDRESS", ":10271")
+		}, "does not bind loopback"},
+		"health on cert-manager's port": {func(s *objectSet) {
+			setAgentEnv(s, "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:9402")
+		}, "cert-manager"},
+		"probe on the pod IP": {func(s *objectSet) {
+			s.agent().Spec.Template.Spec.Containers[0].LivenessProbe.HTTPGet.Host = ""
+		}, "livenessProbe"},
+		"agent declares a host port": {func(s *objectSet) {
+			s.agent().Spec.Template.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: 10271}}
+		}, "declares ports"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -221,6 +362,15 @@ func TestManifestPoliciesCatchViolations(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+func setAgentEnv(s *objectSet, name, value string) {
+	c := &s.agent().Spec.Template.Spec.Containers[0]
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			c.Env[i].Value = value
+		}
+	}
+}
 
 type metaRequirement = metav1.LabelSelectorRequirement
 
@@ -396,6 +546,7 @@ func checkAgent(fail func(string, ...any), d *appsv1.DaemonSet) {
 	}) {
 		fail("agent: does not tolerate every taint (want a toleration with operator Exists and no key)")
 	}
+	checkAgentPlacement(fail, p)
 	if u := d.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil || u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.IntValue() != 1 {
 		fail("agent: updateStrategy %+v, want RollingUpdate with maxUnavailable 1", u)
 	}
@@ -415,6 +566,66 @@ func checkAgent(fail func(string, ...any), d *appsv1.DaemonSet) {
 		}) {
 			fail("agent: NODE_NAME not from the downward API spec.nodeName")
 		}
+		checkAgentListeners(fail, &c)
+	}
+}
+
+// checkAgentPlacement: the agent tolerates every taint, so only its node selector and affinity
+// keep it off nodes where it cannot run (Windows, virtual nodes).
+func checkAgentPlacement(fail func(string, ...any), p *corev1.PodSpec) {
+	if p.NodeSelector["kubernetes.io/os"] != "linux" {
+		fail("agent: nodeSelector %v lacks kubernetes.io/os: linux (Windows nodes would get an agent that cannot start)", p.NodeSelector)
+	}
+	excluded := func(t corev1.NodeSelectorTerm) bool {
+		return slices.ContainsFunc(t.MatchExpressions, func(r corev1.NodeSelectorRequirement) bool {
+			return r.Key == "type" && r.Operator == corev1.NodeSelectorOpNotIn && slices.Contains(r.Values, "virtual-kubelet")
+		})
+	}
+	a := p.Affinity
+	if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil ||
+		!allTerms(a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms, excluded) {
+		fail("agent: required node affinity does not exclude virtual nodes (type NotIn [virtual-kubelet] in every term)")
+	}
+}
+
+func allTerms(terms []corev1.NodeSelectorTerm, f func(corev1.NodeSelectorTerm) bool) bool {
+	return len(terms) > 0 && !slices.ContainsFunc(terms, func(t corev1.NodeSelectorTerm) bool { return !f(t) })
+}
+
+// nodeAgentPorts are ports that other node agents commonly hold on the host network.
+var nodeAgentPorts = map[string]string{
+	"9091": "Calico Felix metrics", "9099": "Calico Felix health", "9100": "node-exporter",
+	"9402": "cert-manager metrics", "9879": "Cilium agent health", "9962": "Cilium agent metrics",
+	"10248": "kubelet healthz", "10249": "kube-proxy metrics", "10250": "kubelet", "10256": "kube-proxy health",
+}
+
+// checkAgentListeners: on the host network the agent's listeners are the node's, so by default
+// they bind loopback only, on ports other node agents do not use, and the kubelet probes them
+// on 127.0.0.1 (it runs in the node's network namespace); no port is declared, as none is reachable.
+func checkAgentListeners(fail func(string, ...any), c *corev1.Container) {
+	healthPort := ""
+	for _, name := range []string{"MAGIC_IP_METRICS_BIND_ADDRESS", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS"} {
+		i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == name })
+		if i < 0 {
+			fail("agent: %s not set (the binary's default would decide what the node exposes)", name)
+			continue
+		}
+		host, port, err := net.SplitHostPort(c.Env[i].Value)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			fail("agent: %s=%q does not bind loopback: reachable from off the node", name, c.Env[i].Value)
+		}
+		if other, ok := nodeAgentPorts[port]; ok {
+			fail("agent: %s=%q takes port %s (%s)", name, c.Env[i].Value, port, other)
+		}
+		healthPort = port
+	}
+	for what, pr := range map[string]*corev1.Probe{"livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Host != "127.0.0.1" || pr.HTTPGet.Port.String() != healthPort {
+			fail("agent: %s is not an httpGet of 127.0.0.1:%s, where the health endpoint listens", what, healthPort)
+		}
+	}
+	if len(c.Ports) > 0 {
+		fail("agent: declares ports %v, which on the host network reserve host ports for loopback listeners", c.Ports)
 	}
 }
 

@@ -403,3 +403,108 @@ func helmDig(v any, path ...string) any {
 	}
 	return v
 }
+
+// helmAgentContainer renders the chart with set and returns the agent DaemonSet's pod spec and
+// its container.
+func helmAgentPod(t *testing.T, set ...string) (pod, container map[string]any) {
+	t.Helper()
+	ds := helmByKey(helmObjects(t, helmRender(t, "magic-ip", "mip", set...)))["DaemonSet/magic-ip-agent"]
+	if ds == nil {
+		t.Fatalf("--set %v: no DaemonSet magic-ip-agent", set)
+	}
+	pod = helmDig(ds, "spec", "template", "spec").(map[string]any)
+	return pod, pod["containers"].([]any)[0].(map[string]any)
+}
+
+func helmEnv(c map[string]any, name string) any {
+	for _, e := range c["env"].([]any) {
+		if e := e.(map[string]any); e["name"] == name {
+			return e["value"]
+		}
+	}
+	return nil
+}
+
+func helmJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// TestHelmAgentNodeSelection: the agent always selects Linux nodes (merged with the user's
+// nodeSelector) and by default stays off virtual nodes.
+func TestHelmAgentNodeSelection(t *testing.T) {
+	for _, tc := range []struct {
+		set  []string
+		want string
+	}{
+		{nil, `{"kubernetes.io/os":"linux"}`},
+		{seedSet, `{"kubernetes.io/os":"linux"}`},
+		{[]string{"agent.nodeSelector.pool=infra"}, `{"kubernetes.io/os":"linux","pool":"infra"}`},
+	} {
+		pod, _ := helmAgentPod(t, tc.set...)
+		if got := helmJSON(pod["nodeSelector"]); got != tc.want {
+			t.Errorf("--set %v: nodeSelector %s, want %s", tc.set, got, tc.want)
+		}
+	}
+	pod, _ := helmAgentPod(t)
+	want := `{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[` +
+		`{"key":"type","operator":"NotIn","values":["virtual-kubelet"]},` +
+		`{"key":"eks.amazonaws.com/compute-type","operator":"NotIn","values":["fargate"]}]}]}}}`
+	if got := helmJSON(pod["affinity"]); got != want {
+		t.Errorf("affinity %s, want %s", got, want)
+	}
+}
+
+// TestHelmAgentListeners: /metrics and the probes bind loopback by default (the agent shares the
+// node's network namespace), the probes follow the health address, and the metrics port is
+// declared only when something off the node can reach it.
+func TestHelmAgentListeners(t *testing.T) {
+	probe := func(host string) string {
+		h := ""
+		if host != "" {
+			h = `"host":"` + host + `",`
+		}
+		return `{"failureThreshold":3,"httpGet":{` + h + `"path":"/healthz","port":10272},"periodSeconds":10}`
+	}
+	for _, tc := range []struct {
+		set                       []string
+		metrics, health, liveness string
+		ports                     string
+	}{
+		{nil, "127.0.0.1:10271", "127.0.0.1:10272", probe("127.0.0.1"), "null"},
+		{seedSet, "127.0.0.1:10271", "127.0.0.1:10272", probe("127.0.0.1"), "null"},
+		{[]string{"agent.metrics.bindAddress=$(NODE_IP):10271"}, "$(NODE_IP):10271", "127.0.0.1:10272", probe("127.0.0.1"),
+			`[{"containerPort":10271,"name":"metrics","protocol":"TCP"}]`},
+		{[]string{"agent.metrics.bindAddress=0.0.0.0:10271"}, "0.0.0.0:10271", "127.0.0.1:10272", probe("127.0.0.1"),
+			`[{"containerPort":10271,"name":"metrics","protocol":"TCP"}]`},
+		{[]string{"agent.metrics.bindAddress=0"}, "0", "127.0.0.1:10272", probe("127.0.0.1"), "null"},
+		{[]string{"agent.health.bindAddress=:10272"}, "127.0.0.1:10271", ":10272", probe("127.0.0.1"), "null"},
+		{[]string{"agent.health.bindAddress=$(NODE_IP):10272"}, "127.0.0.1:10271", "$(NODE_IP):10272", probe(""), "null"},
+	} {
+		_, c := helmAgentPod(t, tc.set...)
+		if got := helmEnv(c, "MAGIC_IP_METRICS_BIND_ADDRESS"); got != tc.metrics {
+			t.Errorf("--set %v: MAGIC_IP_METRICS_BIND_ADDRESS %v, want %s", tc.set, got, tc.metrics)
+		}
+		if got := helmEnv(c, "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS"); got != tc.health {
+			t.Errorf("--set %v: MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS %v, want %s", tc.set, got, tc.health)
+		}
+		if got := helmJSON(c["livenessProbe"]); got != tc.liveness {
+			t.Errorf("--set %v: livenessProbe %s, want %s", tc.set, got, tc.liveness)
+		}
+		if got := helmJSON(c["ports"]); got != tc.ports {
+			t.Errorf("--set %v: ports %s, want %s", tc.set, got, tc.ports)
+		}
+	}
+	for _, bad := range []struct{ set, want string }{
+		{"agent.metricsPort=9402", "agent.metrics.bindAddress"},
+		{"agent.healthPort=9403", "agent.health.bindAddress"},
+		{"agent.metrics.bindAddress=10271", "want host:port"},
+		{"agent.metrics.bindAddress=127.0.0.1:70000", "not 1-65535"},
+		{"agent.health.bindAddress=0", "want host:port"},
+	} {
+		_, err := HelmTemplate("magic-ip", "mip", bad.set)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("--set %s: error %v, want one mentioning %q", bad.set, err, bad.want)
+		}
+	}
+}
