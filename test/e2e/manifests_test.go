@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,7 +23,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -756,4 +760,198 @@ func (s *objectSet) checkWebhookConfiguration(fail func(string, ...any), namespa
 			fail("%s: clientConfig.service %+v is not a rendered Service in %s", where, svc, namespace)
 		}
 	}
+}
+
+// The CRD upgrade paths (README.md, Upgrade), each with a real `helm` against the real API server.
+// The "old" chart is this chart with a CRD that lacks the Ports printer column and the
+// status.portSummary field, as a chart release before them would have shipped.
+
+const crdName = "magicips.magic-ip.dev"
+
+// TestHelmCRDUpgradeDocumentedStep: with the CRD in crds/ (the default), a first install creates
+// MagicIPs in the same release; an upgrade over the old CRD stops with the command to run, and
+// after that command the upgrade goes through on the new CRD, the MagicIP untouched.
+func TestHelmCRDUpgradeDocumentedStep(t *testing.T) {
+	cp := crdlessControlPlane(t)
+	old := oldChart(t)
+	values := append([]string{"--set", "certManager.enabled=false"}, setArgs(seedSet)...)
+	helmOK(t, cp, append([]string{"install", "mip", old, "-n", "obs", "--create-namespace"}, values...)...)
+	if cols := crdColumns(t, cp); slices.Contains(cols, "Ports") {
+		t.Fatalf("old chart installed a CRD with the Ports column: %v", cols)
+	}
+	mip := magicIPUID(t, cp, "169-254-210-210")
+
+	upgrade := append([]string{"upgrade", "mip", chartPath(t), "-n", "obs"}, values...)
+	out, err := helmCmd(cp, upgrade...)
+	if err == nil {
+		t.Fatalf("helm upgrade over the old CRD succeeded (stored columns %v): the new chart now runs over a schema that prunes its fields\n%s", crdColumns(t, cp), out)
+	}
+	step := "kubectl apply --server-side --force-conflicts -f"
+	if !strings.Contains(err.Error(), step) {
+		t.Fatalf("helm upgrade over the old CRD failed without naming the step %q: %v", step, err)
+	}
+	if _, err := cp.Kubectl("apply", "--server-side", "--force-conflicts", "-f", filepath.Join(chartPath(t), "crds", "magic-ip.dev_magicips.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	helmOK(t, cp, upgrade...)
+	if cols := crdColumns(t, cp); !slices.Contains(cols, "Ports") {
+		t.Errorf("after the documented step and helm upgrade the CRD has columns %v, want Ports among them", cols)
+	}
+	if got := magicIPUID(t, cp, "169-254-210-210"); got != mip {
+		t.Errorf("MagicIP 169-254-210-210 was recreated (uid %s, was %s)", got, mip)
+	}
+}
+
+// TestHelmCRDUpgradeManaged: with crds.managed=true the CRD is a release object: helm upgrade changes it,
+// MagicIPs can come with the upgrade after the install, and helm uninstall keeps the CRD.
+func TestHelmCRDUpgradeManaged(t *testing.T) {
+	cp := crdlessControlPlane(t)
+	managed := []string{"-n", "obs", "--set", "certManager.enabled=false", "--set", "crds.managed=true"}
+	install := append([]string{"install", "mip", oldChart(t), "--create-namespace", "--skip-crds"}, managed...)
+	// Why this is not the default: the release that installs a templated CRD cannot also create
+	// MagicIPs (Helm maps every object's kind before it creates any).
+	if out, err := helmCmd(cp, append(install, setArgs(seedSet)...)...); err == nil || !strings.Contains(err.Error(), `no matches for kind "MagicIP"`) {
+		t.Errorf("helm install with crds.managed=true and a MagicIP: %v, want Helm's 'no matches for kind' error\n%s", err, out)
+	}
+	helmOK(t, cp, install...)
+	crd := storedCRD(t, cp)
+	if crd.GetLabels()["app.kubernetes.io/managed-by"] != "Helm" || crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+		t.Errorf("managed CRD labels %v annotations %v: want managed-by Helm and resource-policy keep", crd.GetLabels(), crd.GetAnnotations())
+	}
+	helmOK(t, cp, append(append([]string{"upgrade", "mip", chartPath(t)}, managed...), setArgs(seedSet)...)...)
+	if cols := crdColumns(t, cp); !slices.Contains(cols, "Ports") {
+		t.Errorf("after helm upgrade the managed CRD has columns %v, want Ports among them", cols)
+	}
+	magicIPUID(t, cp, "169-254-210-210")
+	helmOK(t, cp, "uninstall", "mip", "-n", "obs")
+	storedCRD(t, cp)
+}
+
+// TestHelmCRDUpgradeAdoption: a release installed with the CRD in crds/ moves to crds.managed=true with
+// --take-ownership (without it Helm refuses), and that upgrade updates the CRD in place.
+func TestHelmCRDUpgradeAdoption(t *testing.T) {
+	cp := crdlessControlPlane(t)
+	values := append([]string{"-n", "obs", "--set", "certManager.enabled=false"}, setArgs(seedSet)...)
+	helmOK(t, cp, append([]string{"install", "mip", oldChart(t), "--create-namespace"}, values...)...)
+	mip := magicIPUID(t, cp, "169-254-210-210")
+	upgrade := append([]string{"upgrade", "mip", chartPath(t), "--set", "crds.managed=true"}, values...)
+	if out, err := helmCmd(cp, upgrade...); err == nil || !strings.Contains(err.Error(), "invalid ownership metadata") {
+		t.Errorf("helm upgrade --set crds.managed=true without --take-ownership: %v, want Helm's ownership error\n%s", err, out)
+	}
+	helmOK(t, cp, append(upgrade, "--take-ownership")...)
+	crd := storedCRD(t, cp)
+	if got := crd.GetAnnotations()["meta.helm.sh/release-name"]; got != "mip" {
+		t.Errorf("CRD annotation meta.helm.sh/release-name %q, want mip", got)
+	}
+	if cols := crdColumns(t, cp); !slices.Contains(cols, "Ports") {
+		t.Errorf("after adoption the CRD has columns %v, want Ports among them", cols)
+	}
+	if got := magicIPUID(t, cp, "169-254-210-210"); got != mip {
+		t.Errorf("MagicIP 169-254-210-210 was recreated (uid %s, was %s)", got, mip)
+	}
+}
+
+func setArgs(set []string) []string {
+	var args []string
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	return args
+}
+
+// crdlessControlPlane is a control plane without the MagicIP CRD (the harness installs it).
+func crdlessControlPlane(t *testing.T) *harness.ControlPlane {
+	t.Helper()
+	cp := harness.StartControlPlane(t)
+	if _, err := cp.Kubectl("delete", "crd", crdName, "--wait"); err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+func chartPath(t *testing.T) string {
+	t.Helper()
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, harness.ChartDir)
+}
+
+// oldChart copies the chart and takes the Ports printer column and status.portSummary out of its CRD.
+func oldChart(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "magic-ip")
+	if err := os.CopyFS(dir, os.DirFS(chartPath(t))); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "crds", "magic-ip.dev_magicips.yaml")
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(b, &crd); err != nil {
+		t.Fatal(err)
+	}
+	v := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)
+	v["additionalPrinterColumns"] = slices.DeleteFunc(v["additionalPrinterColumns"].([]any), func(c any) bool {
+		return c.(map[string]any)["name"] == "Ports"
+	})
+	status, _, _ := unstructured.NestedMap(v, "schema", "openAPIV3Schema", "properties", "status", "properties")
+	if _, ok := status["portSummary"]; !ok {
+		t.Fatal("the CRD has no status.portSummary: pick another field for the old chart to lack")
+	}
+	unstructured.RemoveNestedField(v, "schema", "openAPIV3Schema", "properties", "status", "properties", "portSummary")
+	if b, err = yaml.Marshal(crd); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func helmCmd(cp *harness.ControlPlane, args ...string) ([]byte, error) {
+	return harness.Helm(append(args, "--kubeconfig", cp.Kubeconfig)...)
+}
+
+func helmOK(t *testing.T, cp *harness.ControlPlane, args ...string) {
+	t.Helper()
+	if _, err := helmCmd(cp, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func storedCRD(t *testing.T, cp *harness.ControlPlane) *unstructured.Unstructured {
+	t.Helper()
+	crd := &unstructured.Unstructured{}
+	crd.SetAPIVersion("apiextensions.k8s.io/v1")
+	crd.SetKind("CustomResourceDefinition")
+	if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: crdName}, crd); err != nil {
+		t.Fatalf("CRD %s: %v", crdName, err)
+	}
+	return crd
+}
+
+func crdColumns(t *testing.T, cp *harness.ControlPlane) []string {
+	t.Helper()
+	versions, _, _ := unstructured.NestedSlice(storedCRD(t, cp).Object, "spec", "versions")
+	var names []string
+	for _, v := range versions {
+		cols, _, _ := unstructured.NestedSlice(v.(map[string]any), "additionalPrinterColumns")
+		for _, c := range cols {
+			names = append(names, c.(map[string]any)["name"].(string))
+		}
+	}
+	return names
+}
+
+func magicIPUID(t *testing.T, cp *harness.ControlPlane, name string) string {
+	t.Helper()
+	m := &v1alpha1.MagicIP{}
+	if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: name}, m); err != nil {
+		t.Fatalf("MagicIP %s: %v", name, err)
+	}
+	return string(m.UID)
 }

@@ -307,20 +307,11 @@ func TestHelmWithoutWebhook(t *testing.T) {
 	}
 }
 
-// TestHelmCRDIsTheGeneratedOne: the chart's crds/ holds the CRD `make manifests` generates.
+// TestHelmCRDIsTheGeneratedOne: the chart's crds/ holds the CRD `make manifests` generates
+// (`make verify` runs this test). templates/crd.yaml renders that same file (TestHelmCRDManagedIsTheGeneratedOne).
 func TestHelmCRDIsTheGeneratedOne(t *testing.T) {
-	root, err := RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := os.ReadFile(filepath.Join(root, "manifests", "crd", "magic-ip.dev_magicips.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(filepath.Join(root, ChartDir, "crds", "magic-ip.dev_magicips.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := readRepoFile(t, "manifests", "crd", "magic-ip.dev_magicips.yaml")
+	got := readRepoFile(t, ChartDir, "crds", "magic-ip.dev_magicips.yaml")
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s/crds/magic-ip.dev_magicips.yaml differs from manifests/crd/magic-ip.dev_magicips.yaml (run make manifests)", ChartDir)
 	}
@@ -507,4 +498,55 @@ func TestHelmAgentListeners(t *testing.T) {
 			t.Errorf("--set %s: error %v, want one mentioning %q", bad.set, err, bad.want)
 		}
 	}
+}
+
+// TestHelmCRDManagedIsTheGeneratedOne: with crds.managed=true the chart renders the generated CRD as a template,
+// field for field, plus the release's labels and helm.sh/resource-policy: keep (crds.keep).
+func TestHelmCRDManagedIsTheGeneratedOne(t *testing.T) {
+	want := helmObjects(t, readRepoFile(t, "manifests", "crd", "magic-ip.dev_magicips.yaml"))[0]
+	for _, keep := range []bool{true, false} {
+		set := []string{"crds.managed=true", fmt.Sprintf("crds.keep=%t", keep)}
+		var got helmObject
+		for _, d := range helmDocs(helmRender(t, "mip", "obs", set...)) {
+			if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
+				got = helmObjects(t, []byte(d))[0]
+			}
+		}
+		if got == nil {
+			t.Fatalf("--set %v: templates/crd.yaml renders nothing", set)
+		}
+		md := got["metadata"].(map[string]any)
+		labels := md["labels"].(map[string]any)
+		if labels["app.kubernetes.io/managed-by"] != "Helm" || labels["app.kubernetes.io/instance"] != "mip" {
+			t.Errorf("--set %v: labels %v lack the release's", set, labels)
+		}
+		ann := md["annotations"].(map[string]any)
+		if policy, _ := ann["helm.sh/resource-policy"].(string); (policy == "keep") != keep {
+			t.Errorf("--set %v: helm.sh/resource-policy %q", set, policy)
+		}
+		delete(md, "labels")
+		delete(ann, "helm.sh/resource-policy")
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("--set %v: the rendered CRD differs from manifests/crd/magic-ip.dev_magicips.yaml beyond labels and the resource policy", set)
+		}
+	}
+	for _, d := range helmDocs(helmRender(t, "mip", "obs")) {
+		if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
+			t.Errorf("crds.managed=false renders templates/crd.yaml:\n%s", d)
+		}
+	}
+}
+
+// readRepoFile reads the file at path (elements joined) under the repository root.
+func readRepoFile(t *testing.T, path ...string) []byte {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(append([]string{root}, path...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
