@@ -55,7 +55,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
 	$(CONTROLLER_GEN) object paths=./api/...
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate the MagicIP CRD into manifests/crd.
+manifests: $(CONTROLLER_GEN) ## Generate the MagicIP CRD into manifests/crd and the chart's crds/ (its one source, also for crds.managed=true).
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=$(CRD_DIR)
 	cp $(CRD_DIR)/magic-ip.dev_magicips.yaml manifests/helm/magic-ip/crds/magic-ip.dev_magicips.yaml
 
@@ -128,3 +128,4 @@ verify: $(CONTROLLER_GEN) ## gofmt, go vet, and generated files up to date.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go vet ./...
 	go test -count=1 -run TestGeneratedFilesUpToDate ./api/...
+	go test -count=1 -run TestHelmCRDIsTheGeneratedOne ./test/harness

@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -16,7 +21,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -36,14 +45,16 @@ func helmRendering(name, release, namespace string, set ...string) rendering {
 	}}
 }
 
+// seedSet are the values of the seed chart's one-liner.
+var seedSet = []string{"config.ipAddress=169.254.210.210", "config.port=9200", "config.selector=app=apm-server"}
+
 var renderings = []rendering{
 	{name: "kustomize manifests/default", namespace: harness.WebhookNamespace, render: func(cp *harness.ControlPlane) ([]*unstructured.Unstructured, error) {
 		return cp.Kustomize("default")
 	}},
 	helmRendering("helm defaults", "magic-ip", harness.WebhookNamespace),
 	// The seed chart's one-liner (kube-magic-ip-address), in the seed's kube-system namespace.
-	helmRendering("helm seed-style values", "169-254-210-210", "kube-system",
-		"config.ipAddress=169.254.210.210", "config.port=9200", "config.selector=app=apm-server"),
+	helmRendering("helm seed-style values", "169-254-210-210", "kube-system", seedSet...),
 	helmRendering("helm without cert-manager", "magic-ip", harness.WebhookNamespace, "certManager.enabled=false"),
 }
 
@@ -74,6 +85,126 @@ func TestManifestsValid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestManifestsAgentPlacement runs the real DaemonSet controller (kube-controller-manager) over
+// nodes labelled and tainted as their platforms do, and checks where each install path's agent
+// DaemonSet puts its pods: on every Linux node whatever its taints, on no Windows or virtual node.
+func TestManifestsAgentPlacement(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	harness.StartControllerManager(t, cp, "daemonset-controller")
+	noSchedule := func(key, value string) corev1.Taint {
+		return corev1.Taint{Key: key, Value: value, Effect: corev1.TaintEffectNoSchedule}
+	}
+	nodes := []*corev1.Node{
+		placementNode("linux-a", map[string]string{"kubernetes.io/os": "linux"}),
+		placementNode("linux-infra", map[string]string{"kubernetes.io/os": "linux", "pool": "infra"}, noSchedule("dedicated", "infra")),
+		placementNode("windows-a", map[string]string{"kubernetes.io/os": "windows"}, noSchedule("os", "windows")),
+		// An AKS virtual node (virtual-kubelet, pods run in Azure Container Instances).
+		placementNode("virtual-node-aci-linux", map[string]string{"kubernetes.io/os": "linux", "type": "virtual-kubelet", "kubernetes.io/role": "agent"},
+			noSchedule("virtual-kubelet.io/provider", "azure")),
+		// An EKS Fargate node (one per pod, run by AWS).
+		placementNode("fargate-ip-10-0-1-2.ec2.internal", map[string]string{"kubernetes.io/os": "linux", "eks.amazonaws.com/compute-type": "fargate"},
+			noSchedule("eks.amazonaws.com/compute-type", "fargate")),
+	}
+	for _, n := range nodes {
+		if err := cp.Client.Create(t.Context(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		r    rendering
+		want []string
+	}{
+		{renderings[0], []string{"linux-a", "linux-infra"}},
+		{helmRendering("helm defaults", "mip", "placement"), []string{"linux-a", "linux-infra"}},
+		{helmRendering("helm agent.nodeSelector", "pool", "placement-pool", "agent.nodeSelector.pool=infra"), []string{"linux-infra"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.r.name, func(t *testing.T) {
+			objs, err := tc.r.render(cp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds := applyAgent(t, cp, tc.r.namespace, objs)
+			// Polled every 100 ms (the client's rate limiter would take a faster poll's last
+			// error); the last error the controller's state gave is the one reported.
+			var last error
+			err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				if err := agentPodsOn(ctx, cp, ds, tc.want); ctx.Err() == nil {
+					last = err
+				}
+				return last == nil, nil
+			})
+			if err != nil {
+				t.Fatalf("agent pods on %v: not within 30s: %v", tc.want, last)
+			}
+		})
+	}
+}
+
+func placementNode(name string, labels map[string]string, taints ...corev1.Taint) *corev1.Node {
+	labels["kubernetes.io/hostname"] = name
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Spec: corev1.NodeSpec{Taints: taints}}
+}
+
+// applyAgent applies the namespace, the agent's ServiceAccount and DaemonSet from objs, and returns
+// the DaemonSet's key.
+func applyAgent(t *testing.T, cp *harness.ControlPlane, namespace string, objs []*unstructured.Unstructured) client.ObjectKey {
+	t.Helper()
+	ns := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": namespace}}}
+	keep := []*unstructured.Unstructured{ns}
+	var key client.ObjectKey
+	for _, o := range objs {
+		if component(o.GetLabels()) != "agent" || (o.GetKind() != "DaemonSet" && o.GetKind() != "ServiceAccount") {
+			continue
+		}
+		keep = append(keep, o)
+		if o.GetKind() == "DaemonSet" {
+			key = client.ObjectKey{Namespace: o.GetNamespace(), Name: o.GetName()}
+		}
+	}
+	if key.Name == "" {
+		t.Fatal("no agent DaemonSet rendered")
+	}
+	if err := cp.Apply(t.Context(), keep, false); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// agentPodsOn: the DaemonSet controller has seen the DaemonSet, wants exactly the nodes want, and
+// has created a pod for each of them (a DaemonSet pod names its node in a required node affinity
+// on metadata.name).
+func agentPodsOn(ctx context.Context, cp *harness.ControlPlane, key client.ObjectKey, want []string) error {
+	ds := &appsv1.DaemonSet{}
+	if err := cp.Client.Get(ctx, key, ds); err != nil {
+		return err
+	}
+	if ds.Status.ObservedGeneration < ds.Generation {
+		return fmt.Errorf("DaemonSet %s not yet synced", key)
+	}
+	pods := &corev1.PodList{}
+	if err := cp.Client.List(ctx, pods, client.InNamespace(key.Namespace), client.MatchingLabels(ds.Spec.Selector.MatchLabels)); err != nil {
+		return err
+	}
+	var on []string
+	for _, p := range pods.Items {
+		a := p.Spec.Affinity
+		if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+			return fmt.Errorf("pod %s has no required node affinity naming its node", p.Name)
+		}
+		for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, f := range term.MatchFields {
+				on = append(on, f.Values...)
+			}
+		}
+	}
+	slices.Sort(on)
+	if int(ds.Status.DesiredNumberScheduled) != len(want) || !slices.Equal(on, want) {
+		return fmt.Errorf("DaemonSet %s wants %d nodes and has pods for %v; want pods for %v", key, ds.Status.DesiredNumberScheduled, on, want)
+	}
+	return nil
 }
 
 // TestManifestsHelmMatchesKustomize: the chart's RBAC rules equal the kustomize ones, which the
@@ -203,7 +334,21 @@ func TestManifestPoliciesCatchViolations(t *testing.T) {
 				_ = unstructured.SetNestedStringSlice(c.Object, []string{"localhost"}, "spec", "dnsNames")
 			}
 		}, "dnsNames"},
-		"no xtables lock": {func(s *objectSet) { s.agent().Spec.Template.Spec.Containers[0].VolumeMounts = nil }, "xtables"},
+		"no xtables lock":        {func(s *objectSet) { s.agent().Spec.Template.Spec.Containers[0].VolumeMounts = nil }, "xtables"},
+		"agent on Windows nodes": {func(s *objectSet) { s.agent().Spec.Template.Spec.NodeSelector = nil }, "kubernetes.io/os"},
+		"agent on virtual nodes": {func(s *objectSet) { s.agent().Spec.Template.Spec.Affinity = nil }, "virtual nodes"},
+		"metrics on every address": {func(s *objectSet) {
+			setAgentEnv(s, "MAGIC_IP_METRICS_BIND_ADDRESS", ":10271")
+		}, "does not bind loopback"},
+		"health on cert-manager's port": {func(s *objectSet) {
+			setAgentEnv(s, "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:9402")
+		}, "cert-manager"},
+		"probe on the pod IP": {func(s *objectSet) {
+			s.agent().Spec.Template.Spec.Containers[0].LivenessProbe.HTTPGet.Host = ""
+		}, "livenessProbe"},
+		"agent declares a host port": {func(s *objectSet) {
+			s.agent().Spec.Template.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: 10271}}
+		}, "declares ports"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -221,6 +366,15 @@ func TestManifestPoliciesCatchViolations(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+func setAgentEnv(s *objectSet, name, value string) {
+	c := &s.agent().Spec.Template.Spec.Containers[0]
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			c.Env[i].Value = value
+		}
+	}
+}
 
 type metaRequirement = metav1.LabelSelectorRequirement
 
@@ -396,6 +550,7 @@ func checkAgent(fail func(string, ...any), d *appsv1.DaemonSet) {
 	}) {
 		fail("agent: does not tolerate every taint (want a toleration with operator Exists and no key)")
 	}
+	checkAgentPlacement(fail, p)
 	if u := d.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil || u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.IntValue() != 1 {
 		fail("agent: updateStrategy %+v, want RollingUpdate with maxUnavailable 1", u)
 	}
@@ -415,6 +570,66 @@ func checkAgent(fail func(string, ...any), d *appsv1.DaemonSet) {
 		}) {
 			fail("agent: NODE_NAME not from the downward API spec.nodeName")
 		}
+		checkAgentListeners(fail, &c)
+	}
+}
+
+// checkAgentPlacement: the agent tolerates every taint, so only its node selector and affinity
+// keep it off nodes where it cannot run (Windows, virtual nodes).
+func checkAgentPlacement(fail func(string, ...any), p *corev1.PodSpec) {
+	if p.NodeSelector["kubernetes.io/os"] != "linux" {
+		fail("agent: nodeSelector %v lacks kubernetes.io/os: linux (Windows nodes would get an agent that cannot start)", p.NodeSelector)
+	}
+	excluded := func(t corev1.NodeSelectorTerm) bool {
+		return slices.ContainsFunc(t.MatchExpressions, func(r corev1.NodeSelectorRequirement) bool {
+			return r.Key == "type" && r.Operator == corev1.NodeSelectorOpNotIn && slices.Contains(r.Values, "virtual-kubelet")
+		})
+	}
+	a := p.Affinity
+	if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil ||
+		!allTerms(a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms, excluded) {
+		fail("agent: required node affinity does not exclude virtual nodes (type NotIn [virtual-kubelet] in every term)")
+	}
+}
+
+func allTerms(terms []corev1.NodeSelectorTerm, f func(corev1.NodeSelectorTerm) bool) bool {
+	return len(terms) > 0 && !slices.ContainsFunc(terms, func(t corev1.NodeSelectorTerm) bool { return !f(t) })
+}
+
+// nodeAgentPorts are ports that other node agents commonly hold on the host network.
+var nodeAgentPorts = map[string]string{
+	"9091": "Calico Felix metrics", "9099": "Calico Felix health", "9100": "node-exporter",
+	"9402": "cert-manager metrics", "9879": "Cilium agent health", "9962": "Cilium agent metrics",
+	"10248": "kubelet healthz", "10249": "kube-proxy metrics", "10250": "kubelet", "10256": "kube-proxy health",
+}
+
+// checkAgentListeners: on the host network the agent's listeners are the node's, so by default
+// they bind loopback only, on ports other node agents do not use, and the kubelet probes them
+// on 127.0.0.1 (it runs in the node's network namespace); no port is declared, as none is reachable.
+func checkAgentListeners(fail func(string, ...any), c *corev1.Container) {
+	healthPort := ""
+	for _, name := range []string{"MAGIC_IP_METRICS_BIND_ADDRESS", "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS"} {
+		i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == name })
+		if i < 0 {
+			fail("agent: %s not set (the binary's default would decide what the node exposes)", name)
+			continue
+		}
+		host, port, err := net.SplitHostPort(c.Env[i].Value)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			fail("agent: %s=%q does not bind loopback: reachable from off the node", name, c.Env[i].Value)
+		}
+		if other, ok := nodeAgentPorts[port]; ok {
+			fail("agent: %s=%q takes port %s (%s)", name, c.Env[i].Value, port, other)
+		}
+		healthPort = port
+	}
+	for what, pr := range map[string]*corev1.Probe{"livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Host != "127.0.0.1" || pr.HTTPGet.Port.String() != healthPort {
+			fail("agent: %s is not an httpGet of 127.0.0.1:%s, where the health endpoint listens", what, healthPort)
+		}
+	}
+	if len(c.Ports) > 0 {
+		fail("agent: declares ports %v, which on the host network reserve host ports for loopback listeners", c.Ports)
 	}
 }
 
@@ -545,4 +760,198 @@ func (s *objectSet) checkWebhookConfiguration(fail func(string, ...any), namespa
 			fail("%s: clientConfig.service %+v is not a rendered Service in %s", where, svc, namespace)
 		}
 	}
+}
+
+// The CRD upgrade paths (README.md, Upgrade), each with a real `helm` against the real API server.
+// The "old" chart is this chart with a CRD that lacks the Ports printer column and the
+// status.portSummary field, as a chart release before them would have shipped.
+
+const crdName = "magicips.magic-ip.dev"
+
+// TestHelmCRDUpgradeDocumentedStep: with the CRD in crds/ (the default), a first install creates
+// MagicIPs in the same release; an upgrade over the old CRD stops with the command to run, and
+// after that command the upgrade goes through on the new CRD, the MagicIP untouched.
+func TestHelmCRDUpgradeDocumentedStep(t *testing.T) {
+	cp := crdlessControlPlane(t)
+	old := oldChart(t)
+	values := append([]string{"--set", "certManager.enabled=false"}, setArgs(seedSet)...)
+	helmOK(t, cp, append([]string{"install", "mip", old, "-n", "obs", "--create-namespace"}, values...)...)
+	if cols := crdColumns(t, cp); slices.Contains(cols, "Ports") {
+		t.Fatalf("old chart installed a CRD with the Ports column: %v", cols)
+	}
+	mip := magicIPUID(t, cp, "169-254-210-210")
+
+	upgrade := append([]string{"upgrade", "mip", chartPath(t), "-n", "obs"}, values...)
+	out, err := helmCmd(cp, upgrade...)
+	if err == nil {
+		t.Fatalf("helm upgrade over the old CRD succeeded (stored columns %v): the new chart now runs over a schema that prunes its fields\n%s", crdColumns(t, cp), out)
+	}
+	step := "kubectl apply --server-side --force-conflicts -f"
+	if !strings.Contains(err.Error(), step) {
+		t.Fatalf("helm upgrade over the old CRD failed without naming the step %q: %v", step, err)
+	}
+	if _, err := cp.Kubectl("apply", "--server-side", "--force-conflicts", "-f", filepath.Join(chartPath(t), "crds", "magic-ip.dev_magicips.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	helmOK(t, cp, upgrade...)
+	if cols := crdColumns(t, cp); !slices.Contains(cols, "Ports") {
+		t.Errorf("after the documented step and helm upgrade the CRD has columns %v, want Ports among them", cols)
+	}
+	if got := magicIPUID(t, cp, "169-254-210-210"); got != mip {
+		t.Errorf("MagicIP 169-254-210-210 was recreated (uid %s, was %s)", got, mip)
+	}
+}
+
+// TestHelmCRDUpgradeManaged: with crds.managed=true the CRD is a release object: helm upgrade changes it,
+// MagicIPs can come with the upgrade after the install, and helm uninstall keeps the CRD.
+func TestHelmCRDUpgradeManaged(t *testing.T) {
+	cp := crdlessControlPlane(t)
+	managed := []string{"-n", "obs", "--set", "certManager.enabled=false", "--set", "crds.managed=true"}
+	install := append([]string{"install", "mip", oldChart(t), "--create-namespace", "--skip-crds"}, managed...)
+	// Why this is not the default: the release that installs a templated CRD cannot also create
+	// MagicIPs (Helm maps every object's kind before it creates any).
+	if out, err := helmCmd(cp, append(install, setArgs(seedSet)...)...); err == nil || !strings.Contains(err.Error(), `no matches for kind "MagicIP"`) {
+		t.Errorf("helm install with crds.managed=true and a MagicIP: %v, want Helm's 'no matches for kind' error\n%s", err, out)
+	}
+	helmOK(t, cp, install...)
+	crd := storedCRD(t, cp)
+	if crd.GetLabels()["app.kubernetes.io/managed-by"] != "Helm" || crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+		t.Errorf("managed CRD labels %v annotations %v: want managed-by Helm and resource-policy keep", crd.GetLabels(), crd.GetAnnotations())
+	}
+	helmOK(t, cp, append(append([]string{"upgrade", "mip", chartPath(t)}, managed...), setArgs(seedSet)...)...)
+	if cols := crdColumns(t, cp); !slices.Contains(cols, "Ports") {
+		t.Errorf("after helm upgrade the managed CRD has columns %v, want Ports among them", cols)
+	}
+	magicIPUID(t, cp, "169-254-210-210")
+	helmOK(t, cp, "uninstall", "mip", "-n", "obs")
+	storedCRD(t, cp)
+}
+
+// TestHelmCRDUpgradeAdoption: a release installed with the CRD in crds/ moves to crds.managed=true with
+// --take-ownership (without it Helm refuses), and that upgrade updates the CRD in place.
+func TestHelmCRDUpgradeAdoption(t *testing.T) {
+	cp := crdlessControlPlane(t)
+	values := append([]string{"-n", "obs", "--set", "certManager.enabled=false"}, setArgs(seedSet)...)
+	helmOK(t, cp, append([]string{"install", "mip", oldChart(t), "--create-namespace"}, values...)...)
+	mip := magicIPUID(t, cp, "169-254-210-210")
+	upgrade := append([]string{"upgrade", "mip", chartPath(t), "--set", "crds.managed=true"}, values...)
+	if out, err := helmCmd(cp, upgrade...); err == nil || !strings.Contains(err.Error(), "invalid ownership metadata") {
+		t.Errorf("helm upgrade --set crds.managed=true without --take-ownership: %v, want Helm's ownership error\n%s", err, out)
+	}
+	helmOK(t, cp, append(upgrade, "--take-ownership")...)
+	crd := storedCRD(t, cp)
+	if got := crd.GetAnnotations()["meta.helm.sh/release-name"]; got != "mip" {
+		t.Errorf("CRD annotation meta.helm.sh/release-name %q, want mip", got)
+	}
+	if cols := crdColumns(t, cp); !slices.Contains(cols, "Ports") {
+		t.Errorf("after adoption the CRD has columns %v, want Ports among them", cols)
+	}
+	if got := magicIPUID(t, cp, "169-254-210-210"); got != mip {
+		t.Errorf("MagicIP 169-254-210-210 was recreated (uid %s, was %s)", got, mip)
+	}
+}
+
+func setArgs(set []string) []string {
+	var args []string
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	return args
+}
+
+// crdlessControlPlane is a control plane without the MagicIP CRD (the harness installs it).
+func crdlessControlPlane(t *testing.T) *harness.ControlPlane {
+	t.Helper()
+	cp := harness.StartControlPlane(t)
+	if _, err := cp.Kubectl("delete", "crd", crdName, "--wait"); err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+func chartPath(t *testing.T) string {
+	t.Helper()
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, harness.ChartDir)
+}
+
+// oldChart copies the chart and takes the Ports printer column and status.portSummary out of its CRD.
+func oldChart(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "magic-ip")
+	if err := os.CopyFS(dir, os.DirFS(chartPath(t))); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "crds", "magic-ip.dev_magicips.yaml")
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(b, &crd); err != nil {
+		t.Fatal(err)
+	}
+	v := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)
+	v["additionalPrinterColumns"] = slices.DeleteFunc(v["additionalPrinterColumns"].([]any), func(c any) bool {
+		return c.(map[string]any)["name"] == "Ports"
+	})
+	status, _, _ := unstructured.NestedMap(v, "schema", "openAPIV3Schema", "properties", "status", "properties")
+	if _, ok := status["portSummary"]; !ok {
+		t.Fatal("the CRD has no status.portSummary: pick another field for the old chart to lack")
+	}
+	unstructured.RemoveNestedField(v, "schema", "openAPIV3Schema", "properties", "status", "properties", "portSummary")
+	if b, err = yaml.Marshal(crd); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func helmCmd(cp *harness.ControlPlane, args ...string) ([]byte, error) {
+	return harness.Helm(append(args, "--kubeconfig", cp.Kubeconfig)...)
+}
+
+func helmOK(t *testing.T, cp *harness.ControlPlane, args ...string) {
+	t.Helper()
+	if _, err := helmCmd(cp, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func storedCRD(t *testing.T, cp *harness.ControlPlane) *unstructured.Unstructured {
+	t.Helper()
+	crd := &unstructured.Unstructured{}
+	crd.SetAPIVersion("apiextensions.k8s.io/v1")
+	crd.SetKind("CustomResourceDefinition")
+	if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: crdName}, crd); err != nil {
+		t.Fatalf("CRD %s: %v", crdName, err)
+	}
+	return crd
+}
+
+func crdColumns(t *testing.T, cp *harness.ControlPlane) []string {
+	t.Helper()
+	versions, _, _ := unstructured.NestedSlice(storedCRD(t, cp).Object, "spec", "versions")
+	var names []string
+	for _, v := range versions {
+		cols, _, _ := unstructured.NestedSlice(v.(map[string]any), "additionalPrinterColumns")
+		for _, c := range cols {
+			names = append(names, c.(map[string]any)["name"].(string))
+		}
+	}
+	return names
+}
+
+func magicIPUID(t *testing.T, cp *harness.ControlPlane, name string) string {
+	t.Helper()
+	m := &v1alpha1.MagicIP{}
+	if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: name}, m); err != nil {
+		t.Fatalf("MagicIP %s: %v", name, err)
+	}
+	return string(m.UID)
 }

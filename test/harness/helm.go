@@ -28,21 +28,32 @@ func HelmTemplate(releaseName, namespace string, set ...string) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	helm, err := HelmBinary(root)
-	if err != nil {
-		return nil, err
-	}
 	args := []string{"template", releaseName, filepath.Join(root, ChartDir), "--namespace", namespace, "--include-crds"}
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
-	cmd := exec.Command(helm, args...)
-	// Keep helm away from the user's repositories, plugins and registry logins.
+	return Helm(args...)
+}
+
+// Helm runs the helm binary (HelmBinary) with args and returns its stdout; an error carries the
+// command line and helm's stderr. helm's cache, configuration and data directories are a fresh
+// temporary directory: the user's repositories, plugins and registry logins stay out of it. For
+// a cluster, pass --kubeconfig in args.
+func Helm(args ...string) ([]byte, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	helm, err := HelmBinary(root)
+	if err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp("", "magic-ip-helm-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
+	cmd := exec.Command(helm, args...)
 	cmd.Env = append(os.Environ(),
 		"HELM_CACHE_HOME="+filepath.Join(tmp, "cache"),
 		"HELM_CONFIG_HOME="+filepath.Join(tmp, "config"),

@@ -307,20 +307,11 @@ func TestHelmWithoutWebhook(t *testing.T) {
 	}
 }
 
-// TestHelmCRDIsTheGeneratedOne: the chart's crds/ holds the CRD `make manifests` generates.
+// TestHelmCRDIsTheGeneratedOne: the chart's crds/ holds the CRD `make manifests` generates
+// (`make verify` runs this test). templates/crd.yaml renders that same file (TestHelmCRDManagedIsTheGeneratedOne).
 func TestHelmCRDIsTheGeneratedOne(t *testing.T) {
-	root, err := RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := os.ReadFile(filepath.Join(root, "manifests", "crd", "magic-ip.dev_magicips.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(filepath.Join(root, ChartDir, "crds", "magic-ip.dev_magicips.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := readRepoFile(t, "manifests", "crd", "magic-ip.dev_magicips.yaml")
+	got := readRepoFile(t, ChartDir, "crds", "magic-ip.dev_magicips.yaml")
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s/crds/magic-ip.dev_magicips.yaml differs from manifests/crd/magic-ip.dev_magicips.yaml (run make manifests)", ChartDir)
 	}
@@ -402,4 +393,160 @@ func helmDig(v any, path ...string) any {
 		v = m[p]
 	}
 	return v
+}
+
+// helmAgentContainer renders the chart with set and returns the agent DaemonSet's pod spec and
+// its container.
+func helmAgentPod(t *testing.T, set ...string) (pod, container map[string]any) {
+	t.Helper()
+	ds := helmByKey(helmObjects(t, helmRender(t, "magic-ip", "mip", set...)))["DaemonSet/magic-ip-agent"]
+	if ds == nil {
+		t.Fatalf("--set %v: no DaemonSet magic-ip-agent", set)
+	}
+	pod = helmDig(ds, "spec", "template", "spec").(map[string]any)
+	return pod, pod["containers"].([]any)[0].(map[string]any)
+}
+
+func helmEnv(c map[string]any, name string) any {
+	for _, e := range c["env"].([]any) {
+		if e := e.(map[string]any); e["name"] == name {
+			return e["value"]
+		}
+	}
+	return nil
+}
+
+func helmJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// TestHelmAgentNodeSelection: the agent always selects Linux nodes (merged with the user's
+// nodeSelector) and by default stays off virtual nodes.
+func TestHelmAgentNodeSelection(t *testing.T) {
+	for _, tc := range []struct {
+		set  []string
+		want string
+	}{
+		{nil, `{"kubernetes.io/os":"linux"}`},
+		{seedSet, `{"kubernetes.io/os":"linux"}`},
+		{[]string{"agent.nodeSelector.pool=infra"}, `{"kubernetes.io/os":"linux","pool":"infra"}`},
+	} {
+		pod, _ := helmAgentPod(t, tc.set...)
+		if got := helmJSON(pod["nodeSelector"]); got != tc.want {
+			t.Errorf("--set %v: nodeSelector %s, want %s", tc.set, got, tc.want)
+		}
+	}
+	pod, _ := helmAgentPod(t)
+	want := `{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[` +
+		`{"key":"type","operator":"NotIn","values":["virtual-kubelet"]},` +
+		`{"key":"eks.amazonaws.com/compute-type","operator":"NotIn","values":["fargate"]}]}]}}}`
+	if got := helmJSON(pod["affinity"]); got != want {
+		t.Errorf("affinity %s, want %s", got, want)
+	}
+}
+
+// TestHelmAgentListeners: /metrics and the probes bind loopback by default (the agent shares the
+// node's network namespace), the probes follow the health address, and the metrics port is
+// declared only when something off the node can reach it.
+func TestHelmAgentListeners(t *testing.T) {
+	probe := func(host string) string {
+		h := ""
+		if host != "" {
+			h = `"host":"` + host + `",`
+		}
+		return `{"failureThreshold":3,"httpGet":{` + h + `"path":"/healthz","port":10272},"periodSeconds":10}`
+	}
+	for _, tc := range []struct {
+		set                       []string
+		metrics, health, liveness string
+		ports                     string
+	}{
+		{nil, "127.0.0.1:10271", "127.0.0.1:10272", probe("127.0.0.1"), "null"},
+		{seedSet, "127.0.0.1:10271", "127.0.0.1:10272", probe("127.0.0.1"), "null"},
+		{[]string{"agent.metrics.bindAddress=$(NODE_IP):10271"}, "$(NODE_IP):10271", "127.0.0.1:10272", probe("127.0.0.1"),
+			`[{"containerPort":10271,"name":"metrics","protocol":"TCP"}]`},
+		{[]string{"agent.metrics.bindAddress=0.0.0.0:10271"}, "0.0.0.0:10271", "127.0.0.1:10272", probe("127.0.0.1"),
+			`[{"containerPort":10271,"name":"metrics","protocol":"TCP"}]`},
+		{[]string{"agent.metrics.bindAddress=0"}, "0", "127.0.0.1:10272", probe("127.0.0.1"), "null"},
+		{[]string{"agent.health.bindAddress=:10272"}, "127.0.0.1:10271", ":10272", probe("127.0.0.1"), "null"},
+		{[]string{"agent.health.bindAddress=$(NODE_IP):10272"}, "127.0.0.1:10271", "$(NODE_IP):10272", probe(""), "null"},
+	} {
+		_, c := helmAgentPod(t, tc.set...)
+		if got := helmEnv(c, "MAGIC_IP_METRICS_BIND_ADDRESS"); got != tc.metrics {
+			t.Errorf("--set %v: MAGIC_IP_METRICS_BIND_ADDRESS %v, want %s", tc.set, got, tc.metrics)
+		}
+		if got := helmEnv(c, "MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS"); got != tc.health {
+			t.Errorf("--set %v: MAGIC_IP_HEALTH_PROBE_BIND_ADDRESS %v, want %s", tc.set, got, tc.health)
+		}
+		if got := helmJSON(c["livenessProbe"]); got != tc.liveness {
+			t.Errorf("--set %v: livenessProbe %s, want %s", tc.set, got, tc.liveness)
+		}
+		if got := helmJSON(c["ports"]); got != tc.ports {
+			t.Errorf("--set %v: ports %s, want %s", tc.set, got, tc.ports)
+		}
+	}
+	for _, bad := range []struct{ set, want string }{
+		{"agent.metricsPort=9402", "agent.metrics.bindAddress"},
+		{"agent.healthPort=9403", "agent.health.bindAddress"},
+		{"agent.metrics.bindAddress=10271", "want host:port"},
+		{"agent.metrics.bindAddress=127.0.0.1:70000", "not 1-65535"},
+		{"agent.health.bindAddress=0", "want host:port"},
+	} {
+		_, err := HelmTemplate("magic-ip", "mip", bad.set)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("--set %s: error %v, want one mentioning %q", bad.set, err, bad.want)
+		}
+	}
+}
+
+// TestHelmCRDManagedIsTheGeneratedOne: with crds.managed=true the chart renders the generated CRD as a template,
+// field for field, plus the release's labels and helm.sh/resource-policy: keep (crds.keep).
+func TestHelmCRDManagedIsTheGeneratedOne(t *testing.T) {
+	want := helmObjects(t, readRepoFile(t, "manifests", "crd", "magic-ip.dev_magicips.yaml"))[0]
+	for _, keep := range []bool{true, false} {
+		set := []string{"crds.managed=true", fmt.Sprintf("crds.keep=%t", keep)}
+		var got helmObject
+		for _, d := range helmDocs(helmRender(t, "mip", "obs", set...)) {
+			if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
+				got = helmObjects(t, []byte(d))[0]
+			}
+		}
+		if got == nil {
+			t.Fatalf("--set %v: templates/crd.yaml renders nothing", set)
+		}
+		md := got["metadata"].(map[string]any)
+		labels := md["labels"].(map[string]any)
+		if labels["app.kubernetes.io/managed-by"] != "Helm" || labels["app.kubernetes.io/instance"] != "mip" {
+			t.Errorf("--set %v: labels %v lack the release's", set, labels)
+		}
+		ann := md["annotations"].(map[string]any)
+		if policy, _ := ann["helm.sh/resource-policy"].(string); (policy == "keep") != keep {
+			t.Errorf("--set %v: helm.sh/resource-policy %q", set, policy)
+		}
+		delete(md, "labels")
+		delete(ann, "helm.sh/resource-policy")
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("--set %v: the rendered CRD differs from manifests/crd/magic-ip.dev_magicips.yaml beyond labels and the resource policy", set)
+		}
+	}
+	for _, d := range helmDocs(helmRender(t, "mip", "obs")) {
+		if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
+			t.Errorf("crds.managed=false renders templates/crd.yaml:\n%s", d)
+		}
+	}
+}
+
+// readRepoFile reads the file at path (elements joined) under the repository root.
+func readRepoFile(t *testing.T, path ...string) []byte {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(append([]string{root}, path...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -73,17 +73,25 @@ func PeerAssetsDir(assets string) (string, error) {
 // answers. Stopped in t.Cleanup.
 func StartEndpointSliceController(t T, cp *ControlPlane) *Process {
 	t.Helper()
+	return StartControllerManager(t, cp, "endpointslice-controller")
+}
+
+// StartControllerManager runs kube-controller-manager in the root namespace with only the named
+// controllers (e.g. "daemonset-controller"), against cp with the admin kubeconfig, and waits
+// until its /healthz answers. Stopped in t.Cleanup.
+func StartControllerManager(t T, cp *ControlPlane, controllers ...string) *Process {
+	t.Helper()
 	dir, err := PeerAssetsDir(cp.AssetsDir)
 	if err != nil {
-		t.Fatalf("endpointslice controller: %v", err)
+		t.Fatalf("kube-controller-manager %v: %v", controllers, err)
 	}
 	port, err := FreePort()
 	if err != nil {
-		t.Fatalf("endpointslice controller: %v", err)
+		t.Fatalf("kube-controller-manager %v: %v", controllers, err)
 	}
 	p := StartHostProcess(t, "kube-controller-manager", filepath.Join(dir, "kube-controller-manager"),
 		"--kubeconfig="+cp.Kubeconfig,
-		"--controllers=endpointslice-controller",
+		"--controllers="+strings.Join(controllers, ","),
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
 		"--bind-address=127.0.0.1",

@@ -192,3 +192,40 @@ for the Service's DNS names signed by it. Include it ONCE per render: each call 
 {{- dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) | toJson }}
 {{- end }}
 {{- end }}
+
+{{/*
+An agent bind address (--metrics-bind-address, --health-probe-bind-address) as JSON
+{value, port, exposed, probeHost}. Call with (dict "key" "agent.metrics.bindAddress" "value" $v
+"disable" true); "disable" allows "0" (the endpoint off). value is host:port, the host empty, an
+IP, localhost or $(VAR) (an env var of the container, e.g. $(NODE_IP)). exposed: reachable beyond
+the node's loopback. probeHost: what the kubelet, in the node's network namespace as the agent
+is, must call (empty: the pod IP, which is the node's).
+*/}}
+{{- define "magic-ip.bindAddress" -}}
+{{- $v := "" }}
+{{- if not (kindIs "invalid" .value) }}
+{{- $v = toString .value | trim }}
+{{- end }}
+{{- if and .disable (eq $v "0") }}
+{{- dict "value" "0" "port" 0 "exposed" false "probeHost" "" | toJson }}
+{{- else }}
+{{- if not (regexMatch "^(\\[[0-9a-fA-F:.]+\\]|[^:\\[\\]]*):[0-9]{1,5}$" $v) }}
+{{- fail (printf "%s %q: want host:port, e.g. 127.0.0.1:10271, $(NODE_IP):10271 or 0.0.0.0:10271%s" .key $v (ternary " (or 0: off)" "" .disable)) }}
+{{- end }}
+{{- $port := regexFind "[0-9]+$" $v }}
+{{- if or (lt (int $port) 1) (gt (int $port) 65535) }}
+{{- fail (printf "%s %q: port %s is not 1-65535" .key $v $port) }}
+{{- end }}
+{{- $host := trimSuffix (printf ":%s" $port) $v }}
+{{- $loopback := or (regexMatch "^127\\." $host) (has $host (list "localhost" "[::1]")) }}
+{{- $probeHost := "" }}
+{{- if has $host (list "" "0.0.0.0" "localhost") }}
+{{- $probeHost = "127.0.0.1" }}
+{{- else if $loopback }}
+{{- $probeHost = trimAll "[]" $host }}
+{{- else if eq $host "[::]" }}
+{{- $probeHost = "::1" }}
+{{- end }}
+{{- dict "value" $v "port" (int $port) "exposed" (not $loopback) "probeHost" $probeHost | toJson }}
+{{- end }}
+{{- end }}
