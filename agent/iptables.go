@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -21,6 +20,9 @@ type Iptables struct {
 	execs atomic.Int64
 }
 
+// tables are the tables we own chains in, in the order we write them.
+var tables = []string{"nat", "filter"}
+
 // NewIptables checks that iptables is usable (go-iptables detects the binary and its version).
 func NewIptables() (*Iptables, error) {
 	ipt, err := iptables.New(iptables.Timeout(5))
@@ -38,14 +40,21 @@ func NewIptables() (*Iptables, error) {
 // Execs is the number of iptables processes run so far by Save and Restore.
 func (x *Iptables) Execs() int64 { return x.execs.Load() }
 
-// Save returns iptables-save output for the nat and filter tables (one exec).
+// Save returns iptables-save output for the nat and filter tables, one exec per table: the other
+// tables (mangle, raw, security: a CNI's, a firewall's, however large) are never read.
 func (x *Iptables) Save(ctx context.Context) ([]byte, error) {
-	x.execs.Add(1)
+	return x.save(ctx, tables...)
+}
+
+func (x *Iptables) save(ctx context.Context, tables ...string) ([]byte, error) {
 	var out, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "iptables-save")
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("iptables-save: %w: %s", err, strings.TrimSpace(stderr.String()))
+	for _, table := range tables {
+		x.execs.Add(1)
+		cmd := exec.CommandContext(ctx, "iptables-save", "-t", table)
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("iptables-save -t %s: %w: %s", table, err, strings.TrimSpace(stderr.String()))
+		}
 	}
 	return out.Bytes(), nil
 }
@@ -89,98 +98,6 @@ func lastField(s, after string) string {
 		return s[i+len(after):]
 	}
 	return ""
-}
-
-// Observed is what iptables-save shows of ours.
-type Observed struct {
-	// Chains lists our chains per table; Rules counts the rules in each of them.
-	Chains map[string][]string
-	Rules  map[string]map[string]int
-	// First is the target of the first rule of each built-in chain we jump from ("" if empty);
-	// JumpRules are the rules there that jump to our chain, as printed after "-A CHAIN ".
-	First     map[Jump]string
-	JumpRules map[Jump][]string
-}
-
-// ParseSave reads iptables-save output.
-func ParseSave(out []byte) Observed {
-	o := Observed{Chains: map[string][]string{}, Rules: map[string]map[string]int{}, First: map[Jump]string{}, JumpRules: map[Jump][]string{}}
-	table := ""
-	seen := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "*"):
-			table = line[1:]
-			o.Rules[table] = map[string]int{}
-			clear(seen)
-		case strings.HasPrefix(line, ":"):
-			if name, _, _ := strings.Cut(line[1:], " "); IsOurs(name) {
-				o.Chains[table] = append(o.Chains[table], name)
-			}
-		case strings.HasPrefix(line, "-A "):
-			f := strings.Fields(line)
-			chain := f[1]
-			if IsOurs(chain) {
-				o.Rules[table][chain]++
-				continue
-			}
-			target := ""
-			if i := slices.Index(f, "-j"); i >= 0 && i+1 < len(f) {
-				target = f[i+1]
-			}
-			for _, j := range Jumps {
-				if j.Table != table || j.Chain != chain {
-					continue
-				}
-				if !seen[chain] {
-					o.First[j] = target
-				}
-				if target == j.Target {
-					o.JumpRules[j] = append(o.JumpRules[j], strings.TrimPrefix(line, "-A "+chain+" "))
-				}
-			}
-			seen[chain] = true
-		}
-	}
-	return o
-}
-
-// JumpFixes lists the jumps that are missing or not first.
-func (o Observed) JumpFixes() []JumpFix {
-	var fixes []JumpFix
-	for _, j := range Jumps {
-		if o.First[j] != j.Target {
-			fixes = append(fixes, JumpFix{Jump: j, Delete: o.JumpRules[j]})
-		}
-	}
-	return fixes
-}
-
-// Drifted reports how the kernel differs from rs (missing or extra chains, wrong rule counts,
-// jumps missing or not first); empty means in place.
-func (o Observed) Drifted(rs Ruleset) []string {
-	var diffs []string
-	for _, table := range []string{"nat", "filter"} {
-		for _, c := range sortedKeys(rs.Chains[table]) {
-			if !slices.Contains(o.Chains[table], c) {
-				diffs = append(diffs, fmt.Sprintf("%s/%s missing", table, c))
-			} else if got, want := o.Rules[table][c], len(rs.Chains[table][c]); got != want {
-				diffs = append(diffs, fmt.Sprintf("%s/%s has %d rules, want %d", table, c, got, want))
-			}
-		}
-		for _, c := range o.Chains[table] {
-			if _, ok := rs.Chains[table][c]; !ok {
-				diffs = append(diffs, fmt.Sprintf("%s/%s stale", table, c))
-			}
-		}
-	}
-	for _, f := range o.JumpFixes() {
-		diffs = append(diffs, fmt.Sprintf("%s/%s jump to %s not first", f.Table, f.Chain, f.Target))
-	}
-	return diffs
 }
 
 // Cleanup removes our jumps and chains with go-iptables. Idempotent: what is absent is skipped.

@@ -23,8 +23,11 @@ type Syncer struct {
 	Log                logr.Logger
 
 	lastRules Ruleset
-	lastState *State
-	dirty     bool
+	// rulesKnown: the kernel held lastRules after our last write (false at first and after a failed
+	// restore, which may have left one table written and the other not).
+	rulesKnown bool
+	lastState  *State
+	dirty      bool
 }
 
 // SyncResult says what a sync did.
@@ -58,28 +61,27 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 			s.dirty = true
 			return res, err
 		}
-		obs := ParseSave(saved)
-		if s.lastState != nil {
-			res.Drift = obs.Drifted(rules)
+		var applied *Ruleset
+		if s.rulesKnown {
+			applied = &s.lastRules
 		}
-		if len(res.Drift) > 0 || input != nil || s.lastState == nil {
-			input = rules.Restore(obs.Chains, obs.JumpFixes())
-		}
+		res.Drift, input = ParseSave(saved).Resync(applied, rules, input)
 	}
 	if input != nil {
 		s.Log.V(9).Info("iptables-restore", "input", string(input))
 		if err := s.Ipt.Restore(ctx, input); err != nil {
-			s.dirty = true
+			s.dirty, s.rulesKnown = true, false
 			return res, err
 		}
 		res.Wrote = true
 	}
+	s.lastRules, s.rulesKnown = rules, true
 	if err := s.Links.RemoveStale(st.Addresses); err != nil {
 		s.dirty = true
 		return res, err
 	}
 	res.Flushed = s.flushConntrack(st)
-	s.lastRules, s.lastState, s.dirty = rules, &st, false
+	s.lastState, s.dirty = &st, false
 	return res, nil
 }
 
