@@ -6,17 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"slices"
 	"strings"
 	"sync/atomic"
 
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// Iptables is the kernel side of the rules: one iptables-save or iptables-restore exec per call,
-// counted, plus go-iptables for the cleanup path.
+// Iptables is the kernel side of the rules: iptables-save and iptables-restore execs, counted.
 type Iptables struct {
-	ipt   *iptables.IPTables
 	execs atomic.Int64
 }
 
@@ -25,8 +22,7 @@ var tables = []string{"nat", "filter"}
 
 // NewIptables checks that iptables is usable (go-iptables detects the binary and its version).
 func NewIptables() (*Iptables, error) {
-	ipt, err := iptables.New(iptables.Timeout(5))
-	if err != nil {
+	if _, err := iptables.New(iptables.Timeout(5)); err != nil {
 		return nil, fmt.Errorf("iptables not usable (install the iptables package): %w", err)
 	}
 	for _, bin := range []string{"iptables-save", "iptables-restore"} {
@@ -34,7 +30,7 @@ func NewIptables() (*Iptables, error) {
 			return nil, fmt.Errorf("%s not found (install the iptables package): %w", bin, err)
 		}
 	}
-	return &Iptables{ipt: ipt}, nil
+	return &Iptables{}, nil
 }
 
 // Execs is the number of iptables processes run so far by Save and Restore.
@@ -100,38 +96,42 @@ func lastField(s, after string) string {
 	return ""
 }
 
-// Cleanup removes our jumps and chains with go-iptables. Idempotent: what is absent is skipped.
-func (x *Iptables) Cleanup() error {
-	var errs []error
-	for _, j := range Jumps {
-		// A jump can only exist while its target chain does (and checking for it fails otherwise).
-		if ok, err := x.ipt.ChainExists(j.Table, j.Target); err != nil || !ok {
-			if err != nil {
-				errs = append(errs, fmt.Errorf("check chain %s/%s: %w", j.Table, j.Target, err))
-			}
-			continue
-		}
-		if err := x.ipt.DeleteIfExists(j.Table, j.Chain, j.Spec()...); err != nil {
-			errs = append(errs, fmt.Errorf("delete jump %s/%s: %w", j.Table, j.Chain, err))
-		}
+// Cleanup removes everything of ours from nat and filter in one iptables-restore: every rule of a
+// built-in chain that jumps to a chain of ours, whatever its comment (duplicates, an older
+// version's), then our chains. A chain of ours that a foreign chain still jumps to is emptied but
+// kept (the foreign rule is not ours to delete) and reported. Should the restore fail, each table
+// is tried again alone, from what it holds by then, so one table's failure does not keep the
+// other's rules; every error is returned.
+func (x *Iptables) Cleanup(ctx context.Context) error {
+	saved, err := x.Save(ctx)
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
 	}
-	for _, table := range []string{"nat", "filter"} {
-		chains, err := x.ipt.ListChains(table)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list %s chains: %w", table, err))
-			continue
-		}
-		ours := slices.DeleteFunc(chains, func(c string) bool { return !IsOurs(c) })
-		for _, c := range ours { // empty all first: they may refer to each other
-			if err := x.ipt.ClearChain(table, c); err != nil {
-				errs = append(errs, fmt.Errorf("flush %s/%s: %w", table, c, err))
-			}
-		}
-		for _, c := range ours {
-			if err := x.ipt.DeleteChain(table, c); err != nil {
-				errs = append(errs, fmt.Errorf("delete %s/%s: %w", table, c, err))
-			}
+	o := ParseSave(saved)
+	errs := o.keptChains()
+	if err := x.restoreAny(ctx, o.CleanupInput(tables...)); err != nil {
+		for _, table := range tables {
+			errs = append(errs, x.cleanupTable(ctx, table))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (x *Iptables) cleanupTable(ctx context.Context, table string) error {
+	saved, err := x.save(ctx, table)
+	if err == nil {
+		err = x.restoreAny(ctx, ParseSave(saved).CleanupInput(table))
+	}
+	if err != nil {
+		return fmt.Errorf("cleanup of table %s: %w", table, err)
+	}
+	return nil
+}
+
+// restoreAny restores input unless it is empty.
+func (x *Iptables) restoreAny(ctx context.Context, input []byte) error {
+	if len(input) == 0 {
+		return nil
+	}
+	return x.Restore(ctx, input)
 }

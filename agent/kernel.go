@@ -63,20 +63,20 @@ func EnsureNodeSysctls(s Sysctl) (changed []string, problems []error) {
 	return changed, problems
 }
 
-// FlushConntrack deletes the conntrack entries of flows sent to addr:port over UDP, so that
-// clients reusing a socket are redirected afresh (to the new producer, or refused) instead of
-// following a stale entry forever.
+// FlushConntrack deletes the conntrack entries of flows sent to addr:port over UDP (every port
+// when port is 0), so that clients reusing a socket are redirected afresh (to the new producer,
+// or refused) instead of following a stale entry forever.
 func FlushConntrack(h *netlink.Handle, addr netip.Addr, port int32) (uint, error) {
 	f := &netlink.ConntrackFilter{}
 	family := netlink.InetFamily(unix.AF_INET)
 	if addr.Is6() {
 		family = unix.AF_INET6
 	}
-	if err := errors.Join(
-		f.AddProtocol(unix.IPPROTO_UDP),
-		f.AddIP(netlink.ConntrackOrigDstIP, addr.AsSlice()),
-		f.AddPort(netlink.ConntrackOrigDstPort, uint16(port)),
-	); err != nil {
+	err := errors.Join(f.AddProtocol(unix.IPPROTO_UDP), f.AddIP(netlink.ConntrackOrigDstIP, addr.AsSlice()))
+	if port != 0 {
+		err = errors.Join(err, f.AddPort(netlink.ConntrackOrigDstPort, uint16(port)))
+	}
+	if err != nil {
 		return 0, err
 	}
 	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)

@@ -195,3 +195,48 @@ func (o Observed) Resync(applied *Ruleset, next Ruleset, changes []byte) (drift 
 	}
 	return drift, next.Restore(o.Chains, o.JumpFixes())
 }
+
+// CleanupInput renders the iptables-restore input that removes what is ours from tables: our
+// chains declared (so emptied), each entry deleted as iptables-save printed it, and our chains
+// deleted but those a foreign chain still jumps to. Nil when there is nothing of ours.
+func (o Observed) CleanupInput(tables ...string) []byte {
+	var b bytes.Buffer
+	for _, table := range tables {
+		entries := slices.DeleteFunc(slices.Clone(o.Entries), func(e Entry) bool { return e.Table != table })
+		if len(o.Chains[table])+len(entries) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n", table)
+		for _, c := range o.Chains[table] {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+		}
+		for _, e := range entries {
+			fmt.Fprintf(&b, "-D %s %s\n", e.Chain, e.Rule)
+		}
+		for _, c := range o.Chains[table] {
+			if !o.jumpedToByForeign(table, c) {
+				fmt.Fprintf(&b, "-X %s\n", c)
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return b.Bytes()
+}
+
+func (o Observed) jumpedToByForeign(table, chain string) bool {
+	return slices.ContainsFunc(o.Foreign, func(e Entry) bool { return e.Table == table && ruleTarget(e.Rule) == chain })
+}
+
+// keptChains reports the chains of ours that cleanup leaves (emptied) because a foreign chain
+// jumps to them.
+func (o Observed) keptChains() []error {
+	var errs []error
+	for _, e := range o.Foreign {
+		errs = append(errs, fmt.Errorf("%s/%s emptied but not deleted: the foreign rule \"-A %s %s\" jumps to it",
+			e.Table, ruleTarget(e.Rule), e.Chain, e.Rule))
+	}
+	return errs
+}

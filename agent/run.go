@@ -141,12 +141,17 @@ func externalInterfaces(cfg Config) ([]string, error) {
 }
 
 // CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand).
+// Without a usable iptables the addresses are still removed, and both failures reported.
 func CleanupNode() error {
-	ipt, links, err := openNode()
+	links, err := NewLinks(DefaultDummyInterface)
 	if err != nil {
 		return err
 	}
 	defer links.Close()
+	ipt, err := NewIptables()
+	if err != nil {
+		return errors.Join(err, cleanupLinks(links))
+	}
 	return Cleanup(ipt, links)
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -141,10 +142,9 @@ func withoutInterfaces(st State, failed map[string]error) (State, map[string]str
 	return out, unserved
 }
 
-// Cleanup removes everything the agent owns on this node: jumps, chains, addresses, the dummy link.
+// Cleanup removes everything the agent owns on this node: the jumps to our chains and the chains,
+// the addresses and the dummy link, and the UDP conntrack entries sent to those addresses. A
+// failure stops nothing (addresses go even when iptables fails); every error is returned.
 func Cleanup(ipt *Iptables, links *Links) error {
-	if err := ipt.Cleanup(); err != nil {
-		return err
-	}
-	return links.Cleanup()
+	return errors.Join(ipt.Cleanup(context.Background()), cleanupLinks(links))
 }
