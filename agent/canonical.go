@@ -17,21 +17,23 @@ type ruleToken struct {
 // splitRule splits a rule into words as iptables-restore does: on blanks, with "double quotes"
 // grouping a word (\" inside them stands for a quote).
 func splitRule(rule string) []ruleToken {
-	var toks []ruleToken
+	toks := make([]ruleToken, 0, strings.Count(rule, " ")+1)
 	for i := 0; i < len(rule); {
 		switch {
 		case rule[i] == ' ' || rule[i] == '\t':
 			i++
 		case rule[i] == '"':
-			var b strings.Builder
-			j := i + 1
+			j, escaped := i+1, false
 			for ; j < len(rule) && rule[j] != '"'; j++ {
 				if rule[j] == '\\' && j+1 < len(rule) {
-					j++
+					j, escaped = j+1, true
 				}
-				b.WriteByte(rule[j])
 			}
-			toks = append(toks, ruleToken{b.String(), true})
+			word := rule[i+1 : min(j, len(rule))]
+			if escaped {
+				word = unescapeQuoted(word)
+			}
+			toks = append(toks, ruleToken{word, true})
 			i = j + 1
 		default:
 			j := i
@@ -43,6 +45,18 @@ func splitRule(rule string) []ruleToken {
 		}
 	}
 	return toks
+}
+
+// unescapeQuoted drops the backslash of each \x inside a quoted word.
+func unescapeQuoted(word string) string {
+	var b strings.Builder
+	for i := 0; i < len(word); i++ {
+		if word[i] == '\\' && i+1 < len(word) {
+			i++
+		}
+		b.WriteByte(word[i])
+	}
+	return b.String()
 }
 
 // canonicalRule is a rule in a form that every spelling of it shares, the one we render and the
@@ -104,7 +118,7 @@ func canonicalValue(opt []string, t ruleToken) string {
 			return strconv.FormatFloat(math.Round(p*(1<<31))/(1<<31), 'f', 11, 64)
 		}
 	}
-	if !t.quoted {
+	if !t.quoted && v != "" && (v[0] >= '0' && v[0] <= '9' || strings.Count(v, ":") >= 2) { // could be an address
 		if a, err := netip.ParseAddr(v); err == nil {
 			return netip.PrefixFrom(a, a.BitLen()).String()
 		}

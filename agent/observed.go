@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"slices"
@@ -32,15 +31,17 @@ type Entry struct {
 	Table, Chain, Rule string
 }
 
-// ParseSave reads iptables-save output. Rules of foreign chains that do not name a chain of ours
-// are skipped without being split, so 10,000 kube-proxy rules cost a prefix check each.
+// ParseSave reads iptables-save output. Only nat and filter rules are read (we own nothing in the
+// other tables), and rules of foreign chains that do not name a chain of ours are skipped without
+// being split, so 10,000 kube-proxy rules cost a substring check each.
 func ParseSave(out []byte) Observed {
 	p := saveParser{o: Observed{Chains: map[string][]string{}, Rules: map[string]map[string][]string{},
 		First: map[Jump]string{}, JumpRules: map[Jump][]string{}}, builtin: map[string]bool{}, seen: map[string]bool{}}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		p.line(sc.Text())
+	// One copy of the text; lines and the rules kept are substrings of it.
+	for rest := string(out); rest != ""; {
+		var line string
+		line, rest, _ = strings.Cut(rest, "\n")
+		p.line(line)
 	}
 	return p.o
 }
@@ -67,7 +68,7 @@ func (p *saveParser) line(line string) {
 		} else if !strings.HasPrefix(rest, "-") {
 			p.builtin[name] = true
 		}
-	case strings.HasPrefix(line, "-A "):
+	case strings.HasPrefix(line, "-A ") && slices.Contains(tables, p.table):
 		chain, rule, _ := strings.Cut(line[len("-A "):], " ")
 		p.rule(chain, rule)
 	}
@@ -138,8 +139,12 @@ func (o Observed) JumpFixes() []JumpFix {
 func (o Observed) Drifted(applied Ruleset) []string {
 	var diffs []string
 	for _, table := range tables {
+		declared := map[string]bool{}
+		for _, c := range o.Chains[table] {
+			declared[c] = true
+		}
 		for _, c := range sortedKeys(applied.Chains[table]) {
-			if !slices.Contains(o.Chains[table], c) {
+			if !declared[c] {
 				diffs = append(diffs, fmt.Sprintf("%s/%s missing", table, c))
 			} else if d := diffRules(applied.Chains[table][c], o.Rules[table][c]); d != "" {
 				diffs = append(diffs, fmt.Sprintf("%s/%s %s", table, c, d))
