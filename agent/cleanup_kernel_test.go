@@ -116,24 +116,30 @@ var builtinChains = []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTRO
 
 // TestCleanupRemovesEveryJump: duplicate jumps, jumps with an older comment and a jump from a
 // built-in chain straight to a chain of ours all go, then every chain of ours; foreign rules stay;
-// the addresses and their UDP conntrack entries go. A second cleanup finds nothing to do.
+// the addresses and their UDP conntrack entries go. A second cleanup finds nothing to do. With
+// both iptables backends (a rule is deleted as iptables-save printed it).
 func TestCleanupRemovesEveryJump(t *testing.T) {
-	ns := newNetns(t, "cleanjumps")
-	program(t, ns, "")
-	plantConntrack(t, ns)
-	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-		saved, err := ipt.Save(context.Background())
-		if n := len(ParseSave(saved).Entries); err != nil || n != 9 {
-			t.Errorf("jumps to our chains before cleanup: %d (err %v), want 9 (PREROUTING 3, OUTPUT 3, POSTROUTING 1, INPUT 2)", n, err)
-		}
-		for i := range 2 {
-			if err := Cleanup(ipt, links); err != nil {
-				t.Errorf("cleanup %d: %v", i+1, err)
-			}
-		}
-		return nil
-	})
-	checkCleaned(t, ns)
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			usePath(t, iptablesMode(t, mode))
+			ns := newNetns(t, "cleanjumps-"+mode)
+			program(t, ns, "")
+			plantConntrack(t, ns)
+			inNetns(t, ns, func(ipt *Iptables, links *Links) error {
+				saved, err := ipt.Save(context.Background())
+				if n := len(ParseSave(saved).Entries); err != nil || n != 9 {
+					t.Errorf("jumps to our chains before cleanup: %d (err %v), want 9 (PREROUTING 3, OUTPUT 3, POSTROUTING 1, INPUT 2)", n, err)
+				}
+				for i := range 2 {
+					if err := Cleanup(ipt, links); err != nil {
+						t.Errorf("cleanup %d: %v", i+1, err)
+					}
+				}
+				return nil
+			})
+			checkCleaned(t, ns)
+		})
+	}
 }
 
 // TestCleanupKeepsGoing: when part of the cleanup fails, the rest is still done and every failure
