@@ -1,51 +1,72 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os/exec"
-	"slices"
 	"strings"
 	"sync/atomic"
 
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// Iptables is the kernel side of the rules: one iptables-save or iptables-restore exec per call,
-// counted, plus go-iptables for the cleanup path.
+// Iptables is the kernel side of the rules: iptables-save and iptables-restore execs, counted.
 type Iptables struct {
-	ipt   *iptables.IPTables
 	execs atomic.Int64
+	// perTable: iptables-save reads only the tables it is given (legacy), so Save names nat and
+	// filter. With nf_tables every iptables-save process dumps the whole ruleset from the kernel
+	// whatever -t says (iptables 1.8.9), so one process for all tables costs less than two.
+	perTable bool
 }
 
-// NewIptables checks that iptables is usable (go-iptables detects the binary and its version).
+// tables are the tables we own chains in, in the order we write them.
+var tables = []string{"nat", "filter"}
+
+// NewIptables checks that iptables is usable (go-iptables detects the binary and its version)
+// and which backend iptables-save uses.
 func NewIptables() (*Iptables, error) {
-	ipt, err := iptables.New(iptables.Timeout(5))
-	if err != nil {
+	if _, err := iptables.New(iptables.Timeout(5)); err != nil {
 		return nil, fmt.Errorf("iptables not usable (install the iptables package): %w", err)
 	}
-	for _, bin := range []string{"iptables-save", "iptables-restore"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("%s not found (install the iptables package): %w", bin, err)
-		}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		return nil, fmt.Errorf("iptables-restore not found (install the iptables package): %w", err)
 	}
-	return &Iptables{ipt: ipt}, nil
+	version, err := exec.Command("iptables-save", "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("iptables-save --version (install the iptables package): %w", err)
+	}
+	return &Iptables{perTable: !strings.Contains(string(version), "nf_tables")}, nil
 }
 
 // Execs is the number of iptables processes run so far by Save and Restore.
 func (x *Iptables) Execs() int64 { return x.execs.Load() }
 
-// Save returns iptables-save output for the nat and filter tables (one exec).
+// Save returns iptables-save output holding the nat and filter tables: one exec per table with
+// the legacy backend, where the other tables (mangle, raw: a CNI's, a firewall's) are then never
+// read; one exec for all tables with nf_tables, where naming a table saves no kernel work.
 func (x *Iptables) Save(ctx context.Context) ([]byte, error) {
-	x.execs.Add(1)
+	if x.perTable {
+		return x.save(ctx, tables...)
+	}
+	return x.save(ctx, "")
+}
+
+// save runs iptables-save once per table ("": all tables).
+func (x *Iptables) save(ctx context.Context, tables ...string) ([]byte, error) {
 	var out, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "iptables-save")
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("iptables-save: %w: %s", err, strings.TrimSpace(stderr.String()))
+	for _, table := range tables {
+		x.execs.Add(1)
+		args := []string{}
+		if table != "" {
+			args = []string{"-t", table}
+		}
+		cmd := exec.CommandContext(ctx, "iptables-save", args...)
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("iptables-save %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		}
 	}
 	return out.Bytes(), nil
 }
@@ -91,130 +112,42 @@ func lastField(s, after string) string {
 	return ""
 }
 
-// Observed is what iptables-save shows of ours.
-type Observed struct {
-	// Chains lists our chains per table; Rules counts the rules in each of them.
-	Chains map[string][]string
-	Rules  map[string]map[string]int
-	// First is the target of the first rule of each built-in chain we jump from ("" if empty);
-	// JumpRules are the rules there that jump to our chain, as printed after "-A CHAIN ".
-	First     map[Jump]string
-	JumpRules map[Jump][]string
-}
-
-// ParseSave reads iptables-save output.
-func ParseSave(out []byte) Observed {
-	o := Observed{Chains: map[string][]string{}, Rules: map[string]map[string]int{}, First: map[Jump]string{}, JumpRules: map[Jump][]string{}}
-	table := ""
-	seen := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "*"):
-			table = line[1:]
-			o.Rules[table] = map[string]int{}
-			clear(seen)
-		case strings.HasPrefix(line, ":"):
-			if name, _, _ := strings.Cut(line[1:], " "); IsOurs(name) {
-				o.Chains[table] = append(o.Chains[table], name)
-			}
-		case strings.HasPrefix(line, "-A "):
-			f := strings.Fields(line)
-			chain := f[1]
-			if IsOurs(chain) {
-				o.Rules[table][chain]++
-				continue
-			}
-			target := ""
-			if i := slices.Index(f, "-j"); i >= 0 && i+1 < len(f) {
-				target = f[i+1]
-			}
-			for _, j := range Jumps {
-				if j.Table != table || j.Chain != chain {
-					continue
-				}
-				if !seen[chain] {
-					o.First[j] = target
-				}
-				if target == j.Target {
-					o.JumpRules[j] = append(o.JumpRules[j], strings.TrimPrefix(line, "-A "+chain+" "))
-				}
-			}
-			seen[chain] = true
-		}
+// Cleanup removes everything of ours from nat and filter in one iptables-restore: every rule of a
+// built-in chain that jumps to a chain of ours, whatever its comment (duplicates, an older
+// version's), then our chains. A chain of ours that a foreign chain still jumps to is emptied but
+// kept (the foreign rule is not ours to delete) and reported. Should the restore fail, each table
+// is tried again alone, from what it holds by then, so one table's failure does not keep the
+// other's rules; every error is returned.
+func (x *Iptables) Cleanup(ctx context.Context) error {
+	saved, err := x.Save(ctx)
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
 	}
-	return o
-}
-
-// JumpFixes lists the jumps that are missing or not first.
-func (o Observed) JumpFixes() []JumpFix {
-	var fixes []JumpFix
-	for _, j := range Jumps {
-		if o.First[j] != j.Target {
-			fixes = append(fixes, JumpFix{Jump: j, Delete: o.JumpRules[j]})
-		}
-	}
-	return fixes
-}
-
-// Drifted reports how the kernel differs from rs (missing or extra chains, wrong rule counts,
-// jumps missing or not first); empty means in place.
-func (o Observed) Drifted(rs Ruleset) []string {
-	var diffs []string
-	for _, table := range []string{"nat", "filter"} {
-		for _, c := range sortedKeys(rs.Chains[table]) {
-			if !slices.Contains(o.Chains[table], c) {
-				diffs = append(diffs, fmt.Sprintf("%s/%s missing", table, c))
-			} else if got, want := o.Rules[table][c], len(rs.Chains[table][c]); got != want {
-				diffs = append(diffs, fmt.Sprintf("%s/%s has %d rules, want %d", table, c, got, want))
-			}
-		}
-		for _, c := range o.Chains[table] {
-			if _, ok := rs.Chains[table][c]; !ok {
-				diffs = append(diffs, fmt.Sprintf("%s/%s stale", table, c))
-			}
-		}
-	}
-	for _, f := range o.JumpFixes() {
-		diffs = append(diffs, fmt.Sprintf("%s/%s jump to %s not first", f.Table, f.Chain, f.Target))
-	}
-	return diffs
-}
-
-// Cleanup removes our jumps and chains with go-iptables. Idempotent: what is absent is skipped.
-func (x *Iptables) Cleanup() error {
-	var errs []error
-	for _, j := range Jumps {
-		// A jump can only exist while its target chain does (and checking for it fails otherwise).
-		if ok, err := x.ipt.ChainExists(j.Table, j.Target); err != nil || !ok {
-			if err != nil {
-				errs = append(errs, fmt.Errorf("check chain %s/%s: %w", j.Table, j.Target, err))
-			}
-			continue
-		}
-		if err := x.ipt.DeleteIfExists(j.Table, j.Chain, j.Spec()...); err != nil {
-			errs = append(errs, fmt.Errorf("delete jump %s/%s: %w", j.Table, j.Chain, err))
-		}
-	}
-	for _, table := range []string{"nat", "filter"} {
-		chains, err := x.ipt.ListChains(table)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list %s chains: %w", table, err))
-			continue
-		}
-		ours := slices.DeleteFunc(chains, func(c string) bool { return !IsOurs(c) })
-		for _, c := range ours { // empty all first: they may refer to each other
-			if err := x.ipt.ClearChain(table, c); err != nil {
-				errs = append(errs, fmt.Errorf("flush %s/%s: %w", table, c, err))
-			}
-		}
-		for _, c := range ours {
-			if err := x.ipt.DeleteChain(table, c); err != nil {
-				errs = append(errs, fmt.Errorf("delete %s/%s: %w", table, c, err))
-			}
+	o := ParseSave(saved)
+	errs := o.keptChains()
+	if err := x.restoreAny(ctx, o.CleanupInput(tables...)); err != nil {
+		for _, table := range tables {
+			errs = append(errs, x.cleanupTable(ctx, table))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (x *Iptables) cleanupTable(ctx context.Context, table string) error {
+	saved, err := x.save(ctx, table)
+	if err == nil {
+		err = x.restoreAny(ctx, ParseSave(saved).CleanupInput(table))
+	}
+	if err != nil {
+		return fmt.Errorf("cleanup of table %s: %w", table, err)
+	}
+	return nil
+}
+
+// restoreAny restores input unless it is empty.
+func (x *Iptables) restoreAny(ctx context.Context, input []byte) error {
+	if len(input) == 0 {
+		return nil
+	}
+	return x.Restore(ctx, input)
 }

@@ -73,16 +73,36 @@ func TestParseSave(t *testing.T) {
 	if !reflect.DeepEqual(o.Chains, wantChains) {
 		t.Errorf("Chains:\n got %v\nwant %v", o.Chains, wantChains)
 	}
-	// Only our chains are counted; a declared chain without rules counts 0.
-	wantRules := map[string]map[string]int{
-		"nat":    {"MAGIC-IP-OUTPUT": 1, "MAGIC-IP-PREROUTING": 2, "MAGIC-IP-SERVICES": 1, "MAGIC-IP-SVC-BMDMKVQYRIDQ": 2},
-		"filter": {"MAGIC-IP-INPUT": 2},
+	// Only our chains' rules are kept, as printed; a declared chain without rules has none.
+	svc := "MAGIC-IP-SVC-BMDMKVQYRIDQ"
+	wantRules := map[string]map[string][]string{
+		"nat": {
+			"MAGIC-IP-OUTPUT":     {"-d 169.254.210.210/32 -j MAGIC-IP-SERVICES"},
+			"MAGIC-IP-PREROUTING": {`-i eth0 -m comment --comment "external interface: not node-local" -j RETURN`, "-d 169.254.210.210/32 -j MAGIC-IP-SERVICES"},
+			"MAGIC-IP-SERVICES":   {`-d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j ` + svc},
+			svc: {
+				`-p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.244.1.5:8126`,
+				`-p tcp -m comment --comment "datadog:apm -> datadog/agent-b" -j DNAT --to-destination 10.244.1.7:8126`,
+			},
+		},
+		"filter": {"MAGIC-IP-INPUT": {
+			`-d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m conntrack ! --ctstate DNAT -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset`,
+			`-d 169.254.210.210/32 -p udp -m udp --dport 8125 -m conntrack ! --ctstate DNAT -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp-port-unreachable`,
+		}},
 	}
 	if !reflect.DeepEqual(o.Rules, wantRules) {
-		t.Errorf("Rules:\n got %v\nwant %v", o.Rules, wantRules)
+		t.Errorf("Rules:\n got %q\nwant %q", o.Rules, wantRules)
 	}
-	if n := o.Rules["nat"]["MAGIC-IP-POSTROUTING"]; n != 0 {
-		t.Errorf("MAGIC-IP-POSTROUTING has no rules, counted %d", n)
+	// Jumps to our chains from built-in chains, whatever their comment; a foreign chain's rules
+	// are not read (none jumps to ours here).
+	wantEntries := []Entry{
+		{"nat", "PREROUTING", `-m comment --comment "magic-ip: node-local redirects" -j MAGIC-IP-PREROUTING`},
+		{"nat", "OUTPUT", `-m comment --comment "magic-ip: node-local redirects for host clients" -j MAGIC-IP-OUTPUT`},
+		{"filter", "INPUT", `-m comment --comment "magic-ip: refuse what was not redirected" -j MAGIC-IP-INPUT`},
+		{"filter", "OUTPUT", "-j MAGIC-IP-OUTPUT"},
+	}
+	if !reflect.DeepEqual(o.Entries, wantEntries) || len(o.Foreign) != 0 {
+		t.Errorf("Entries:\n got %q\nwant %q\nForeign %q, want none", o.Entries, wantEntries, o.Foreign)
 	}
 
 	tests := map[string]struct {
@@ -210,6 +230,8 @@ func TestDrifted(t *testing.T) {
 	rs := Render(referenceState(), ExternalInterfaces("eth0"))
 	inPlace := saveText(rs, map[string][]string{"PREROUTING": {"-A PREROUTING -j KUBE-SERVICES"}})
 	svc := svcChain(referenceState().Services[0])
+	input, services := rs.Chains["filter"]["MAGIC-IP-INPUT"], rs.Chains["nat"]["MAGIC-IP-SERVICES"]
+	dnat := rs.Chains["nat"][svc]
 	dropLine := func(prefix string) func(string) string {
 		return func(s string) string {
 			lines := strings.Split(s, "\n")
@@ -220,6 +242,14 @@ func TestDrifted(t *testing.T) {
 			return strings.Join(slices.Delete(lines, i, i+1), "\n")
 		}
 	}
+	replace := func(old, new string) func(string) string {
+		return func(s string) string {
+			if !strings.Contains(s, old) {
+				panic("no " + old)
+			}
+			return strings.Replace(s, old, new, 1)
+		}
+	}
 	tests := map[string]struct {
 		mutate func(string) string
 		want   []string
@@ -227,10 +257,19 @@ func TestDrifted(t *testing.T) {
 		"in place": {
 			mutate: func(s string) string { return s },
 		},
-		"a foreign chain is not ours to judge": {
+		"iptables-save's own spelling is no drift": {
+			// Other spellings of the same rules: unquoted one-word comments, -p before -d, an address
+			// without /32, a probability with fewer decimals, the matches in another order.
 			mutate: func(s string) string {
-				return strings.Replace(s, ":MAGIC-IP-OUTPUT", ":KUBE-SVC-X - [0:0]\n-A KUBE-SVC-X -j ACCEPT\n:MAGIC-IP-OUTPUT", 1)
+				s = strings.ReplaceAll(s, `--comment "datadog:apm"`, "--comment datadog:apm")
+				s = strings.ReplaceAll(s, "-d 169.254.210.210/32 -p tcp ", "-p tcp -d 169.254.210.210 ")
+				s = strings.ReplaceAll(s, "-m conntrack --ctstate NEW -m comment --comment \"datadog:apm: not redirected\"",
+					"-m comment --comment \"datadog:apm: not redirected\" -m conntrack --ctstate NEW")
+				return strings.ReplaceAll(s, "--probability 0.50000000000", "--probability 0.5")
 			},
+		},
+		"a foreign chain is not ours to judge": {
+			mutate: replace(":MAGIC-IP-OUTPUT", ":KUBE-SVC-X - [0:0]\n-A KUBE-SVC-X -j ACCEPT\n:MAGIC-IP-OUTPUT"),
 		},
 		"missing svc chain": {
 			mutate: func(s string) string {
@@ -253,29 +292,42 @@ func TestDrifted(t *testing.T) {
 		},
 		"a rule deleted behind our back": {
 			mutate: dropLine("-A MAGIC-IP-INPUT "),
-			want:   []string{"filter/MAGIC-IP-INPUT has 3 rules, want 4"},
+			want:   []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q (3 rules found, 4 written)", input[0], input[1])},
+		},
+		"the last rule deleted": {
+			mutate: dropLine("-A " + svc + " -p tcp -m comment --comment \"datadog:apm -> datadog/agent-b\""),
+			want:   []string{fmt.Sprintf("nat/%s rule 2: wrote %q, found none (1 rules found, 2 written)", svc, dnat[1])},
 		},
 		"a rule added behind our back": {
-			mutate: func(s string) string {
-				return strings.Replace(s, "-A MAGIC-IP-SERVICES ", "-A MAGIC-IP-SERVICES -j ACCEPT\n-A MAGIC-IP-SERVICES ", 1)
-			},
-			want: []string{"nat/MAGIC-IP-SERVICES has 2 rules, want 1"},
+			mutate: replace("-A MAGIC-IP-SERVICES ", "-A MAGIC-IP-SERVICES -j ACCEPT\n-A MAGIC-IP-SERVICES "),
+			want:   []string{fmt.Sprintf("nat/MAGIC-IP-SERVICES rule 1: wrote %q, found \"-j ACCEPT\" (2 rules found, 1 written)", services[0])},
+		},
+		"a DNAT target edited: same count, other content": {
+			mutate: replace("--to-destination 10.244.1.5:8126", "--to-destination 10.244.1.99:8126"),
+			want: []string{fmt.Sprintf("nat/%s rule 1: wrote %q, found %q", svc, dnat[0],
+				strings.Replace(dnat[0], "10.244.1.5:8126", "10.244.1.99:8126", 1))},
+		},
+		"a reject turned into an accept": {
+			mutate: replace("-j REJECT --reject-with tcp-reset", "-j ACCEPT"),
+			want: []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q", input[0],
+				strings.Replace(input[0], "-j REJECT --reject-with tcp-reset", "-j ACCEPT", 1))},
+		},
+		"a negation added": {
+			mutate: replace("--dport 8126 -m conntrack --ctstate NEW", "--dport 8126 -m conntrack ! --ctstate NEW"),
+			want: []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q", input[0],
+				strings.Replace(input[0], "--ctstate NEW", "! --ctstate NEW", 1))},
 		},
 		"stale chain of ours": {
-			mutate: func(s string) string {
-				return strings.Replace(s, ":MAGIC-IP-OUTPUT", ":MAGIC-IP-SVC-OLD - [0:0]\n:MAGIC-IP-OUTPUT", 1)
-			},
-			want: []string{"nat/MAGIC-IP-SVC-OLD stale"},
+			mutate: replace(":MAGIC-IP-OUTPUT", ":MAGIC-IP-SVC-OLD - [0:0]\n:MAGIC-IP-OUTPUT"),
+			want:   []string{"nat/MAGIC-IP-SVC-OLD stale"},
 		},
 		"our jump pushed down": {
-			mutate: func(s string) string {
-				return strings.Replace(s, "-A PREROUTING -m comment", "-A PREROUTING -j KUBE-FIRST\n-A PREROUTING -m comment", 1)
-			},
-			want: []string{"nat/PREROUTING jump to MAGIC-IP-PREROUTING not first"},
+			mutate: replace("-A PREROUTING -m comment", "-A PREROUTING -j KUBE-FIRST\n-A PREROUTING -m comment"),
+			want:   []string{"nat/PREROUTING jump to MAGIC-IP-PREROUTING not first (first: KUBE-FIRST)"},
 		},
 		"our jump deleted": {
 			mutate: dropLine("-A INPUT -m comment"),
-			want:   []string{"filter/INPUT jump to MAGIC-IP-INPUT not first"},
+			want:   []string{"filter/INPUT jump to MAGIC-IP-INPUT missing"},
 		},
 		"everything flushed": {
 			mutate: func(string) string {
@@ -288,10 +340,10 @@ func TestDrifted(t *testing.T) {
 				"nat/MAGIC-IP-SERVICES missing",
 				"nat/" + svc + " missing",
 				"filter/MAGIC-IP-INPUT missing",
-				"nat/PREROUTING jump to MAGIC-IP-PREROUTING not first",
-				"nat/OUTPUT jump to MAGIC-IP-OUTPUT not first",
-				"nat/POSTROUTING jump to MAGIC-IP-POSTROUTING not first",
-				"filter/INPUT jump to MAGIC-IP-INPUT not first",
+				"nat/PREROUTING jump to MAGIC-IP-PREROUTING missing",
+				"nat/OUTPUT jump to MAGIC-IP-OUTPUT missing",
+				"nat/POSTROUTING jump to MAGIC-IP-POSTROUTING missing",
+				"filter/INPUT jump to MAGIC-IP-INPUT missing",
 			},
 		},
 	}

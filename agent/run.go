@@ -154,12 +154,17 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 }
 
 // CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand).
+// Without a usable iptables the addresses are still removed, and both failures reported.
 func CleanupNode() error {
-	ipt, links, err := openNode()
+	links, err := NewLinks(DefaultDummyInterface)
 	if err != nil {
 		return err
 	}
 	defer links.Close()
+	ipt, err := NewIptables()
+	if err != nil {
+		return errors.Join(err, cleanupLinks(links))
+	}
 	return Cleanup(ipt, links)
 }
 

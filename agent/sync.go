@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/netip"
 	"slices"
@@ -22,8 +23,11 @@ type Syncer struct {
 	Log   logr.Logger
 
 	lastRules Ruleset
-	lastState *State
-	dirty     bool
+	// rulesKnown: the kernel held lastRules after our last write (false at first and after a failed
+	// restore, which may have left one table written and the other not).
+	rulesKnown bool
+	lastState  *State
+	dirty      bool
 }
 
 // SyncResult says what a sync did.
@@ -57,22 +61,21 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 			s.dirty = true
 			return res, err
 		}
-		obs := ParseSave(saved)
-		if s.lastState != nil {
-			res.Drift = obs.Drifted(rules)
+		var applied *Ruleset
+		if s.rulesKnown {
+			applied = &s.lastRules
 		}
-		if len(res.Drift) > 0 || input != nil || s.lastState == nil {
-			input = rules.Restore(obs.Chains, obs.JumpFixes())
-		}
+		res.Drift, input = ParseSave(saved).Resync(applied, rules, input)
 	}
 	if input != nil {
 		s.Log.V(9).Info("iptables-restore", "input", string(input))
 		if err := s.Ipt.Restore(ctx, input); err != nil {
-			s.dirty = true
+			s.dirty, s.rulesKnown = true, false
 			return res, err
 		}
 		res.Wrote = true
 	}
+	s.lastRules, s.rulesKnown = rules, true
 	if s.lastState == nil {
 		// A MagicIP deleted or changed while no agent ran leaves its address behind (removed just
 		// below) and its UDP flows: flush them all.
@@ -83,7 +86,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 		return res, err
 	}
 	res.Flushed += s.flushConntrack(st)
-	s.lastRules, s.lastState, s.dirty = rules, &st, false
+	s.lastState, s.dirty = &st, false
 	return res, nil
 }
 
@@ -111,17 +114,11 @@ func (s *Syncer) flushOwned() uint {
 		s.Log.Error(err, "conntrack flush of the addresses left by an earlier run skipped")
 		return 0
 	}
-	var total uint
-	for _, ifname := range sortedKeys(owned) {
-		for _, a := range owned[ifname] {
-			n, err := FlushConntrack(s.Links.h, a, 0)
-			if err != nil {
-				s.Log.Error(err, "conntrack flush failed", "address", a)
-			}
-			total += n
-		}
+	n, err := flushUDPTo(s.Links.h, owned)
+	if err != nil {
+		s.Log.Error(err, "conntrack flush of the addresses left by an earlier run")
 	}
-	return total
+	return n
 }
 
 // udpChanges lists the UDP services (address and port) whose conntrack entries must go when the
@@ -179,10 +176,9 @@ func withoutInterfaces(st State, failed map[string]error) (State, map[string]str
 	return out, unserved
 }
 
-// Cleanup removes everything the agent owns on this node: jumps, chains, addresses, the dummy link.
+// Cleanup removes everything the agent owns on this node: the jumps to our chains and the chains,
+// the addresses and the dummy link, and the UDP conntrack entries sent to those addresses. A
+// failure stops nothing (addresses go even when iptables fails); every error is returned.
 func Cleanup(ipt *Iptables, links *Links) error {
-	if err := ipt.Cleanup(); err != nil {
-		return err
-	}
-	return links.Cleanup()
+	return errors.Join(ipt.Cleanup(context.Background()), cleanupLinks(links))
 }

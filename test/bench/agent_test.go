@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,7 +49,8 @@ func syntheticCluster() ([]v1alpha1.MagicIP, []corev1.Pod) {
 
 // BenchmarkAgentSync: the agent's sync for 100 MagicIPs × 4 ports × 3 producers, in a fresh
 // network namespace with real iptables: first (full) sync, a sync after one producer change, an
-// idle sync, and an idle full resync — each with its iptables process count.
+// idle sync — each with its iptables process count — and the idle full (drift-checking) resync
+// alone and beside 10,000 foreign rules (see resyncCost).
 func BenchmarkAgentSync(b *testing.B) {
 	harness.RequireRoot(b)
 	ns, err := harness.NewNetns(harness.RunPrefix() + "-syncbench")
@@ -61,11 +63,8 @@ func BenchmarkAgentSync(b *testing.B) {
 	}
 	mips, pods := syntheticCluster()
 	rounds := trials(50, 5)
-	type sample struct {
-		d     time.Duration
-		execs int64
-	}
-	var cold, change, idle, resync []sample
+	var cold, change, idle []sample
+	var resyncs map[string][]sample
 	err = ns.Do(func() error {
 		ipt, err := agent.NewIptables()
 		if err != nil {
@@ -77,32 +76,25 @@ func BenchmarkAgentSync(b *testing.B) {
 		}
 		defer links.Close()
 		s := &agent.Syncer{Ipt: ipt, Links: links, Local: agent.ExternalInterfaces("eth0"), Log: logr.Discard()}
-		ctx := context.Background()
-		run := func(into *[]sample, st agent.State, full bool) error {
-			e0, t0 := ipt.Execs(), time.Now()
-			if _, err := s.Sync(ctx, st, full); err != nil {
-				return err
-			}
-			*into = append(*into, sample{time.Since(t0), ipt.Execs() - e0})
-			return nil
-		}
-		if err := run(&cold, agent.Desired(mips, pods, "bench-node", "cni0"), true); err != nil {
+		m := syncMeter{s: s, ipt: ipt}
+		if err := m.run(&cold, agent.Desired(mips, pods, "bench-node", "cni0"), true); err != nil {
 			return err
 		}
+		var st agent.State
 		for i := range rounds {
 			p := &pods[i%len(pods)]
 			p.Status.Conditions[0].Status = corev1.ConditionFalse
-			st := agent.Desired(mips, pods, "bench-node", "cni0")
+			st = agent.Desired(mips, pods, "bench-node", "cni0")
 			p.Status.Conditions[0].Status = corev1.ConditionTrue
-			if err := run(&change, st, false); err != nil {
+			if err := m.run(&change, st, false); err != nil {
 				return err
 			}
-			if err := run(&idle, st, false); err != nil {
+			if err := m.run(&idle, st, false); err != nil {
 				return err
 			}
-			if err := run(&resync, st, true); err != nil {
-				return err
-			}
+		}
+		if resyncs, err = m.resyncCost(st, trials(5, 1), trials(10, 5)); err != nil {
+			return err
 		}
 		return agent.Cleanup(ipt, links)
 	})
@@ -110,15 +102,6 @@ func BenchmarkAgentSync(b *testing.B) {
 		b.Fatal(err)
 	}
 	const sc = "agent sync, 100 MagicIPs × 4 ports × 3 producers"
-	stats := func(ss []sample) ([]time.Duration, int64) {
-		var ds []time.Duration
-		var maxExecs int64
-		for _, s := range ss {
-			ds = append(ds, s.d)
-			maxExecs = max(maxExecs, s.execs)
-		}
-		return ds, maxExecs
-	}
 	ds, ex := stats(cold)
 	record(row{Scenario: sc, Figure: fmt.Sprintf("first sync (%d execs)", ex), Value: percentile(ds, 50), Unit: "ms"})
 	ds, ex = stats(change)
@@ -127,8 +110,136 @@ func BenchmarkAgentSync(b *testing.B) {
 	goal(sc, "iptables execs per change sync", float64(ex), "execs", "≤ 3", ex <= 3)
 	_, ex = stats(idle)
 	goal(sc, "iptables execs per idle sync", float64(ex), "execs", "0", ex == 0)
-	ds, ex = stats(resync)
-	record(row{Scenario: sc, Figure: fmt.Sprintf("idle full resync p99 (%d execs, 0 writes)", ex), Value: percentile(ds, 99), Unit: "ms"})
+	resyncRows(sc, resyncs)
+}
+
+// sample is one sync: its wall time, its CPU time (the benchmark process's and its children's, the
+// iptables processes: less moved than wall time by the other work on a shared machine) and its
+// iptables process count.
+type sample struct {
+	d, cpu time.Duration
+	execs  int64
+}
+
+// cpuTime is the CPU time used so far by this process and its waited-for children.
+func cpuTime() time.Duration {
+	var self, children syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	var total time.Duration
+	for _, tv := range []syscall.Timeval{self.Utime, self.Stime, children.Utime, children.Stime} {
+		total += time.Duration(tv.Nano())
+	}
+	return total
+}
+
+// stats returns the durations of ss and their largest exec count.
+func stats(ss []sample) ([]time.Duration, int64) {
+	var ds []time.Duration
+	var maxExecs int64
+	for _, s := range ss {
+		ds = append(ds, s.d)
+		maxExecs = max(maxExecs, s.execs)
+	}
+	return ds, maxExecs
+}
+
+// syncMeter times the syncs of one Syncer and counts their iptables processes.
+type syncMeter struct {
+	s   *agent.Syncer
+	ipt *agent.Iptables
+}
+
+func (m syncMeter) run(into *[]sample, st agent.State, full bool) error {
+	e0, c0, t0 := m.ipt.Execs(), cpuTime(), time.Now()
+	if _, err := m.s.Sync(context.Background(), st, full); err != nil {
+		return err
+	}
+	*into = append(*into, sample{d: time.Since(t0), cpu: cpuTime() - c0, execs: m.ipt.Execs() - e0})
+	return nil
+}
+
+// foreignSets are the rule sets a full resync is measured beside: none, 10,000 kube-proxy-style
+// ClusterIP rules in nat (a table the resync must read), and as many in mangle (a table it has
+// no reason to read: a CNI's or a firewall's).
+var foreignSets = []struct{ name, table string }{
+	{"alone", ""},
+	{"beside 10,000 foreign nat rules (kube-proxy-style)", "nat"},
+	{"beside 10,000 foreign mangle rules", "mangle"},
+}
+
+// resyncCost measures idle full resyncs of st (already applied) beside each foreign set: blocks
+// rounds, each running per resyncs per set in turn, so that the sets share the machine's
+// background alike. The foreign rules sit behind our jumps (appended), so nothing drifts.
+func (m syncMeter) resyncCost(st agent.State, blocks, per int) (map[string][]sample, error) {
+	ctx := context.Background()
+	out := map[string][]sample{}
+	for range blocks {
+		for _, set := range foreignSets {
+			load, unload := foreignRules(set.table, 10000, "-A %s")
+			if set.table != "" {
+				if err := m.ipt.Restore(ctx, []byte(load)); err != nil {
+					return nil, fmt.Errorf("load foreign rules: %w", err)
+				}
+			}
+			for range per {
+				into := out[set.name]
+				if err := m.run(&into, st, true); err != nil {
+					return nil, err
+				}
+				out[set.name] = into
+			}
+			if set.table != "" {
+				if err := m.ipt.Restore(ctx, []byte(unload)); err != nil {
+					return nil, fmt.Errorf("unload foreign rules: %w", err)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// resyncRows records the resync figures per set: wall time p50 (and p99), CPU time p50, and both
+// p50s as ratios of the set alone.
+func resyncRows(sc string, resyncs map[string][]sample) {
+	cpus := func(ss []sample) (ds []time.Duration) {
+		for _, s := range ss {
+			ds = append(ds, s.cpu)
+		}
+		return ds
+	}
+	alone, _ := stats(resyncs[foreignSets[0].name])
+	base, baseCPU := percentile(alone, 50), percentile(cpus(resyncs[foreignSets[0].name]), 50)
+	for i, set := range foreignSets {
+		ds, ex := stats(resyncs[set.name])
+		p50, cpu := percentile(ds, 50), percentile(cpus(resyncs[set.name]), 50)
+		fig := fmt.Sprintf("idle full resync %s (%d resyncs, %d execs, 0 writes)", set.name, len(ds), ex)
+		record(row{Scenario: sc, Figure: fig + ": wall p50 (p99 " + trim(percentile(ds, 99)) + " ms)", Value: p50, Unit: "ms"})
+		record(row{Scenario: sc, Figure: fig + ": CPU p50, agent + iptables processes", Value: cpu, Unit: "ms"})
+		if i > 0 && base > 0 && baseCPU > 0 {
+			record(row{Scenario: sc, Figure: "idle full resync " + set.name + " ÷ alone: wall p50; CPU p50 " + trim(cpu/baseCPU) + "×", Value: p50 / base, Unit: "×"})
+		}
+	}
+}
+
+// foreignRules returns iptables-restore input that loads n kube-proxy-style ClusterIP rules (none
+// matching any traffic) into one chain of table, jumped from its PREROUTING and OUTPUT with
+// jumpFmt ("-A %s" to append, "-I %s 1" to insert first), and the input that removes them.
+func foreignRules(table string, n int, jumpFmt string) (load, unload string) {
+	var lb, ub strings.Builder
+	fmt.Fprintf(&lb, "*%s\n:%s - [0:0]\n", table, benchChain)
+	for i := range n {
+		fmt.Fprintf(&lb, "-A %s -d 10.96.%d.%d/32 -p tcp -m comment --comment \"bench/svc-%05d:http cluster IP\" -m tcp --dport 80 -j RETURN\n",
+			benchChain, i/250, 1+i%250, i)
+	}
+	fmt.Fprintf(&ub, "*%s\n", table)
+	for _, ch := range []string{"PREROUTING", "OUTPUT"} {
+		fmt.Fprintf(&lb, jumpFmt+" -m comment --comment %q -j %s\n", ch, benchComment, benchChain)
+		fmt.Fprintf(&ub, "-D %s -m comment --comment %q -j %s\n", ch, benchComment, benchChain)
+	}
+	lb.WriteString("COMMIT\n")
+	fmt.Fprintf(&ub, "-F %s\n-X %s\nCOMMIT\n", benchChain, benchChain)
+	return lb.String(), ub.String()
 }
 
 // BenchmarkAgentRSS: the agent's resident memory on a node with 110 local pods among 1,000 in the

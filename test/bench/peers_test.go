@@ -825,29 +825,15 @@ func (e *peersEnv) rate(from *harness.Pod, target string, dur time.Duration, crr
 // loadRules loads n kube-proxy-style ClusterIP rules (none matching the benchmark's traffic) in
 // one nat chain, jumped from the top of PREROUTING and OUTPUT as kube-proxy's KUBE-SERVICES is.
 func (e *peersEnv) loadRules(n int) {
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "*nat\n:%s - [0:0]\n", benchChain)
-	for i := range n {
-		fmt.Fprintf(&sb, "-A %s -d 10.96.%d.%d/32 -p tcp -m comment --comment \"bench/svc-%05d:http cluster IP\" -m tcp --dport 80 -j RETURN\n",
-			benchChain, i/250, 1+i%250, i)
-	}
-	for _, ch := range []string{"PREROUTING", "OUTPUT"} {
-		fmt.Fprintf(&sb, "-I %s 1 -m comment --comment %q -j %s\n", ch, benchComment, benchChain)
-	}
-	sb.WriteString("COMMIT\n")
-	if err := restore(e.b.Context(), e.c.Nodes[0], sb.String()); err != nil {
+	load, _ := foreignRules("nat", n, "-I %s 1")
+	if err := restore(e.b.Context(), e.c.Nodes[0], load); err != nil {
 		e.b.Fatal(err)
 	}
 }
 
 func (e *peersEnv) unloadRules() {
-	var sb strings.Builder
-	sb.WriteString("*nat\n")
-	for _, ch := range []string{"PREROUTING", "OUTPUT"} {
-		fmt.Fprintf(&sb, "-D %s -m comment --comment %q -j %s\n", ch, benchComment, benchChain)
-	}
-	fmt.Fprintf(&sb, "-F %s\n-X %s\nCOMMIT\n", benchChain, benchChain)
-	if err := restore(e.b.Context(), e.c.Nodes[0], sb.String()); err != nil {
+	_, unload := foreignRules("nat", 0, "")
+	if err := restore(e.b.Context(), e.c.Nodes[0], unload); err != nil {
 		e.b.Fatal(err)
 	}
 }

@@ -68,9 +68,13 @@ func TestAgentDriftRepair(t *testing.T) {
 		t.Fatalf("still answered right after flushing nat: the flush did not take")
 	}
 	eventually(t, 5*time.Second, "nat flush repaired within the 2s resync period", onlyAnswers(e.consumer.Netns, p.Name))
-	if n, err := metric(ctx, e.node, "magic_ip_agent_drift_repairs_total"); err != nil || n < 1 {
-		t.Errorf("drift repairs metric %v (err %v), want ≥ 1", n, err)
-	}
+	// The counter moves once the repairing sync returns, a little after the rules are back.
+	eventually(t, 5*time.Second, "drift repair counted", func(ctx context.Context) error {
+		if n, err := metric(ctx, e.node, "magic_ip_agent_drift_repairs_total"); err != nil || n < 1 {
+			return fmt.Errorf("drift repairs metric %v (err %v), want ≥ 1", n, err)
+		}
+		return nil
+	})
 }
 
 // TestAgentDeleteAndCleanup: deleting the MagicIP removes its rules and address; `cleanup` removes
@@ -104,9 +108,14 @@ func TestAgentDeleteAndCleanup(t *testing.T) {
 		}
 		return out
 	}
-	if first := firstRule(save(), "PREROUTING"); !strings.Contains(first, "MAGIC-IP-PREROUTING") {
-		t.Errorf("first PREROUTING rule is %q, want our jump first", first)
-	}
+	// The foreign jump was inserted first after the agent's first sync: its next resync (every 2 s)
+	// puts ours first again.
+	eventually(t, 5*time.Second, "our jump first in PREROUTING again", func(context.Context) error {
+		if first := firstRule(save(), "PREROUTING"); !strings.Contains(first, "MAGIC-IP-PREROUTING") {
+			return fmt.Errorf("first PREROUTING rule is %q, want our jump first", first)
+		}
+		return nil
+	})
 
 	if err := e.c.CP.Client.Delete(ctx, datadogMagicIP("datadog")); err != nil {
 		t.Fatal(err)
