@@ -216,6 +216,9 @@ func TestHandle(t *testing.T) {
 		"only a conflict loser selected: allowed, no patch": {
 			req: podRequest(mustJSON(t, testPod(withAnnotation(SelectAnnotation, "datadog-copy")))), mips: refMagicIPs(),
 		},
+		"only an IPv6 MagicIP (no agent programs it): allowed, no patch": {
+			req: podRequest(refRaw), mips: []v1alpha1.MagicIP{newMIP("v6", "fd00::10", 0, withInject(v1alpha1.Inject{Hostnames: []string{"v6.local"}}))},
+		},
 		"already injected (reinvocation): allowed, no patch": {
 			req: podRequest(mustJSON(t, refWant)), mips: refMagicIPs(),
 		},

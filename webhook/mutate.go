@@ -50,20 +50,25 @@ func EndpointOf(m v1alpha1.MagicIP) Endpoint {
 	return Endpoint{Name: m.Name, Address: m.Spec.Address, Env: Env(m), Hostnames: m.Spec.Inject.Hostnames}
 }
 
-// Catalog is the endpoints pods may get, sorted by name: the MagicIPs that own their claims (the
-// same rule the agents program) and are not reported un-Accepted for their current generation.
+// Catalog is the endpoints pods may get, sorted by name: the MagicIPs Resolve injects (they own
+// their claims and agents program their address, the rules the agents apply) that are not
+// reported un-Accepted for their current generation either.
 type Catalog []Endpoint
 
 // NewCatalog resolves mips into the catalog.
 func NewCatalog(mips []v1alpha1.MagicIP) Catalog {
-	accepted, _ := v1alpha1.ResolveClaims(mips)
-	var out Catalog
-	for _, m := range accepted {
+	refused := map[string]bool{}
+	for _, m := range mips {
 		if c := findCondition(m.Status.Conditions, v1alpha1.ConditionAccepted); c != nil &&
 			c.Status == metav1.ConditionFalse && c.ObservedGeneration == m.Generation {
-			continue
+			refused[m.Name] = true
 		}
-		out = append(out, EndpointOf(m))
+	}
+	var out Catalog
+	for _, e := range Resolve(mips).Endpoints {
+		if !refused[e.Name] {
+			out = append(out, e)
+		}
 	}
 	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.Name, b.Name) })
 	return out

@@ -528,6 +528,17 @@ func TestCatalog(t *testing.T) {
 			mips: []v1alpha1.MagicIP{other("a", testAddr, 0, terminating), other("b", "not-an-ip", 0), other("c", testAddr2, 0)},
 			want: []string{"c"},
 		},
+		"IPv6: excluded, whatever its status (agents program IPv4 only)": {
+			mips: []v1alpha1.MagicIP{other("v6", "fd00::10", 0), other("v6-accepted", "fe80::a9fe:d2d2", 0, withAccepted(metav1.ConditionTrue, 1, 1)), other("b", testAddr2, 0)},
+			want: []string{"b"},
+		},
+		"IPv4-mapped IPv6 is IPv4: included": {
+			mips: []v1alpha1.MagicIP{other("mapped", "::ffff:169.254.0.9", 0)},
+			want: []string{"mapped"},
+		},
+		"select does not bring back an IPv6 MagicIP": {
+			select_: ptr.To("v6"), mips: []v1alpha1.MagicIP{other("v6", "fd00::10", 0)}, want: nil,
+		},
 		"select with spaces narrows": {select_: ptr.To(" a,  c "), mips: abc, want: []string{"a", "c"}},
 		"select names one":           {select_: ptr.To("b"), mips: abc, want: []string{"b"}},
 		"select: unknown names ignored": {

@@ -25,7 +25,8 @@ const ConditionProducerNamespace = "ProducerNamespaceFound"
 
 // StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, ProducerNamespaceFound),
 // observedGeneration and portSummary true. Conflicts are decided by v1alpha1.ResolveClaims, the
-// same function the agents use, so status and datapath agree. One work item covers all MagicIPs:
+// same function the agents use, and the address family by the rule the agents apply (IPv4 only,
+// for now), through Resolve, which the webhook injects by: status, datapath and injection agree. One work item covers all MagicIPs:
 // a change to one can change who wins for the others.
 type StatusReconciler struct {
 	Client client.Client
@@ -62,12 +63,12 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	for _, ns := range namespaces.Items {
 		exists[ns.Name] = ns.DeletionTimestamp == nil
 	}
-	_, conflicts := v1alpha1.ResolveClaims(list.Items)
+	res := Resolve(list.Items)
 	var errs []error
 	for i := range list.Items {
 		m := &list.Items[i]
 		want := m.Status.DeepCopy()
-		DesiredStatus(want, m, conflicts, exists[m.Spec.Producer.Namespace])
+		DesiredStatus(want, m, res, exists[m.Spec.Producer.Namespace])
 		if equality.Semantic.DeepEqual(*want, m.Status) {
 			continue
 		}
@@ -81,8 +82,9 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	return reconcile.Result{}, errors.Join(errs...)
 }
 
-// DesiredStatus sets the conditions of m into st (keeping transition times of unchanged ones).
-func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, conflicts map[string]v1alpha1.Conflict, nsExists bool) {
+// DesiredStatus sets the conditions of m into st (keeping transition times of unchanged ones), from
+// the resolution of all MagicIPs.
+func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resolution, nsExists bool) {
 	gen := m.Generation
 	set := func(t string, ok bool, reason, msg string) {
 		s := metav1.ConditionFalse
@@ -91,17 +93,25 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, conflicts ma
 		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	if c, lost := conflicts[m.Name]; lost {
+	if c, lost := res.Claims[m.Name]; lost {
 		msg := fmt.Sprintf("%s is already claimed by MagicIP %s (the older claim wins); this MagicIP is neither programmed nor injected", c.Claim, c.Winner)
 		set(v1alpha1.ConditionAccepted, false, "Conflict", msg)
 		set(v1alpha1.ConditionConflict, true, "ClaimTaken", msg)
 	} else {
-		claims := make([]string, 0, len(m.Spec.Ports))
-		for _, c := range m.Claims() {
-			claims = append(claims, c.String())
-		}
-		set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
 		set(v1alpha1.ConditionConflict, false, "NoConflict", "no older MagicIP claims the same address, port and protocol")
+		if err, refused := res.Unprogrammable[m.Name]; refused {
+			reason := "InvalidAddress"
+			if errors.Is(err, v1alpha1.ErrAddressFamilyNotSupported) {
+				reason = v1alpha1.ReasonAddressFamilyNotSupported
+			}
+			set(v1alpha1.ConditionAccepted, false, reason, err.Error()+"; this MagicIP is neither programmed nor injected")
+		} else {
+			claims := make([]string, 0, len(m.Spec.Ports))
+			for _, c := range m.Claims() {
+				claims = append(claims, c.String())
+			}
+			set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
+		}
 	}
 	if nsExists {
 		set(ConditionProducerNamespace, true, "Found", "namespace "+m.Spec.Producer.Namespace+" exists")

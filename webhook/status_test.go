@@ -92,6 +92,27 @@ func TestDesiredStatus(t *testing.T) {
 				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
 			},
 		},
+		"IPv6: not accepted, the agents program IPv4 only (as they report it Invalid)": {
+			mips:        []v1alpha1.MagicIP{newMIP("v6", "fd00::10", 0, gen(2))},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, v1alpha1.ReasonAddressFamilyNotSupported,
+					[]string{"address fd00::10 is IPv6", "IPv4 magic addresses only", "neither programmed nor injected"}},
+				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"IPv6 that loses a claim: the conflict is reported": {
+			mips:        []v1alpha1.MagicIP{newMIP("v6-young", "fd00::10", 5), newMIP("v6-old", "fd00::10", 0)},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, "Conflict", []string{"v6-old"}},
+				v1alpha1.ConditionConflict: {metav1.ConditionTrue, "ClaimTaken", []string{"v6-old"}},
+				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+			},
+		},
 		"the older of two is accepted": {
 			mips: []v1alpha1.MagicIP{
 				newMIP("zz-old", testAddr, 0),
@@ -108,10 +129,9 @@ func TestDesiredStatus(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			_, conflicts := v1alpha1.ResolveClaims(tc.mips)
 			m := &tc.mips[0]
 			var st v1alpha1.MagicIPStatus
-			DesiredStatus(&st, m, conflicts, tc.nsExists)
+			DesiredStatus(&st, m, Resolve(tc.mips), tc.nsExists)
 			checkConditions(t, st, m.Generation, tc.want)
 			if st.ObservedGeneration != m.Generation {
 				t.Errorf("observedGeneration = %d, want %d", st.ObservedGeneration, m.Generation)
@@ -134,11 +154,11 @@ func TestDesiredStatusTransitionTimes(t *testing.T) {
 
 	// Accepted alone, twice: no condition moves.
 	var st v1alpha1.MagicIPStatus
-	_, conflicts := v1alpha1.ResolveClaims([]v1alpha1.MagicIP{young})
-	DesiredStatus(&st, &young, conflicts, true)
+	res := Resolve([]v1alpha1.MagicIP{young})
+	DesiredStatus(&st, &young, res, true)
 	ageAll(&st)
 	young.Generation = 2 // a spec change that keeps the outcome
-	DesiredStatus(&st, &young, conflicts, true)
+	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		if !c.LastTransitionTime.Equal(&old) {
 			t.Errorf("same outcome: %s lastTransitionTime %v, want it kept (%v)", c.Type, c.LastTransitionTime, old)
@@ -149,8 +169,8 @@ func TestDesiredStatusTransitionTimes(t *testing.T) {
 	}
 
 	// An older MagicIP appears: Accepted and Conflict move, ProducerNamespaceFound does not.
-	_, conflicts = v1alpha1.ResolveClaims([]v1alpha1.MagicIP{young, winner})
-	DesiredStatus(&st, &young, conflicts, true)
+	res = Resolve([]v1alpha1.MagicIP{young, winner})
+	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		moved := !c.LastTransitionTime.Equal(&old)
 		if wantMoved := c.Type != ConditionProducerNamespace; moved != wantMoved {
@@ -160,7 +180,7 @@ func TestDesiredStatusTransitionTimes(t *testing.T) {
 
 	// The same conflict again: nothing moves.
 	ageAll(&st)
-	DesiredStatus(&st, &young, conflicts, true)
+	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		if !c.LastTransitionTime.Equal(&old) {
 			t.Errorf("same conflict: %s lastTransitionTime %v, want it kept", c.Type, c.LastTransitionTime)

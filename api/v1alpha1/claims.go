@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -78,4 +79,26 @@ func (m *MagicIP) Claims() []Claim {
 		out[i] = Claim{Address: addr.Unmap(), Port: p.Port, Protocol: p.EffectiveProtocol()}
 	}
 	return out
+}
+
+// ReasonAddressFamilyNotSupported is the Accepted=False reason of a MagicIP whose address no agent
+// programs yet (IPv6, until dual-stack).
+const ReasonAddressFamilyNotSupported = "AddressFamilyNotSupported"
+
+// ErrAddressFamilyNotSupported: the address is IPv6, and agents program IPv4 addresses only.
+var ErrAddressFamilyNotSupported = errors.New("agents program IPv4 magic addresses only for now (dual-stack is not supported yet)")
+
+// ProgrammableAddress reports whether agents program the address of s: it must parse, and be
+// IPv4 for now (an IPv4-mapped IPv6 address counts as IPv4, as in Claims). The status controller
+// reports a MagicIP that fails it Accepted=False and the webhook does not inject it, as the agent
+// reports it Invalid and does not program it.
+func (s MagicIPSpec) ProgrammableAddress() error {
+	addr, err := netip.ParseAddr(s.Address)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", s.Address, err)
+	}
+	if !addr.Unmap().Is4() {
+		return fmt.Errorf("address %s is IPv6: %w", addr, ErrAddressFamilyNotSupported)
+	}
+	return nil
 }

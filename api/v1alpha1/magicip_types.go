@@ -39,7 +39,8 @@ type MagicIPSpec struct {
 	// Address is the well-known IP that pods connect to, for example 169.254.210.210 (link-local
 	// addresses are the usual choice). It must be in canonical form and must not be loopback,
 	// unspecified, multicast, broadcast, or a cloud platform's address (169.254.169.254 and the
-	// others listed in the README). IPv6 is accepted too.
+	// others listed in the README). IPv6 is accepted but not served yet: agents program IPv4
+	// addresses only, and an IPv6 MagicIP is reported Accepted=False (AddressFamilyNotSupported).
 	// +required
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address such as 169.254.210.210"
@@ -229,7 +230,9 @@ type MagicIPStatus struct {
 	// +optional
 	PortSummary string `json:"portSummary,omitempty"`
 
-	// Conditions: Accepted, and Conflict when an older MagicIP claims the same address+port+protocol.
+	// Conditions: Accepted (False when the MagicIP is in Conflict or its address is IPv6, which
+	// agents do not program yet), Conflict when an older MagicIP claims the same
+	// address+port+protocol, and ProducerNamespaceFound.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

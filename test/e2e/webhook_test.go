@@ -232,6 +232,61 @@ func TestWebhookConflictAndSelect(t *testing.T) {
 	}
 }
 
+// TestWebhookIPv6NotProgrammable: agents program IPv4 magic addresses only for now, so an IPv6
+// MagicIP, which the CRD accepts, is reported Accepted=False (AddressFamilyNotSupported) and never
+// injected: no variables, no hostAlias, not in the injected annotation, even when a pod selects it.
+func TestWebhookIPv6NotProgrammable(t *testing.T) {
+	e := newWebhookEnv(t)
+	ctx := t.Context()
+	v6 := &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: "otel-v6"}, Spec: v1alpha1.MagicIPSpec{
+		Address: "fd00::10", Ports: []v1alpha1.MagicIPPort{{Name: "grpc", Port: 4317}},
+		Producer: v1alpha1.Producer{Namespace: "datadog", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": "otel"}}},
+		Inject: v1alpha1.Inject{
+			ExtraEnv:  []v1alpha1.EnvTemplate{{Name: "OTEL_EXPORTER_OTLP_ENDPOINT", Value: "http://[{address}]:{port}"}},
+			Hostnames: []string{"otel.node.local"},
+		},
+	}}
+	if err := e.cp.Client.Create(ctx, v6); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "otel-v6 reported not programmable", func(ctx context.Context) error {
+		m := &v1alpha1.MagicIP{}
+		if err := e.cp.Client.Get(ctx, client.ObjectKey{Name: "otel-v6"}, m); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionAccepted)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonAddressFamilyNotSupported ||
+			!strings.Contains(c.Message, "IPv4 magic addresses only") || c.ObservedGeneration != m.Generation {
+			return fmt.Errorf("Accepted condition %+v", c)
+		}
+		return nil
+	})
+	for name, annotations := range map[string]map[string]string{
+		"all MagicIPs": nil, "selects otel-v6": {"magic-ip.dev/select": "otel-v6,datadog"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := testPod("apps", strings.ReplaceAll(name, " ", "-"), func(p *corev1.Pod) { p.Annotations = annotations })
+			if err := e.cp.Client.Create(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Annotations["magic-ip.dev/injected"]; got != "datadog" {
+				t.Errorf("injected annotation %q, want datadog only", got)
+			}
+			for _, c := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+				env := envOf(c)
+				if v, ok := env["OTEL_V6_MAGIC_HOST"]; ok || env["OTEL_EXPORTER_OTLP_ENDPOINT"] != "" {
+					t.Errorf("container %s: IPv6 MagicIP injected (OTEL_V6_MAGIC_HOST=%q, env %v)", c.Name, v, env)
+				}
+			}
+			for _, a := range p.Spec.HostAliases {
+				if a.IP == "fd00::10" || slices.Contains(a.Hostnames, "otel.node.local") {
+					t.Errorf("hostAliases %+v: the IPv6 MagicIP's hostname injected", p.Spec.HostAliases)
+				}
+			}
+		})
+	}
+}
+
 // TestWebhookDryRun: a dry-run create returns the mutated pod and stores nothing.
 func TestWebhookDryRun(t *testing.T) {
 	e := newWebhookEnv(t)
