@@ -262,10 +262,10 @@ func TestWebhookIPv6NotProgrammable(t *testing.T) {
 		return nil
 	})
 	for name, annotations := range map[string]map[string]string{
-		"all MagicIPs": nil, "selects otel-v6": {"magic-ip.dev/select": "otel-v6,datadog"},
+		"all": nil, "selects-otel-v6": {"magic-ip.dev/select": "otel-v6,datadog"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			p := testPod("apps", strings.ReplaceAll(name, " ", "-"), func(p *corev1.Pod) { p.Annotations = annotations })
+			p := testPod("apps", name, func(p *corev1.Pod) { p.Annotations = annotations })
 			if err := e.cp.Client.Create(ctx, p); err != nil {
 				t.Fatal(err)
 			}
