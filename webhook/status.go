@@ -23,11 +23,12 @@ import (
 // ConditionProducerNamespace is True when the producer namespace exists.
 const ConditionProducerNamespace = "ProducerNamespaceFound"
 
-// StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, ProducerNamespaceFound),
-// observedGeneration and portSummary true. Conflicts are decided by v1alpha1.ResolveClaims, the
-// same function the agents use, and the address family by the rule the agents apply (IPv4 only,
-// for now), through Resolve, which the webhook injects by: status, datapath and injection agree. One work item covers all MagicIPs:
-// a change to one can change who wins for the others.
+// StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, InjectionConflict,
+// ProducerNamespaceFound), observedGeneration and portSummary true. Everything is decided by
+// Resolve, which the webhook injects by: address claims by v1alpha1.ResolveClaims (the function
+// the agents use), the address family by the rule the agents apply (IPv4 only, for now), variable
+// names and hostnames by age. So status, datapath and injection agree. One work item covers all
+// MagicIPs: a change to one can change who wins for the others.
 type StatusReconciler struct {
 	Client client.Client
 	Log    logr.Logger
@@ -93,13 +94,15 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resoluti
 		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	if c, lost := res.Claims[m.Name]; lost {
+	c, lost := res.Claims[m.Name]
+	err, refused := res.Unprogrammable[m.Name]
+	if lost {
 		msg := fmt.Sprintf("%s is already claimed by MagicIP %s (the older claim wins); this MagicIP is neither programmed nor injected", c.Claim, c.Winner)
 		set(v1alpha1.ConditionAccepted, false, "Conflict", msg)
 		set(v1alpha1.ConditionConflict, true, "ClaimTaken", msg)
 	} else {
 		set(v1alpha1.ConditionConflict, false, "NoConflict", "no older MagicIP claims the same address, port and protocol")
-		if err, refused := res.Unprogrammable[m.Name]; refused {
+		if refused {
 			reason := "InvalidAddress"
 			if errors.Is(err, v1alpha1.ErrAddressFamilyNotSupported) {
 				reason = v1alpha1.ReasonAddressFamilyNotSupported
@@ -113,6 +116,14 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resoluti
 			set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
 		}
 	}
+	switch shadowed := res.Shadowed[m.Name]; {
+	case lost || refused:
+		set(v1alpha1.ConditionInjectionConflict, false, "NotInjected", "this MagicIP is not injected at all (see Accepted)")
+	case len(shadowed) > 0:
+		set(v1alpha1.ConditionInjectionConflict, true, "NameTaken", shadowedMessage(shadowed))
+	default:
+		set(v1alpha1.ConditionInjectionConflict, false, "NoConflict", "no older MagicIP injects the same variable names or hostnames with other values")
+	}
 	if nsExists {
 		set(ConditionProducerNamespace, true, "Found", "namespace "+m.Spec.Producer.Namespace+" exists")
 	} else {
@@ -121,4 +132,26 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resoluti
 	}
 	st.ObservedGeneration = gen
 	st.PortSummary = m.Spec.PortSummary()
+}
+
+// shadowedMessage says which entries a MagicIP does not inject, and because of which MagicIPs.
+func shadowedMessage(shadowed []Shadowed) string {
+	var winners []string
+	names := map[string][]string{}
+	for _, sh := range shadowed {
+		if _, seen := names[sh.Winner]; !seen {
+			winners = append(winners, sh.Winner)
+		}
+		kind := "variable "
+		if sh.Hostname {
+			kind = "hostname "
+		}
+		names[sh.Winner] = append(names[sh.Winner], kind+sh.Name)
+	}
+	parts := make([]string, len(winners))
+	for i, w := range winners {
+		parts[i] = fmt.Sprintf("%s (injected by MagicIP %s)", strings.Join(names[w], ", "), w)
+	}
+	return "not injected because an older MagicIP (creation time, then name) injects the same name with another value: " +
+		strings.Join(parts, "; ") + "; the other entries of this MagicIP are injected"
 }

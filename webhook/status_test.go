@@ -65,18 +65,20 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP,8125/UDP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP", testAddr + ":8125/UDP"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", []string{"datadog"}},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", []string{"datadog"}},
 			},
 		},
 		"accepted, producer namespace missing": {
 			mips:        []v1alpha1.MagicIP{newMIP("dd", testAddr, 0, gen(2))},
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", nil},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionFalse, "NamespaceNotFound", []string{`"datadog"`}},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionFalse, "NamespaceNotFound", []string{`"datadog"`}},
 			},
 		},
 		"conflict: the younger is not accepted, the message names the winner and the claim": {
@@ -87,9 +89,10 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP,8125/UDP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, "Conflict", []string{"zz-old", testAddr + ":8125/UDP"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionTrue, "ClaimTaken", []string{"zz-old", testAddr + ":8125/UDP"}},
-				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionFalse, "Conflict", []string{"zz-old", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionTrue, "ClaimTaken", []string{"zz-old", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
 		"IPv6: not accepted, the agents program IPv4 only (as they report it Invalid)": {
@@ -99,8 +102,9 @@ func TestDesiredStatus(t *testing.T) {
 			want: map[string]wantCondition{
 				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, v1alpha1.ReasonAddressFamilyNotSupported,
 					[]string{"address fd00::10 is IPv6", "IPv4 magic addresses only", "neither programmed nor injected"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
 		"IPv6 that loses a claim: the conflict is reported": {
@@ -108,9 +112,40 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, "Conflict", []string{"v6-old"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionTrue, "ClaimTaken", []string{"v6-old"}},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionFalse, "Conflict", []string{"v6-old"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionTrue, "ClaimTaken", []string{"v6-old"}},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"same variable names as an older MagicIP: accepted, InjectionConflict names it and each entry": {
+			mips: []v1alpha1.MagicIP{
+				newMIP("a-b", testAddr2, 5, withPorts(v1alpha1.MagicIPPort{Name: "apm", Port: 9126}),
+					withInject(v1alpha1.Inject{Hostnames: []string{"dd.local", "ab.local"}})),
+				newMIP("a.b", testAddr, 0),
+				newMIP("dd", "169.254.0.9", 1, withInject(v1alpha1.Inject{Hostnames: []string{"dd.local"}})),
+			},
+			nsExists:    true,
+			wantSummary: "9126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionTrue, "NameTaken", []string{
+					"variable A_B_MAGIC_HOST, variable A_B_MAGIC_PORT, variable A_B_MAGIC_PORT_APM (injected by MagicIP a.b)",
+					"hostname dd.local (injected by MagicIP dd)", "the other entries of this MagicIP are injected",
+				}},
 				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"the older of two with the same variable names: no InjectionConflict": {
+			mips:        []v1alpha1.MagicIP{newMIP("a.b", testAddr, 0), newMIP("a-b", testAddr2, 5)},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
 		"the older of two is accepted": {
@@ -121,9 +156,10 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
 	}
@@ -168,12 +204,13 @@ func TestDesiredStatusTransitionTimes(t *testing.T) {
 		}
 	}
 
-	// An older MagicIP appears: Accepted and Conflict move, ProducerNamespaceFound does not.
+	// An older MagicIP appears: Accepted and Conflict move, the others do not.
 	res = Resolve([]v1alpha1.MagicIP{young, winner})
 	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		moved := !c.LastTransitionTime.Equal(&old)
-		if wantMoved := c.Type != ConditionProducerNamespace; moved != wantMoved {
+		// InjectionConflict stays False (NoConflict, then NotInjected): its time stays too.
+		if wantMoved := c.Type == v1alpha1.ConditionAccepted || c.Type == v1alpha1.ConditionConflict; moved != wantMoved {
 			t.Errorf("after a conflict: %s (%s) lastTransitionTime moved = %v, want %v", c.Type, c.Status, moved, wantMoved)
 		}
 	}

@@ -4,7 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
+	"strings"
 )
 
 // Claim is one address+port+protocol that a MagicIP serves.
@@ -26,6 +27,19 @@ type Conflict struct {
 	Winner string
 }
 
+// CompareAge orders MagicIPs oldest first: by creation time, then by name (creation times have
+// one-second resolution). It is the one rule for every contest between MagicIPs: the first wins
+// an address+port+protocol (ResolveClaims) and a variable name or hostname (the webhook).
+func CompareAge(a, b MagicIP) int {
+	if ta, tb := a.CreationTimestamp, b.CreationTimestamp; !ta.Equal(&tb) {
+		if ta.Before(&tb) {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
 // ResolveClaims decides which MagicIPs own their claims. The older MagicIP (creation time, then
 // name) wins each address+port+protocol; a MagicIP that loses any claim loses all of them (it is
 // not served at all, so it never half-works) and is reported with the first claim it lost.
@@ -38,13 +52,7 @@ func ResolveClaims(mips []MagicIP) (accepted []MagicIP, conflicts map[string]Con
 			sorted = append(sorted, m)
 		}
 	}
-	sort.SliceStable(sorted, func(i, j int) bool {
-		ti, tj := sorted[i].CreationTimestamp, sorted[j].CreationTimestamp
-		if !ti.Equal(&tj) {
-			return ti.Before(&tj)
-		}
-		return sorted[i].Name < sorted[j].Name
-	})
+	slices.SortStableFunc(sorted, CompareAge)
 	owner := map[Claim]string{}
 	conflicts = map[string]Conflict{}
 	for _, m := range sorted {

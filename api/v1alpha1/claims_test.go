@@ -375,6 +375,25 @@ func TestAsLabelSelector(t *testing.T) {
 	}
 }
 
+func TestCompareAge(t *testing.T) {
+	tests := map[string]struct {
+		a, b v1alpha1.MagicIP
+		want int
+	}{
+		"older first, whatever the names": {mip("zz", ip1, 0), mip("aa", ip1, 1), -1},
+		"younger last":                    {mip("aa", ip1, 1), mip("zz", ip1, 0), 1},
+		"same time: name order":           {mip("a-b", ip1, 0), mip("a.b", ip1, 0), -1},
+		"same object":                     {mip("a", ip1, 0), mip("a", ip1, 0), 0},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := v1alpha1.CompareAge(tc.a, tc.b); got != tc.want {
+				t.Errorf("CompareAge(%s, %s) = %d, want %d", tc.a.Name, tc.b.Name, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestProgrammableAddress(t *testing.T) {
 	tests := map[string]struct {
 		addr       string

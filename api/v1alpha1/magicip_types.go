@@ -31,6 +31,9 @@ const (
 	ConditionAccepted = "Accepted"
 	// ConditionConflict is True when an older MagicIP already claims one of its address+port+protocol.
 	ConditionConflict = "Conflict"
+	// ConditionInjectionConflict is True when an older MagicIP injects one of its variable names or
+	// hostnames with another value: those entries are not injected for it (the rest are).
+	ConditionInjectionConflict = "InjectionConflict"
 )
 
 // MagicIPSpec is the desired state of a MagicIP.
@@ -232,7 +235,8 @@ type MagicIPStatus struct {
 
 	// Conditions: Accepted (False when the MagicIP is in Conflict or its address is IPv6, which
 	// agents do not program yet), Conflict when an older MagicIP claims the same
-	// address+port+protocol, and ProducerNamespaceFound.
+	// address+port+protocol, InjectionConflict when an older MagicIP injects one of the same variable
+	// names or hostnames with another value, and ProducerNamespaceFound.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

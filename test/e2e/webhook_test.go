@@ -287,6 +287,124 @@ func TestWebhookIPv6NotProgrammable(t *testing.T) {
 	}
 }
 
+// TestWebhookInjectionConflict: MagicIPs zz.agent and zz-agent give the same variable names (the
+// same port, another address: only ZZ_AGENT_MAGIC_HOST differs), and zz-agent also sets datadog's
+// DD_AGENT_HOST and maps datadog's hostname to its own address. The older MagicIP keeps each
+// clashing name (zz-agent sorts first by name but is younger: age decides); the younger is
+// reported InjectionConflict=True, naming the other MagicIPs, and only its clashing entries are
+// left out of pods, even of a pod that selects it alone.
+func TestWebhookInjectionConflict(t *testing.T) {
+	e := newWebhookEnv(t)
+	ctx := t.Context()
+	newMIP := func(name, addr string, inject v1alpha1.Inject) *v1alpha1.MagicIP {
+		return &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.MagicIPSpec{
+			Address: addr, Ports: []v1alpha1.MagicIPPort{{Name: "apm", Port: 9126}},
+			Producer: v1alpha1.Producer{Namespace: "datadog", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": name}}},
+			Inject:   inject,
+		}}
+	}
+	older := newMIP("zz.agent", "169.254.210.220", v1alpha1.Inject{})
+	if err := e.cp.Client.Create(ctx, older); err != nil {
+		t.Fatal(err)
+	}
+	// Creation times have one-second resolution: wait for the next second, so the age decides.
+	eventually(t, 3*time.Second, "a later second than zz.agent's creation", func(context.Context) error {
+		if !time.Now().Truncate(time.Second).After(older.CreationTimestamp.Time) {
+			return fmt.Errorf("still %s", older.CreationTimestamp)
+		}
+		return nil
+	})
+	younger := newMIP("zz-agent", "169.254.210.230", v1alpha1.Inject{
+		ExtraEnv:  []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}, {Name: "ZZ_URL", Value: "http://{address}:{port}"}},
+		Hostnames: []string{"datadog.node.local", "zz.node.local"},
+	})
+	if err := e.cp.Client.Create(ctx, younger); err != nil {
+		t.Fatal(err)
+	}
+	e.waitInjectionConflict(t, "zz-agent", true, "variable ZZ_AGENT_MAGIC_HOST (injected by MagicIP zz.agent)",
+		"variable DD_AGENT_HOST, hostname datadog.node.local (injected by MagicIP datadog)")
+	e.waitInjectionConflict(t, "zz.agent", false)
+	e.waitInjectionConflict(t, "datadog", false)
+	e.waitAccepted(t, "zz-agent") // an injection conflict does not stop the datapath
+
+	all := testPod("apps", "all")
+	only := testPod("apps", "only-the-younger", func(p *corev1.Pod) { p.Annotations = map[string]string{"magic-ip.dev/select": "zz-agent"} })
+	for _, p := range []*corev1.Pod{all, only} {
+		if err := e.cp.Client.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkInjected(t, all, map[string]string{
+		"ZZ_AGENT_MAGIC_HOST": "169.254.210.220", "DD_AGENT_HOST": magicAddr, "ZZ_URL": "http://169.254.210.230:9126",
+	}, map[string]string{"datadog.node.local": magicAddr, "zz.node.local": "169.254.210.230"})
+	checkInjected(t, only, map[string]string{
+		"ZZ_AGENT_MAGIC_HOST": "", "DD_AGENT_HOST": "", "ZZ_URL": "http://169.254.210.230:9126",
+	}, map[string]string{"datadog.node.local": "", "zz.node.local": "169.254.210.230"})
+
+	// Without the older one, the younger gets its names back.
+	if err := e.cp.Client.Delete(ctx, older); err != nil {
+		t.Fatal(err)
+	}
+	e.waitInjectionConflict(t, "zz-agent", true, "with another value: variable DD_AGENT_HOST, hostname datadog.node.local (injected by MagicIP datadog); the other")
+	eventually(t, 10*time.Second, "zz-agent's variables injected", func(ctx context.Context) error {
+		p := testPod("apps", "", func(p *corev1.Pod) { p.GenerateName = "after-" })
+		if err := e.cp.Client.Create(ctx, p); err != nil {
+			return err
+		}
+		if got := envOf(p.Spec.Containers[0])["ZZ_AGENT_MAGIC_HOST"]; got != "169.254.210.230" {
+			return fmt.Errorf("ZZ_AGENT_MAGIC_HOST=%q", got)
+		}
+		return nil
+	})
+}
+
+// waitInjectionConflict waits for MagicIP name's InjectionConflict condition to be conflict, for
+// its current generation, with each of messages in its message.
+func (e *webhookEnv) waitInjectionConflict(t *testing.T, name string, conflict bool, messages ...string) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("MagicIP %s InjectionConflict=%v", name, conflict), func(ctx context.Context) error {
+		m := &v1alpha1.MagicIP{}
+		if err := e.cp.Client.Get(ctx, client.ObjectKey{Name: name}, m); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionInjectionConflict)
+		if c == nil || (c.Status == metav1.ConditionTrue) != conflict || c.ObservedGeneration != m.Generation {
+			return fmt.Errorf("InjectionConflict %+v", c)
+		}
+		for _, msg := range messages {
+			if !strings.Contains(c.Message, msg) {
+				return fmt.Errorf("InjectionConflict message %q, want %q in it", c.Message, msg)
+			}
+		}
+		return nil
+	})
+}
+
+// checkInjected checks the stored pod p: every container has each variable of env with its value
+// ("" for absent), each hostname of hosts maps to its IP ("" for not mapped).
+func checkInjected(t *testing.T, p *corev1.Pod, env, hosts map[string]string) {
+	t.Helper()
+	for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+		got := envOf(c)
+		for k, want := range env {
+			if got[k] != want {
+				t.Errorf("pod %s, container %s: %s=%q, want %q", p.Name, c.Name, k, got[k], want)
+			}
+		}
+	}
+	for h, want := range hosts {
+		var ips []string
+		for _, a := range p.Spec.HostAliases {
+			if slices.Contains(a.Hostnames, h) {
+				ips = append(ips, a.IP)
+			}
+		}
+		if (want == "" && len(ips) > 0) || (want != "" && !slices.Equal(ips, []string{want})) {
+			t.Errorf("pod %s: hostname %s maps to %v, want %q", p.Name, h, ips, want)
+		}
+	}
+}
+
 // TestWebhookDryRun: a dry-run create returns the mutated pod and stores nothing.
 func TestWebhookDryRun(t *testing.T) {
 	e := newWebhookEnv(t)
