@@ -138,8 +138,8 @@ func checkContainers(t *testing.T, kind string, before, after []corev1.Container
 	}
 	for i := range after {
 		b, a := before[i].Env, after[i].Env
-		if len(a) < len(b) || !equality.Semantic.DeepEqual(a[:len(b)], b) {
-			t.Fatalf("%s[%d]: the user's env changed:\nbefore %s\nafter  %s", kind, i, toJSON(b), toJSON(a))
+		if len(a) < len(b) || !equality.Semantic.DeepEqual(a[len(a)-len(b):], b) {
+			t.Fatalf("%s[%d]: the user's env changed or is not last:\nbefore %s\nafter  %s", kind, i, toJSON(b), toJSON(a))
 		}
 		count := func(env []corev1.EnvVar, name string) int {
 			n := 0
@@ -156,15 +156,16 @@ func checkContainers(t *testing.T, kind string, before, after []corev1.Container
 				t.Fatalf("%s[%d]: %s appears %d times, want %d", kind, i, name, got, want)
 			}
 		}
-		// What was appended: the injected variables the user did not set, in order, as Env gives them.
+		// What was put before the user's entries: the injected variables the user did not set, in
+		// order, as Env gives them.
 		var wantAdded []corev1.EnvVar
 		for _, name := range order {
 			if count(b, name) == 0 {
 				wantAdded = append(wantAdded, injected[name])
 			}
 		}
-		if added := a[len(b):]; len(added)+len(wantAdded) > 0 && !equality.Semantic.DeepEqual(added, wantAdded) {
-			t.Fatalf("%s[%d]: appended %s, want %s", kind, i, toJSON(added), toJSON(wantAdded))
+		if added := a[:len(a)-len(b)]; len(added)+len(wantAdded) > 0 && !equality.Semantic.DeepEqual(added, wantAdded) {
+			t.Fatalf("%s[%d]: put first %s, want %s", kind, i, toJSON(added), toJSON(wantAdded))
 		}
 	}
 }

@@ -277,7 +277,8 @@ func TestHandleGolden(t *testing.T) {
 			if !resp.Allowed {
 				t.Fatalf("Allowed = false: %v", resp.Result)
 			}
-			// The operations in the order the API server applies them ("-" appends depend on it).
+			// The operations in the order the API server applies them ("-" appends and the
+			// ".../env/0" inserts, last variable first, depend on it).
 			var indented bytes.Buffer
 			if err := json.Indent(&indented, resp.Patch, "", "  "); err != nil {
 				t.Fatalf("patch %s: %v", resp.Patch, err)
@@ -402,7 +403,10 @@ func TestHandleKeepsFieldsUnknownToThisVersion(t *testing.T) {
 	}
 	spec := doc["spec"].(map[string]any)
 	spec["futurePodField"] = map[string]any{"enabled": true}
-	spec["containers"].([]any)[0].(map[string]any)["futureContainerField"] = "keep-me"
+	app := spec["containers"].([]any)[0].(map[string]any)
+	app["futureContainerField"] = "keep-me"
+	// The injected variables go before the container's own: its entries must be moved, not rewritten.
+	app["env"].([]any)[0].(map[string]any)["futureEnvField"] = "keep-me-too"
 	raw := mustJSON(t, doc)
 
 	in := newInjector(t, nil, refMagicIPs()...)
@@ -431,8 +435,13 @@ func TestHandleKeepsFieldsUnknownToThisVersion(t *testing.T) {
 	if _, ok := gotSpec["futurePodField"]; !ok {
 		t.Errorf("BUG: spec.futurePodField is gone after the patch")
 	}
-	if v := gotSpec["containers"].([]any)[0].(map[string]any)["futureContainerField"]; v != "keep-me" {
+	gotApp := gotSpec["containers"].([]any)[0].(map[string]any)
+	if v := gotApp["futureContainerField"]; v != "keep-me" {
 		t.Errorf("BUG: spec.containers[0].futureContainerField = %v after the patch, want keep-me", v)
+	}
+	env := gotApp["env"].([]any)
+	if v := env[len(env)-2].(map[string]any); v["name"] != "LOG_LEVEL" || v["futureEnvField"] != "keep-me-too" {
+		t.Errorf("BUG: the container's LOG_LEVEL entry is %v after the patch, want it as it was (with futureEnvField), after the injected ones", v)
 	}
 }
 

@@ -94,20 +94,20 @@ func (c Catalog) For(annotations map[string]string) []Endpoint {
 	return out
 }
 
-// Mutate adds the endpoints eps to pod: env vars in every container and init container (a
-// variable the pod already sets keeps its value), hostAliases (merged into an entry for the same
-// IP), and the injected annotation. It returns whether the pod changed; a second call changes
-// nothing.
+// Mutate adds the endpoints eps to pod: env vars in every container and init container, before
+// the container's own (a variable the pod already sets keeps its value), hostAliases (merged into
+// an entry for the same IP), and the injected annotation. It returns whether the pod changed; a
+// second call changes nothing.
 func Mutate(pod *Pod, eps []Endpoint) bool {
 	changed := false
+	for i := range pod.Spec.InitContainers {
+		changed = addEnv(&pod.Spec.InitContainers[i], eps) || changed
+	}
+	for i := range pod.Spec.Containers {
+		changed = addEnv(&pod.Spec.Containers[i], eps) || changed
+	}
 	var names []string
 	for _, e := range eps {
-		for i := range pod.Spec.InitContainers {
-			changed = addEnv(&pod.Spec.InitContainers[i], e.Env) || changed
-		}
-		for i := range pod.Spec.Containers {
-			changed = addEnv(&pod.Spec.Containers[i], e.Env) || changed
-		}
 		changed = addHostAliases(pod, e.Address, e.Hostnames) || changed
 		names = append(names, e.Name)
 	}
@@ -168,23 +168,44 @@ func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
 	return strings.NewReplacer(pairs...).Replace(tmpl)
 }
 
-// addEnv appends the variables the container does not set yet.
-func addEnv(c *Container, env []corev1.EnvVar) bool {
-	changed := false
-	for i, e := range env {
-		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
-			continue
+// addEnv puts the endpoints' variables that the container does not set before its own entries,
+// in endpoint order, the first definition of a name only. First, because the kubelet expands a $(NAME) in a value only from the entries
+// above it: a container's own DD_TRACE_AGENT_URL=http://$(DD_AGENT_HOST):8126 then finds the
+// injected DD_AGENT_HOST. The container's entries keep their order and values.
+func addEnv(c *Container, eps []Endpoint) bool {
+	var head []corev1.EnvVar // the new entries, then the container's
+	for i, ep := range eps {
+		for j, e := range ep.Env {
+			if hasEnv(c.Env, e.Name) || hasEnv(head, e.Name) {
+				continue
+			}
+			if e.ValueFrom != nil { // the endpoint's copy is shared by every request
+				e.ValueFrom = e.ValueFrom.DeepCopy()
+			}
+			if head == nil { // room for all at once; nothing allocated when nothing is added
+				head = make([]corev1.EnvVar, 0, remaining(eps, i, j)+len(c.Env))
+			}
+			head = append(head, e)
 		}
-		if e.ValueFrom != nil { // the endpoint's copy is shared by every request
-			e.ValueFrom = e.ValueFrom.DeepCopy()
-		}
-		if !changed { // room for the rest at once; nothing allocated when nothing is added
-			c.Env = slices.Grow(c.Env, len(env)-i)
-		}
-		c.Env = append(c.Env, e)
-		changed = true
 	}
-	return changed
+	if head == nil {
+		return false
+	}
+	c.Env = append(head, c.Env...)
+	return true
+}
+
+func hasEnv(env []corev1.EnvVar, name string) bool {
+	return slices.ContainsFunc(env, func(x corev1.EnvVar) bool { return x.Name == name })
+}
+
+// remaining counts the variables of eps from eps[i].Env[j] on.
+func remaining(eps []Endpoint, i, j int) int {
+	n := len(eps[i].Env) - j
+	for _, ep := range eps[i+1:] {
+		n += len(ep.Env)
+	}
+	return n
 }
 
 // addHostAliases adds the hostnames for ip, into an existing entry for ip when there is one. A

@@ -315,19 +315,42 @@ func TestMutate(t *testing.T) {
 				withAliases(ddAlias), injected("dd")),
 			wantChanged: true,
 		},
-		"user's variables come first and keep their values; other containers still get it": {
+		"injected variables go before the user's, which keep their order and values; other containers still get them": {
 			pod: testPod(
 				withEnv("app", val("A", "1"), val("DD_AGENT_HOST", "mine"), fieldRef("DD_MAGIC_HOST", "status.podIP")),
 				withEnv("init", val("DD_MAGIC_PORT", "9999")),
 			),
 			mips: []v1alpha1.MagicIP{ddMIP()},
 			want: testPod(
-				withEnv("app", val("A", "1"), val("DD_AGENT_HOST", "mine"), fieldRef("DD_MAGIC_HOST", "status.podIP")),
 				withEnv("app", without(ddEnv, "DD_AGENT_HOST", "DD_MAGIC_HOST")...),
-				withEnv("init", val("DD_MAGIC_PORT", "9999")),
+				withEnv("app", val("A", "1"), val("DD_AGENT_HOST", "mine"), fieldRef("DD_MAGIC_HOST", "status.podIP")),
 				withEnv("init", without(ddEnv, "DD_MAGIC_PORT")...),
+				withEnv("init", val("DD_MAGIC_PORT", "9999")),
 				withEnv("sidecar", ddEnv...),
 				withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"a user's $(DD_AGENT_HOST) reference comes after the injected DD_AGENT_HOST (the kubelet expands only earlier names)": {
+			pod:  testPod(withEnv("app", val("DD_TRACE_AGENT_URL", "http://$(DD_AGENT_HOST):$(DD_MAGIC_PORT_APM)"))),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(
+				withEnv("init", ddEnv...),
+				withEnv("app", ddEnv...), withEnv("app", val("DD_TRACE_AGENT_URL", "http://$(DD_AGENT_HOST):$(DD_MAGIC_PORT_APM)")),
+				withEnv("sidecar", ddEnv...),
+				withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"two MagicIPs: in MagicIP order, both before the user's": {
+			pod: testPod(withEnv("app", val("A", "1"))),
+			mips: []v1alpha1.MagicIP{
+				newMIP("a", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), ExtraEnv: []v1alpha1.EnvTemplate{{Name: "A_HOST", Value: "{address}"}}})),
+				newMIP("b", testAddr2, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), ExtraEnv: []v1alpha1.EnvTemplate{{Name: "B_HOST", Value: "{address}"}}})),
+			},
+			want: testPod(
+				withEnv("init", val("A_HOST", testAddr), val("B_HOST", testAddr2)),
+				withEnv("app", val("A_HOST", testAddr), val("B_HOST", testAddr2), val("A", "1")),
+				withEnv("sidecar", val("A_HOST", testAddr), val("B_HOST", testAddr2)),
+				injected("a,b")),
 			wantChanged: true,
 		},
 		"user sets every variable: only hostAliases and the annotation change": {
@@ -357,7 +380,7 @@ func TestMutate(t *testing.T) {
 			mips: []v1alpha1.MagicIP{newMIP("a", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), NodeMetadata: true}))},
 			want: testPod(
 				withEnv("init", fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP")),
-				withEnv("app", val("NODE_NAME", "mine"), fieldRef("NODE_IP", "status.hostIP")),
+				withEnv("app", fieldRef("NODE_IP", "status.hostIP"), val("NODE_NAME", "mine")),
 				withEnv("sidecar", fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP")),
 				injected("a")),
 			wantChanged: true,

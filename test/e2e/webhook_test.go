@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -401,6 +403,66 @@ func checkInjected(t *testing.T, p *corev1.Pod, env, hosts map[string]string) {
 		}
 		if (want == "" && len(ips) > 0) || (want != "" && !slices.Equal(ips, []string{want})) {
 			t.Errorf("pod %s: hostname %s maps to %v, want %q", p.Name, h, ips, want)
+		}
+	}
+}
+
+// TestWebhookEnvOrder: the injected variables go before the container's own entries, so that the
+// container's $(NAME) references to them expand (the kubelet expands a reference only to an entry
+// above it); a name the container sets keeps its value and its place among the container's own.
+func TestWebhookEnvOrder(t *testing.T) {
+	e := newWebhookEnv(t)
+	own := []corev1.EnvVar{
+		{Name: "DD_TRACE_AGENT_URL", Value: "http://$(DD_AGENT_HOST):$(DATADOG_MAGIC_PORT_APM)"},
+		{Name: "STATSD_URL", Value: "udp://$(DATADOG_MAGIC_HOST):$(DATADOG_MAGIC_PORT_DOGSTATSD)"},
+		{Name: "DATADOG_MAGIC_PORT", Value: "9999"},
+		{Name: "LOG_LEVEL", Value: "info"},
+	}
+	p := testPod("apps", "refs", func(p *corev1.Pod) { p.Spec.Containers[0].Env = own })
+	if err := e.cp.Client.Create(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	stored := &corev1.Pod{}
+	if err := e.cp.Client.Get(t.Context(), client.ObjectKeyFromObject(p), stored); err != nil {
+		t.Fatal(err)
+	}
+	injected := []string{"DATADOG_MAGIC_HOST", "DATADOG_MAGIC_PORT", "DATADOG_MAGIC_PORT_APM", "DATADOG_MAGIC_PORT_DOGSTATSD",
+		"DD_AGENT_HOST", "DD_TRACE_AGENT_URL", "NODE_NAME", "NODE_IP"}
+	userSet := func(n string) bool {
+		return slices.ContainsFunc(own, func(e corev1.EnvVar) bool { return e.Name == n })
+	}
+	wantApp := append(slices.DeleteFunc(slices.Clone(injected), userSet), "DD_TRACE_AGENT_URL", "STATSD_URL", "DATADOG_MAGIC_PORT", "LOG_LEVEL")
+	for _, c := range append(slices.Clone(stored.Spec.InitContainers), stored.Spec.Containers...) {
+		want := injected
+		if c.Name == "app" {
+			want = wantApp
+			if got := c.Env[len(c.Env)-len(own):]; !equality.Semantic.DeepEqual(got, own) {
+				t.Errorf("container app: its own entries became %+v, want %+v, last", got, own)
+			}
+		}
+		var names []string
+		for _, v := range c.Env {
+			names = append(names, v.Name)
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("container %s: env order %v, want %v", c.Name, names, want)
+		}
+		checkReferencesDefinedAbove(t, c)
+	}
+}
+
+// varRef is a $(NAME) reference in an env value (a $$( escape is not one).
+var varRef = regexp.MustCompile(`(^|[^$])\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+
+// checkReferencesDefinedAbove checks that every $(NAME) in c's env values names an entry above
+// it, the only ones the kubelet expands it to.
+func checkReferencesDefinedAbove(t *testing.T, c corev1.Container) {
+	t.Helper()
+	for i, v := range c.Env {
+		for _, m := range varRef.FindAllStringSubmatch(v.Value, -1) {
+			if !slices.ContainsFunc(c.Env[:i], func(e corev1.EnvVar) bool { return e.Name == m[2] }) {
+				t.Errorf("container %s: %s refers to $(%s), which is not defined above it: the kubelet leaves it unexpanded", c.Name, v.Name, m[2])
+			}
 		}
 	}
 }
