@@ -168,15 +168,16 @@ func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
 	return strings.NewReplacer(pairs...).Replace(tmpl)
 }
 
-// addEnv puts the endpoints' variables that the container does not set before its own entries,
-// in endpoint order, the first definition of a name only. First, because the kubelet expands a $(NAME) in a value only from the entries
+// addEnv puts the endpoints' variables that the container does not set, in env or possibly
+// through envFrom (EnvFromMaySet), before its own entries, in endpoint order, the first definition
+// of a name only. First, because the kubelet expands a $(NAME) in a value only from the entries
 // above it: a container's own DD_TRACE_AGENT_URL=http://$(DD_AGENT_HOST):8126 then finds the
 // injected DD_AGENT_HOST. The container's entries keep their order and values.
 func addEnv(c *Container, eps []Endpoint) bool {
 	var head []corev1.EnvVar // the new entries, then the container's
 	for i, ep := range eps {
 		for j, e := range ep.Env {
-			if hasEnv(c.Env, e.Name) || hasEnv(head, e.Name) {
+			if hasEnv(c.Env, e.Name) || hasEnv(head, e.Name) || EnvFromMaySet(c.EnvFrom, e.Name) != nil {
 				continue
 			}
 			if e.ValueFrom != nil { // the endpoint's copy is shared by every request

@@ -269,16 +269,25 @@ func testPod(mods ...func(*corev1.Pod)) *corev1.Pod {
 	return p
 }
 
-func withEnv(container string, env ...corev1.EnvVar) func(*corev1.Pod) {
+// inContainer applies f to the container or init container named name.
+func inContainer(name string, f func(*corev1.Container)) func(*corev1.Pod) {
 	return func(p *corev1.Pod) {
 		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
 			for i := range cs {
-				if cs[i].Name == container {
-					cs[i].Env = append(cs[i].Env, env...)
+				if cs[i].Name == name {
+					f(&cs[i])
 				}
 			}
 		}
 	}
+}
+
+func withEnv(container string, env ...corev1.EnvVar) func(*corev1.Pod) {
+	return inContainer(container, func(c *corev1.Container) { c.Env = append(c.Env, env...) })
+}
+
+func withEnvFrom(container string, from ...corev1.EnvFromSource) func(*corev1.Pod) {
+	return inContainer(container, func(c *corev1.Container) { c.EnvFrom = append(c.EnvFrom, from...) })
 }
 
 func withAliases(aliases ...corev1.HostAlias) func(*corev1.Pod) {
@@ -373,6 +382,28 @@ func TestMutate(t *testing.T) {
 				e := envs(fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP"), val("B", testAddr2))
 				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...), injected("a,b"))
 			}(),
+			wantChanged: true,
+		},
+		"envFrom: the names its prefix starts are left to it, in that container only": {
+			pod:  testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "DD_AGENT", ConfigMapRef: &corev1.ConfigMapEnvSource{}})),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "DD_AGENT", ConfigMapRef: &corev1.ConfigMapEnvSource{}}),
+				withEnv("init", ddEnv...), withEnv("app", without(ddEnv, "DD_AGENT_HOST")...), withEnv("sidecar", ddEnv...),
+				withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"envFrom without a prefix may set any name: no variable injected there": {
+			pod:  testPod(withEnv("app", val("A", "1")), withEnvFrom("app", corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{}})),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(withEnv("app", val("A", "1")), withEnvFrom("app", corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{}}),
+				withEnv("init", ddEnv...), withEnv("sidecar", ddEnv...), withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"envFrom of another prefix: everything injected": {
+			pod:  testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "APP_", ConfigMapRef: &corev1.ConfigMapEnvSource{}})),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "APP_", ConfigMapRef: &corev1.ConfigMapEnvSource{}}),
+				withEnv("init", ddEnv...), withEnv("app", ddEnv...), withEnv("sidecar", ddEnv...), withAliases(ddAlias), injected("dd")),
 			wantChanged: true,
 		},
 		"user's NODE_NAME kept": {
@@ -601,10 +632,10 @@ func viewOf(p *corev1.Pod) *Pod {
 	v := &Pod{PodMeta: PodMeta{Name: p.Name, GenerateName: p.GenerateName, Annotations: p.Annotations}}
 	v.Spec.HostAliases = p.Spec.HostAliases
 	for _, c := range p.Spec.InitContainers {
-		v.Spec.InitContainers = append(v.Spec.InitContainers, Container{Name: c.Name, Env: c.Env})
+		v.Spec.InitContainers = append(v.Spec.InitContainers, Container{Name: c.Name, Env: c.Env, EnvFrom: c.EnvFrom})
 	}
 	for _, c := range p.Spec.Containers {
-		v.Spec.Containers = append(v.Spec.Containers, Container{Name: c.Name, Env: c.Env})
+		v.Spec.Containers = append(v.Spec.Containers, Container{Name: c.Name, Env: c.Env, EnvFrom: c.EnvFrom})
 	}
 	return v
 }
@@ -621,4 +652,39 @@ func mutate(p *corev1.Pod, eps []Endpoint) bool {
 		p.Spec.Containers[i].Env = v.Spec.Containers[i].Env
 	}
 	return changed
+}
+
+func TestEnvFromMaySet(t *testing.T) {
+	cm := func(prefix string) corev1.EnvFromSource {
+		return corev1.EnvFromSource{Prefix: prefix, ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cm" + prefix}}}
+	}
+	tests := map[string]struct {
+		sources []corev1.EnvFromSource
+		name    string
+		want    string // the ConfigMap's name, "" for none
+	}{
+		"no envFrom":                     {name: "DD_AGENT_HOST"},
+		"no prefix: any name":            {sources: []corev1.EnvFromSource{cm("")}, name: "DD_AGENT_HOST", want: "cm"},
+		"a prefix that starts the name":  {sources: []corev1.EnvFromSource{cm("DD_")}, name: "DD_AGENT_HOST", want: "cmDD_"},
+		"the prefix is the whole name":   {sources: []corev1.EnvFromSource{cm("DD_AGENT_HOST")}, name: "DD_AGENT_HOST", want: "cmDD_AGENT_HOST"},
+		"another prefix":                 {sources: []corev1.EnvFromSource{cm("APP_")}, name: "DD_AGENT_HOST"},
+		"prefixes are case-sensitive":    {sources: []corev1.EnvFromSource{cm("dd_")}, name: "DD_AGENT_HOST"},
+		"a prefix longer than the name":  {sources: []corev1.EnvFromSource{cm("DD_AGENT_HOST_")}, name: "DD_AGENT_HOST"},
+		"the first source that may":      {sources: []corev1.EnvFromSource{cm("APP_"), cm("DD"), cm("")}, name: "DD_AGENT_HOST", want: "cmDD"},
+		"a Secret counts as a ConfigMap": {sources: []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{}}}, name: "X", want: "secret"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := ""
+			if src := EnvFromMaySet(tc.sources, tc.name); src != nil {
+				got = "secret"
+				if src.ConfigMapRef != nil {
+					got = src.ConfigMapRef.Name
+				}
+			}
+			if got != tc.want {
+				t.Errorf("EnvFromMaySet(%s) = %q, want %q", tc.name, got, tc.want)
+			}
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
@@ -465,6 +467,79 @@ func checkReferencesDefinedAbove(t *testing.T, c corev1.Container) {
 			}
 		}
 	}
+}
+
+// TestWebhookEnvFrom: a variable a container's envFrom may set (its prefix starts the name; the
+// webhook cannot read the ConfigMap or Secret) is not injected into that container, since an env
+// entry would override the envFrom value; the creator is told in an admission warning. Containers
+// without envFrom get everything.
+func TestWebhookEnvFrom(t *testing.T) {
+	e := newWebhookEnv(t)
+	var warnings warningCollector
+	cfg := rest.CopyConfig(e.cp.Config)
+	cfg.WarningHandler = &warnings
+	c, err := client.New(cfg, client.Options{Scheme: e.cp.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPod("apps", "env-from", func(p *corev1.Pod) {
+		p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{Prefix: "DD_", ConfigMapRef: &corev1.ConfigMapEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "dd-settings"}}}}
+		p.Spec.Containers[1].EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "sidecar-env"}}}}
+	})
+	if err := c.Create(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]string{
+		"DATADOG_MAGIC_HOST": magicAddr, "DATADOG_MAGIC_PORT_APM": "8126", "NODE_NAME": "fieldRef:spec.nodeName",
+		"DD_AGENT_HOST": magicAddr, "DD_TRACE_AGENT_URL": "http://" + magicAddr + ":8126",
+	}
+	for name, want := range map[string]map[string]string{
+		"init": all,
+		// envFrom prefix DD_: the DD_ variables are left to the ConfigMap, the rest injected.
+		"app": {"DATADOG_MAGIC_HOST": magicAddr, "NODE_NAME": "fieldRef:spec.nodeName", "DD_AGENT_HOST": "", "DD_TRACE_AGENT_URL": ""},
+		// envFrom without a prefix may set any name: nothing injected.
+		"sidecar": {"DATADOG_MAGIC_HOST": "", "NODE_NAME": "", "DD_AGENT_HOST": ""},
+	} {
+		containers := append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...)
+		got := envOf(containers[slices.IndexFunc(containers, func(c corev1.Container) bool { return c.Name == name })])
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("container %s: %s=%q, want %q", name, k, got[k], v)
+			}
+		}
+	}
+	if len(p.Spec.HostAliases) != 1 || p.Annotations["magic-ip.dev/injected"] != "datadog" {
+		t.Errorf("hostAliases %+v, annotations %v: want the pod-level injection unchanged", p.Spec.HostAliases, p.Annotations)
+	}
+	got := strings.Join(warnings.list(), "\n")
+	for _, want := range []string{
+		`container app: DD_AGENT_HOST, DD_TRACE_AGENT_URL not injected: envFrom configMapRef dd-settings (prefix "DD_") may set them`,
+		"container sidecar: DATADOG_MAGIC_HOST, DATADOG_MAGIC_PORT, DATADOG_MAGIC_PORT_APM and 5 more not injected: envFrom secretRef sidecar-env (no prefix)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("admission warnings %q, want one containing %q", got, want)
+		}
+	}
+}
+
+// warningCollector keeps the warnings the API server returns (a rest.WarningHandler).
+type warningCollector struct {
+	mu       sync.Mutex
+	warnings []string
+}
+
+func (w *warningCollector) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.warnings = append(w.warnings, text)
+}
+
+func (w *warningCollector) list() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.warnings)
 }
 
 // TestWebhookDryRun: a dry-run create returns the mutated pod and stores nothing.
