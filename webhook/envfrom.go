@@ -35,24 +35,30 @@ func envFromWarnings(pod *Pod, eps []Endpoint) []string {
 			if len(c.EnvFrom) == 0 {
 				continue
 			}
-			var skipped []string
-			var first *corev1.EnvFromSource
-			for _, ep := range eps {
-				for _, e := range ep.Env {
-					if src := EnvFromMaySet(c.EnvFrom, e.Name); src != nil && !hasEnv(c.Env, e.Name) && !slices.Contains(skipped, e.Name) {
-						skipped = append(skipped, e.Name)
-						if first == nil {
-							first = src
-						}
-					}
-				}
-			}
-			if len(skipped) > 0 {
-				out = append(out, envFromWarning(c.Name, first, skipped))
+			if names, src := leftToEnvFrom(c, eps); len(names) > 0 {
+				out = append(out, envFromWarning(c.Name, src, names))
 			}
 		}
 	}
 	return out
+}
+
+// leftToEnvFrom lists the variables of eps that the mutated container c lacks because its envFrom
+// may set them, and the first source that may.
+func leftToEnvFrom(c Container, eps []Endpoint) (names []string, first *corev1.EnvFromSource) {
+	for _, ep := range eps {
+		for _, e := range ep.Env {
+			src := EnvFromMaySet(c.EnvFrom, e.Name)
+			if src == nil || hasEnv(c.Env, e.Name) || slices.Contains(names, e.Name) {
+				continue
+			}
+			names = append(names, e.Name)
+			if first == nil {
+				first = src
+			}
+		}
+	}
+	return names, first
 }
 
 // envFromWarning: "magic-ip: container app: A, B, C and 5 more not injected: envFrom configMapRef
