@@ -7,7 +7,7 @@ import (
 )
 
 // Pod is the part of a pod the webhook reads and changes: its name, annotations, containers'
-// names and env, and hostAliases, with the pod's JSON field names. Decoding only this part skips
+// names, env and envFrom, and hostAliases, with the pod's JSON field names. Decoding only this part skips
 // building the rest of the pod (images, volumes, probes, resources, ...) on every admission
 // request.
 type Pod struct {
@@ -29,10 +29,11 @@ type PodSpec struct {
 	HostAliases    []corev1.HostAlias `json:"hostAliases,omitempty"`
 }
 
-// Container is a container's name and env.
+// Container is a container's name, env and envFrom (read, never changed).
 type Container struct {
-	Name string          `json:"name"`
-	Env  []corev1.EnvVar `json:"env,omitempty"`
+	Name    string                 `json:"name"`
+	Env     []corev1.EnvVar        `json:"env,omitempty"`
+	EnvFrom []corev1.EnvFromSource `json:"envFrom,omitempty"`
 }
 
 // DecodePod decodes the part of a pod the webhook reads from the pod's JSON.

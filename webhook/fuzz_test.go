@@ -40,14 +40,17 @@ func fuzzMagicIPs() []v1alpha1.MagicIP {
 }
 
 // FuzzMutate decodes a pod as the handler does and mutates it: no panic, the handler's patch
-// (only adds) turns the pod into the mutated one, a second Mutate changes nothing, every container has each injected variable exactly
-// once (or the user's copies, untouched), and what the user set is unchanged.
+// (only adds) turns the pod into the mutated one, a second Mutate changes nothing, every container
+// has each injected variable exactly once (or the user's copies, untouched, or none when its
+// envFrom may set it), before the user's entries, and what the user set is unchanged.
 func FuzzMutate(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"apps"},"spec":{"containers":[{"name":"app","image":"nginx"}]}}`))
 	f.Add([]byte(`{"metadata":{"generateName":"web-","annotations":{"magic-ip.dev/injected":"zz,datadog","team":"web"}},` +
 		`"spec":{"initContainers":[{"name":"init","env":[{"name":"NODE_NAME","value":"mine"}]}],` +
 		`"containers":[{"name":"app","env":[{"name":"DD_AGENT_HOST","value":"10.0.0.5"},{"name":"DATADOG_MAGIC_HOST","valueFrom":{"fieldRef":{"fieldPath":"status.podIP"}}},{"name":"A","value":"1"},{"name":"A","value":"2"}]},{"name":"sidecar"}],` +
 		`"hostAliases":[{"ip":"169.254.210.210","hostnames":["mine.local"]},{"ip":"10.9.9.9","hostnames":["otel.node.local","otel.node.local"]}]}}`))
+	f.Add([]byte(`{"spec":{"initContainers":[{"name":"i","envFrom":[{"configMapRef":{"name":"all"}}]}],` +
+		`"containers":[{"name":"a","envFrom":[{"prefix":"DD_","secretRef":{"name":"s"}},{"prefix":"NODE_I"}],"env":[{"name":"X","value":"$(DD_AGENT_HOST)"}]}]}}`))
 	f.Add([]byte(`{"spec":{"containers":[]}}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`null`))
@@ -138,8 +141,8 @@ func checkContainers(t *testing.T, kind string, before, after []corev1.Container
 	}
 	for i := range after {
 		b, a := before[i].Env, after[i].Env
-		if len(a) < len(b) || !equality.Semantic.DeepEqual(a[:len(b)], b) {
-			t.Fatalf("%s[%d]: the user's env changed:\nbefore %s\nafter  %s", kind, i, toJSON(b), toJSON(a))
+		if len(a) < len(b) || !equality.Semantic.DeepEqual(a[len(a)-len(b):], b) {
+			t.Fatalf("%s[%d]: the user's env changed or is not last:\nbefore %s\nafter  %s", kind, i, toJSON(b), toJSON(a))
 		}
 		count := func(env []corev1.EnvVar, name string) int {
 			n := 0
@@ -150,21 +153,28 @@ func checkContainers(t *testing.T, kind string, before, after []corev1.Container
 			}
 			return n
 		}
+		// Injected: the variables the user does not set, in env or possibly through envFrom.
+		added := func(name string) bool {
+			return count(b, name) == 0 && EnvFromMaySet(before[i].EnvFrom, name) == nil
+		}
 		for _, name := range order {
-			want := max(count(b, name), 1)
+			want := count(b, name)
+			if added(name) {
+				want = 1
+			}
 			if got := count(a, name); got != want {
 				t.Fatalf("%s[%d]: %s appears %d times, want %d", kind, i, name, got, want)
 			}
 		}
-		// What was appended: the injected variables the user did not set, in order, as Env gives them.
+		// What was put before the user's entries: the injected variables, in order, as Env gives them.
 		var wantAdded []corev1.EnvVar
 		for _, name := range order {
-			if count(b, name) == 0 {
+			if added(name) {
 				wantAdded = append(wantAdded, injected[name])
 			}
 		}
-		if added := a[len(b):]; len(added)+len(wantAdded) > 0 && !equality.Semantic.DeepEqual(added, wantAdded) {
-			t.Fatalf("%s[%d]: appended %s, want %s", kind, i, toJSON(added), toJSON(wantAdded))
+		if added := a[:len(a)-len(b)]; len(added)+len(wantAdded) > 0 && !equality.Semantic.DeepEqual(added, wantAdded) {
+			t.Fatalf("%s[%d]: put first %s, want %s", kind, i, toJSON(added), toJSON(wantAdded))
 		}
 	}
 }

@@ -127,7 +127,7 @@ func (in *Injector) Handle(ctx context.Context, req admission.Request) (resp adm
 		in.Log.Error(err, "encode the patch, pod admitted unchanged", "namespace", req.Namespace)
 		return admission.Allowed("").WithWarnings("magic-ip: internal error, nothing injected")
 	}
-	resp = admission.Allowed("")
+	resp = admission.Allowed("").WithWarnings(envFromWarnings(pod, eps)...)
 	resp.Patch = patch // already encoded: Response.Complete marshals only resp.Patches
 	patchType := admissionv1.PatchTypeJSONPatch
 	resp.PatchType = &patchType

@@ -167,6 +167,17 @@ func TestHandle(t *testing.T) {
 	refRaw := mustJSON(t, refPod())
 	refWant := refPod()
 	mutate(refWant, endpoints(refMagicIPs()[:1]))
+	proxyEnvFrom := func(p *corev1.Pod) {
+		p.Spec.Containers[1].EnvFrom = []corev1.EnvFromSource{{Prefix: "DD_", ConfigMapRef: &corev1.ConfigMapEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "proxy-env"}}}}
+	}
+	envFromPod := refPod()
+	proxyEnvFrom(envFromPod)
+	envFromRaw, envFromWant := mustJSON(t, envFromPod), envFromPod.DeepCopy()
+	mutate(envFromWant, endpoints(refMagicIPs()[:1]))
+	if got := envOf(envFromWant.Spec.Containers[1]); got["DD_AGENT_HOST"] != "" || got["DATADOG_MAGIC_HOST"] == "" {
+		t.Fatalf("want proxy without DD_AGENT_HOST, with DATADOG_MAGIC_HOST: %v", got)
+	}
 	tests := map[string]struct {
 		req         admission.Request
 		mips        []v1alpha1.MagicIP
@@ -215,6 +226,13 @@ func TestHandle(t *testing.T) {
 		},
 		"only a conflict loser selected: allowed, no patch": {
 			req: podRequest(mustJSON(t, testPod(withAnnotation(SelectAnnotation, "datadog-copy")))), mips: refMagicIPs(),
+		},
+		"envFrom may set some variables: patched without them, with a warning naming them": {
+			req: podRequest(envFromRaw), mips: refMagicIPs(), want: envFromWant, wantCount: 1,
+			wantWarning: `magic-ip: container proxy: DD_AGENT_HOST, DD_TRACE_AGENT_URL not injected: envFrom configMapRef proxy-env (prefix "DD_") may set them, and an injected value would override it`,
+		},
+		"only an IPv6 MagicIP (no agent programs it): allowed, no patch": {
+			req: podRequest(refRaw), mips: []v1alpha1.MagicIP{newMIP("v6", "fd00::10", 0, withInject(v1alpha1.Inject{Hostnames: []string{"v6.local"}}))},
 		},
 		"already injected (reinvocation): allowed, no patch": {
 			req: podRequest(mustJSON(t, refWant)), mips: refMagicIPs(),
@@ -274,7 +292,8 @@ func TestHandleGolden(t *testing.T) {
 			if !resp.Allowed {
 				t.Fatalf("Allowed = false: %v", resp.Result)
 			}
-			// The operations in the order the API server applies them ("-" appends depend on it).
+			// The operations in the order the API server applies them ("-" appends and the
+			// ".../env/0" inserts, last variable first, depend on it).
 			var indented bytes.Buffer
 			if err := json.Indent(&indented, resp.Patch, "", "  "); err != nil {
 				t.Fatalf("patch %s: %v", resp.Patch, err)
@@ -399,7 +418,10 @@ func TestHandleKeepsFieldsUnknownToThisVersion(t *testing.T) {
 	}
 	spec := doc["spec"].(map[string]any)
 	spec["futurePodField"] = map[string]any{"enabled": true}
-	spec["containers"].([]any)[0].(map[string]any)["futureContainerField"] = "keep-me"
+	app := spec["containers"].([]any)[0].(map[string]any)
+	app["futureContainerField"] = "keep-me"
+	// The injected variables go before the container's own: its entries must be moved, not rewritten.
+	app["env"].([]any)[0].(map[string]any)["futureEnvField"] = "keep-me-too"
 	raw := mustJSON(t, doc)
 
 	in := newInjector(t, nil, refMagicIPs()...)
@@ -428,8 +450,13 @@ func TestHandleKeepsFieldsUnknownToThisVersion(t *testing.T) {
 	if _, ok := gotSpec["futurePodField"]; !ok {
 		t.Errorf("BUG: spec.futurePodField is gone after the patch")
 	}
-	if v := gotSpec["containers"].([]any)[0].(map[string]any)["futureContainerField"]; v != "keep-me" {
+	gotApp := gotSpec["containers"].([]any)[0].(map[string]any)
+	if v := gotApp["futureContainerField"]; v != "keep-me" {
 		t.Errorf("BUG: spec.containers[0].futureContainerField = %v after the patch, want keep-me", v)
+	}
+	env := gotApp["env"].([]any)
+	if v := env[len(env)-2].(map[string]any); v["name"] != "LOG_LEVEL" || v["futureEnvField"] != "keep-me-too" {
+		t.Errorf("BUG: the container's LOG_LEVEL entry is %v after the patch, want it as it was (with futureEnvField), after the injected ones", v)
 	}
 }
 
@@ -542,4 +569,13 @@ func TestHandleCatalogFollowsInvalidate(t *testing.T) {
 	if lists != 2 {
 		t.Errorf("%d reads of the MagicIPs after Invalidate, want 2", lists)
 	}
+}
+
+// envOf maps a container's variables to their values.
+func envOf(c corev1.Container) map[string]string {
+	out := map[string]string{}
+	for _, e := range c.Env {
+		out[e.Name] = e.Value
+	}
+	return out
 }

@@ -50,20 +50,25 @@ func EndpointOf(m v1alpha1.MagicIP) Endpoint {
 	return Endpoint{Name: m.Name, Address: m.Spec.Address, Env: Env(m), Hostnames: m.Spec.Inject.Hostnames}
 }
 
-// Catalog is the endpoints pods may get, sorted by name: the MagicIPs that own their claims (the
-// same rule the agents program) and are not reported un-Accepted for their current generation.
+// Catalog is the endpoints pods may get, sorted by name: the MagicIPs Resolve injects (they own
+// their claims and agents program their address, the rules the agents apply) that are not
+// reported un-Accepted for their current generation either.
 type Catalog []Endpoint
 
 // NewCatalog resolves mips into the catalog.
 func NewCatalog(mips []v1alpha1.MagicIP) Catalog {
-	accepted, _ := v1alpha1.ResolveClaims(mips)
-	var out Catalog
-	for _, m := range accepted {
+	refused := map[string]bool{}
+	for _, m := range mips {
 		if c := findCondition(m.Status.Conditions, v1alpha1.ConditionAccepted); c != nil &&
 			c.Status == metav1.ConditionFalse && c.ObservedGeneration == m.Generation {
-			continue
+			refused[m.Name] = true
 		}
-		out = append(out, EndpointOf(m))
+	}
+	var out Catalog
+	for _, e := range Resolve(mips).Endpoints {
+		if !refused[e.Name] {
+			out = append(out, e)
+		}
 	}
 	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.Name, b.Name) })
 	return out
@@ -89,20 +94,20 @@ func (c Catalog) For(annotations map[string]string) []Endpoint {
 	return out
 }
 
-// Mutate adds the endpoints eps to pod: env vars in every container and init container (a
-// variable the pod already sets keeps its value), hostAliases (merged into an entry for the same
-// IP), and the injected annotation. It returns whether the pod changed; a second call changes
-// nothing.
+// Mutate adds the endpoints eps to pod: env vars in every container and init container, before
+// the container's own (a variable the pod already sets keeps its value), hostAliases (merged into
+// an entry for the same IP), and the injected annotation. It returns whether the pod changed; a
+// second call changes nothing.
 func Mutate(pod *Pod, eps []Endpoint) bool {
 	changed := false
+	for i := range pod.Spec.InitContainers {
+		changed = addEnv(&pod.Spec.InitContainers[i], eps) || changed
+	}
+	for i := range pod.Spec.Containers {
+		changed = addEnv(&pod.Spec.Containers[i], eps) || changed
+	}
 	var names []string
 	for _, e := range eps {
-		for i := range pod.Spec.InitContainers {
-			changed = addEnv(&pod.Spec.InitContainers[i], e.Env) || changed
-		}
-		for i := range pod.Spec.Containers {
-			changed = addEnv(&pod.Spec.Containers[i], e.Env) || changed
-		}
 		changed = addHostAliases(pod, e.Address, e.Hostnames) || changed
 		names = append(names, e.Name)
 	}
@@ -163,23 +168,45 @@ func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
 	return strings.NewReplacer(pairs...).Replace(tmpl)
 }
 
-// addEnv appends the variables the container does not set yet.
-func addEnv(c *Container, env []corev1.EnvVar) bool {
-	changed := false
-	for i, e := range env {
-		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
-			continue
+// addEnv puts the endpoints' variables that the container does not set, in env or possibly
+// through envFrom (EnvFromMaySet), before its own entries, in endpoint order, the first definition
+// of a name only. First, because the kubelet expands a $(NAME) in a value only from the entries
+// above it: a container's own DD_TRACE_AGENT_URL=http://$(DD_AGENT_HOST):8126 then finds the
+// injected DD_AGENT_HOST. The container's entries keep their order and values.
+func addEnv(c *Container, eps []Endpoint) bool {
+	var head []corev1.EnvVar // the new entries, then the container's
+	for i, ep := range eps {
+		for j, e := range ep.Env {
+			if hasEnv(c.Env, e.Name) || hasEnv(head, e.Name) || EnvFromMaySet(c.EnvFrom, e.Name) != nil {
+				continue
+			}
+			if e.ValueFrom != nil { // the endpoint's copy is shared by every request
+				e.ValueFrom = e.ValueFrom.DeepCopy()
+			}
+			if head == nil { // room for all at once; nothing allocated when nothing is added
+				head = make([]corev1.EnvVar, 0, remaining(eps, i, j)+len(c.Env))
+			}
+			head = append(head, e)
 		}
-		if e.ValueFrom != nil { // the endpoint's copy is shared by every request
-			e.ValueFrom = e.ValueFrom.DeepCopy()
-		}
-		if !changed { // room for the rest at once; nothing allocated when nothing is added
-			c.Env = slices.Grow(c.Env, len(env)-i)
-		}
-		c.Env = append(c.Env, e)
-		changed = true
 	}
-	return changed
+	if head == nil {
+		return false
+	}
+	c.Env = append(head, c.Env...)
+	return true
+}
+
+func hasEnv(env []corev1.EnvVar, name string) bool {
+	return slices.ContainsFunc(env, func(x corev1.EnvVar) bool { return x.Name == name })
+}
+
+// remaining counts the variables of eps from eps[i].Env[j] on.
+func remaining(eps []Endpoint, i, j int) int {
+	n := len(eps[i].Env) - j
+	for _, ep := range eps[i+1:] {
+		n += len(ep.Env)
+	}
+	return n
 }
 
 // addHostAliases adds the hostnames for ip, into an existing entry for ip when there is one. A

@@ -269,16 +269,25 @@ func testPod(mods ...func(*corev1.Pod)) *corev1.Pod {
 	return p
 }
 
-func withEnv(container string, env ...corev1.EnvVar) func(*corev1.Pod) {
+// inContainer applies f to the container or init container named name.
+func inContainer(name string, f func(*corev1.Container)) func(*corev1.Pod) {
 	return func(p *corev1.Pod) {
 		for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
 			for i := range cs {
-				if cs[i].Name == container {
-					cs[i].Env = append(cs[i].Env, env...)
+				if cs[i].Name == name {
+					f(&cs[i])
 				}
 			}
 		}
 	}
+}
+
+func withEnv(container string, env ...corev1.EnvVar) func(*corev1.Pod) {
+	return inContainer(container, func(c *corev1.Container) { c.Env = append(c.Env, env...) })
+}
+
+func withEnvFrom(container string, from ...corev1.EnvFromSource) func(*corev1.Pod) {
+	return inContainer(container, func(c *corev1.Container) { c.EnvFrom = append(c.EnvFrom, from...) })
 }
 
 func withAliases(aliases ...corev1.HostAlias) func(*corev1.Pod) {
@@ -315,19 +324,42 @@ func TestMutate(t *testing.T) {
 				withAliases(ddAlias), injected("dd")),
 			wantChanged: true,
 		},
-		"user's variables come first and keep their values; other containers still get it": {
+		"injected variables go before the user's, which keep their order and values; other containers still get them": {
 			pod: testPod(
 				withEnv("app", val("A", "1"), val("DD_AGENT_HOST", "mine"), fieldRef("DD_MAGIC_HOST", "status.podIP")),
 				withEnv("init", val("DD_MAGIC_PORT", "9999")),
 			),
 			mips: []v1alpha1.MagicIP{ddMIP()},
 			want: testPod(
-				withEnv("app", val("A", "1"), val("DD_AGENT_HOST", "mine"), fieldRef("DD_MAGIC_HOST", "status.podIP")),
 				withEnv("app", without(ddEnv, "DD_AGENT_HOST", "DD_MAGIC_HOST")...),
-				withEnv("init", val("DD_MAGIC_PORT", "9999")),
+				withEnv("app", val("A", "1"), val("DD_AGENT_HOST", "mine"), fieldRef("DD_MAGIC_HOST", "status.podIP")),
 				withEnv("init", without(ddEnv, "DD_MAGIC_PORT")...),
+				withEnv("init", val("DD_MAGIC_PORT", "9999")),
 				withEnv("sidecar", ddEnv...),
 				withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"a user's $(DD_AGENT_HOST) reference comes after the injected DD_AGENT_HOST (the kubelet expands only earlier names)": {
+			pod:  testPod(withEnv("app", val("DD_TRACE_AGENT_URL", "http://$(DD_AGENT_HOST):$(DD_MAGIC_PORT_APM)"))),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(
+				withEnv("init", ddEnv...),
+				withEnv("app", ddEnv...), withEnv("app", val("DD_TRACE_AGENT_URL", "http://$(DD_AGENT_HOST):$(DD_MAGIC_PORT_APM)")),
+				withEnv("sidecar", ddEnv...),
+				withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"two MagicIPs: in MagicIP order, both before the user's": {
+			pod: testPod(withEnv("app", val("A", "1"))),
+			mips: []v1alpha1.MagicIP{
+				newMIP("a", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), ExtraEnv: []v1alpha1.EnvTemplate{{Name: "A_HOST", Value: "{address}"}}})),
+				newMIP("b", testAddr2, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), ExtraEnv: []v1alpha1.EnvTemplate{{Name: "B_HOST", Value: "{address}"}}})),
+			},
+			want: testPod(
+				withEnv("init", val("A_HOST", testAddr), val("B_HOST", testAddr2)),
+				withEnv("app", val("A_HOST", testAddr), val("B_HOST", testAddr2), val("A", "1")),
+				withEnv("sidecar", val("A_HOST", testAddr), val("B_HOST", testAddr2)),
+				injected("a,b")),
 			wantChanged: true,
 		},
 		"user sets every variable: only hostAliases and the annotation change": {
@@ -352,12 +384,34 @@ func TestMutate(t *testing.T) {
 			}(),
 			wantChanged: true,
 		},
+		"envFrom: the names its prefix starts are left to it, in that container only": {
+			pod:  testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "DD_AGENT", ConfigMapRef: &corev1.ConfigMapEnvSource{}})),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "DD_AGENT", ConfigMapRef: &corev1.ConfigMapEnvSource{}}),
+				withEnv("init", ddEnv...), withEnv("app", without(ddEnv, "DD_AGENT_HOST")...), withEnv("sidecar", ddEnv...),
+				withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"envFrom without a prefix may set any name: no variable injected there": {
+			pod:  testPod(withEnv("app", val("A", "1")), withEnvFrom("app", corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{}})),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(withEnv("app", val("A", "1")), withEnvFrom("app", corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{}}),
+				withEnv("init", ddEnv...), withEnv("sidecar", ddEnv...), withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
+		"envFrom of another prefix: everything injected": {
+			pod:  testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "APP_", ConfigMapRef: &corev1.ConfigMapEnvSource{}})),
+			mips: []v1alpha1.MagicIP{ddMIP()},
+			want: testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "APP_", ConfigMapRef: &corev1.ConfigMapEnvSource{}}),
+				withEnv("init", ddEnv...), withEnv("app", ddEnv...), withEnv("sidecar", ddEnv...), withAliases(ddAlias), injected("dd")),
+			wantChanged: true,
+		},
 		"user's NODE_NAME kept": {
 			pod:  testPod(withEnv("app", val("NODE_NAME", "mine"))),
 			mips: []v1alpha1.MagicIP{newMIP("a", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), NodeMetadata: true}))},
 			want: testPod(
 				withEnv("init", fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP")),
-				withEnv("app", val("NODE_NAME", "mine"), fieldRef("NODE_IP", "status.hostIP")),
+				withEnv("app", fieldRef("NODE_IP", "status.hostIP"), val("NODE_NAME", "mine")),
 				withEnv("sidecar", fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP")),
 				injected("a")),
 			wantChanged: true,
@@ -528,6 +582,17 @@ func TestCatalog(t *testing.T) {
 			mips: []v1alpha1.MagicIP{other("a", testAddr, 0, terminating), other("b", "not-an-ip", 0), other("c", testAddr2, 0)},
 			want: []string{"c"},
 		},
+		"IPv6: excluded, whatever its status (agents program IPv4 only)": {
+			mips: []v1alpha1.MagicIP{other("v6", "fd00::10", 0), other("v6-accepted", "fe80::a9fe:d2d2", 0, withAccepted(metav1.ConditionTrue, 1, 1)), other("b", testAddr2, 0)},
+			want: []string{"b"},
+		},
+		"IPv4-mapped IPv6 is IPv4: included": {
+			mips: []v1alpha1.MagicIP{other("mapped", "::ffff:169.254.0.9", 0)},
+			want: []string{"mapped"},
+		},
+		"select does not bring back an IPv6 MagicIP": {
+			select_: ptr.To("v6"), mips: []v1alpha1.MagicIP{other("v6", "fd00::10", 0)}, want: nil,
+		},
 		"select with spaces narrows": {select_: ptr.To(" a,  c "), mips: abc, want: []string{"a", "c"}},
 		"select names one":           {select_: ptr.To("b"), mips: abc, want: []string{"b"}},
 		"select: unknown names ignored": {
@@ -567,10 +632,10 @@ func viewOf(p *corev1.Pod) *Pod {
 	v := &Pod{PodMeta: PodMeta{Name: p.Name, GenerateName: p.GenerateName, Annotations: p.Annotations}}
 	v.Spec.HostAliases = p.Spec.HostAliases
 	for _, c := range p.Spec.InitContainers {
-		v.Spec.InitContainers = append(v.Spec.InitContainers, Container{Name: c.Name, Env: c.Env})
+		v.Spec.InitContainers = append(v.Spec.InitContainers, Container{Name: c.Name, Env: c.Env, EnvFrom: c.EnvFrom})
 	}
 	for _, c := range p.Spec.Containers {
-		v.Spec.Containers = append(v.Spec.Containers, Container{Name: c.Name, Env: c.Env})
+		v.Spec.Containers = append(v.Spec.Containers, Container{Name: c.Name, Env: c.Env, EnvFrom: c.EnvFrom})
 	}
 	return v
 }
@@ -587,4 +652,39 @@ func mutate(p *corev1.Pod, eps []Endpoint) bool {
 		p.Spec.Containers[i].Env = v.Spec.Containers[i].Env
 	}
 	return changed
+}
+
+func TestEnvFromMaySet(t *testing.T) {
+	cm := func(prefix string) corev1.EnvFromSource {
+		return corev1.EnvFromSource{Prefix: prefix, ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cm" + prefix}}}
+	}
+	tests := map[string]struct {
+		sources []corev1.EnvFromSource
+		name    string
+		want    string // the ConfigMap's name, "" for none
+	}{
+		"no envFrom":                     {name: "DD_AGENT_HOST"},
+		"no prefix: any name":            {sources: []corev1.EnvFromSource{cm("")}, name: "DD_AGENT_HOST", want: "cm"},
+		"a prefix that starts the name":  {sources: []corev1.EnvFromSource{cm("DD_")}, name: "DD_AGENT_HOST", want: "cmDD_"},
+		"the prefix is the whole name":   {sources: []corev1.EnvFromSource{cm("DD_AGENT_HOST")}, name: "DD_AGENT_HOST", want: "cmDD_AGENT_HOST"},
+		"another prefix":                 {sources: []corev1.EnvFromSource{cm("APP_")}, name: "DD_AGENT_HOST"},
+		"prefixes are case-sensitive":    {sources: []corev1.EnvFromSource{cm("dd_")}, name: "DD_AGENT_HOST"},
+		"a prefix longer than the name":  {sources: []corev1.EnvFromSource{cm("DD_AGENT_HOST_")}, name: "DD_AGENT_HOST"},
+		"the first source that may":      {sources: []corev1.EnvFromSource{cm("APP_"), cm("DD"), cm("")}, name: "DD_AGENT_HOST", want: "cmDD"},
+		"a Secret counts as a ConfigMap": {sources: []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{}}}, name: "X", want: "secret"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := ""
+			if src := EnvFromMaySet(tc.sources, tc.name); src != nil {
+				got = "secret"
+				if src.ConfigMapRef != nil {
+					got = src.ConfigMapRef.Name
+				}
+			}
+			if got != tc.want {
+				t.Errorf("EnvFromMaySet(%s) = %q, want %q", tc.name, got, tc.want)
+			}
+		})
+	}
 }

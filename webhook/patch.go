@@ -8,7 +8,7 @@ import (
 )
 
 // Shape is what Patch needs to know of a pod before Mutate: the lengths of the lists Mutate
-// appends to, and the annotations. Taking it costs a few small slices where a deep copy of the
+// adds to, and the annotations. Taking it costs a few small slices where a deep copy of the
 // pod would cost the whole pod.
 type Shape struct {
 	initEnv, env []int
@@ -40,9 +40,10 @@ func ShapeOf(p *Pod) Shape {
 }
 
 // Patch lists the JSON patch operations that turn a pod of shape before into after, where after
-// is that pod as Mutate left it: Mutate only appends env vars, hostAliases and hostnames, and sets
-// one annotation, so the patch is built from those appends directly (no marshal-and-diff of the
-// whole pod on every admission request).
+// is that pod as Mutate left it: Mutate only puts env vars before a container's own, appends
+// hostAliases and hostnames, and sets one annotation, so the patch is built from those additions
+// directly (no marshal-and-diff of the whole pod on every admission request). Every operation is
+// an "add": the pod's own entries are never rewritten, so fields this build does not know stay.
 func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 	lists := [...]struct {
 		path   string // of the list, up to the container's index
@@ -67,7 +68,7 @@ func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 	ops := make([]jsonpatch.JsonPatchOperation, 0, n)
 	for _, l := range lists {
 		for i := range l.after {
-			ops = appendTail(ops, l.path, i, "/env", l.before[i], l.after[i].Env)
+			ops = addNew(ops, l.path, i, "/env", l.before[i], l.after[i].Env, true)
 		}
 	}
 	if len(before.aliases) == 0 {
@@ -80,7 +81,7 @@ func Patch(before Shape, after *Pod) []jsonpatch.JsonPatchOperation {
 				ops = append(ops, add("/spec/hostAliases/-", &after.Spec.HostAliases[j]))
 				continue
 			}
-			ops = appendTail(ops, "/spec/hostAliases/", j, "/hostnames", before.aliases[j], after.Spec.HostAliases[j].Hostnames)
+			ops = addNew(ops, "/spec/hostAliases/", j, "/hostnames", before.aliases[j], after.Spec.HostAliases[j].Hostnames, false)
 		}
 	}
 	if v, ok := after.Annotations[InjectedAnnotation]; ok && v != before.injected {
@@ -98,18 +99,28 @@ func add(path string, v any) jsonpatch.JsonPatchOperation {
 	return jsonpatch.JsonPatchOperation{Operation: "add", Path: path, Value: v}
 }
 
-// appendTail adds the operations that append list[n:] to the list at prefix+i+suffix (built only
-// when there is something to add), n being its length before: none, one that sets the whole list
-// when n is 0 (the field may be absent), else one "add .../-" per new element (opsFor counts
-// them). Elements go in as pointers into list (boxing a pointer costs no allocation);
-// EncodePatch, like json.Marshal, writes what they point to.
-func appendTail[E any](ops []jsonpatch.JsonPatchOperation, prefix string, i int, suffix string, n int, list []E) []jsonpatch.JsonPatchOperation {
+// addNew adds the operations that add the new elements of list, the list at prefix+i+suffix
+// (built only when there is something to add), which had n elements before: none when nothing was
+// added; one that sets the whole list when n was 0 (the field may be absent); else one operation
+// per new element (opsFor counts them), all with one path. Appended elements (list[n:]) are added
+// with "add .../-"; elements put at the head (list[:len(list)-n], the n old ones after them) with
+// "add .../0", the last one first, so each lands before the one added after it. Elements go in as
+// pointers into list (boxing a pointer costs no allocation); EncodePatch, like json.Marshal,
+// writes what they point to.
+func addNew[E any](ops []jsonpatch.JsonPatchOperation, prefix string, i int, suffix string, n int, list []E, atHead bool) []jsonpatch.JsonPatchOperation {
 	if len(list) <= n {
 		return ops
 	}
 	path := prefix + strconv.Itoa(i) + suffix
 	if n == 0 {
 		return append(ops, add(path, list))
+	}
+	if atHead {
+		path += "/0"
+		for k := len(list) - n - 1; k >= 0; k-- {
+			ops = append(ops, add(path, &list[k]))
+		}
+		return ops
 	}
 	path += "/-"
 	for k := n; k < len(list); k++ {
@@ -118,7 +129,7 @@ func appendTail[E any](ops []jsonpatch.JsonPatchOperation, prefix string, i int,
 	return ops
 }
 
-// opsFor is how many operations appendTail adds for a list of n elements that had before.
+// opsFor is how many operations addNew adds for a list of n elements that had before.
 func opsFor(before, n int) int {
 	switch {
 	case n <= before:

@@ -23,10 +23,12 @@ import (
 // ConditionProducerNamespace is True when the producer namespace exists.
 const ConditionProducerNamespace = "ProducerNamespaceFound"
 
-// StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, ProducerNamespaceFound),
-// observedGeneration and portSummary true. Conflicts are decided by v1alpha1.ResolveClaims, the
-// same function the agents use, so status and datapath agree. One work item covers all MagicIPs:
-// a change to one can change who wins for the others.
+// StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, InjectionConflict,
+// ProducerNamespaceFound), observedGeneration and portSummary true. Everything is decided by
+// Resolve, which the webhook injects by: address claims by v1alpha1.ResolveClaims (the function
+// the agents use), the address family by the rule the agents apply (IPv4 only, for now), variable
+// names and hostnames by age. So status, datapath and injection agree. One work item covers all
+// MagicIPs: a change to one can change who wins for the others.
 type StatusReconciler struct {
 	Client client.Client
 	Log    logr.Logger
@@ -62,12 +64,12 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	for _, ns := range namespaces.Items {
 		exists[ns.Name] = ns.DeletionTimestamp == nil
 	}
-	_, conflicts := v1alpha1.ResolveClaims(list.Items)
+	res := Resolve(list.Items)
 	var errs []error
 	for i := range list.Items {
 		m := &list.Items[i]
 		want := m.Status.DeepCopy()
-		DesiredStatus(want, m, conflicts, exists[m.Spec.Producer.Namespace])
+		DesiredStatus(want, m, res, exists[m.Spec.Producer.Namespace])
 		if equality.Semantic.DeepEqual(*want, m.Status) {
 			continue
 		}
@@ -81,8 +83,9 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	return reconcile.Result{}, errors.Join(errs...)
 }
 
-// DesiredStatus sets the conditions of m into st (keeping transition times of unchanged ones).
-func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, conflicts map[string]v1alpha1.Conflict, nsExists bool) {
+// DesiredStatus sets the conditions of m into st (keeping transition times of unchanged ones), from
+// the resolution of all MagicIPs.
+func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resolution, nsExists bool) {
 	gen := m.Generation
 	set := func(t string, ok bool, reason, msg string) {
 		s := metav1.ConditionFalse
@@ -91,17 +94,35 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, conflicts ma
 		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 	}
-	if c, lost := conflicts[m.Name]; lost {
+	c, lost := res.Claims[m.Name]
+	err, refused := res.Unprogrammable[m.Name]
+	if lost {
 		msg := fmt.Sprintf("%s is already claimed by MagicIP %s (the older claim wins); this MagicIP is neither programmed nor injected", c.Claim, c.Winner)
 		set(v1alpha1.ConditionAccepted, false, "Conflict", msg)
 		set(v1alpha1.ConditionConflict, true, "ClaimTaken", msg)
 	} else {
-		claims := make([]string, 0, len(m.Spec.Ports))
-		for _, c := range m.Claims() {
-			claims = append(claims, c.String())
-		}
-		set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
 		set(v1alpha1.ConditionConflict, false, "NoConflict", "no older MagicIP claims the same address, port and protocol")
+		if refused {
+			reason := "InvalidAddress"
+			if errors.Is(err, v1alpha1.ErrAddressFamilyNotSupported) {
+				reason = v1alpha1.ReasonAddressFamilyNotSupported
+			}
+			set(v1alpha1.ConditionAccepted, false, reason, err.Error()+"; this MagicIP is neither programmed nor injected")
+		} else {
+			claims := make([]string, 0, len(m.Spec.Ports))
+			for _, c := range m.Claims() {
+				claims = append(claims, c.String())
+			}
+			set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
+		}
+	}
+	switch shadowed := res.Shadowed[m.Name]; {
+	case lost || refused:
+		set(v1alpha1.ConditionInjectionConflict, false, "NotInjected", "this MagicIP is not injected at all (see Accepted)")
+	case len(shadowed) > 0:
+		set(v1alpha1.ConditionInjectionConflict, true, "NameTaken", shadowedMessage(shadowed))
+	default:
+		set(v1alpha1.ConditionInjectionConflict, false, "NoConflict", "no older MagicIP injects the same variable names or hostnames with other values")
 	}
 	if nsExists {
 		set(ConditionProducerNamespace, true, "Found", "namespace "+m.Spec.Producer.Namespace+" exists")
@@ -111,4 +132,26 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, conflicts ma
 	}
 	st.ObservedGeneration = gen
 	st.PortSummary = m.Spec.PortSummary()
+}
+
+// shadowedMessage says which entries a MagicIP does not inject, and because of which MagicIPs.
+func shadowedMessage(shadowed []Shadowed) string {
+	var winners []string
+	names := map[string][]string{}
+	for _, sh := range shadowed {
+		if _, seen := names[sh.Winner]; !seen {
+			winners = append(winners, sh.Winner)
+		}
+		kind := "variable "
+		if sh.Hostname {
+			kind = "hostname "
+		}
+		names[sh.Winner] = append(names[sh.Winner], kind+sh.Name)
+	}
+	parts := make([]string, len(winners))
+	for i, w := range winners {
+		parts[i] = fmt.Sprintf("%s (injected by MagicIP %s)", strings.Join(names[w], ", "), w)
+	}
+	return "not injected because an older MagicIP (creation time, then name) injects the same name with another value: " +
+		strings.Join(parts, "; ") + "; the other entries of this MagicIP are injected"
 }

@@ -65,18 +65,20 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP,8125/UDP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP", testAddr + ":8125/UDP"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", []string{"datadog"}},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", []string{"datadog"}},
 			},
 		},
 		"accepted, producer namespace missing": {
 			mips:        []v1alpha1.MagicIP{newMIP("dd", testAddr, 0, gen(2))},
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", nil},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionFalse, "NamespaceNotFound", []string{`"datadog"`}},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionFalse, "NamespaceNotFound", []string{`"datadog"`}},
 			},
 		},
 		"conflict: the younger is not accepted, the message names the winner and the claim": {
@@ -87,9 +89,63 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP,8125/UDP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, "Conflict", []string{"zz-old", testAddr + ":8125/UDP"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionTrue, "ClaimTaken", []string{"zz-old", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionFalse, "Conflict", []string{"zz-old", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionTrue, "ClaimTaken", []string{"zz-old", testAddr + ":8125/UDP"}},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"IPv6: not accepted, the agents program IPv4 only (as they report it Invalid)": {
+			mips:        []v1alpha1.MagicIP{newMIP("v6", "fd00::10", 0, gen(2))},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, v1alpha1.ReasonAddressFamilyNotSupported,
+					[]string{"address fd00::10 is IPv6", "IPv4 magic addresses only", "neither programmed nor injected"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"IPv6 that loses a claim: the conflict is reported": {
+			mips:        []v1alpha1.MagicIP{newMIP("v6-young", "fd00::10", 5), newMIP("v6-old", "fd00::10", 0)},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted:          {metav1.ConditionFalse, "Conflict", []string{"v6-old"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionTrue, "ClaimTaken", []string{"v6-old"}},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"same variable names as an older MagicIP: accepted, InjectionConflict names it and each entry": {
+			mips: []v1alpha1.MagicIP{
+				newMIP("a-b", testAddr2, 5, withPorts(v1alpha1.MagicIPPort{Name: "apm", Port: 9126}),
+					withInject(v1alpha1.Inject{Hostnames: []string{"dd.local", "ab.local"}})),
+				newMIP("a.b", testAddr, 0),
+				newMIP("dd", "169.254.0.9", 1, withInject(v1alpha1.Inject{Hostnames: []string{"dd.local"}})),
+			},
+			nsExists:    true,
+			wantSummary: "9126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionTrue, "NameTaken", []string{
+					"variable A_B_MAGIC_HOST, variable A_B_MAGIC_PORT, variable A_B_MAGIC_PORT_APM (injected by MagicIP a.b)",
+					"hostname dd.local (injected by MagicIP dd)", "the other entries of this MagicIP are injected",
+				}},
 				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"the older of two with the same variable names: no InjectionConflict": {
+			mips:        []v1alpha1.MagicIP{newMIP("a.b", testAddr, 0), newMIP("a-b", testAddr2, 5)},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", nil},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
 		"the older of two is accepted": {
@@ -100,18 +156,18 @@ func TestDesiredStatus(t *testing.T) {
 			nsExists:    true,
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
-				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP"}},
-				v1alpha1.ConditionConflict: {metav1.ConditionFalse, "NoConflict", nil},
-				ConditionProducerNamespace: {metav1.ConditionTrue, "Found", nil},
+				v1alpha1.ConditionAccepted:          {metav1.ConditionTrue, "Accepted", []string{testAddr + ":8126/TCP"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			_, conflicts := v1alpha1.ResolveClaims(tc.mips)
 			m := &tc.mips[0]
 			var st v1alpha1.MagicIPStatus
-			DesiredStatus(&st, m, conflicts, tc.nsExists)
+			DesiredStatus(&st, m, Resolve(tc.mips), tc.nsExists)
 			checkConditions(t, st, m.Generation, tc.want)
 			if st.ObservedGeneration != m.Generation {
 				t.Errorf("observedGeneration = %d, want %d", st.ObservedGeneration, m.Generation)
@@ -134,11 +190,11 @@ func TestDesiredStatusTransitionTimes(t *testing.T) {
 
 	// Accepted alone, twice: no condition moves.
 	var st v1alpha1.MagicIPStatus
-	_, conflicts := v1alpha1.ResolveClaims([]v1alpha1.MagicIP{young})
-	DesiredStatus(&st, &young, conflicts, true)
+	res := Resolve([]v1alpha1.MagicIP{young})
+	DesiredStatus(&st, &young, res, true)
 	ageAll(&st)
 	young.Generation = 2 // a spec change that keeps the outcome
-	DesiredStatus(&st, &young, conflicts, true)
+	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		if !c.LastTransitionTime.Equal(&old) {
 			t.Errorf("same outcome: %s lastTransitionTime %v, want it kept (%v)", c.Type, c.LastTransitionTime, old)
@@ -148,19 +204,20 @@ func TestDesiredStatusTransitionTimes(t *testing.T) {
 		}
 	}
 
-	// An older MagicIP appears: Accepted and Conflict move, ProducerNamespaceFound does not.
-	_, conflicts = v1alpha1.ResolveClaims([]v1alpha1.MagicIP{young, winner})
-	DesiredStatus(&st, &young, conflicts, true)
+	// An older MagicIP appears: Accepted and Conflict move, the others do not.
+	res = Resolve([]v1alpha1.MagicIP{young, winner})
+	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		moved := !c.LastTransitionTime.Equal(&old)
-		if wantMoved := c.Type != ConditionProducerNamespace; moved != wantMoved {
+		// InjectionConflict stays False (NoConflict, then NotInjected): its time stays too.
+		if wantMoved := c.Type == v1alpha1.ConditionAccepted || c.Type == v1alpha1.ConditionConflict; moved != wantMoved {
 			t.Errorf("after a conflict: %s (%s) lastTransitionTime moved = %v, want %v", c.Type, c.Status, moved, wantMoved)
 		}
 	}
 
 	// The same conflict again: nothing moves.
 	ageAll(&st)
-	DesiredStatus(&st, &young, conflicts, true)
+	DesiredStatus(&st, &young, res, true)
 	for _, c := range st.Conditions {
 		if !c.LastTransitionTime.Equal(&old) {
 			t.Errorf("same conflict: %s lastTransitionTime %v, want it kept", c.Type, c.LastTransitionTime)

@@ -1,9 +1,11 @@
 package v1alpha1
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
+	"strings"
 )
 
 // Claim is one address+port+protocol that a MagicIP serves.
@@ -25,6 +27,19 @@ type Conflict struct {
 	Winner string
 }
 
+// CompareAge orders MagicIPs oldest first: by creation time, then by name (creation times have
+// one-second resolution). It is the one rule for every contest between MagicIPs: the first wins
+// an address+port+protocol (ResolveClaims) and a variable name or hostname (the webhook).
+func CompareAge(a, b MagicIP) int {
+	if ta, tb := a.CreationTimestamp, b.CreationTimestamp; !ta.Equal(&tb) {
+		if ta.Before(&tb) {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
 // ResolveClaims decides which MagicIPs own their claims. The older MagicIP (creation time, then
 // name) wins each address+port+protocol; a MagicIP that loses any claim loses all of them (it is
 // not served at all, so it never half-works) and is reported with the first claim it lost.
@@ -37,13 +52,7 @@ func ResolveClaims(mips []MagicIP) (accepted []MagicIP, conflicts map[string]Con
 			sorted = append(sorted, m)
 		}
 	}
-	sort.SliceStable(sorted, func(i, j int) bool {
-		ti, tj := sorted[i].CreationTimestamp, sorted[j].CreationTimestamp
-		if !ti.Equal(&tj) {
-			return ti.Before(&tj)
-		}
-		return sorted[i].Name < sorted[j].Name
-	})
+	slices.SortStableFunc(sorted, CompareAge)
 	owner := map[Claim]string{}
 	conflicts = map[string]Conflict{}
 	for _, m := range sorted {
@@ -78,4 +87,26 @@ func (m *MagicIP) Claims() []Claim {
 		out[i] = Claim{Address: addr.Unmap(), Port: p.Port, Protocol: p.EffectiveProtocol()}
 	}
 	return out
+}
+
+// ReasonAddressFamilyNotSupported is the Accepted=False reason of a MagicIP whose address no agent
+// programs yet (IPv6, until dual-stack).
+const ReasonAddressFamilyNotSupported = "AddressFamilyNotSupported"
+
+// ErrAddressFamilyNotSupported: the address is IPv6, and agents program IPv4 addresses only.
+var ErrAddressFamilyNotSupported = errors.New("agents program IPv4 magic addresses only for now (dual-stack is not supported yet)")
+
+// ProgrammableAddress reports whether agents program the address of s: it must parse, and be
+// IPv4 for now (an IPv4-mapped IPv6 address counts as IPv4, as in Claims). The status controller
+// reports a MagicIP that fails it Accepted=False and the webhook does not inject it, as the agent
+// reports it Invalid and does not program it.
+func (s MagicIPSpec) ProgrammableAddress() error {
+	addr, err := netip.ParseAddr(s.Address)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", s.Address, err)
+	}
+	if !addr.Unmap().Is4() {
+		return fmt.Errorf("address %s is IPv6: %w", addr, ErrAddressFamilyNotSupported)
+	}
+	return nil
 }

@@ -1,9 +1,11 @@
 package v1alpha1_test
 
 import (
+	"errors"
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -368,6 +370,52 @@ func TestAsLabelSelector(t *testing.T) {
 			}
 			if tc.noMatches != nil && sel.Matches(tc.noMatches) {
 				t.Errorf("%s matches %v", sel, tc.noMatches)
+			}
+		})
+	}
+}
+
+func TestCompareAge(t *testing.T) {
+	tests := map[string]struct {
+		a, b v1alpha1.MagicIP
+		want int
+	}{
+		"older first, whatever the names": {mip("zz", ip1, 0), mip("aa", ip1, 1), -1},
+		"younger last":                    {mip("aa", ip1, 1), mip("zz", ip1, 0), 1},
+		"same time: name order":           {mip("a-b", ip1, 0), mip("a.b", ip1, 0), -1},
+		"same object":                     {mip("a", ip1, 0), mip("a", ip1, 0), 0},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := v1alpha1.CompareAge(tc.a, tc.b); got != tc.want {
+				t.Errorf("CompareAge(%s, %s) = %d, want %d", tc.a.Name, tc.b.Name, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestProgrammableAddress(t *testing.T) {
+	tests := map[string]struct {
+		addr       string
+		wantFamily bool   // ErrAddressFamilyNotSupported
+		wantErr    string // "" for none
+	}{
+		"IPv4 link-local":     {addr: ip1},
+		"IPv4-mapped IPv6":    {addr: "::ffff:169.254.210.210"},
+		"IPv6 ULA":            {addr: "fd00::10", wantFamily: true, wantErr: "address fd00::10 is IPv6: agents program IPv4 magic addresses only for now"},
+		"IPv6 link-local":     {addr: "fe80::a9fe:d2d2", wantFamily: true, wantErr: "is IPv6"},
+		"not an IP (not API)": {addr: "nope", wantErr: `address "nope"`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			err := v1alpha1.MagicIPSpec{Address: tc.addr}.ProgrammableAddress()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("ProgrammableAddress(%s) = %v, want nil", tc.addr, err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("ProgrammableAddress(%s) = %v, want an error containing %q", tc.addr, err, tc.wantErr)
+			case errors.Is(err, v1alpha1.ErrAddressFamilyNotSupported) != tc.wantFamily:
+				t.Errorf("ProgrammableAddress(%s) = %v: errors.Is(ErrAddressFamilyNotSupported) = %v, want %v", tc.addr, err, !tc.wantFamily, tc.wantFamily)
 			}
 		})
 	}

@@ -31,14 +31,19 @@ const (
 	ConditionAccepted = "Accepted"
 	// ConditionConflict is True when an older MagicIP already claims one of its address+port+protocol.
 	ConditionConflict = "Conflict"
+	// ConditionInjectionConflict is True when an older MagicIP injects one of its variable names or
+	// hostnames with another value: those entries are not injected for it (the rest are).
+	ConditionInjectionConflict = "InjectionConflict"
 )
 
 // MagicIPSpec is the desired state of a MagicIP.
 // +kubebuilder:validation:XValidation:rule="!has(self.inject) || !has(self.inject.extraEnv) || self.inject.extraEnv.all(e, e.value.findAll('[{]port:[^}]*[}]').all(m, self.ports.exists(p, m == '{port:' + p.name + '}')))",message="inject.extraEnv: a {port:NAME} placeholder must name a port listed in spec.ports",fieldPath=".inject.extraEnv"
 type MagicIPSpec struct {
 	// Address is the well-known IP that pods connect to, for example 169.254.210.210 (link-local
-	// addresses are the usual choice). IPv6 is accepted too. It must be in canonical form and must
-	// not be loopback, unspecified, multicast or broadcast.
+	// addresses are the usual choice). It must be in canonical form and must not be loopback,
+	// unspecified, multicast, broadcast, or a cloud platform's address (169.254.169.254 and the
+	// others listed in the README). IPv6 is accepted but not served yet: agents program IPv4
+	// addresses only, and an IPv6 MagicIP is reported Accepted=False (AddressFamilyNotSupported).
 	// +required
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address such as 169.254.210.210"
@@ -46,6 +51,15 @@ type MagicIPSpec struct {
 	// +kubebuilder:validation:XValidation:rule="!isIP(self) || !ip(self).isLoopback()",message="must not be a loopback address: pods would reach themselves; use a link-local address such as 169.254.210.210"
 	// +kubebuilder:validation:XValidation:rule="!isIP(self) || !ip(self).isUnspecified()",message="must not be the unspecified address (0.0.0.0 or ::); use a link-local address such as 169.254.210.210"
 	// +kubebuilder:validation:XValidation:rule="!isIP(self) || ip(self).isLoopback() || ip(self).isUnspecified() || ip(self).isGlobalUnicast() || ip(self).isLinkLocalUnicast()",message="must be a unicast address, not multicast or broadcast; use a link-local address such as 169.254.210.210"
+	//
+	// The cloud platform addresses refused:
+	// 169.254.169.254 instance metadata (AWS, Azure, GCP, OpenStack, Oracle, DigitalOcean, ...),
+	// 169.254.169.123 and fd00:ec2::123 AWS time sync, 169.254.169.253 and fd00:ec2::253 AWS DNS,
+	// 169.254.170.2 ECS task metadata and credentials, 169.254.170.23 and fd00:ec2::23 EKS Pod
+	// Identity, fd00:ec2::254 AWS IMDS (IPv6), fd20:ce::254 GCP metadata (IPv6), 169.254.0.23
+	// Tencent Cloud, 100.100.100.200 Alibaba Cloud, 168.63.129.16 Azure WireServer (DNS, DHCP,
+	// health probes), 169.254.42.42 and fd00:42::42 Scaleway, 192.0.0.192 Oracle Cloud Classic.
+	// +kubebuilder:validation:XValidation:rule="!(self in ['169.254.169.254', '169.254.169.123', '169.254.169.253', '169.254.170.2', '169.254.170.23', '169.254.0.23', '169.254.42.42', '100.100.100.200', '168.63.129.16', '192.0.0.192', 'fd00:ec2::254', 'fd00:ec2::123', 'fd00:ec2::253', 'fd00:ec2::23', 'fd20:ce::254', 'fd00:42::42'])",messageExpression="'must not be ' + self + ', a cloud platform address (instance metadata, credentials, time or DNS; see the README): the MagicIP would take it over on every node; use another link-local address such as 169.254.210.210'"
 	Address string `json:"address"`
 
 	// Ports served at the address. Names and (port, protocol) pairs must be unique.
@@ -219,7 +233,10 @@ type MagicIPStatus struct {
 	// +optional
 	PortSummary string `json:"portSummary,omitempty"`
 
-	// Conditions: Accepted, and Conflict when an older MagicIP claims the same address+port+protocol.
+	// Conditions: Accepted (False when the MagicIP is in Conflict or its address is IPv6, which
+	// agents do not program yet), Conflict when an older MagicIP claims the same
+	// address+port+protocol, InjectionConflict when an older MagicIP injects one of the same variable
+	// names or hostnames with another value, and ProducerNamespaceFound.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

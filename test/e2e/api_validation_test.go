@@ -24,15 +24,24 @@ func validSpec() v1alpha1.MagicIPSpec {
 	}
 }
 
+// validationCase is a spec change that the API server must refuse, naming field with message.
+type validationCase struct {
+	mutate func(*v1alpha1.MagicIPSpec)
+	// field and message must both appear in the API server's error.
+	field, message string
+}
+
+// metadataCase: a MagicIP at a cloud platform's address is refused, naming it.
+func metadataCase(addr string) validationCase {
+	return validationCase{func(s *v1alpha1.MagicIPSpec) { s.Address = addr }, "spec.address",
+		"must not be " + addr + ", a cloud platform address"}
+}
+
 // TestMagicIPValidation creates invalid MagicIPs against the real API server: each must be refused
 // with a message that names the field and says what to fix.
 func TestMagicIPValidation(t *testing.T) {
 	cp := harness.StartControlPlane(t)
-	cases := map[string]struct {
-		mutate func(*v1alpha1.MagicIPSpec)
-		// field and message must both appear in the API server's error.
-		field, message string
-	}{
+	cases := map[string]validationCase{
 		"address not an IP": {func(s *v1alpha1.MagicIPSpec) { s.Address = "datadog.local" }, "spec.address", "must be an IP address"},
 		"address loopback":  {func(s *v1alpha1.MagicIPSpec) { s.Address = "127.0.0.1" }, "spec.address", "must not be a loopback address"},
 		"address ::1":       {func(s *v1alpha1.MagicIPSpec) { s.Address = "::1" }, "spec.address", "must not be a loopback address"},
@@ -42,6 +51,19 @@ func TestMagicIPValidation(t *testing.T) {
 		"address broadcast": {func(s *v1alpha1.MagicIPSpec) { s.Address = "255.255.255.255" }, "spec.address", "not multicast or broadcast"},
 		"address not canonical": {func(s *v1alpha1.MagicIPSpec) { s.Address = "FE80:0:0::A" }, "spec.address",
 			"canonical form"},
+		// Cloud platform addresses: one MagicIP would take them over on every node.
+		"address cloud metadata":         metadataCase("169.254.169.254"),
+		"address AWS time sync":          metadataCase("169.254.169.123"),
+		"address AWS DNS":                metadataCase("169.254.169.253"),
+		"address ECS task metadata":      metadataCase("169.254.170.2"),
+		"address EKS Pod Identity":       metadataCase("169.254.170.23"),
+		"address Alibaba Cloud metadata": metadataCase("100.100.100.200"),
+		"address Azure WireServer":       metadataCase("168.63.129.16"),
+		"address AWS IMDS IPv6":          metadataCase("fd00:ec2::254"),
+		"address GCP metadata IPv6":      metadataCase("fd20:ce::254"),
+		// An IPv4-mapped IPv6 spelling does not get around the list: it is no IP to the API server.
+		"address IPv4-mapped metadata": {func(s *v1alpha1.MagicIPSpec) { s.Address = "::ffff:169.254.169.254" }, "spec.address",
+			"must be an IP address"},
 		"no ports":  {func(s *v1alpha1.MagicIPSpec) { s.Ports = nil }, "spec.ports", "Required value"},
 		"port zero": {func(s *v1alpha1.MagicIPSpec) { s.Ports[0].Port = 0 }, "spec.ports[0].port", "greater than or equal to 1"},
 		"port too big": {func(s *v1alpha1.MagicIPSpec) { s.Ports[0].Port = 65536 }, "spec.ports[0].port",
@@ -142,9 +164,10 @@ func TestMagicIPValid(t *testing.T) {
 				t.Errorf("explicit values not kept: %+v", got)
 			}
 		}},
-		"ipv6 link-local": {ipv6, nil},
-		"same as minimal": {same, nil},
-		"public unicast":  {func() v1alpha1.MagicIPSpec { s := validSpec(); s.Address = "10.96.0.10"; return s }(), nil},
+		"ipv6 link-local":                     {ipv6, nil},
+		"same as minimal":                     {same, nil},
+		"public unicast":                      {func() v1alpha1.MagicIPSpec { s := validSpec(); s.Address = "10.96.0.10"; return s }(), nil},
+		"a neighbour of the metadata address": {func() v1alpha1.MagicIPSpec { s := validSpec(); s.Address = "169.254.169.250"; return s }(), nil},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

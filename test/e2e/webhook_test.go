@@ -7,17 +7,21 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
@@ -230,6 +234,312 @@ func TestWebhookConflictAndSelect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWebhookIPv6NotProgrammable: agents program IPv4 magic addresses only for now, so an IPv6
+// MagicIP, which the CRD accepts, is reported Accepted=False (AddressFamilyNotSupported) and never
+// injected: no variables, no hostAlias, not in the injected annotation, even when a pod selects it.
+func TestWebhookIPv6NotProgrammable(t *testing.T) {
+	e := newWebhookEnv(t)
+	ctx := t.Context()
+	v6 := &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: "otel-v6"}, Spec: v1alpha1.MagicIPSpec{
+		Address: "fd00::10", Ports: []v1alpha1.MagicIPPort{{Name: "grpc", Port: 4317}},
+		Producer: v1alpha1.Producer{Namespace: "datadog", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": "otel"}}},
+		Inject: v1alpha1.Inject{
+			ExtraEnv:  []v1alpha1.EnvTemplate{{Name: "OTEL_EXPORTER_OTLP_ENDPOINT", Value: "http://[{address}]:{port}"}},
+			Hostnames: []string{"otel.node.local"},
+		},
+	}}
+	if err := e.cp.Client.Create(ctx, v6); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "otel-v6 reported not programmable", func(ctx context.Context) error {
+		m := &v1alpha1.MagicIP{}
+		if err := e.cp.Client.Get(ctx, client.ObjectKey{Name: "otel-v6"}, m); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionAccepted)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonAddressFamilyNotSupported ||
+			!strings.Contains(c.Message, "IPv4 magic addresses only") || c.ObservedGeneration != m.Generation {
+			return fmt.Errorf("Accepted condition %+v", c)
+		}
+		return nil
+	})
+	for name, annotations := range map[string]map[string]string{
+		"all": nil, "selects-otel-v6": {"magic-ip.dev/select": "otel-v6,datadog"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := testPod("apps", name, func(p *corev1.Pod) { p.Annotations = annotations })
+			if err := e.cp.Client.Create(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Annotations["magic-ip.dev/injected"]; got != "datadog" {
+				t.Errorf("injected annotation %q, want datadog only", got)
+			}
+			for _, c := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+				env := envOf(c)
+				if v, ok := env["OTEL_V6_MAGIC_HOST"]; ok || env["OTEL_EXPORTER_OTLP_ENDPOINT"] != "" {
+					t.Errorf("container %s: IPv6 MagicIP injected (OTEL_V6_MAGIC_HOST=%q, env %v)", c.Name, v, env)
+				}
+			}
+			for _, a := range p.Spec.HostAliases {
+				if a.IP == "fd00::10" || slices.Contains(a.Hostnames, "otel.node.local") {
+					t.Errorf("hostAliases %+v: the IPv6 MagicIP's hostname injected", p.Spec.HostAliases)
+				}
+			}
+		})
+	}
+}
+
+// TestWebhookInjectionConflict: MagicIPs zz.agent and zz-agent give the same variable names (the
+// same port, another address: only ZZ_AGENT_MAGIC_HOST differs), and zz-agent also sets datadog's
+// DD_AGENT_HOST and maps datadog's hostname to its own address. The older MagicIP keeps each
+// clashing name (zz-agent sorts first by name but is younger: age decides); the younger is
+// reported InjectionConflict=True, naming the other MagicIPs, and only its clashing entries are
+// left out of pods, even of a pod that selects it alone.
+func TestWebhookInjectionConflict(t *testing.T) {
+	e := newWebhookEnv(t)
+	ctx := t.Context()
+	newMIP := func(name, addr string, inject v1alpha1.Inject) *v1alpha1.MagicIP {
+		return &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.MagicIPSpec{
+			Address: addr, Ports: []v1alpha1.MagicIPPort{{Name: "apm", Port: 9126}},
+			Producer: v1alpha1.Producer{Namespace: "datadog", Selector: v1alpha1.LabelSelector{MatchLabels: map[string]string{"app": name}}},
+			Inject:   inject,
+		}}
+	}
+	older := newMIP("zz.agent", "169.254.210.220", v1alpha1.Inject{})
+	if err := e.cp.Client.Create(ctx, older); err != nil {
+		t.Fatal(err)
+	}
+	// Creation times have one-second resolution: wait for the next second, so the age decides.
+	eventually(t, 3*time.Second, "a later second than zz.agent's creation", func(context.Context) error {
+		if !time.Now().Truncate(time.Second).After(older.CreationTimestamp.Time) {
+			return fmt.Errorf("still %s", older.CreationTimestamp)
+		}
+		return nil
+	})
+	younger := newMIP("zz-agent", "169.254.210.230", v1alpha1.Inject{
+		ExtraEnv:  []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}, {Name: "ZZ_URL", Value: "http://{address}:{port}"}},
+		Hostnames: []string{"datadog.node.local", "zz.node.local"},
+	})
+	if err := e.cp.Client.Create(ctx, younger); err != nil {
+		t.Fatal(err)
+	}
+	e.waitInjectionConflict(t, "zz-agent", true, "variable ZZ_AGENT_MAGIC_HOST (injected by MagicIP zz.agent)",
+		"variable DD_AGENT_HOST, hostname datadog.node.local (injected by MagicIP datadog)")
+	e.waitInjectionConflict(t, "zz.agent", false)
+	e.waitInjectionConflict(t, "datadog", false)
+	e.waitAccepted(t, "zz-agent") // an injection conflict does not stop the datapath
+
+	all := testPod("apps", "all")
+	only := testPod("apps", "only-the-younger", func(p *corev1.Pod) { p.Annotations = map[string]string{"magic-ip.dev/select": "zz-agent"} })
+	for _, p := range []*corev1.Pod{all, only} {
+		if err := e.cp.Client.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkInjected(t, all, map[string]string{
+		"ZZ_AGENT_MAGIC_HOST": "169.254.210.220", "DD_AGENT_HOST": magicAddr, "ZZ_URL": "http://169.254.210.230:9126",
+	}, map[string]string{"datadog.node.local": magicAddr, "zz.node.local": "169.254.210.230"})
+	checkInjected(t, only, map[string]string{
+		"ZZ_AGENT_MAGIC_HOST": "", "DD_AGENT_HOST": "", "ZZ_URL": "http://169.254.210.230:9126",
+	}, map[string]string{"datadog.node.local": "", "zz.node.local": "169.254.210.230"})
+
+	// Without the older one, the younger gets its names back.
+	if err := e.cp.Client.Delete(ctx, older); err != nil {
+		t.Fatal(err)
+	}
+	e.waitInjectionConflict(t, "zz-agent", true, "with another value: variable DD_AGENT_HOST, hostname datadog.node.local (injected by MagicIP datadog); the other")
+	eventually(t, 10*time.Second, "zz-agent's variables injected", func(ctx context.Context) error {
+		p := testPod("apps", "", func(p *corev1.Pod) { p.GenerateName = "after-" })
+		if err := e.cp.Client.Create(ctx, p); err != nil {
+			return err
+		}
+		if got := envOf(p.Spec.Containers[0])["ZZ_AGENT_MAGIC_HOST"]; got != "169.254.210.230" {
+			return fmt.Errorf("ZZ_AGENT_MAGIC_HOST=%q", got)
+		}
+		return nil
+	})
+}
+
+// waitInjectionConflict waits for MagicIP name's InjectionConflict condition to be conflict, for
+// its current generation, with each of messages in its message.
+func (e *webhookEnv) waitInjectionConflict(t *testing.T, name string, conflict bool, messages ...string) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("MagicIP %s InjectionConflict=%v", name, conflict), func(ctx context.Context) error {
+		m := &v1alpha1.MagicIP{}
+		if err := e.cp.Client.Get(ctx, client.ObjectKey{Name: name}, m); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionInjectionConflict)
+		if c == nil || (c.Status == metav1.ConditionTrue) != conflict || c.ObservedGeneration != m.Generation {
+			return fmt.Errorf("InjectionConflict %+v", c)
+		}
+		for _, msg := range messages {
+			if !strings.Contains(c.Message, msg) {
+				return fmt.Errorf("InjectionConflict message %q, want %q in it", c.Message, msg)
+			}
+		}
+		return nil
+	})
+}
+
+// checkInjected checks the stored pod p: every container has each variable of env with its value
+// ("" for absent), each hostname of hosts maps to its IP ("" for not mapped).
+func checkInjected(t *testing.T, p *corev1.Pod, env, hosts map[string]string) {
+	t.Helper()
+	for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+		got := envOf(c)
+		for k, want := range env {
+			if got[k] != want {
+				t.Errorf("pod %s, container %s: %s=%q, want %q", p.Name, c.Name, k, got[k], want)
+			}
+		}
+	}
+	for h, want := range hosts {
+		var ips []string
+		for _, a := range p.Spec.HostAliases {
+			if slices.Contains(a.Hostnames, h) {
+				ips = append(ips, a.IP)
+			}
+		}
+		if (want == "" && len(ips) > 0) || (want != "" && !slices.Equal(ips, []string{want})) {
+			t.Errorf("pod %s: hostname %s maps to %v, want %q", p.Name, h, ips, want)
+		}
+	}
+}
+
+// TestWebhookEnvOrder: the injected variables go before the container's own entries, so that the
+// container's $(NAME) references to them expand (the kubelet expands a reference only to an entry
+// above it); a name the container sets keeps its value and its place among the container's own.
+func TestWebhookEnvOrder(t *testing.T) {
+	e := newWebhookEnv(t)
+	own := []corev1.EnvVar{
+		{Name: "DD_TRACE_AGENT_URL", Value: "http://$(DD_AGENT_HOST):$(DATADOG_MAGIC_PORT_APM)"},
+		{Name: "STATSD_URL", Value: "udp://$(DATADOG_MAGIC_HOST):$(DATADOG_MAGIC_PORT_DOGSTATSD)"},
+		{Name: "DATADOG_MAGIC_PORT", Value: "9999"},
+		{Name: "LOG_LEVEL", Value: "info"},
+	}
+	p := testPod("apps", "refs", func(p *corev1.Pod) { p.Spec.Containers[0].Env = own })
+	if err := e.cp.Client.Create(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	stored := &corev1.Pod{}
+	if err := e.cp.Client.Get(t.Context(), client.ObjectKeyFromObject(p), stored); err != nil {
+		t.Fatal(err)
+	}
+	injected := []string{"DATADOG_MAGIC_HOST", "DATADOG_MAGIC_PORT", "DATADOG_MAGIC_PORT_APM", "DATADOG_MAGIC_PORT_DOGSTATSD",
+		"DD_AGENT_HOST", "DD_TRACE_AGENT_URL", "NODE_NAME", "NODE_IP"}
+	userSet := func(n string) bool {
+		return slices.ContainsFunc(own, func(e corev1.EnvVar) bool { return e.Name == n })
+	}
+	wantApp := append(slices.DeleteFunc(slices.Clone(injected), userSet), "DD_TRACE_AGENT_URL", "STATSD_URL", "DATADOG_MAGIC_PORT", "LOG_LEVEL")
+	for _, c := range append(slices.Clone(stored.Spec.InitContainers), stored.Spec.Containers...) {
+		want := injected
+		if c.Name == "app" {
+			want = wantApp
+			if got := c.Env[len(c.Env)-len(own):]; !equality.Semantic.DeepEqual(got, own) {
+				t.Errorf("container app: its own entries became %+v, want %+v, last", got, own)
+			}
+		}
+		var names []string
+		for _, v := range c.Env {
+			names = append(names, v.Name)
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("container %s: env order %v, want %v", c.Name, names, want)
+		}
+		checkReferencesDefinedAbove(t, c)
+	}
+}
+
+// varRef is a $(NAME) reference in an env value (a $$( escape is not one).
+var varRef = regexp.MustCompile(`(^|[^$])\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+
+// checkReferencesDefinedAbove checks that every $(NAME) in c's env values names an entry above
+// it, the only ones the kubelet expands it to.
+func checkReferencesDefinedAbove(t *testing.T, c corev1.Container) {
+	t.Helper()
+	for i, v := range c.Env {
+		for _, m := range varRef.FindAllStringSubmatch(v.Value, -1) {
+			if !slices.ContainsFunc(c.Env[:i], func(e corev1.EnvVar) bool { return e.Name == m[2] }) {
+				t.Errorf("container %s: %s refers to $(%s), which is not defined above it: the kubelet leaves it unexpanded", c.Name, v.Name, m[2])
+			}
+		}
+	}
+}
+
+// TestWebhookEnvFrom: a variable a container's envFrom may set (its prefix starts the name; the
+// webhook cannot read the ConfigMap or Secret) is not injected into that container, since an env
+// entry would override the envFrom value; the creator is told in an admission warning. Containers
+// without envFrom get everything.
+func TestWebhookEnvFrom(t *testing.T) {
+	e := newWebhookEnv(t)
+	var warnings warningCollector
+	cfg := rest.CopyConfig(e.cp.Config)
+	cfg.WarningHandler = &warnings
+	c, err := client.New(cfg, client.Options{Scheme: e.cp.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPod("apps", "env-from", func(p *corev1.Pod) {
+		p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{Prefix: "DD_", ConfigMapRef: &corev1.ConfigMapEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "dd-settings"}}}}
+		p.Spec.Containers[1].EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "sidecar-env"}}}}
+	})
+	if err := c.Create(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]string{
+		"DATADOG_MAGIC_HOST": magicAddr, "DATADOG_MAGIC_PORT_APM": "8126", "NODE_NAME": "fieldRef:spec.nodeName",
+		"DD_AGENT_HOST": magicAddr, "DD_TRACE_AGENT_URL": "http://" + magicAddr + ":8126",
+	}
+	for name, want := range map[string]map[string]string{
+		"init": all,
+		// envFrom prefix DD_: the DD_ variables are left to the ConfigMap, the rest injected.
+		"app": {"DATADOG_MAGIC_HOST": magicAddr, "NODE_NAME": "fieldRef:spec.nodeName", "DD_AGENT_HOST": "", "DD_TRACE_AGENT_URL": ""},
+		// envFrom without a prefix may set any name: nothing injected.
+		"sidecar": {"DATADOG_MAGIC_HOST": "", "NODE_NAME": "", "DD_AGENT_HOST": ""},
+	} {
+		containers := append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...)
+		got := envOf(containers[slices.IndexFunc(containers, func(c corev1.Container) bool { return c.Name == name })])
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("container %s: %s=%q, want %q", name, k, got[k], v)
+			}
+		}
+	}
+	if len(p.Spec.HostAliases) != 1 || p.Annotations["magic-ip.dev/injected"] != "datadog" {
+		t.Errorf("hostAliases %+v, annotations %v: want the pod-level injection unchanged", p.Spec.HostAliases, p.Annotations)
+	}
+	got := strings.Join(warnings.list(), "\n")
+	for _, want := range []string{
+		`container app: DD_AGENT_HOST, DD_TRACE_AGENT_URL not injected: envFrom configMapRef dd-settings (prefix "DD_") may set them`,
+		"container sidecar: DATADOG_MAGIC_HOST, DATADOG_MAGIC_PORT, DATADOG_MAGIC_PORT_APM and 5 more not injected: envFrom secretRef sidecar-env (no prefix)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("admission warnings %q, want one containing %q", got, want)
+		}
+	}
+}
+
+// warningCollector keeps the warnings the API server returns (a rest.WarningHandler).
+type warningCollector struct {
+	mu       sync.Mutex
+	warnings []string
+}
+
+func (w *warningCollector) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.warnings = append(w.warnings, text)
+}
+
+func (w *warningCollector) list() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.warnings)
 }
 
 // TestWebhookDryRun: a dry-run create returns the mutated pod and stores nothing.
