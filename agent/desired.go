@@ -66,10 +66,10 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 	}
 	for _, m := range accepted {
 		addr := netip.MustParseAddr(m.Spec.Address).Unmap()
-		if !addr.Is4() {
+		if err := m.Spec.ProgrammableAddress(); err != nil {
 			// The datapath is IPv4 iptables for now; an IPv6 rule in the same restore would fail
-			// the whole sync and take every other MagicIP down with it.
-			st.Invalid[m.Name] = fmt.Sprintf("address %s: the agent does not program IPv6 magic addresses yet", addr)
+			// the whole sync and take every other MagicIP down with it. Same words as the status.
+			st.Invalid[m.Name] = err.Error()
 			continue
 		}
 		eps, err := producers(m, pods, nodeName, addr.Is4())
@@ -168,13 +168,11 @@ type AddressPolicy struct {
 // assigned half of the unique local range (where AWS puts its IPv6 metadata service too).
 func DefaultAllowedRanges() []string { return []string{"169.254.0.0/16", "fe80::/10", "fd00::/8"} }
 
-// metadataAddrs are well-known cloud infrastructure addresses a MagicIP must never take, whatever
-// the allowed ranges: the instance metadata services of AWS, GCP, Azure, OpenStack and others
-// (169.254.169.254, IPv6 fd00:ec2::254), ECS task metadata (169.254.170.2), AWS's DNS resolver
-// (169.254.169.253) and time service (169.254.169.123).
+// metadataAddrs are the cloud platforms' own addresses (v1alpha1.CloudPlatformAddresses: instance
+// metadata, credentials, time, DNS) that a MagicIP must never take, whatever the allowed ranges.
 func metadataAddrs() []netip.Addr {
 	var out []netip.Addr
-	for _, s := range []string{"169.254.169.254", "169.254.170.2", "169.254.169.253", "169.254.169.123", "fd00:ec2::254", "fd00:ec2::123"} {
+	for _, s := range v1alpha1.CloudPlatformAddresses() {
 		out = append(out, netip.MustParseAddr(s))
 	}
 	return out

@@ -110,3 +110,15 @@ func (s MagicIPSpec) ProgrammableAddress() error {
 	}
 	return nil
 }
+
+// CloudPlatformAddresses are the cloud platforms' own addresses (instance metadata, credentials,
+// time, DNS) that no MagicIP may take: the CRD refuses them (CEL on spec.address, the same list,
+// checked by TestCloudPlatformAddressesMatchCRD) and agents never program them, whatever their
+// allowed ranges, in case an older CRD let one in.
+func CloudPlatformAddresses() []string {
+	return []string{
+		"169.254.169.254", "169.254.169.123", "169.254.169.253", "169.254.170.2", "169.254.170.23",
+		"169.254.0.23", "169.254.42.42", "100.100.100.200", "168.63.129.16", "192.0.0.192",
+		"fd00:ec2::254", "fd00:ec2::123", "fd00:ec2::253", "fd00:ec2::23", "fd20:ce::254", "fd00:42::42",
+	}
+}
