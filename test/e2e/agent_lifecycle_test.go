@@ -224,12 +224,7 @@ func TestAgentStartCleansLeftovers(t *testing.T) {
 		}
 		return nil
 	})
-	resp, err := e.node.Netns.HTTPClient(2 * time.Second).Get("http://127.0.0.1:9403/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("/readyz %s: an agent with nothing to program must still become ready", resp.Status)
+	if err := harness.WaitAgentReady(t.Context(), e.node.Netns, 5*time.Second); err != nil {
+		t.Errorf("/readyz: an agent with nothing to program must still become ready: %v", err)
 	}
 }

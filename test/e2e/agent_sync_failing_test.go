@@ -24,9 +24,13 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
-	if code, body := readyz(ctx, e.node); code != http.StatusOK {
-		t.Fatalf("/readyz before the failure: %d %s", code, body)
-	}
+	// Traffic flows once the first sync's restore ran; the sync ends (and the agent is ready) just after.
+	eventually(t, 10*time.Second, "/readyz ready before the failure", func(ctx context.Context) error {
+		if code, body := readyz(ctx, e.node); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d %s", code, body)
+		}
+		return nil
+	})
 	save, err := e.node.Netns.Run(ctx, "iptables-save", "-t", "nat")
 	if err != nil {
 		t.Fatal(err)

@@ -79,12 +79,8 @@ func TestAgentHostNetworkProducer(t *testing.T) {
 	if v, err := n.Netns.ReadSysctl("net.bridge.bridge-nf-call-iptables"); err != nil || v != "1" {
 		t.Errorf("bridge-nf-call-iptables = %q (err %v), want the agent to set 1", v, err)
 	}
-	resp, err := n.Netns.HTTPClient(2 * time.Second).Get("http://127.0.0.1:9403/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("/readyz: %s, want 200 after the first sync", resp.Status)
+	// Ready once that first sync has finished (traffic may flow a moment before: the restore comes first).
+	if err := harness.WaitAgentReady(t.Context(), n.Netns, 5*time.Second); err != nil {
+		t.Errorf("/readyz: not 200 after the first sync: %v", err)
 	}
 }
