@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -334,6 +335,7 @@ func TestDrifted(t *testing.T) {
 				return "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"
 			},
 			want: []string{
+				"nat/" + hairpinChain(netip.MustParseAddr(testAddr)) + " missing",
 				"nat/MAGIC-IP-OUTPUT missing",
 				"nat/MAGIC-IP-POSTROUTING missing",
 				"nat/MAGIC-IP-PREROUTING missing",

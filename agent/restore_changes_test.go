@@ -11,9 +11,9 @@ import (
 func TestRestoreChanges(t *testing.T) {
 	ref := referenceState()
 	svcChainOf := func(st State, i int) string { return svcChain(st.Services[i]) }
-	// MAGIC-IP-POSTROUTING changes with the set of producer IPs (hairpin rules).
-	const hostClientRule = `-A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE`
-	const hairpinA = `-A MAGIC-IP-POSTROUTING -s 10.244.1.5/32 -d 10.244.1.5/32 -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin: datadog/agent-a reaching itself through 169.254.210.210" -j MASQUERADE`
+	// The address's hairpin chain changes with the set of its producer IPs; POSTROUTING does not.
+	hairpin := hairpinChain(ref.Services[0].Address)
+	hairpinA := "-A " + hairpin + ` -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE`
 	tests := map[string]struct {
 		next func() State
 		// want lists the exact lines expected; nil means RestoreChanges returns nil.
@@ -28,9 +28,8 @@ func TestRestoreChanges(t *testing.T) {
 			},
 			want: []string{
 				"*nat",
-				":MAGIC-IP-POSTROUTING - [0:0]",
+				":" + hairpin + " - [0:0]",
 				":" + svcChainOf(ref, 0) + " - [0:0]",
-				hostClientRule,
 				hairpinA,
 				"-A " + svcChainOf(ref, 0) + ` -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -j DNAT --to-destination 10.244.1.5:8126`,
 				"COMMIT",
@@ -60,10 +59,9 @@ func TestRestoreChanges(t *testing.T) {
 			},
 			want: []string{
 				"*nat",
-				":MAGIC-IP-POSTROUTING - [0:0]",
+				":" + hairpin + " - [0:0]",
 				":MAGIC-IP-SERVICES - [0:0]",
 				":" + svcChainOf(ref, 0) + " - [0:0]",
-				hostClientRule,
 				"-X " + svcChainOf(ref, 0),
 				"COMMIT",
 			},

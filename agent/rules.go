@@ -22,6 +22,7 @@ const (
 	chainServices   = "MAGIC-IP-SERVICES"
 	chainInput      = "MAGIC-IP-INPUT"
 	svcChainPrefix  = "MAGIC-IP-SVC-"
+	hairpinPrefix   = "MAGIC-IP-HP-"
 )
 
 // Jump is a rule in a built-in chain that sends packets to one of our chains; it must be first.
@@ -47,6 +48,12 @@ func (j Jump) Spec() []string {
 func IsOurs(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) }
 
 // svcChain names the chain of one service: prefix + a short hash of what it serves.
+// hairpinChain names the hairpin chain of one magic address: prefix + a short hash of it.
+func hairpinChain(a netip.Addr) string {
+	h := sha256.Sum256([]byte("hairpin/" + a.String()))
+	return hairpinPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
+}
+
 func svcChain(s Service) string {
 	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", s.Key(), s.Address, s.Port, s.Protocol))
 	return svcChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
@@ -82,7 +89,12 @@ func Render(st State, local *LocalDetector) Ruleset {
 		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
 			`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a))
 	}
-	nat[chainPost] = append(nat[chainPost], hairpinRules(st.Services)...)
+	for _, a := range addrs {
+		hp := hairpinChain(a)
+		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
+			`-m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin through %s" -j %s`, a, a, hp))
+		nat[hp] = hairpinRules(a, st.Services)
+	}
 	for _, s := range st.Services {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
 		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s: not redirected" %s`, match, newConn, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
@@ -129,32 +141,27 @@ func addresses(st State) []netip.Addr {
 // itself: the packet would otherwise come back with its own address as source and destination,
 // and the pod drops it (the connection hangs). Only this self-traffic is masqueraded, as
 // kube-proxy does for hairpin traffic; consumers, and producers sent to another producer, keep
-// their source address. One rule per magic address and producer IP, in address order.
-func hairpinRules(svcs []Service) []string {
-	type pair struct {
-		addr netip.Addr
-		ep   Endpoint
-	}
-	var pairs []pair
+// their source address. They fill the hairpin chain of address a (reached from
+// MAGIC-IP-POSTROUTING by connections first sent to a), one rule per producer IP in IP order, so a
+// producer change rewrites only that small chain.
+func hairpinRules(a netip.Addr, svcs []Service) []string {
+	var eps []Endpoint
 	for _, s := range svcs {
+		if s.Address != a {
+			continue
+		}
 		for _, ep := range s.Endpoints {
-			p := pair{s.Address, Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)}}
-			if !slices.Contains(pairs, p) {
-				pairs = append(pairs, p)
-			}
+			eps = append(eps, Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)})
 		}
 	}
-	slices.SortFunc(pairs, func(a, b pair) int {
-		return cmp.Or(a.addr.Compare(b.addr), a.ep.Addr.Addr().Compare(b.ep.Addr.Addr()), cmp.Compare(a.ep.Pod, b.ep.Pod))
-	})
-	rules := make([]string, 0, len(pairs))
-	for i, p := range pairs {
-		if i > 0 && pairs[i-1].addr == p.addr && pairs[i-1].ep.Addr == p.ep.Addr {
-			continue // two pods with one IP (host-network producers): one rule
+	slices.SortFunc(eps, func(x, y Endpoint) int { return cmp.Or(x.Addr.Compare(y.Addr), cmp.Compare(x.Pod, y.Pod)) })
+	rules := []string{}
+	for i, ep := range eps {
+		if i > 0 && eps[i-1].Addr == ep.Addr {
+			continue // two pods with one IP (host-network producers), or one producer of two ports: one rule
 		}
-		ip := hostCIDR(p.ep.Addr.Addr())
-		rules = append(rules, fmt.Sprintf(`-s %s -d %s -m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin: %s reaching itself through %s" -j MASQUERADE`,
-			ip, ip, p.addr, p.ep.Pod, p.addr))
+		ip := hostCIDR(ep.Addr.Addr())
+		rules = append(rules, fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod))
 	}
 	return rules
 }

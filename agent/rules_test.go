@@ -38,20 +38,22 @@ func referenceState() State {
 //   - nat chains are declared (emptied) in name order, then filled;
 //   - the only svc chain is the TCP one: the UDP port has no producer, so no MAGIC-IP-SERVICES rule;
 //   - DNAT rules carry -p; the first of two matches with probability 0.5, the last always;
-//   - a producer reaching itself through the magic IP is masqueraded (hairpin), one rule per
-//     producer IP; nothing else is;
+//   - a producer reaching itself through the magic IP is masqueraded (hairpin): POSTROUTING sends
+//     connections first sent to the address to its hairpin chain, one rule per producer IP there;
 //   - filter INPUT refuses new connections no DNAT touched (never replies: a host client's own
 //     refusal must reach it): the UDP port keeps its rule, and undeclared ports are refused too.
 const referenceRestore = `*nat
+:MAGIC-IP-HP-ADWEURQNBE7D - [0:0]
 :MAGIC-IP-OUTPUT - [0:0]
 :MAGIC-IP-POSTROUTING - [0:0]
 :MAGIC-IP-PREROUTING - [0:0]
 :MAGIC-IP-SERVICES - [0:0]
 :MAGIC-IP-SVC-BMDMKVQYRIDQ - [0:0]
+-A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
+-A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
 -A MAGIC-IP-OUTPUT -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
--A MAGIC-IP-POSTROUTING -s 10.244.1.5/32 -d 10.244.1.5/32 -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin: datadog/agent-a reaching itself through 169.254.210.210" -j MASQUERADE
--A MAGIC-IP-POSTROUTING -s 10.244.1.7/32 -d 10.244.1.7/32 -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin: datadog/agent-b reaching itself through 169.254.210.210" -j MASQUERADE
+-A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin through 169.254.210.210" -j MAGIC-IP-HP-ADWEURQNBE7D
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
 -A MAGIC-IP-PREROUTING -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-SERVICES -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-BMDMKVQYRIDQ
@@ -249,8 +251,8 @@ func TestRenderChainNames(t *testing.T) {
 			}
 		}
 	}
-	// 5 base chains + one svc chain per service.
-	if want := 5 + len(bigState().Services); n != want {
+	// 5 base chains + one svc chain per service + one hairpin chain per address (2).
+	if want := 5 + len(bigState().Services) + 2; n != want {
 		t.Errorf("want %d chains, got %d", want, n)
 	}
 	for _, j := range Jumps {

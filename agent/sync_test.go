@@ -122,7 +122,7 @@ func TestRenderAddressWithoutServices(t *testing.T) {
 	}
 }
 
-// TestHairpinRules: one masquerade rule per magic address and producer IP, for self-traffic only.
+// TestHairpinRules: one masquerade rule per producer IP of the address, for self-traffic only.
 func TestHairpinRules(t *testing.T) {
 	a := netip.MustParseAddr(testAddr)
 	b := netip.MustParseAddr("169.254.20.20")
@@ -134,31 +134,29 @@ func TestHairpinRules(t *testing.T) {
 		}
 		return s
 	}
-	rule := func(ip, pod, addr string) string {
-		return `-s ` + ip + `/32 -d ` + ip + `/32 -m conntrack --ctstate DNAT --ctorigdst ` + addr +
-			` -m comment --comment "hairpin: ` + pod + ` reaching itself through ` + addr + `" -j MASQUERADE`
+	rule := func(ip, pod string) string {
+		return `-s ` + ip + `/32 -d ` + ip + `/32 -m comment --comment "hairpin: ` + pod + ` reaching itself" -j MASQUERADE`
 	}
 	tests := map[string]struct {
 		svcs []Service
 		want []string
 	}{
 		"no producers":  {nil, []string{}},
-		"one producer":  {[]Service{svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x", testAddr)}},
-		"two producers": {[]Service{svc(a, 80, "d/y@10.244.1.9", "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x", testAddr), rule("10.244.1.9", "d/y", testAddr)}},
-		"two ports of one address: one rule": {
-			[]Service{svc(a, 80, "d/x@10.244.1.5"), svc(a, 81, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x", testAddr)},
+		"one producer":  {[]Service{svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")}},
+		"two producers": {[]Service{svc(a, 80, "d/y@10.244.1.9", "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x"), rule("10.244.1.9", "d/y")}},
+		"two ports of the address: one rule": {
+			[]Service{svc(a, 80, "d/x@10.244.1.5"), svc(a, 81, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")},
 		},
-		"two addresses: one rule each": {
-			[]Service{svc(b, 80, "d/x@10.244.1.5"), svc(a, 80, "d/x@10.244.1.5")},
-			[]string{rule("10.244.1.5", "d/x", "169.254.20.20"), rule("10.244.1.5", "d/x", testAddr)},
+		"another address's producers are not this chain's": {
+			[]Service{svc(b, 80, "d/z@10.244.1.7"), svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")},
 		},
 		"host-network producers share the node IP: one rule": {
-			[]Service{svc(a, 80, "d/h2@172.20.0.11", "d/h1@172.20.0.11")}, []string{rule("172.20.0.11", "d/h1", testAddr)},
+			[]Service{svc(a, 80, "d/h2@172.20.0.11", "d/h1@172.20.0.11")}, []string{rule("172.20.0.11", "d/h1")},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := hairpinRules(tc.svcs); !slices.Equal(got, tc.want) {
+			if got := hairpinRules(a, tc.svcs); !slices.Equal(got, tc.want) {
 				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
 			}
 		})
