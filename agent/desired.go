@@ -168,16 +168,6 @@ type AddressPolicy struct {
 // assigned half of the unique local range (where AWS puts its IPv6 metadata service too).
 func DefaultAllowedRanges() []string { return []string{"169.254.0.0/16", "fe80::/10", "fd00::/8"} }
 
-// metadataAddrs are the cloud platforms' own addresses (v1alpha1.CloudPlatformAddresses: instance
-// metadata, credentials, time, DNS) that a MagicIP must never take, whatever the allowed ranges.
-func metadataAddrs() []netip.Addr {
-	var out []netip.Addr
-	for _, s := range v1alpha1.CloudPlatformAddresses() {
-		out = append(out, netip.MustParseAddr(s))
-	}
-	return out
-}
-
 // Admit splits mips into those whose address the policy allows and, for the others, the reason
 // (for State.Invalid). Addresses that do not parse are left to Desired, which reports them.
 func (p AddressPolicy) Admit(mips []v1alpha1.MagicIP) ([]v1alpha1.MagicIP, map[string]string) {
@@ -199,7 +189,8 @@ func (p AddressPolicy) refuse(address string) string {
 		return ""
 	}
 	a = a.Unmap()
-	if slices.Contains(metadataAddrs(), a) {
+	// v1alpha1.CloudPlatformAddresses are canonical, as a.String() is: compared as text.
+	if slices.Contains(v1alpha1.CloudPlatformAddresses(), a.String()) {
 		return fmt.Sprintf("address %s is a cloud metadata or infrastructure address: never programmed", a)
 	}
 	if !slices.ContainsFunc(p.Allowed, func(r netip.Prefix) bool { return r.Contains(a) }) {

@@ -89,11 +89,12 @@ func Render(st State, local *LocalDetector) Ruleset {
 		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
 			`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a))
 	}
+	hairpin := hairpinRules(st.Services)
 	for _, a := range addrs {
 		hp := hairpinChain(a)
 		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
 			`-m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin through %s" -j %s`, a, a, hp))
-		nat[hp] = hairpinRules(a, st.Services)
+		nat[hp] = hairpin[a]
 	}
 	for _, s := range st.Services {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
@@ -141,29 +142,28 @@ func addresses(st State) []netip.Addr {
 // itself: the packet would otherwise come back with its own address as source and destination,
 // and the pod drops it (the connection hangs). Only this self-traffic is masqueraded, as
 // kube-proxy does for hairpin traffic; consumers, and producers sent to another producer, keep
-// their source address. They fill the hairpin chain of address a (reached from
-// MAGIC-IP-POSTROUTING by connections first sent to a), one rule per producer IP in IP order, so a
-// producer change rewrites only that small chain.
-func hairpinRules(a netip.Addr, svcs []Service) []string {
-	var eps []Endpoint
+// their source address. The rules of each magic address fill its hairpin chain (reached from
+// MAGIC-IP-POSTROUTING by connections first sent to that address), one rule per producer IP in IP
+// order, so a producer change rewrites only that small chain. One pass over the services.
+func hairpinRules(svcs []Service) map[netip.Addr][]string {
+	eps := map[netip.Addr][]Endpoint{}
 	for _, s := range svcs {
-		if s.Address != a {
-			continue
-		}
 		for _, ep := range s.Endpoints {
-			eps = append(eps, Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)})
+			eps[s.Address] = append(eps[s.Address], Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)})
 		}
 	}
-	slices.SortFunc(eps, func(x, y Endpoint) int { return cmp.Or(x.Addr.Compare(y.Addr), cmp.Compare(x.Pod, y.Pod)) })
-	rules := []string{}
-	for i, ep := range eps {
-		if i > 0 && eps[i-1].Addr == ep.Addr {
-			continue // two pods with one IP (host-network producers), or one producer of two ports: one rule
+	out := make(map[netip.Addr][]string, len(eps))
+	for a, list := range eps {
+		slices.SortFunc(list, func(x, y Endpoint) int { return cmp.Or(x.Addr.Compare(y.Addr), cmp.Compare(x.Pod, y.Pod)) })
+		for i, ep := range list {
+			if i > 0 && list[i-1].Addr == ep.Addr {
+				continue // two pods with one IP (host-network producers), or one producer of two ports: one rule
+			}
+			ip := hostCIDR(ep.Addr.Addr())
+			out[a] = append(out[a], fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod))
 		}
-		ip := hostCIDR(ep.Addr.Addr())
-		rules = append(rules, fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod))
 	}
-	return rules
+	return out
 }
 
 // endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i).

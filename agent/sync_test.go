@@ -156,7 +156,7 @@ func TestHairpinRules(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := hairpinRules(a, tc.svcs); !slices.Equal(got, tc.want) {
+			if got := hairpinRules(tc.svcs)[a]; !slices.Equal(got, tc.want) {
 				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
 			}
 		})
