@@ -90,6 +90,11 @@ func NewCluster(t T, cp *ControlPlane, opts ClusterOptions) *Cluster {
 			t.Fatalf("cluster %s: %v", c.Name, err)
 		}
 	}
+	if cp.Real != nil {
+		if err := c.startAPIGateway(); err != nil {
+			t.Fatalf("cluster %s: %v", c.Name, err)
+		}
+	}
 	return c
 }
 

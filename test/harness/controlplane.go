@@ -40,7 +40,17 @@ type ControlPlane struct {
 	AgentKubeconfig, WebhookKubeconfig string
 	// AssetsDir holds kube-apiserver, etcd and kubectl.
 	AssetsDir string
-	dir       string
+	// Real is set when the control plane serves clusters of real nodes (StartRealControlPlane).
+	Real *RealControlPlane
+	dir  string
+}
+
+// ControlPlaneOptions configure NewControlPlaneWith.
+type ControlPlaneOptions struct {
+	// RealNodes prepares the API server for nodes that run a real kubelet: Node authorization,
+	// the ServiceAccount admission plugin, an advertise address inside the cluster and an egress
+	// path into the cluster network (see realcontrolplane.go).
+	RealNodes bool
 }
 
 // NewScheme returns a scheme with the core Kubernetes types and MagicIP.
@@ -73,6 +83,11 @@ func StartControlPlane(t T) *ControlPlane {
 // NewControlPlane starts kube-apiserver and etcd (from KUBEBUILDER_ASSETS, or built by
 // hack/envtest-assets.sh when unset) and installs the CRDs from manifests/crd. Stop it with Stop.
 func NewControlPlane() (*ControlPlane, error) {
+	return NewControlPlaneWith(ControlPlaneOptions{})
+}
+
+// NewControlPlaneWith is NewControlPlane with options.
+func NewControlPlaneWith(opts ControlPlaneOptions) (*ControlPlane, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
@@ -95,11 +110,18 @@ func NewControlPlane() (*ControlPlane, error) {
 		ControlPlaneStartTimeout: 90 * time.Second,
 		ControlPlaneStopTimeout:  60 * time.Second,
 	}
-	cfg, err := env.Start()
-	if err != nil {
-		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)
+	cp := &ControlPlane{env: env, Scheme: scheme, AssetsDir: assets}
+	if cp.dir, err = os.MkdirTemp("", "magic-ip-cp-"); err != nil {
+		return nil, err
 	}
-	cp := &ControlPlane{env: env, Config: cfg, Scheme: scheme, AssetsDir: assets}
+	if opts.RealNodes {
+		if cp.Real, err = configureForRealNodes(env, cp.dir); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(cp.dir))
+		}
+	}
+	if cp.Config, err = env.Start(); err != nil {
+		return nil, errors.Join(fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err), os.RemoveAll(cp.dir))
+	}
 	if err := cp.init(); err != nil {
 		return nil, errors.Join(err, cp.Stop())
 	}
@@ -117,9 +139,6 @@ func (cp *ControlPlane) init() error {
 		return fmt.Errorf("client: %w", err)
 	}
 	cp.Client = c
-	if cp.dir, err = os.MkdirTemp("", "magic-ip-cp-"); err != nil {
-		return err
-	}
 	cp.Kubeconfig = filepath.Join(cp.dir, "kubeconfig")
 	if err := os.WriteFile(cp.Kubeconfig, cp.env.KubeConfig, 0o600); err != nil {
 		return fmt.Errorf("write kubeconfig: %w", err)

@@ -50,6 +50,16 @@ func (n *Netns) serveTCP(t T, port int, name string, greeting func(net.Conn) str
 	}); err != nil {
 		t.Fatalf("tcp server %s on %s:%d: %v", name, n.Name, port, err)
 	}
+	serveConns(t, ln, func(c net.Conn) {
+		if _, err := io.WriteString(c, greeting(c)+"\n"); err == nil {
+			_, _ = io.Copy(c, c)
+		}
+	})
+}
+
+// serveConns accepts connections on ln until t's cleanup, handling each in its own goroutine;
+// the cleanup closes the listener and every open connection and waits for the handlers.
+func serveConns(t T, ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	conns := newConnSet()
 	t.Cleanup(func() {
@@ -66,9 +76,7 @@ func (n *Netns) serveTCP(t T, port int, name string, greeting func(net.Conn) str
 			conns.add(c)
 			wg.Go(func() {
 				defer conns.remove(c)
-				if _, err := io.WriteString(c, greeting(c)+"\n"); err == nil {
-					_, _ = io.Copy(c, c)
-				}
+				handle(c)
 			})
 		}
 	})

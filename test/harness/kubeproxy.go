@@ -81,6 +81,12 @@ func StartEndpointSliceController(t T, cp *ControlPlane) *Process {
 // until its /healthz answers. Stopped in t.Cleanup.
 func StartControllerManager(t T, cp *ControlPlane, controllers ...string) *Process {
 	t.Helper()
+	return startControllerManager(t, cp, nil, controllers...)
+}
+
+// startControllerManager is StartControllerManager with extra flags.
+func startControllerManager(t T, cp *ControlPlane, extra []string, controllers ...string) *Process {
+	t.Helper()
 	dir, err := PeerAssetsDir(cp.AssetsDir)
 	if err != nil {
 		t.Fatalf("kube-controller-manager %v: %v", controllers, err)
@@ -89,20 +95,29 @@ func StartControllerManager(t T, cp *ControlPlane, controllers ...string) *Proce
 	if err != nil {
 		t.Fatalf("kube-controller-manager %v: %v", controllers, err)
 	}
-	p := StartHostProcess(t, "kube-controller-manager", filepath.Join(dir, "kube-controller-manager"),
-		"--kubeconfig="+cp.Kubeconfig,
-		"--controllers="+strings.Join(controllers, ","),
+	p := StartHostProcess(t, "kube-controller-manager", filepath.Join(dir, "kube-controller-manager"), append([]string{
+		"--kubeconfig=" + cp.Kubeconfig,
+		"--controllers=" + strings.Join(controllers, ","),
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
-	)
-	// Its serving certificate is self-signed in memory; /healthz is always allowed.
+	}, extra...)...)
+	if err := waitHealthz(t, p, port); err != nil {
+		t.Fatalf("kube-controller-manager: %v\n%s", err, tail(p.Output(), 30))
+	}
+	return p
+}
+
+// waitHealthz waits up to a minute for https://127.0.0.1:port/healthz of a control-plane
+// component to answer 200 (its serving certificate is self-signed in memory; /healthz is always
+// allowed).
+func waitHealthz(t T, p *Process, port int) error {
 	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true, //nolint:gosec // loopback, self-signed
 	}}
 	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
-	err = waitFor(t.Context(), p, 60*time.Second, func() (bool, error) {
+	return waitFor(t.Context(), p, 60*time.Second, func() (bool, error) {
 		resp, err := hc.Get(url)
 		if err != nil {
 			return false, nil
@@ -111,10 +126,6 @@ func StartControllerManager(t T, cp *ControlPlane, controllers ...string) *Proce
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil
 	})
-	if err != nil {
-		t.Fatalf("kube-controller-manager: %v\n%s", err, tail(p.Output(), 30))
-	}
-	return p
 }
 
 // KubeProxy is a kube-proxy running inside a node's namespace.

@@ -126,26 +126,7 @@ func (n *Node) forwardAPIServer() error {
 	}); err != nil {
 		return fmt.Errorf("node %s: API forwarder: %w", n.Name, err)
 	}
-	var wg sync.WaitGroup
-	conns := newConnSet()
-	n.cluster.t.Cleanup(func() {
-		ln.Close()
-		conns.closeAll()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.add(in)
-			wg.Go(func() {
-				defer conns.remove(in)
-				proxy(in, addr)
-			})
-		}
-	})
+	serveConns(n.cluster.t, ln, func(in net.Conn) { proxy(in, addr) })
 	return nil
 }
 
@@ -157,6 +138,11 @@ func proxy(in net.Conn, addr string) {
 		return
 	}
 	defer out.Close()
+	pipe(in, out)
+}
+
+// pipe copies both ways between a and b until both directions are done.
+func pipe(a, b net.Conn) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		_, _ = io.Copy(dst, src)
@@ -165,8 +151,8 @@ func proxy(in net.Conn, addr string) {
 		}
 		done <- struct{}{}
 	}
-	go cp(out, in)
-	go cp(in, out)
+	go cp(b, a)
+	go cp(a, b)
 	<-done
 	<-done
 }
