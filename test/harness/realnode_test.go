@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,6 +79,7 @@ func runRealNodes(t *testing.T) []realNodeTrace {
 		if traces[i].pids, err = r.Processes(); err != nil || len(traces[i].pids) < 5 {
 			t.Errorf("node %s: processes %v (want containerd, kubelet, shim, pause, echo at least), %v", r.Node.Name, traces[i].pids, err)
 		}
+		t.Logf("node %s: %d processes, %d MiB resident", r.Node.Name, len(traces[i].pids), residentMiB(traces[i].pids))
 	}
 	return traces
 }
@@ -202,6 +204,21 @@ func checkRealNodesGone(t *testing.T, before map[string]bool, traces []realNodeT
 			t.Errorf("mount left in the root mount namespace: %s", m)
 		}
 	}
+}
+
+// residentMiB sums the resident memory of the processes.
+func residentMiB(pids []int) int {
+	kib := 0
+	for _, pid := range pids {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+				kib += n
+			}
+		}
+	}
+	return kib / 1024
 }
 
 // mountPoints is the set of mount points of this (the root) mount namespace.
