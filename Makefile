@@ -71,6 +71,10 @@ envtest-assets: ## Build kube-apiserver, etcd and kubectl for tests (cached by v
 peer-assets: ## Build kube-proxy and kube-controller-manager, the benchmark peers, next to the control plane (cached by version; ~10 min cold).
 	@hack/peer-assets.sh >/dev/null
 
+.PHONY: node-assets
+node-assets: ## Build kubelet + kube-scheduler, containerd + shim + ctr and the CNI plugins for the real-node tests (cached by version; ~7 min cold).
+	@hack/node-assets.sh >/dev/null
+
 .PHONY: helm
 helm: ## Build helm v3.22.0 for the chart tests (cached by version; 3-7 min cold).
 	@hack/helm.sh >/dev/null
@@ -84,8 +88,8 @@ prereqs: ## Install the system packages tests and the demo need (apt: iptables, 
 	@hack/prereqs.sh
 
 .PHONY: test
-test: prereqs envtest-assets peer-assets certmanager-assets helm $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
-	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) CERT_MANAGER_ASSETS=$$(hack/certmanager-assets.sh) HELM=$$(hack/helm.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
+test: prereqs envtest-assets peer-assets certmanager-assets helm node-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) CERT_MANAGER_ASSETS=$$(hack/certmanager-assets.sh) HELM=$$(hack/helm.sh) MAGIC_IP_NODE_ASSETS=$$(hack/node-assets.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
 	@echo "--- benchmarks, quick form (figures are rough; this only proves they run)"
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 20m ./test/bench -run '^$$' -bench . -benchtime 1x -args -quick
 

@@ -6,6 +6,10 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables-restore >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v make >/dev/null || need+=(make)
+# Real nodes (test/harness/realnode.go): Debian's runc runs their containers; nsenter and unshare
+# start them in the node's network namespace and a private mount namespace.
+[[ -x /usr/sbin/runc ]] || need+=(runc)
+command -v nsenter >/dev/null && command -v unshare >/dev/null || need+=(util-linux)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
 	echo "prereqs: missing ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2

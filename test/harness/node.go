@@ -2,7 +2,6 @@ package harness
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -157,12 +156,20 @@ func pipe(a, b net.Conn) {
 	<-done
 }
 
-// allocIP hands out the next pod address in the node's CIDR.
+// CNI host-local hands out this part of a node's /24 to real pods; simulated pods (allocIP) stay
+// below it, so both kinds can share a node.
+const (
+	cniRangeStart = 128
+	cniRangeEnd   = 250
+)
+
+// allocIP hands out the next address for a simulated pod: .10 to .127 of the node's CIDR (a
+// real node's CNI IPAM hands out .128 to .250, see StartKubelet).
 func (n *Node) allocIP() (net.IP, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.nextIP > 250 {
-		return nil, errors.New("pod CIDR exhausted")
+	if n.nextIP >= cniRangeStart {
+		return nil, fmt.Errorf("node %s: simulated pod addresses (.10-.%d) exhausted", n.Name, cniRangeStart-1)
 	}
 	ip := net.IPv4(10, 244, byte(n.Index), byte(n.nextIP)).To4()
 	n.nextIP++
