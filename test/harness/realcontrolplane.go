@@ -128,7 +128,11 @@ func StartRealControlPlane(t T) *ControlPlane {
 // StartScheduler runs kube-scheduler in the root namespace against the control plane.
 func StartScheduler(t T, cp *ControlPlane) *Process {
 	t.Helper()
-	dir, err := PeerAssetsDir(cp.AssetsDir)
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := NodeAssetsDir(root)
 	if err != nil {
 		t.Fatalf("kube-scheduler: %v", err)
 	}

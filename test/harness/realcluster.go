@@ -1,0 +1,208 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// RealCluster is a cluster of real nodes: each node namespace runs containerd, a kubelet
+// (system:node:<name>, Node-authorized) and kube-proxy; the control plane runs
+// kube-controller-manager and kube-scheduler. Manifests are reconciled as in any cluster and
+// pods are containers started from local images (Images; no registry).
+type RealCluster struct {
+	*Cluster
+	Kubelets   []*RealNode
+	KubeProxys []*KubeProxy
+	Images     *Images
+}
+
+// Images are the images hack/images.sh builds, by role, and their docker-archive files.
+type Images struct {
+	// Agent, Webhook, Testbin and Pause are image references; Tag is the tag they share.
+	Agent, Webhook, Testbin, Pause, Tag string
+	// Files are the tarballs every node imports.
+	Files []string
+}
+
+// ProductImages builds the images (hack/images.sh, cached by content; or the directory in
+// $MAGIC_IP_IMAGES) and sorts them by role.
+func ProductImages() (*Images, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := ImagesDir(root)
+	if err != nil {
+		return nil, err
+	}
+	list, err := LoadImages(dir)
+	if err != nil {
+		return nil, err
+	}
+	im := &Images{}
+	for _, image := range list {
+		im.Files = append(im.Files, image.Tar)
+		name, tag, _ := strings.Cut(image.Ref[strings.LastIndex(image.Ref, "/")+1:], ":")
+		im.Tag = tag
+		switch name {
+		case "magic-ip-agent":
+			im.Agent = image.Ref
+		case "magic-ip-webhook":
+			im.Webhook = image.Ref
+		case "testbin":
+			im.Testbin = image.Ref
+		case "pause":
+			im.Pause = image.Ref
+		}
+	}
+	if im.Agent == "" || im.Webhook == "" || im.Testbin == "" || im.Pause == "" {
+		return nil, fmt.Errorf("image index in %s lacks an image: %+v", dir, im)
+	}
+	return im, nil
+}
+
+// NewRealCluster starts a control plane for real nodes and a cluster of n of them, and returns
+// once every kubelet has made its Node Ready. Everything stops in t.Cleanup.
+func NewRealCluster(t T, n int) *RealCluster {
+	t.Helper()
+	RequireRoot(t)
+	images, err := ProductImages()
+	if err != nil {
+		t.Fatalf("images: %v", err)
+	}
+	cp := StartRealControlPlane(t)
+	rc := &RealCluster{Cluster: NewCluster(t, cp, ClusterOptions{Nodes: n}), Images: images}
+	for _, node := range rc.Nodes {
+		rc.KubeProxys = append(rc.KubeProxys, StartKubeProxy(t, rc.Cluster, node))
+	}
+	for _, node := range rc.Nodes {
+		kubeconfig, err := cp.NodeKubeconfig(node.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Kubelets = append(rc.Kubelets, node.StartKubelet(t, KubeletOptions{
+			Kubeconfig: kubeconfig, Images: images.Files, PauseImage: images.Pause,
+		}))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for _, k := range rc.Kubelets {
+		if err := k.WaitReady(ctx); err != nil {
+			t.Fatalf("node %s: %v", k.Node.Name, err)
+		}
+	}
+	return rc
+}
+
+// TagImage adds tag to image ref on every node (as pushing a new tag to a registry would make it
+// available): the upgrade tests roll a DaemonSet to it.
+func (rc *RealCluster) TagImage(t T, ref, tag string) string {
+	t.Helper()
+	repo := ref[:strings.LastIndex(ref, ":")]
+	newRef := repo + ":" + tag
+	for _, k := range rc.Kubelets {
+		if out, err := k.Ctr("-n", "k8s.io", "images", "tag", "--force", ref, newRef); err != nil {
+			t.Fatalf("node %s: tag %s as %s: %v: %s", k.Node.Name, ref, newRef, err, out)
+		}
+	}
+	return newRef
+}
+
+// WaitKubeProxySynced waits until node n's kube-proxy has synced after now (so its rules reflect
+// the Services as they are).
+func (rc *RealCluster) WaitKubeProxySynced(t T, n *Node) {
+	t.Helper()
+	for _, k := range rc.KubeProxys {
+		if k.Node != n {
+			continue
+		}
+		// A sync happens on every Service or EndpointSlice change and at least every
+		// --sync-period; waiting for one that started after now means the last change is in.
+		if _, err := k.WaitSync(t.Context(), time.Now(), 90*time.Second); err != nil {
+			t.Fatalf("kube-proxy on %s: %v", n.Name, err)
+		}
+		return
+	}
+	t.Fatalf("no kube-proxy on %s", n.Name)
+}
+
+// RunCleanup runs the documented uninstall step on every node, as a user does it: `kubectl debug
+// node/<node> --profile=sysadmin --image=<agent image> -- /usr/local/bin/iptables-wrapper
+// cleanup`, then waits for each of those pods to succeed and deletes them.
+func (rc *RealCluster) RunCleanup(t T) {
+	t.Helper()
+	var pods []string
+	for _, n := range rc.Nodes {
+		out, err := rc.CP.Kubectl("debug", "node/"+n.Name, "-n", "default", "--profile=sysadmin",
+			"--image="+rc.Images.Agent, "--", "/usr/local/bin/iptables-wrapper", "cleanup")
+		if err != nil {
+			t.Fatalf("cleanup on %s: %v", n.Name, err)
+		}
+		name, err := debugPodName(out)
+		if err != nil {
+			t.Fatalf("cleanup on %s: %v", n.Name, err)
+		}
+		pods = append(pods, name)
+	}
+	for i, name := range pods {
+		if err := rc.waitPodSucceeded(t, "default", name, rc.Nodes[i]); err != nil {
+			t.Fatalf("cleanup on %s: %v", rc.Nodes[i].Name, err)
+		}
+		_ = rc.CP.Client.Delete(t.Context(), &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
+	}
+}
+
+// debugPodName finds the pod name in kubectl debug's output ("Creating debugging pod X with
+// container Y on node Z.").
+func debugPodName(out string) (string, error) {
+	const marker = "Creating debugging pod "
+	i := strings.Index(out, marker)
+	if i < 0 {
+		return "", fmt.Errorf("kubectl debug printed no pod name: %q", out)
+	}
+	name, _, _ := strings.Cut(out[i+len(marker):], " ")
+	return name, nil
+}
+
+// waitPodSucceeded waits for the pod to end in phase Succeeded; on failure the error holds its
+// container log, read from the node.
+func (rc *RealCluster) waitPodSucceeded(t T, namespace, name string, n *Node) error {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for {
+		var p corev1.Pod
+		err := rc.CP.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &p)
+		switch {
+		case err == nil && p.Status.Phase == corev1.PodSucceeded:
+			return nil
+		case err == nil && p.Status.Phase == corev1.PodFailed:
+			return fmt.Errorf("pod %s failed: %s", name, rc.podLogs(n, &p))
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(fmt.Errorf("pod %s/%s did not succeed (phase %s)", namespace, name, p.Status.Phase), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// podLogs is the log of the pod's first container on node n (read from the node's files).
+func (rc *RealCluster) podLogs(n *Node, p *corev1.Pod) string {
+	for _, k := range rc.Kubelets {
+		if k.Node == n && len(p.Spec.Containers) > 0 {
+			out, err := k.ContainerLogs(p.Namespace, p.Name, p.Spec.Containers[0].Name)
+			if err != nil {
+				return err.Error()
+			}
+			return out
+		}
+	}
+	return "(no kubelet)"
+}
