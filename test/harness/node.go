@@ -81,11 +81,15 @@ func (n *Node) HostInterface() string {
 	return PodBridge
 }
 
-// register creates the Node object with an InternalIP address and a Ready condition.
+// register creates the Node object with an InternalIP address and a Ready condition (on a
+// control plane for real nodes, only the object: the kubelet that adopts it reports its status).
 func (n *Node) register(ctx context.Context) error {
 	obj := nodeObject(n)
 	if err := n.cluster.CP.Client.Create(ctx, obj); err != nil {
 		return fmt.Errorf("create Node %s: %w", n.Name, err)
+	}
+	if n.cluster.CP.Real != nil {
+		return nil // its kubelet reports the status
 	}
 	setNodeStatus(n, obj)
 	if err := n.cluster.CP.Client.Status().Update(ctx, obj); err != nil {

@@ -91,6 +91,12 @@ func NewRealCluster(t T, n int) *RealCluster {
 			Kubeconfig: kubeconfig, Images: images.Files, PauseImage: images.Pause,
 		}))
 	}
+	// Registered after the nodes: runs before they stop.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- pods of the real cluster at failure ---\n%s", rc.describePods(context.WithoutCancel(t.Context())))
+		}
+	})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	for _, k := range rc.Kubelets {
@@ -205,4 +211,35 @@ func (rc *RealCluster) podLogs(n *Node, p *corev1.Pod) string {
 		}
 	}
 	return "(no kubelet)"
+}
+
+// describePods is one line per pod (phase, node, IP, per container ready/restarts) and, for each
+// container that is not ready or has restarted, the end of its log: what a failed test needs to
+// show why a workload did not come up.
+func (rc *RealCluster) describePods(ctx context.Context) string {
+	var pods corev1.PodList
+	if err := rc.CP.Client.List(ctx, &pods); err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		fmt.Fprintf(&b, "%s/%s phase=%s node=%s ip=%s\n", p.Namespace, p.Name, p.Status.Phase, p.Spec.NodeName, p.Status.PodIP)
+		for _, cs := range p.Status.ContainerStatuses {
+			fmt.Fprintf(&b, "  container %s ready=%t restarts=%d state=%+v\n", cs.Name, cs.Ready, cs.RestartCount, cs.State)
+			if cs.Ready && cs.RestartCount == 0 {
+				continue
+			}
+			for _, k := range rc.Kubelets {
+				if k.Node.Name == p.Spec.NodeName {
+					out, err := k.ContainerLogs(p.Namespace, p.Name, cs.Name)
+					if err != nil {
+						out = err.Error()
+					}
+					fmt.Fprintf(&b, "  --- log (last 15 lines) ---\n%s\n", tail(out, 15))
+				}
+			}
+		}
+	}
+	return b.String()
 }
