@@ -88,7 +88,7 @@ index() {
 	local name df target ignore ref
 	: >"$1/index.tsv.tmp"
 	while read -r name df target ignore ref; do
-		[[ -f $1/$name.tar ]] && printf '%s.tar\t%s\n' "$name" "$ref" >>"$1/index.tsv.tmp"
+		if [[ -f $1/$name.tar ]]; then printf '%s.tar\t%s\n' "$name" "$ref" >>"$1/index.tsv.tmp"; fi
 	done < <(images)
 	mv "$1/index.tsv.tmp" "$1/index.tsv"
 }
@@ -117,13 +117,11 @@ build() {
 	buildah)
 		# buildah 1.28 leaves TARGETOS and TARGETARCH empty (docker and podman set them).
 		args+=(--build-arg "TARGETOS=$(go env GOOS)" --build-arg "TARGETARCH=$(go env GOARCH)")
-		old=$(buildah images --quiet --noheading "$ref" 2>/dev/null || true)
 		buildah build --quiet --pull=never --network host "${args[@]}" . >&2
 		buildah push --quiet "$ref" "docker-archive:$dir/$name.tar.tmp:$ref" >&2
-		# The new build took the name: drop the old one, or each rebuild leaves an unnamed image.
-		if [[ -n $old && $old != "$(buildah images --quiet --noheading "$ref")" ]]; then
-			buildah rmi "$old" >/dev/null 2>&1 || true
-		fi
+		# The tar is the product: buildah's storage keeps only the base images (load the tar
+		# with `buildah pull docker-archive:FILE` to push it somewhere).
+		buildah rmi "$ref" >/dev/null
 		;;
 	podman)
 		podman build "${args[@]}" . >&2
@@ -148,7 +146,7 @@ prune() {
 	while read -r d; do
 		[[ $d == "$keep" ]] && continue
 		n=$((n + 1))
-		((n > 2)) && rm -rf "$d"
+		if ((n > 2)); then rm -rf "$d"; fi
 	done < <(ls -dt "$cache"/*/ 2>/dev/null | sed 's:/$::')
 }
 
