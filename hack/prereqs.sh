@@ -6,6 +6,9 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables-restore >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v make >/dev/null || need+=(make)
+# The images (hack/images.sh): buildah builds them, debootstrap makes the local base stand-ins.
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
 	echo "prereqs: missing ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2
