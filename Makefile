@@ -27,28 +27,19 @@ build: ## Build magic-ip-agent and magic-ip-webhook into bin/ (version from git 
 
 IMAGE_REPO ?= ghcr.io/magic-ip
 IMAGE_TAG ?= $(VERSION)
-# CONTAINER_ENGINE=docker|podman forces one; by default the first whose engine answers `info` is
-# used (a docker CLI without a daemon does not count).
+# CONTAINER_ENGINE=docker|podman|buildah forces one; by default docker or podman when its engine
+# answers `info` (a docker CLI without a daemon does not count), else buildah.
 CONTAINER_ENGINE ?=
+# The images are stamped with the commit's date, not the time of the build, so that rebuilding
+# the same commit finds them in the cache.
+IMAGES_BUILD_DATE ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
 
 .PHONY: images
-images: ## Build the agent and webhook images with docker or podman (prints a note and succeeds when neither engine runs here).
-	@engine="$(CONTAINER_ENGINE)"; \
-	if [ -z "$$engine" ]; then \
-		for e in docker podman; do \
-			if command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1; then engine=$$e; break; fi; \
-		done; \
-	fi; \
-	if [ -z "$$engine" ]; then \
-		echo "make images: no container engine on this machine (neither 'docker info' nor 'podman info' succeeds); images not built."; \
-		echo "make images: run it where docker or podman works, or set CONTAINER_ENGINE=docker|podman."; \
-		exit 0; \
-	fi; \
-	for c in agent webhook; do \
-		echo "--- $$engine build $(IMAGE_REPO)/magic-ip-$$c:$(IMAGE_TAG)"; \
-		$$engine build -f Dockerfile.$$c -t $(IMAGE_REPO)/magic-ip-$$c:$(IMAGE_TAG) \
-			--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg BUILD_DATE=$(BUILD_DATE) . ; \
-	done
+images: ## Build the agent, webhook and test images from their Dockerfiles into docker-archive tars (hack/images.sh; buildah on local stand-ins of the base images when no docker/podman engine runs; cached).
+	@dir=$$(IMAGE_TAG=$(IMAGE_TAG) IMAGE_REPO=$(IMAGE_REPO) VERSION=$(VERSION) COMMIT=$(COMMIT) \
+		BUILD_DATE=$(IMAGES_BUILD_DATE) CONTAINER_ENGINE=$(CONTAINER_ENGINE) hack/images.sh); \
+	echo "images (docker-archive tars) in $$dir:"; \
+	sed 's/^/  /' "$$dir/index.tsv"
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.

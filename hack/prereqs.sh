@@ -10,6 +10,9 @@ command -v make >/dev/null || need+=(make)
 # start them in the node's network namespace and a private mount namespace.
 [[ -x /usr/sbin/runc ]] || need+=(runc)
 command -v nsenter >/dev/null && command -v unshare >/dev/null || need+=(util-linux)
+# The images (hack/images.sh): buildah builds them, debootstrap makes the local base stand-ins.
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
 	echo "prereqs: missing ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2

@@ -23,59 +23,17 @@ type RealCluster struct {
 	Images     *Images
 }
 
-// Images are the images hack/images.sh builds, by role, and their docker-archive files.
-type Images struct {
-	// Agent, Webhook, Testbin and Pause are image references; Tag is the tag they share.
-	Agent, Webhook, Testbin, Pause, Tag string
-	// Files are the tarballs every node imports.
-	Files []string
-}
-
-// ProductImages builds the images (hack/images.sh, cached by content; or the directory in
-// $MAGIC_IP_IMAGES) and sorts them by role.
-func ProductImages() (*Images, error) {
-	root, err := RepoRoot()
-	if err != nil {
-		return nil, err
-	}
-	dir, err := ImagesDir(root)
-	if err != nil {
-		return nil, err
-	}
-	list, err := LoadImages(dir)
-	if err != nil {
-		return nil, err
-	}
-	im := &Images{}
-	for _, image := range list {
-		im.Files = append(im.Files, image.Tar)
-		name, tag, _ := strings.Cut(image.Ref[strings.LastIndex(image.Ref, "/")+1:], ":")
-		im.Tag = tag
-		switch name {
-		case "magic-ip-agent":
-			im.Agent = image.Ref
-		case "magic-ip-webhook":
-			im.Webhook = image.Ref
-		case "testbin":
-			im.Testbin = image.Ref
-		case "pause":
-			im.Pause = image.Ref
-		}
-	}
-	if im.Agent == "" || im.Webhook == "" || im.Testbin == "" || im.Pause == "" {
-		return nil, fmt.Errorf("image index in %s lacks an image: %+v", dir, im)
-	}
-	return im, nil
-}
-
 // NewRealCluster starts a control plane for real nodes and a cluster of n of them, and returns
 // once every kubelet has made its Node Ready. Everything stops in t.Cleanup.
 func NewRealCluster(t T, n int) *RealCluster {
 	t.Helper()
 	RequireRoot(t)
-	images, err := ProductImages()
+	images, err := BuildImages("all")
 	if err != nil {
 		t.Fatalf("images: %v", err)
+	}
+	if images.Agent == "" || images.Webhook == "" || images.Testbin == "" || images.Pause == "" {
+		t.Fatalf("images in %s: %+v, want agent, webhook, testbin and pause", images.Dir, images.List)
 	}
 	cp := StartRealControlPlane(t)
 	rc := &RealCluster{Cluster: NewCluster(t, cp, ClusterOptions{Nodes: n}), Images: images}
@@ -88,7 +46,7 @@ func NewRealCluster(t T, n int) *RealCluster {
 			t.Fatal(err)
 		}
 		rc.Kubelets = append(rc.Kubelets, node.StartKubelet(t, KubeletOptions{
-			Kubeconfig: kubeconfig, Images: images.Files, PauseImage: images.Pause,
+			Kubeconfig: kubeconfig, Images: images.Files(), PauseImage: images.Pause,
 		}))
 	}
 	// Registered after the nodes: runs before they stop.

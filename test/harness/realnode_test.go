@@ -85,25 +85,21 @@ func runRealNodes(t *testing.T) []realNodeTrace {
 }
 
 // testImageTars are the tarballs of the test images (MAGIC_IP_IMAGES or hack/images.sh).
-func testImageTars(t *testing.T, root string) []string {
-	dir, err := ImagesDir(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	images, err := LoadImages(dir)
+func testImageTars(t *testing.T, _ string) []string {
+	images, err := BuildImages("test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var tars []string
 	found := map[string]bool{}
-	for _, im := range images {
+	for _, im := range images.List {
 		if im.Ref == PauseImage || im.Ref == TestbinImage {
 			tars = append(tars, im.Tar)
 			found[im.Ref] = true
 		}
 	}
 	if !found[PauseImage] || !found[TestbinImage] {
-		t.Fatalf("images in %s: %v, want %s and %s", dir, images, PauseImage, TestbinImage)
+		t.Fatalf("images in %s: %v, want %s and %s", images.Dir, images.List, PauseImage, TestbinImage)
 	}
 	return tars
 }
