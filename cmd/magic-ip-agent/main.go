@@ -26,7 +26,7 @@ func main() {
 
 // flags binds the agent's flags (each with its environment twin, read through lookup) to cfg.
 func flags(cfg *agent.Config, showVersion *bool, lookup func(string) (string, bool)) *flagenv.Set {
-	fe := flagenv.NewCommand("magic-ip-agent", "Usage: magic-ip-agent [flags]\n       magic-ip-agent cleanup   remove every rule, chain and address the agent owns (idempotent);\n                         with --node-name also its Node condition and --startup-taint\n\nFlags:\n", lookup)
+	fe := flagenv.NewCommand("magic-ip-agent", "Usage: magic-ip-agent [flags]\n       magic-ip-agent [flags] cleanup   remove every rule, chain and address the agent owns (idempotent);\n                                        with --node-name also its Node condition and --startup-taint\n\nFlags:\n", lookup)
 	cfg.BindFlags(fe)
 	fe.FlagSet().BoolVar(showVersion, "version", false, "print the version and exit")
 	return fe
