@@ -191,7 +191,7 @@ func TestCleanupKeepsGoing(t *testing.T) {
 				t.Setenv("PATH", filepath.Join(t.TempDir(), "empty"))
 				var err error
 				if subcommand {
-					err = CleanupNode()
+					err = CleanupNode(Config{})
 				} else {
 					err = Cleanup(ipt, links)
 				}

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/magic-ip/magic-ip/agent/nodestatus"
 	"github.com/magic-ip/magic-ip/internal/flagenv"
 )
 
@@ -34,11 +37,14 @@ type Config struct {
 	ResyncPeriod         time.Duration
 	MaxSyncBackoff       time.Duration
 	CleanupOnExit        bool
-	ProcSysDir           string
-	Kubeconfig           string
-	MetricsAddr          string
-	HealthAddr           string
-	Verbosity            int
+	// StartupTaint (key[=value]:Effect) is removed from the Node after the first sync that
+	// programmed every MagicIP; empty: none.
+	StartupTaint string
+	ProcSysDir   string
+	Kubeconfig   string
+	MetricsAddr  string
+	HealthAddr   string
+	Verbosity    int
 }
 
 // BindFlags registers every flag on fs, each with its environment-variable twin (named in the
@@ -68,6 +74,8 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
 		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
+	fs.String(&c.StartupTaint, "startup-taint", "MAGIC_IP_STARTUP_TAINT", "",
+		"taint (key[=value]:Effect, e.g. magic-ip.dev/agent-not-ready:NoSchedule) that node provisioning puts on new nodes (kubelet --register-with-taints): the agent removes it from its Node once every MagicIP of the node is programmed, so consumers never start before their magic IPs answer; the cleanup command removes it too (with --node-name). Empty: no taint is removed")
 	fs.Int(&c.Verbosity, "v", "MAGIC_IP_VERBOSITY", 0, "log verbosity: 2 one line per sync, 4 per object, 9 the rendered rules")
 }
 
@@ -85,6 +93,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.AddressPolicy(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := c.Taint(); err != nil {
+		errs = append(errs, fmt.Errorf("--startup-taint: %w", err))
 	}
 	if c.MaxSyncBackoff < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("--max-sync-backoff %s is too short: use at least 10ms", c.MaxSyncBackoff))
@@ -106,6 +117,18 @@ func (c *Config) AddressPolicy() (AddressPolicy, error) {
 		p.Allowed = append(p.Allowed, r.Masked())
 	}
 	return p, nil
+}
+
+// Taint is the parsed --startup-taint (nil when empty).
+func (c *Config) Taint() (*corev1.Taint, error) {
+	if c.StartupTaint == "" {
+		return nil, nil
+	}
+	t, err := nodestatus.ParseTaint(c.StartupTaint)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
 }
 
 func checkPrefix(s string) error {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/magic-ip/magic-ip/agent/nodestatus"
 	"github.com/magic-ip/magic-ip/internal/flagenv"
 )
 
@@ -97,6 +98,49 @@ func TestConfigEnv(t *testing.T) {
 			}
 			if !tc.check(c) {
 				t.Errorf("unexpected config %+v", c)
+			}
+		})
+	}
+}
+
+// TestConfigStartupTaint: --startup-taint (or MAGIC_IP_STARTUP_TAINT) is off by default, parsed as
+// key[=value]:Effect, and a bad one fails validation naming the flag.
+func TestConfigStartupTaint(t *testing.T) {
+	for name, tc := range map[string]struct {
+		env       map[string]string
+		wantTaint string
+		wantErr   string
+	}{
+		"off by default": {},
+		"from the environment": {
+			env: map[string]string{"MAGIC_IP_STARTUP_TAINT": "magic-ip.dev/agent-not-ready:NoSchedule"}, wantTaint: "magic-ip.dev/agent-not-ready:NoSchedule",
+		},
+		"no effect": {
+			env: map[string]string{"MAGIC_IP_STARTUP_TAINT": "magic-ip.dev/agent-not-ready"}, wantErr: "--startup-taint: taint \"magic-ip.dev/agent-not-ready\": want key[=value]:Effect",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, err := parseConfig(tc.env, "--node-name", "n1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Validate()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Validate: %v, want an error with %q", err, tc.wantErr)
+				}
+				return
+			}
+			taint, terr := c.Taint()
+			if err != nil || terr != nil {
+				t.Fatalf("Validate: %v; Taint: %v", err, terr)
+			}
+			got := ""
+			if taint != nil {
+				got = nodestatus.TaintString(*taint)
+			}
+			if got != tc.wantTaint {
+				t.Errorf("taint %q, want %q", got, tc.wantTaint)
 			}
 		})
 	}

@@ -37,8 +37,10 @@ type ControllerConfig struct {
 	// Addresses says which magic addresses may be programmed; the others are reported Invalid.
 	Addresses AddressPolicy
 	Recorder  EventRecorder
-	Metrics   *Metrics
-	Log       logr.Logger
+	// Node reports the node's status after every sync (nil: not reported).
+	Node    NodeReporter
+	Metrics *Metrics
+	Log     logr.Logger
 }
 
 // Controller keeps the node in line with the MagicIPs and this node's pods. Every informer event
@@ -186,6 +188,9 @@ func (c *Controller) sync(ctx context.Context) error {
 	execsBefore := c.Syncer.Ipt.Execs()
 	res, err := c.Syncer.Sync(ctx, st, full)
 	c.Metrics.observeSync(time.Since(start), c.Syncer.Ipt.Execs()-execsBefore, res.Wrote)
+	if c.Node != nil && ctx.Err() == nil {
+		c.Node.Set(nodeStatus(res, err))
+	}
 	if err != nil {
 		c.Metrics.SyncErrors.Inc()
 		c.mu.Lock()

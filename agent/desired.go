@@ -40,7 +40,8 @@ type Service struct {
 	Interface string
 	// WhenNoProducer applies when Endpoints is empty, and to traffic that was not redirected.
 	WhenNoProducer v1alpha1.NoLocalProducerAction
-	// Endpoints are the Ready local producers, sorted by IP.
+	// Endpoints are the local producers new connections go to, sorted by IP: the Ready ones, or,
+	// while there are none, the terminating ones that still serve (Ready condition true).
 	Endpoints []Endpoint
 }
 
@@ -48,6 +49,9 @@ type Service struct {
 type Endpoint struct {
 	Pod  string // namespace/name
 	Addr netip.AddrPort
+	// Terminating: the pod is being deleted but still serves; it is used only while no Ready
+	// producer is left (as kube-proxy does with terminating endpoints, KEP-1669).
+	Terminating bool
 }
 
 // Key names the service for comments and chain names: "<magicip>:<port name>".
@@ -87,7 +91,7 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 				Interface: iface, WhenNoProducer: m.Spec.EffectiveWhenNoLocalProducer(),
 			}
 			for _, ep := range eps {
-				svc.Endpoints = append(svc.Endpoints, Endpoint{Pod: ep.pod, Addr: netip.AddrPortFrom(ep.ip, uint16(p.EffectiveTargetPort()))})
+				svc.Endpoints = append(svc.Endpoints, Endpoint{Pod: ep.pod, Addr: netip.AddrPortFrom(ep.ip, uint16(p.EffectiveTargetPort())), Terminating: ep.terminating})
 			}
 			st.Services = append(st.Services, svc)
 		}
@@ -102,12 +106,15 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 }
 
 type producer struct {
-	pod string
-	ip  netip.Addr
+	pod         string
+	ip          netip.Addr
+	terminating bool
 }
 
-// producers are m's pods on this node: in the producer namespace, matching the selector, Ready,
-// not terminating, with an IP of the address family wanted. Sorted by IP.
+// producers are m's pods on this node that new connections go to: in the producer namespace,
+// matching the selector, Ready, with an IP of the address family wanted, and not terminating — or,
+// when no such pod exists, the terminating ones that are still Ready (serving), so a graceful
+// producer restart loses nothing while its replacement starts. Sorted by IP.
 func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) ([]producer, error) {
 	sel, err := metav1.LabelSelectorAsSelector(m.Spec.Producer.Selector.AsLabelSelector())
 	if err != nil {
@@ -116,16 +123,27 @@ func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) 
 	if sel.Empty() {
 		return nil, fmt.Errorf("producer selector is empty")
 	}
-	var out []producer
+	var ready, terminating []producer
 	for i := range pods {
 		p := &pods[i]
 		if p.Namespace != m.Spec.Producer.Namespace || p.Spec.NodeName != nodeName ||
-			p.DeletionTimestamp != nil || !isReady(p) || !sel.Matches(labels.Set(p.Labels)) {
+			!isReady(p) || !sel.Matches(labels.Set(p.Labels)) {
 			continue
 		}
-		if ip, ok := podIP(p, v4); ok {
-			out = append(out, producer{pod: p.Namespace + "/" + p.Name, ip: ip})
+		ip, ok := podIP(p, v4)
+		if !ok {
+			continue
 		}
+		pr := producer{pod: p.Namespace + "/" + p.Name, ip: ip, terminating: p.DeletionTimestamp != nil}
+		if pr.terminating {
+			terminating = append(terminating, pr)
+		} else {
+			ready = append(ready, pr)
+		}
+	}
+	out := ready
+	if len(out) == 0 {
+		out = terminating
 	}
 	slices.SortFunc(out, func(a, b producer) int { return cmp.Or(a.ip.Compare(b.ip), cmp.Compare(a.pod, b.pod)) })
 	return out, nil

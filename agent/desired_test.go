@@ -87,6 +87,17 @@ func ep(pod, addrPort string) Endpoint {
 	return Endpoint{Pod: testNamespace + "/" + pod, Addr: netip.MustParseAddrPort(addrPort)}
 }
 
+// tep is a terminating (still serving) producer's endpoint.
+func tep(pod, addrPort string) Endpoint {
+	e := ep(pod, addrPort)
+	e.Terminating = true
+	return e
+}
+
+func terminating(at metav1.Time) func(*corev1.Pod) {
+	return func(p *corev1.Pod) { p.DeletionTimestamp = &at }
+}
+
 // endpointsOf returns the endpoints of the only service of st, failing when there is not exactly one.
 func endpointsOf(t *testing.T, st State) []Endpoint {
 	t.Helper()
@@ -131,8 +142,32 @@ func TestDesiredProducers(t *testing.T) {
 		"ready but phase succeeded": {
 			pods: []corev1.Pod{readyPod("a", []string{"10.244.1.5"}, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })},
 		},
-		"terminating": {
-			pods: []corev1.Pod{readyPod("a", []string{"10.244.1.5"}, func(p *corev1.Pod) { p.DeletionTimestamp = &now })},
+		"terminating and still Ready: the only producer keeps serving": {
+			pods: []corev1.Pod{readyPod("a", []string{"10.244.1.5"}, terminating(now))},
+			want: []Endpoint{tep("a", "10.244.1.5:8126")},
+		},
+		"terminating and no longer Ready": {
+			pods: []corev1.Pod{readyPod("a", []string{"10.244.1.5"}, terminating(now), func(p *corev1.Pod) {
+				p.Status.Conditions[0].Status = corev1.ConditionFalse
+			})},
+		},
+		"terminating ones only while no Ready one: all of them, sorted by IP": {
+			pods: []corev1.Pod{
+				readyPod("b", []string{"10.244.1.7"}, terminating(now)),
+				readyPod("not-ready", []string{"10.244.1.8"}, func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionFalse }),
+				readyPod("a", []string{"10.244.1.6"}, terminating(now)),
+			},
+			want: []Endpoint{tep("a", "10.244.1.6:8126"), tep("b", "10.244.1.7:8126")},
+		},
+		"a Ready replacement takes over from a terminating producer": {
+			pods: []corev1.Pod{
+				readyPod("old", []string{"10.244.1.5"}, terminating(now)),
+				readyPod("new", []string{"10.244.1.6"}),
+			},
+			want: []Endpoint{ep("new", "10.244.1.6:8126")},
+		},
+		"a terminating producer on another node does not count": {
+			pods: []corev1.Pod{readyPod("a", []string{"10.244.2.5"}, terminating(now), func(p *corev1.Pod) { p.Spec.NodeName = "node-b" })},
 		},
 		"no IP yet": {
 			pods: []corev1.Pod{readyPod("a", nil)},

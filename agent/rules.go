@@ -166,7 +166,8 @@ func hairpinRules(svcs []Service) map[netip.Addr][]string {
 	return out
 }
 
-// endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i).
+// endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i). The
+// comment marks terminating producers, which serve only while no Ready one is left.
 func endpointRules(s Service) []string {
 	n := len(s.Endpoints)
 	rules := make([]string, 0, n)
@@ -175,7 +176,11 @@ func endpointRules(s Service) []string {
 		if left := n - i; left > 1 {
 			prob = fmt.Sprintf(" -m statistic --mode random --probability %.11f", 1/float64(left))
 		}
-		rules = append(rules, fmt.Sprintf(`-p %s -m comment --comment "%s -> %s"%s -j DNAT --to-destination %s`, proto(s.Protocol), s.Key(), ep.Pod, prob, ep.Addr))
+		note := ""
+		if ep.Terminating {
+			note = " (terminating, no Ready producer)"
+		}
+		rules = append(rules, fmt.Sprintf(`-p %s -m comment --comment "%s -> %s%s"%s -j DNAT --to-destination %s`, proto(s.Protocol), s.Key(), ep.Pod, note, prob, ep.Addr))
 	}
 	return rules
 }

@@ -170,6 +170,21 @@ func TestRenderProbabilities(t *testing.T) {
 	}
 }
 
+// TestRenderTerminatingProducer: a terminating producer in use gets the same DNAT rule as a Ready
+// one, with a comment saying why it is still there.
+func TestRenderTerminatingProducer(t *testing.T) {
+	st := referenceState()
+	st.Services = st.Services[:1]
+	st.Services[0].Endpoints = manyEndpoints(1)
+	st.Services[0].Endpoints[0].Terminating = true
+	svc := st.Services[0]
+	got := Render(st, nil).Chains["nat"][svcChain(svc)]
+	want := []string{fmt.Sprintf(`-p tcp -m comment --comment "%s -> datadog/agent-0 (terminating, no Ready producer)" -j DNAT --to-destination 10.244.1.10:8126`, svc.Key())}
+	if !slices.Equal(got, want) {
+		t.Errorf("rules:\n got %q\nwant %q", got, want)
+	}
+}
+
 func TestRenderVerdicts(t *testing.T) {
 	tests := map[string]struct {
 		policy v1alpha1.NoLocalProducerAction

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/go-logr/logr"
 	"golang.org/x/sync/errgroup"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/magic-ip/magic-ip/agent/kube"
+	"github.com/magic-ip/magic-ip/agent/nodestatus"
 )
 
 // Run programs the node until ctx ends. Rules and addresses stay in place on exit unless
@@ -45,10 +47,10 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	log.Info("starting", "hostInterface", cfg.HostInterface, "localTraffic", local.String(), "resyncPeriod", cfg.ResyncPeriod)
 	if cfg.CleanupOnExit {
 		defer func() {
-			if cerr := Cleanup(ipt, links); cerr != nil {
+			if cerr := errors.Join(Cleanup(ipt, links), forgetNode(cfg, clients)); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("cleanup on exit: %w", cerr))
 			} else {
-				log.Info("removed rules and addresses on exit (--cleanup-on-exit)")
+				log.Info("removed rules and addresses, and the Node condition, on exit (--cleanup-on-exit)")
 			}
 		}()
 	}
@@ -116,6 +118,11 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 		return err
 	}
 	recorder := kube.NewRecorder(clients.Events, cfg.NodeName, log)
+	taint, err := cfg.Taint()
+	if err != nil {
+		return err
+	}
+	node := nodestatus.NewReporter(clients.Core, cfg.NodeName, taint, log)
 	addresses, err := cfg.AddressPolicy()
 	if err != nil {
 		return err
@@ -123,7 +130,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	m := NewMetrics()
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
-		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Metrics: m, Log: log,
+		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Node: node, Metrics: m, Log: log,
 	})
 	var synced []cache.DoneChecker
 	for _, inf := range []cache.SharedIndexInformer{pods, mips} {
@@ -146,6 +153,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 		g.Go(func() error { inf.RunWithContext(ctx); return nil })
 	}
 	g.Go(func() error { recorder.Run(ctx); return nil })
+	g.Go(func() error { node.Run(ctx); return nil })
 	g.Go(func() error { c.Run(ctx, synced...); return nil })
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -154,19 +162,43 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 }
 
 // CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand).
-// Without a usable iptables the addresses are still removed, and both failures reported.
-func CleanupNode() error {
+// Without a usable iptables the addresses are still removed, and both failures reported. With
+// cfg.NodeName set it also removes from the Node the agent's condition and the --startup-taint,
+// which nobody would remove once the agent is gone; without it the API is not touched.
+func CleanupNode(cfg Config) error {
+	var apiErr error
+	if cfg.NodeName != "" {
+		clients, err := newClients(cfg)
+		if err == nil {
+			err = forgetNode(cfg, clients)
+		}
+		apiErr = err
+	}
 	links, err := NewLinks(DefaultDummyInterface)
 	if err != nil {
-		return err
+		return errors.Join(apiErr, err)
 	}
 	defer links.Close()
 	ipt, err := NewIptables()
 	if err != nil {
-		return errors.Join(err, cleanupLinks(links))
+		return errors.Join(apiErr, err, cleanupLinks(links))
 	}
-	return Cleanup(ipt, links)
+	return errors.Join(apiErr, Cleanup(ipt, links))
 }
+
+// forgetNode removes the agent's condition and the startup taint from its Node.
+func forgetNode(cfg Config, clients *kube.Clients) error {
+	taint, err := cfg.Taint()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+	defer cancel()
+	return nodestatus.Forget(ctx, clients.Core, cfg.NodeName, taint)
+}
+
+// forgetTimeout bounds the API calls of a cleanup.
+const forgetTimeout = 30 * time.Second
 
 // openNode opens the node's iptables and netlink handles; the caller closes the Links.
 func openNode() (*Iptables, *Links, error) {

@@ -140,7 +140,7 @@ func udpChanges(prev *State, next State) []Service {
 		}
 		old, ok := before[udpKey(svc)]
 		delete(before, udpKey(svc))
-		if prev == nil || !ok || !slices.Equal(old.Endpoints, svc.Endpoints) {
+		if prev == nil || !ok || !sameProducers(old.Endpoints, svc.Endpoints) {
 			out = append(out, svc)
 		}
 	}
@@ -148,6 +148,12 @@ func udpChanges(prev *State, next State) []Service {
 		out = append(out, before[k])
 	}
 	return out
+}
+
+// sameProducers compares endpoints by pod and address: a producer that starts terminating while
+// still in use keeps its flows (they would be redirected to it again anyway).
+func sameProducers(a, b []Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y Endpoint) bool { return x.Pod == y.Pod && x.Addr == y.Addr })
 }
 
 func udpKey(s Service) string { return netip.AddrPortFrom(s.Address, uint16(s.Port)).String() }

@@ -20,6 +20,14 @@ func udpService(name, addr string, port int32, pods ...string) Service {
 	return s
 }
 
+func terminatingEndpoints(s Service) Service {
+	s.Endpoints = slices.Clone(s.Endpoints)
+	for i := range s.Endpoints {
+		s.Endpoints[i].Terminating = true
+	}
+	return s
+}
+
 // TestUDPChanges: every UDP service that disappears or changes is flushed, not only those that
 // still exist.
 func TestUDPChanges(t *testing.T) {
@@ -54,6 +62,13 @@ func TestUDPChanges(t *testing.T) {
 		},
 		"protocol changed to TCP": {
 			prev: &State{Services: []Service{stats}}, next: State{Services: []Service{tcp}}, want: []string{"169.254.210.210:8125"},
+		},
+		"the producer in use starts terminating: its flows stay": {
+			prev: &State{Services: []Service{stats}}, next: State{Services: []Service{terminatingEndpoints(stats)}}, want: nil,
+		},
+		"a Ready replacement takes over from a terminating producer": {
+			prev: &State{Services: []Service{terminatingEndpoints(stats)}}, next: State{Services: []Service{udpService("dd", testAddr, 8125, "dd/b")}},
+			want: []string{"169.254.210.210:8125"},
 		},
 		"TCP services are never flushed": {
 			prev: &State{Services: []Service{tcp}}, next: State{}, want: nil,

@@ -36,7 +36,7 @@ type Recorder struct {
 
 // NewRecorder returns a Recorder reporting as the agent of node.
 func NewRecorder(c rest.Interface, node string, log logr.Logger) *Recorder {
-	return &Recorder{client: c, instance: truncate(ReportingController+"-"+node, 128), log: log, queue: make(chan *eventsv1.Event, pendingEvents)}
+	return &Recorder{client: c, instance: Truncate(ReportingController+"-"+node, 128), log: log, queue: make(chan *eventsv1.Event, pendingEvents)}
 }
 
 // Warning queues a Warning event about m.
@@ -80,7 +80,7 @@ func WarningEvent(m *v1alpha1.MagicIP, reason, note, instance string, now time.T
 		Type:       corev1.EventTypeWarning,
 		Reason:     reason,
 		Action:     "Program",
-		Note:       truncate(note, noteLimit),
+		Note:       Truncate(note, noteLimit),
 		Regarding: corev1.ObjectReference{
 			APIVersion: v1alpha1.GroupVersion.String(), Kind: "MagicIP",
 			Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion,
@@ -90,8 +90,8 @@ func WarningEvent(m *v1alpha1.MagicIP, reason, note, instance string, now time.T
 	}
 }
 
-// truncate shortens s to at most n bytes without splitting a character.
-func truncate(s string, n int) string {
+// Truncate shortens s to at most n bytes without splitting a character.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

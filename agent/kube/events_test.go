@@ -75,8 +75,8 @@ func TestTruncate(t *testing.T) {
 		{"日本", 4, "日"}, // 3 bytes each
 		{"日本", 2, ""},
 	} {
-		if got := truncate(tc.s, tc.n); got != tc.want {
-			t.Errorf("truncate(%q, %d) = %q, want %q", tc.s, tc.n, got, tc.want)
+		if got := Truncate(tc.s, tc.n); got != tc.want {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tc.s, tc.n, got, tc.want)
 		}
 	}
 }

@@ -26,7 +26,7 @@ func main() {
 
 // flags binds the agent's flags (each with its environment twin, read through lookup) to cfg.
 func flags(cfg *agent.Config, showVersion *bool, lookup func(string) (string, bool)) *flagenv.Set {
-	fe := flagenv.NewCommand("magic-ip-agent", "Usage: magic-ip-agent [flags]\n       magic-ip-agent cleanup   remove every rule, chain and address the agent owns (idempotent)\n\nFlags:\n", lookup)
+	fe := flagenv.NewCommand("magic-ip-agent", "Usage: magic-ip-agent [flags]\n       magic-ip-agent [flags] cleanup   remove every rule, chain and address the agent owns (idempotent);\n                                        with --node-name also its Node condition and --startup-taint\n\nFlags:\n", lookup)
 	cfg.BindFlags(fe)
 	fe.FlagSet().BoolVar(showVersion, "version", false, "print the version and exit")
 	return fe
@@ -48,10 +48,10 @@ func run(args []string) error {
 	}
 	log := logging.New(os.Stderr, cfg.Verbosity)
 	if fs.FlagSet().Arg(0) == "cleanup" {
-		if err := agent.CleanupNode(); err != nil {
+		if err := agent.CleanupNode(cfg); err != nil {
 			return err
 		}
-		log.Info("removed magic-ip rules, chains and addresses")
+		log.Info("removed magic-ip rules, chains and addresses", "node", cfg.NodeName)
 		return nil
 	} else if fs.FlagSet().NArg() > 0 {
 		return fmt.Errorf("unknown argument %q (see --help)", fs.FlagSet().Arg(0))

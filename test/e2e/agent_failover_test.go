@@ -52,9 +52,9 @@ func onlyAnswers(ns *harness.Netns, want string) func(context.Context) error {
 	}
 }
 
-// TestAgentFailover: traffic follows readiness. Two Ready producers both get connections; NotReady,
-// terminating and deleted producers get none; with none left clients are refused; back to Ready,
-// served again.
+// TestAgentFailover: traffic follows readiness. Two Ready producers both get connections; NotReady
+// and deleted producers get none; a terminating producer still Ready serves only while no Ready one
+// is left; with none left clients are refused; back to Ready, served again.
 func TestAgentFailover(t *testing.T) {
 	e := newOneNode(t)
 	ctx := t.Context()
@@ -75,9 +75,10 @@ func TestAgentFailover(t *testing.T) {
 		want   string
 	}{
 		{"dd-1 NotReady", func() error { return p1.SetReady(ctx, false) }, p2.Name},
-		{"dd-2 terminating", func() error { return p2.MarkTerminating(ctx) }, "refused"},
-		{"dd-1 Ready again", func() error { return p1.SetReady(ctx, true) }, p1.Name},
-		{"dd-1 deleted", func() error { return p1.Delete(ctx) }, "refused"},
+		{"dd-2 terminating, still Ready: the only one left", func() error { return p2.MarkTerminating(ctx) }, p2.Name},
+		{"dd-1 Ready again: preferred to terminating dd-2", func() error { return p1.SetReady(ctx, true) }, p1.Name},
+		{"dd-1 deleted: back to terminating dd-2", func() error { return p1.Delete(ctx) }, p2.Name},
+		{"dd-2 NotReady while terminating", func() error { return p2.SetReady(ctx, false) }, "refused"},
 	}
 	for _, s := range steps {
 		if err := s.change(); err != nil {

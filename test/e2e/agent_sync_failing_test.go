@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -55,12 +58,24 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 	if v, err := metric(ctx, e.node, "magic_ip_agent_sync_failing"); err != nil || v != 1 {
 		t.Errorf("magic_ip_agent_sync_failing = %v (err %v) while failing, want 1", v, err)
 	}
+	cs, err := kubernetes.NewForConfig(e.c.CP.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "Node condition Programmed=False, SyncFailed", wantProgrammed(cs, e.node.Name, corev1.ConditionFalse, "SyncFailed", "iptables-restore"))
+	writes, err := nodeWrites(ctx, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, 40*time.Second, "12 failed syncs (backoff at its cap)", func(ctx context.Context) error {
 		if n, err := metric(ctx, e.node, "magic_ip_agent_sync_errors_total"); err != nil || n < 12 {
 			return fmt.Errorf("sync errors %v (err %v), want ≥ 12", n, err)
 		}
 		return nil
 	})
+	if now, err := nodeWrites(ctx, cs); err != nil || now != writes {
+		t.Errorf("retries of the same failure wrote the Node %v times (err %v); the condition says the same: want 0", now-writes, err)
+	}
 	if _, err := e.node.Netns.Run(ctx, "iptables", append([]string{"-t", "nat", "-D"}, foreign...)...); err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +87,7 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 		return nil
 	})
 	t.Logf("ready again %s after the foreign rule was removed", time.Since(removed).Round(time.Millisecond))
+	eventually(t, 5*time.Second, "Node condition Programmed=True again", wantProgrammed(cs, e.node.Name, corev1.ConditionTrue, "Programmed", ""))
 	if v, err := metric(ctx, e.node, "magic_ip_agent_sync_failing"); err != nil || v != 0 {
 		t.Errorf("magic_ip_agent_sync_failing = %v (err %v) after recovery, want 0", v, err)
 	}

@@ -240,12 +240,18 @@ func TestManifestsRBACNotMore(t *testing.T) {
 		allowed, denied []access
 	}{
 		harness.AgentServiceAccount: {
-			allowed: []access{{verb: "watch", resource: "pods"}, {verb: "list", group: "magic-ip.dev", resource: "magicips"}, {verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"}, {verb: "get", resource: "nodes"}},
+			allowed: []access{
+				{verb: "watch", resource: "pods"}, {verb: "list", group: "magic-ip.dev", resource: "magicips"}, {verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"}, {verb: "get", resource: "nodes"},
+				// Node gating: the magic-ip.dev/Programmed condition, and removing the startup taint.
+				{verb: "patch", resource: "nodes", subresource: "status"}, {verb: "patch", resource: "nodes"},
+			},
 			denied: []access{
 				{verb: "get", resource: "secrets", namespace: "default"}, {verb: "list", resource: "secrets"},
 				{verb: "update", group: "magic-ip.dev", resource: "magicips"}, {verb: "update", group: "magic-ip.dev", resource: "magicips", subresource: "status"},
 				{verb: "create", resource: "pods", namespace: "default"}, {verb: "delete", resource: "pods", namespace: "default"},
-				{verb: "patch", resource: "nodes"}, {verb: "list", resource: "nodes"}, {verb: "watch", resource: "nodes"}, {verb: "list", resource: "configmaps"},
+				{verb: "list", resource: "nodes"}, {verb: "watch", resource: "nodes"}, {verb: "list", resource: "configmaps"},
+				{verb: "update", resource: "nodes"}, {verb: "update", resource: "nodes", subresource: "status"}, {verb: "delete", resource: "nodes"},
+				{verb: "create", resource: "nodes"}, {verb: "get", resource: "nodes", subresource: "proxy"},
 			},
 		},
 		harness.WebhookServiceAccount: {
