@@ -15,7 +15,8 @@ import (
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
-// fuzzMagicIPs are two MagicIPs whose variables overlap (NODE_NAME, NODE_IP from both).
+// fuzzMagicIPs are two MagicIPs whose variables overlap (NODE_NAME, NODE_IP from both); the
+// first also injects the pod's identity.
 func fuzzMagicIPs() []v1alpha1.MagicIP {
 	return []v1alpha1.MagicIP{
 		newMIP("datadog", testAddr, 0,
@@ -27,6 +28,7 @@ func fuzzMagicIPs() []v1alpha1.MagicIP {
 				ExtraEnv:     []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}},
 				Hostnames:    []string{"datadog.node.local"},
 				NodeMetadata: true,
+				PodIdentity:  identity("DD_ENTITY_ID", v1alpha1.FieldPodUID, "POD_NAME", v1alpha1.FieldPodName),
 			})),
 		newMIP("otel.collector-v2", "fd00::10", 1,
 			withPorts(v1alpha1.MagicIPPort{Name: "otlp-grpc", Port: 4317}),
@@ -47,7 +49,7 @@ func FuzzMutate(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"apps"},"spec":{"containers":[{"name":"app","image":"nginx"}]}}`))
 	f.Add([]byte(`{"metadata":{"generateName":"web-","annotations":{"magic-ip.dev/injected":"zz,datadog","team":"web"}},` +
 		`"spec":{"initContainers":[{"name":"init","env":[{"name":"NODE_NAME","value":"mine"}]}],` +
-		`"containers":[{"name":"app","env":[{"name":"DD_AGENT_HOST","value":"10.0.0.5"},{"name":"DATADOG_MAGIC_HOST","valueFrom":{"fieldRef":{"fieldPath":"status.podIP"}}},{"name":"A","value":"1"},{"name":"A","value":"2"}]},{"name":"sidecar"}],` +
+		`"containers":[{"name":"app","env":[{"name":"DD_AGENT_HOST","value":"10.0.0.5"},{"name":"DD_ENTITY_ID","value":"en.mine"},{"name":"DATADOG_MAGIC_HOST","valueFrom":{"fieldRef":{"fieldPath":"status.podIP"}}},{"name":"A","value":"1"},{"name":"A","value":"2"}]},{"name":"sidecar"}],` +
 		`"hostAliases":[{"ip":"169.254.210.210","hostnames":["mine.local"]},{"ip":"10.9.9.9","hostnames":["otel.node.local","otel.node.local"]}]}}`))
 	f.Add([]byte(`{"spec":{"initContainers":[{"name":"i","envFrom":[{"configMapRef":{"name":"all"}}]}],` +
 		`"containers":[{"name":"a","envFrom":[{"prefix":"DD_","secretRef":{"name":"s"}},{"prefix":"NODE_I"}],"env":[{"name":"X","value":"$(DD_AGENT_HOST)"}]}]}}`))

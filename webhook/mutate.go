@@ -148,11 +148,17 @@ func Env(m v1alpha1.MagicIP) []corev1.EnvVar {
 		env = append(env, corev1.EnvVar{Name: e.Name, Value: ExpandTemplate(e.Value, m.Spec)})
 	}
 	if m.Spec.Inject.NodeMetadata {
-		env = append(env,
-			corev1.EnvVar{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
-			corev1.EnvVar{Name: "NODE_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}})
+		env = append(env, fieldEnv("NODE_NAME", "spec.nodeName"), fieldEnv("NODE_IP", "status.hostIP"))
+	}
+	for _, id := range m.Spec.Inject.PodIdentity {
+		env = append(env, fieldEnv(id.Name, id.FieldPath))
 	}
 	return env
+}
+
+// fieldEnv is the variable name set by the kubelet to the pod's field at path (the downward API).
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 }
 
 // ExpandTemplate resolves {address}, {port} (the first port) and {port:NAME}. Unknown

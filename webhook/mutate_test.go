@@ -3,6 +3,7 @@ package webhook
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -72,6 +73,15 @@ func fieldRef(name, path string) corev1.EnvVar {
 }
 
 func envs(vs ...corev1.EnvVar) []corev1.EnvVar { return vs }
+
+// identity is a podIdentity list of name, fieldPath pairs.
+func identity(nameAndPath ...string) []v1alpha1.PodIdentityEnv {
+	var out []v1alpha1.PodIdentityEnv
+	for i := 0; i+1 < len(nameAndPath); i += 2 {
+		out = append(out, v1alpha1.PodIdentityEnv{Name: nameAndPath[i], FieldPath: nameAndPath[i+1]})
+	}
+	return out
+}
 
 func toJSON(v any) string {
 	b, err := json.MarshalIndent(v, "", "  ")
@@ -185,6 +195,27 @@ func TestEnv(t *testing.T) {
 		"nodeMetadata with inject.env=false": {
 			mip:  newMIP("dd", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), NodeMetadata: true})),
 			want: envs(fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP")),
+		},
+		"podIdentity: fieldRefs to the pod's own fields, in list order, last": {
+			mip: newMIP("dd", testAddr, 0, withInject(v1alpha1.Inject{
+				NodeMetadata: true,
+				ExtraEnv:     []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}},
+				PodIdentity: []v1alpha1.PodIdentityEnv{
+					{Name: "DD_ENTITY_ID", FieldPath: v1alpha1.FieldPodUID},
+					{Name: "POD_NAME", FieldPath: v1alpha1.FieldPodName},
+					{Name: "POD_NAMESPACE", FieldPath: v1alpha1.FieldPodNamespace},
+					{Name: "POD_UID", FieldPath: v1alpha1.FieldPodUID},
+				},
+			})),
+			want: slices.Concat(ddEnv, envs(
+				fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP"),
+				fieldRef("DD_ENTITY_ID", "metadata.uid"), fieldRef("POD_NAME", "metadata.name"),
+				fieldRef("POD_NAMESPACE", "metadata.namespace"), fieldRef("POD_UID", "metadata.uid"),
+			)),
+		},
+		"podIdentity with inject.env=false: only the identity": {
+			mip:  newMIP("dd", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), PodIdentity: identity("DD_ENTITY_ID", v1alpha1.FieldPodUID)})),
+			want: envs(fieldRef("DD_ENTITY_ID", "metadata.uid")),
 		},
 	}
 	for name, tc := range tests {
@@ -414,6 +445,42 @@ func TestMutate(t *testing.T) {
 				withEnv("app", fieldRef("NODE_IP", "status.hostIP"), val("NODE_NAME", "mine")),
 				withEnv("sidecar", fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP")),
 				injected("a")),
+			wantChanged: true,
+		},
+		"podIdentity: before the user's entries; a name the user sets keeps the user's value": {
+			pod: testPod(withEnv("app", val("DD_ENTITY_ID", "en.mine"), val("A", "$(POD_NAME)"))),
+			mips: []v1alpha1.MagicIP{newMIP("dd", testAddr, 0, withInject(v1alpha1.Inject{
+				Env: ptr.To(false), PodIdentity: identity("DD_ENTITY_ID", "metadata.uid", "POD_NAME", "metadata.name"),
+			}))},
+			want: testPod(
+				withEnv("init", fieldRef("DD_ENTITY_ID", "metadata.uid"), fieldRef("POD_NAME", "metadata.name")),
+				withEnv("app", fieldRef("POD_NAME", "metadata.name"), val("DD_ENTITY_ID", "en.mine"), val("A", "$(POD_NAME)")),
+				withEnv("sidecar", fieldRef("DD_ENTITY_ID", "metadata.uid"), fieldRef("POD_NAME", "metadata.name")),
+				injected("dd")),
+			wantChanged: true,
+		},
+		"podIdentity: a name envFrom may set is left to it": {
+			pod: testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "DD_", ConfigMapRef: &corev1.ConfigMapEnvSource{}})),
+			mips: []v1alpha1.MagicIP{newMIP("dd", testAddr, 0, withInject(v1alpha1.Inject{
+				Env: ptr.To(false), PodIdentity: identity("DD_ENTITY_ID", "metadata.uid", "POD_NAME", "metadata.name"),
+			}))},
+			want: testPod(withEnvFrom("app", corev1.EnvFromSource{Prefix: "DD_", ConfigMapRef: &corev1.ConfigMapEnvSource{}}),
+				withEnv("init", fieldRef("DD_ENTITY_ID", "metadata.uid"), fieldRef("POD_NAME", "metadata.name")),
+				withEnv("app", fieldRef("POD_NAME", "metadata.name")),
+				withEnv("sidecar", fieldRef("DD_ENTITY_ID", "metadata.uid"), fieldRef("POD_NAME", "metadata.name")),
+				injected("dd")),
+			wantChanged: true,
+		},
+		"podIdentity of two MagicIPs, the same name and field: injected once": {
+			pod: testPod(),
+			mips: []v1alpha1.MagicIP{
+				newMIP("a", testAddr, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), PodIdentity: identity("POD_UID", "metadata.uid")})),
+				newMIP("b", testAddr2, 0, withInject(v1alpha1.Inject{Env: ptr.To(false), PodIdentity: identity("POD_UID", "metadata.uid", "POD_NAMESPACE", "metadata.namespace")})),
+			},
+			want: func() *corev1.Pod {
+				e := envs(fieldRef("POD_UID", "metadata.uid"), fieldRef("POD_NAMESPACE", "metadata.namespace"))
+				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...), injected("a,b"))
+			}(),
 			wantChanged: true,
 		},
 		"hostAliases: a new entry after the user's": {

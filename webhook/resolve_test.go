@@ -71,6 +71,14 @@ func TestResolve(t *testing.T) {
 			want:         map[string][]string{"a": {"NODE_NAME", "NODE_IP"}, "b": nil},
 			wantShadowed: map[string][]Shadowed{"b": {variable("NODE_NAME", "a")}},
 		},
+		"podIdentity: the same name from another field is a conflict, from the same field it is shared": {
+			mips: []v1alpha1.MagicIP{
+				newMIP("old", testAddr, 0, noEnv, withInject(v1alpha1.Inject{Env: ptr.To(false), PodIdentity: identity("POD_ID", "metadata.uid", "POD_NS", "metadata.namespace")})),
+				newMIP("young", testAddr2, 5, noEnv, withInject(v1alpha1.Inject{Env: ptr.To(false), PodIdentity: identity("POD_ID", "metadata.name", "POD_NS", "metadata.namespace")})),
+			},
+			want:         map[string][]string{"old": {"POD_ID", "POD_NS"}, "young": {"POD_NS"}},
+			wantShadowed: map[string][]Shadowed{"young": {variable("POD_ID", "old")}},
+		},
 		"a hostname on two addresses: the older keeps it; on the same address it is shared": {
 			mips: []v1alpha1.MagicIP{
 				newMIP("old", testAddr, 0, noEnv, hosts("dd.local", "apm.local")),

@@ -179,6 +179,7 @@ type LabelSelectorRequirement struct {
 }
 
 // Inject says what the webhook adds to consumer pods.
+// +kubebuilder:validation:XValidation:rule="!has(self.podIdentity) || self.podIdentity.all(i, !(has(self.extraEnv) && self.extraEnv.exists(e, e.name == i.name)) && !(has(self.nodeMetadata) && self.nodeMetadata && i.name in ['NODE_NAME', 'NODE_IP']))",message="a name must not also be an extraEnv name, nor NODE_NAME or NODE_IP when nodeMetadata is true: the pod would get only one of the two values",fieldPath=".podIdentity"
 type Inject struct {
 	// Env adds the standard variables <NAME>_MAGIC_HOST, <NAME>_MAGIC_PORT and
 	// <NAME>_MAGIC_PORT_<PORTNAME>, where NAME is the MagicIP's name upper-cased with '-' as '_'.
@@ -205,6 +206,42 @@ type Inject struct {
 	// NodeMetadata adds NODE_NAME and NODE_IP from the downward API.
 	// +optional
 	NodeMetadata bool `json:"nodeMetadata,omitempty"`
+
+	// PodIdentity adds variables that carry the consumer pod's own name, namespace or UID, which
+	// the kubelet fills in from the downward API, so that a producer can tell which pod sent what
+	// it receives (origin detection), e.g. {name: DD_ENTITY_ID, fieldPath: metadata.uid} for
+	// Datadog. Added after the other injected variables and, like them, only where the container
+	// sets no variable of that name (in env, or possibly through envFrom).
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=8
+	PodIdentity []PodIdentityEnv `json:"podIdentity,omitempty"`
+}
+
+// Pod identity fields a MagicIP can inject (PodIdentityEnv.FieldPath): the downward API's paths.
+const (
+	FieldPodName      = "metadata.name"
+	FieldPodNamespace = "metadata.namespace"
+	FieldPodUID       = "metadata.uid"
+)
+
+// PodIdentityEnv is a variable whose value is one field of the consumer pod's identity.
+type PodIdentityEnv struct {
+	// Name of the variable: a C identifier (letters, digits, '_', not starting with a digit),
+	// unique in the list, and not also an extraEnv name (nor NODE_NAME or NODE_IP with nodeMetadata).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",message="must be a C identifier: letters, digits and '_', not starting with a digit (e.g. DD_ENTITY_ID)"
+	Name string `json:"name"`
+
+	// FieldPath is the pod field, as in a downward API fieldRef: metadata.name, metadata.namespace
+	// or metadata.uid.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self in ['metadata.name', 'metadata.namespace', 'metadata.uid']",message="must be metadata.name, metadata.namespace or metadata.uid (the pod's name, namespace or UID); for the node's name and IP use nodeMetadata"
+	FieldPath string `json:"fieldPath"`
 }
 
 // EnvTemplate is an environment variable whose value may contain placeholders.

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -112,6 +114,31 @@ func TestMagicIPValidation(t *testing.T) {
 		"unknown placeholder": {func(s *v1alpha1.MagicIPSpec) {
 			s.Inject.ExtraEnv = []v1alpha1.EnvTemplate{{Name: "DD_URL", Value: "http://{host}:{port}"}}
 		}, "spec.inject.extraEnv[0].value", "unknown placeholder"},
+		"podIdentity unknown fieldPath": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.PodIdentity = []v1alpha1.PodIdentityEnv{{Name: "POD_IP", FieldPath: "status.podIP"}}
+		}, "spec.inject.podIdentity[0].fieldPath", "must be metadata.name, metadata.namespace or metadata.uid"},
+		"podIdentity fieldPath missing": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.PodIdentity = []v1alpha1.PodIdentityEnv{{Name: "POD_UID"}}
+		}, "spec.inject.podIdentity[0].fieldPath", "must be metadata.name"},
+		"podIdentity name not C identifier": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.PodIdentity = []v1alpha1.PodIdentityEnv{{Name: "dd-entity-id", FieldPath: v1alpha1.FieldPodUID}}
+		}, "spec.inject.podIdentity[0].name", "must be a C identifier"},
+		"podIdentity names repeat": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.PodIdentity = []v1alpha1.PodIdentityEnv{{Name: "POD_ID", FieldPath: v1alpha1.FieldPodUID}, {Name: "POD_ID", FieldPath: v1alpha1.FieldPodName}}
+		}, "spec.inject.podIdentity[1]", "Duplicate value"},
+		"podIdentity name is an extraEnv name": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.ExtraEnv = []v1alpha1.EnvTemplate{{Name: "DD_ENTITY_ID", Value: "{address}"}}
+			s.Inject.PodIdentity = []v1alpha1.PodIdentityEnv{{Name: "DD_ENTITY_ID", FieldPath: v1alpha1.FieldPodUID}}
+		}, "spec.inject.podIdentity", "a name must not also be an extraEnv name"},
+		"podIdentity NODE_NAME with nodeMetadata": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.NodeMetadata = true
+			s.Inject.PodIdentity = []v1alpha1.PodIdentityEnv{{Name: "NODE_NAME", FieldPath: v1alpha1.FieldPodName}}
+		}, "spec.inject.podIdentity", "nor NODE_NAME or NODE_IP when nodeMetadata is true"},
+		"podIdentity more than 8": {func(s *v1alpha1.MagicIPSpec) {
+			for i := range 9 {
+				s.Inject.PodIdentity = append(s.Inject.PodIdentity, v1alpha1.PodIdentityEnv{Name: fmt.Sprintf("POD_UID_%d", i), FieldPath: v1alpha1.FieldPodUID})
+			}
+		}, "spec.inject.podIdentity", "must have at most 8 items"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -142,6 +169,8 @@ func TestMagicIPValid(t *testing.T) {
 		ExtraEnv:     []v1alpha1.EnvTemplate{{Name: "DD_AGENT_HOST", Value: "{address}"}, {Name: "DD_TRACE_AGENT_URL", Value: "http://{address}:{port:apm}"}, {Name: "DD_PORT", Value: "{port}"}},
 		Hostnames:    []string{"datadog.node.local"},
 		NodeMetadata: true,
+		PodIdentity: []v1alpha1.PodIdentityEnv{{Name: "DD_ENTITY_ID", FieldPath: v1alpha1.FieldPodUID},
+			{Name: "POD_NAME", FieldPath: v1alpha1.FieldPodName}, {Name: "POD_NAMESPACE", FieldPath: v1alpha1.FieldPodNamespace}},
 	}
 	ipv6 := validSpec()
 	ipv6.Address = "fe80::a9fe:d2d2"
@@ -160,7 +189,7 @@ func TestMagicIPValid(t *testing.T) {
 			}
 		}},
 		"full": {full, func(t *testing.T, got v1alpha1.MagicIPSpec) {
-			if *got.Inject.Env || len(got.Inject.ExtraEnv) != 3 || got.Ports[1].EffectiveTargetPort() != 18125 || got.WhenNoLocalProducer != v1alpha1.Drop {
+			if *got.Inject.Env || len(got.Inject.ExtraEnv) != 3 || !reflect.DeepEqual(got.Inject.PodIdentity, full.Inject.PodIdentity) || got.Ports[1].EffectiveTargetPort() != 18125 || got.WhenNoLocalProducer != v1alpha1.Drop {
 				t.Errorf("explicit values not kept: %+v", got)
 			}
 		}},

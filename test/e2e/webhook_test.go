@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
@@ -475,13 +474,7 @@ func checkReferencesDefinedAbove(t *testing.T, c corev1.Container) {
 // without envFrom get everything.
 func TestWebhookEnvFrom(t *testing.T) {
 	e := newWebhookEnv(t)
-	var warnings warningCollector
-	cfg := rest.CopyConfig(e.cp.Config)
-	cfg.WarningHandler = &warnings
-	c, err := client.New(cfg, client.Options{Scheme: e.cp.Client.Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, warnings := warningClient(t, e.cp)
 	p := testPod("apps", "env-from", func(p *corev1.Pod) {
 		p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{Prefix: "DD_", ConfigMapRef: &corev1.ConfigMapEnvSource{
 			LocalObjectReference: corev1.LocalObjectReference{Name: "dd-settings"}}}}

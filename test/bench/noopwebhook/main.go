@@ -1,5 +1,6 @@
-// Command noopwebhook is the benchmark's baseline: an admission webhook that allows everything,
-// served like magic-ip-webhook serves its handler: controller-runtime's webhook server (with its
+// Command noopwebhook is the benchmark's baseline: an admission webhook that allows everything
+// (at /mutate; at /patch, with a fixed patch given by --patch-file), served like magic-ip-webhook
+// serves its handler: controller-runtime's webhook server (with its
 // request metrics), the same TLS settings (HTTP/1.1 only, TLS 1.2 and up), its own process.
 package main
 
@@ -15,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/go-logr/logr"
+	admissionv1 "k8s.io/api/admission/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -23,6 +25,7 @@ import (
 func main() {
 	dir := flag.String("cert-dir", "", "directory with tls.crt and tls.key")
 	port := flag.Int("port", 9443, "HTTPS port on 127.0.0.1")
+	patchFile := flag.String("patch-file", "", "a JSON patch that /patch returns for every request (empty: no /patch)")
 	flag.Parse()
 	// As any webhook built on controller-runtime should: without a logger set, controller-runtime
 	// keeps every per-request logger it derives, and the growing heap would make this baseline's
@@ -40,6 +43,14 @@ func main() {
 	srv.Register("/mutate", &admission.Webhook{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
 		return admission.Allowed("")
 	})})
+	if *patchFile != "" {
+		h, err := fixedPatch(*patchFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		srv.Register("/patch", &admission.Webhook{Handler: h})
+	}
 	srv.WebhookMux().HandleFunc("GET /connections", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, conns.Load()) }) // after Register, which creates the mux
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -47,4 +58,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// fixedPatch is a handler that allows every request with the JSON patch in file, as it is: the
+// API server's cost of applying a webhook's patch, without the cost of computing it.
+func fixedPatch(file string) (admission.Handler, error) {
+	patch, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read the patch: %w", err)
+	}
+	patchType := admissionv1.PatchTypeJSONPatch
+	return admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
+		resp := admission.Allowed("")
+		resp.Patch, resp.PatchType = patch, &patchType // already encoded: Complete marshals only resp.Patches
+		return resp
+	}), nil
 }
