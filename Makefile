@@ -41,6 +41,10 @@ images: ## Build the agent, webhook and test images from their Dockerfiles into 
 	echo "images (docker-archive tars) in $$dir:"; \
 	sed 's/^/  /' "$$dir/index.tsv"
 
+.PHONY: test-images
+test-images: prereqs ## Build the images the real-node tests run (agent, webhook, testbin, pause; tag e2e; cached by content).
+	@env -u VERSION -u COMMIT -u BUILD_DATE -u IMAGE_REPO IMAGE_TAG=e2e hack/images.sh all >/dev/null
+
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
 	$(CONTROLLER_GEN) object paths=./api/...
@@ -79,7 +83,7 @@ prereqs: ## Install the system packages tests and the demo need (apt: iptables, 
 	@hack/prereqs.sh
 
 .PHONY: test
-test: prereqs envtest-assets peer-assets certmanager-assets helm node-assets $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
+test: prereqs envtest-assets peer-assets certmanager-assets helm node-assets test-images $(CONTROLLER_GEN) ## Run unit and end-to-end tests (needs root for the e2e part), the demo once, and the benchmarks once in quick form.
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) CERT_MANAGER_ASSETS=$$(hack/certmanager-assets.sh) HELM=$$(hack/helm.sh) MAGIC_IP_NODE_ASSETS=$$(hack/node-assets.sh) go test -count=1 -p 1 -timeout 60m $(GO_TEST_FLAGS) ./...
 	@echo "--- benchmarks, quick form (figures are rough; this only proves they run)"
 	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 20m ./test/bench -run '^$$' -bench . -benchtime 1x -args -quick

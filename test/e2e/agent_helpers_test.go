@@ -81,7 +81,11 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx 
 	t.Helper()
 	var last error
 	err := wait.PollUntilContextTimeout(t.Context(), 10*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		last = cond(ctx)
+		err := cond(ctx)
+		if err != nil && ctx.Err() != nil && last != nil {
+			return false, nil // cut short by the deadline: the previous answer says more
+		}
+		last = err
 		return last == nil, nil
 	})
 	if err != nil {

@@ -68,6 +68,8 @@ spec:
   - {name: apm, port: 8126, protocol: TCP}
   - {name: dogstatsd, port: 8125, protocol: UDP}
   producer: {namespace: datadog, selector: {matchLabels: {app: producer}}}
+  inject:
+    podIdentity: [{name: DD_ENTITY_ID, fieldPath: metadata.uid}]
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -102,8 +104,11 @@ func TestRealNodesHelm(t *testing.T) {
 	harness.StartCertManager(t, cp)
 	chart := filepath.Join(repoRoot(t), harness.ChartDir)
 	tag := rc.Images.Tag
+	// config.hostInterface: this kernel has no dummy link type (the chart's default creates one),
+	// so the addresses go on the pod bridge, as the README suggests for such nodes.
 	helmOn(t, cp, "install", realRelease, chart, "-n", realNS, "--create-namespace",
-		"--set", "image.tag="+tag, "--set", "webhook.image.tag="+tag, "--wait", "--timeout", "4m")
+		"--set", "image.tag="+tag, "--set", "webhook.image.tag="+tag, "--set", "config.hostInterface="+harness.PodBridge,
+		"--wait", "--timeout", "4m")
 	waitInstalled(t, rc)
 
 	consumers := startWorkload(t, rc)
@@ -117,6 +122,11 @@ func TestRealNodesHelm(t *testing.T) {
 		if env["APM_MAGIC_HOST"] != realMagicAddr || env["APM_MAGIC_PORT_APM"] != "8126" {
 			t.Fatalf("consumer environment: APM_MAGIC_HOST=%q APM_MAGIC_PORT_APM=%q, want %s and 8126",
 				env["APM_MAGIC_HOST"], env["APM_MAGIC_PORT_APM"], realMagicAddr)
+		}
+		// The kubelet resolved the injected downward-API reference: the consumer knows its UID,
+		// which it can send along for origin detection (the producer sees its pod IP).
+		if got, want := env["DD_ENTITY_ID"], string(local.pod.UID); got != want {
+			t.Errorf("consumer environment: DD_ENTITY_ID=%q, want its pod UID %s", got, want)
 		}
 		wantLocalAnswers(t, rc, local)
 	})
@@ -202,12 +212,23 @@ func TestRealNodesHelm(t *testing.T) {
 		helmOn(t, cp, "uninstall", realRelease, "-n", realNS, "--wait", "--timeout", "2m")
 		before := map[string][]string{}
 		for _, n := range rc.Nodes {
-			rc.WaitKubeProxySynced(t, n)
-			r, err := foreignRules(t.Context(), n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			before[n.Name] = r
+			// kube-proxy drops the webhook Service's rules: after that, nothing changes them.
+			eventually(t, time.Minute, "kube-proxy on "+n.Name+" forgot the webhook Service", func(ctx context.Context) error {
+				r, err := foreignRules(ctx, n)
+				if err != nil {
+					return err
+				}
+				if i := slices.IndexFunc(r, func(l string) bool { return strings.Contains(l, realNS+"/") }); i >= 0 {
+					return fmt.Errorf("still %q", r[i])
+				}
+				before[n.Name] = r
+				return nil
+			})
+		}
+		// Rules and addresses stay after the agent is gone (so that an agent upgrade never
+		// interrupts traffic): the cleanup is what removes them.
+		if rules, addrs, err := magicState(t.Context(), rc.Nodes[0]); err != nil || len(rules) == 0 || len(addrs) == 0 {
+			t.Fatalf("%s before cleanup: rules %q, addresses %q (%v): want ours still there", rc.Nodes[0].Name, rules, addrs, err)
 		}
 		rc.RunCleanup(t)
 		for _, n := range rc.Nodes {
@@ -235,6 +256,7 @@ func TestRealNodesHelm(t *testing.T) {
 		helmOn(t, cp, "install", realRelease, chart, "-n", realNS,
 			"--set", "config.ipAddress="+realMagicAddr, "--set", "config.port=8126",
 			"--set", "config.selector=app=producer", "--set", "config.namespace=datadog",
+			"--set", "config.hostInterface="+harness.PodBridge,
 			"--set", "image.tag="+tag, "--set", "webhook.image.tag="+tag, "--wait", "--timeout", "4m")
 		waitInstalled(t, rc)
 		wantLocalAnswers(t, rc, local)
@@ -269,6 +291,11 @@ func TestRealNodesKustomize(t *testing.T) {
 	cp := rc.CP
 	harness.StartCertManager(t, cp)
 	overlay := t.TempDir()
+	// kustomize takes only relative paths to a base.
+	base, err := filepath.Rel(overlay, filepath.Join(repoRoot(t), "manifests", "default"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	kustomization := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -276,7 +303,14 @@ resources:
 images:
   - {name: ghcr.io/magic-ip/magic-ip-agent, newTag: %s}
   - {name: ghcr.io/magic-ip/magic-ip-webhook, newTag: %s}
-`, filepath.Join(repoRoot(t), "manifests", "default"), rc.Images.Tag, rc.Images.Tag)
+patches:
+  # This kernel has no dummy link type: the addresses go on the pod bridge.
+  - target: {kind: DaemonSet, name: magic-ip-agent}
+    patch: |
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {name: MAGIC_IP_HOST_INTERFACE, value: %s}
+`, base, rc.Images.Tag, rc.Images.Tag, harness.PodBridge)
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -38,9 +38,6 @@ func NewRealCluster(t T, n int) *RealCluster {
 	cp := StartRealControlPlane(t)
 	rc := &RealCluster{Cluster: NewCluster(t, cp, ClusterOptions{Nodes: n}), Images: images}
 	for _, node := range rc.Nodes {
-		rc.KubeProxys = append(rc.KubeProxys, StartKubeProxy(t, rc.Cluster, node))
-	}
-	for _, node := range rc.Nodes {
 		kubeconfig, err := cp.NodeKubeconfig(node.Name)
 		if err != nil {
 			t.Fatal(err)
@@ -62,6 +59,11 @@ func NewRealCluster(t T, n int) *RealCluster {
 			t.Fatalf("node %s: %v", k.Node.Name, err)
 		}
 	}
+	// After the kubelets: kube-proxy reads the Node's addresses at start (which the kubelet
+	// reports) and exits when they change, expecting its DaemonSet to restart it.
+	for _, node := range rc.Nodes {
+		rc.KubeProxys = append(rc.KubeProxys, StartKubeProxy(t, rc.Cluster, node))
+	}
 	return rc
 }
 
@@ -77,24 +79,6 @@ func (rc *RealCluster) TagImage(t T, ref, tag string) string {
 		}
 	}
 	return newRef
-}
-
-// WaitKubeProxySynced waits until node n's kube-proxy has synced after now (so its rules reflect
-// the Services as they are).
-func (rc *RealCluster) WaitKubeProxySynced(t T, n *Node) {
-	t.Helper()
-	for _, k := range rc.KubeProxys {
-		if k.Node != n {
-			continue
-		}
-		// A sync happens on every Service or EndpointSlice change and at least every
-		// --sync-period; waiting for one that started after now means the last change is in.
-		if _, err := k.WaitSync(t.Context(), time.Now(), 90*time.Second); err != nil {
-			t.Fatalf("kube-proxy on %s: %v", n.Name, err)
-		}
-		return
-	}
-	t.Fatalf("no kube-proxy on %s", n.Name)
 }
 
 // RunCleanup runs the documented uninstall step on every node, as a user does it: `kubectl debug
