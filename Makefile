@@ -90,19 +90,21 @@ test: prereqs envtest-assets peer-assets certmanager-assets helm node-assets tes
 
 DEMO_STATE ?= $(CACHE)/demo
 .PHONY: demo
-demo: prereqs envtest-assets ## Run magic-ip on a local simulated cluster (root). KEEP=1 leaves it up until `make demo-down`.
+NODES ?= simulated
+DEMO_ARGS := $(if $(filter real,$(NODES)),-real)
+demo: prereqs envtest-assets $(if $(filter real,$(NODES)),peer-assets node-assets test-images certmanager-assets helm) ## Run magic-ip on a local simulated cluster (root); NODES=real: on two real nodes from our images and chart. KEEP=1 leaves it up until `make demo-down`.
 	@mkdir -p bin $(DEMO_STATE)
 	go build -o bin/demo ./test/demo
 ifdef KEEP
 	@rm -f $(DEMO_STATE)/ready $(DEMO_STATE)/pid
-	@nohup bin/demo -keep -ready-file $(DEMO_STATE)/ready > $(DEMO_STATE)/demo.log 2>&1 & echo $$! > $(DEMO_STATE)/pid
+	@nohup bin/demo $(DEMO_ARGS) -keep -ready-file $(DEMO_STATE)/ready > $(DEMO_STATE)/demo.log 2>&1 & echo $$! > $(DEMO_STATE)/pid
 	@while [ ! -f $(DEMO_STATE)/ready ]; do \
 		if ! kill -0 $$(cat $(DEMO_STATE)/pid) 2>/dev/null; then cat $(DEMO_STATE)/demo.log; echo "demo failed"; exit 1; fi; \
 		sleep 0.5; done
 	@cat $(DEMO_STATE)/demo.log
 	@echo "(log: $(DEMO_STATE)/demo.log)"
 else
-	bin/demo
+	bin/demo $(DEMO_ARGS)
 endif
 
 .PHONY: demo-down

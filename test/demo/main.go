@@ -5,6 +5,7 @@
 //
 //	go run ./test/demo            (make demo)
 //	go run ./test/demo -keep      stay up until SIGTERM/Ctrl-C (make demo KEEP=1 / make demo-down)
+//	go run ./test/demo -real      the same story on two real nodes, installed by helm (make demo NODES=real)
 package main
 
 import (
@@ -37,11 +38,17 @@ const (
 func main() {
 	keep := flag.Bool("keep", false, "stay up after the show until SIGTERM or Ctrl-C, printing how to use kubectl")
 	readyFile := flag.String("ready-file", "", "with -keep: write the kubeconfig path here once up")
+	realNodes := flag.Bool("real", false, "run on two real nodes (kubelet + containerd) with our images, installed by helm (make demo NODES=real)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d := newDemoT(ctx)
-	err := d.run(func() error { return show(d, *keep, *readyFile) })
+	err := d.run(func() error {
+		if *realNodes {
+			return showReal(d, *keep, *readyFile)
+		}
+		return show(d, *keep, *readyFile)
+	})
 	if cerr := d.cleanup(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}

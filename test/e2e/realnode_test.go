@@ -20,76 +20,12 @@ import (
 // These tests run magic-ip as users do: our images, built from our Dockerfiles, started by real
 // kubelets + containerd from the chart (or kustomize), on two real nodes of the harness. The
 // workload is real containers too: a producer DaemonSet (node 1 only) and a consumer Deployment
-// spread over both nodes, whose consumerProbe connects to the injected endpoint every 2 ms.
+// spread over both nodes, whose harness.ConsumerProbe connects to the injected endpoint every 2 ms.
 
 const (
-	realMagicAddr = "169.254.210.210"
-	realRelease   = "magic-ip"
-	realNS        = harness.WebhookNamespace
-	// producerLabel marks the nodes that run the producer DaemonSet.
-	producerLabel = "magic-ip.test/producer"
+	realRelease = "magic-ip"
+	realNS      = harness.WebhookNamespace
 )
-
-// realWorkload is the producer DaemonSet, the MagicIP and the consumer Deployment.
-func realWorkload(testbin string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata: {name: datadog}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {magic-ip.dev/inject: enabled}}
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: producer, namespace: datadog}
-spec:
-  selector: {matchLabels: {app: producer}}
-  template:
-    metadata: {labels: {app: producer}}
-    spec:
-      nodeSelector: {%[2]s: "yes"}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: echo
-        image: %[1]s
-        args: [echo, --tcp-port, "8126", --udp-port, "8125"]
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
-        readinessProbe: {tcpSocket: {port: 8126}, periodSeconds: 1}
----
-apiVersion: magic-ip.dev/v1alpha1
-kind: MagicIP
-metadata: {name: apm}
-spec:
-  address: %[3]s
-  ports:
-  - {name: apm, port: 8126, protocol: TCP}
-  - {name: dogstatsd, port: 8125, protocol: UDP}
-  producer: {namespace: datadog, selector: {matchLabels: {app: producer}}}
-  inject:
-    podIdentity: [{name: DD_ENTITY_ID, fieldPath: metadata.uid}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: consumer, namespace: apps}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: consumer}}
-  template:
-    metadata: {labels: {app: consumer}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: consumer}}}
-      containers:
-      - name: probe
-        image: %[1]s
-        args: [probe, --target, "$(APM_MAGIC_HOST):$(APM_MAGIC_PORT_APM)", --interval, 2ms, --timeout, 1s, --listen, ":8080"]
-        readinessProbe: {httpGet: {path: /stats, port: 8080}, periodSeconds: 1}
-`, testbin, producerLabel, realMagicAddr)
-}
 
 // TestRealNodesHelm installs the chart with its defaults (the real cert-manager issues the
 // webhook's TLS) on two real nodes and checks, in order: both components Ready and the agent not
@@ -104,39 +40,37 @@ func TestRealNodesHelm(t *testing.T) {
 	harness.StartCertManager(t, cp)
 	chart := filepath.Join(repoRoot(t), harness.ChartDir)
 	tag := rc.Images.Tag
-	// config.hostInterface: this kernel has no dummy link type (the chart's default creates one),
-	// so the addresses go on the pod bridge, as the README suggests for such nodes.
-	helmOn(t, cp, "install", realRelease, chart, "-n", realNS, "--create-namespace",
-		"--set", "image.tag="+tag, "--set", "webhook.image.tag="+tag, "--set", "config.hostInterface="+harness.PodBridge,
-		"--wait", "--timeout", "4m")
+	if err := rc.InstallChart(realRelease); err != nil {
+		t.Fatal(err)
+	}
 	waitInstalled(t, rc)
 
 	consumers := startWorkload(t, rc)
 	local, remote := consumers[0], consumers[1]
 
 	t.Run("consumer injected and answered on its own node", func(t *testing.T) {
-		env, err := local.env(t.Context())
+		env, err := local.Env(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if env["APM_MAGIC_HOST"] != realMagicAddr || env["APM_MAGIC_PORT_APM"] != "8126" {
+		if env["APM_MAGIC_HOST"] != harness.WorkloadMagicAddr || env["APM_MAGIC_PORT_APM"] != "8126" {
 			t.Fatalf("consumer environment: APM_MAGIC_HOST=%q APM_MAGIC_PORT_APM=%q, want %s and 8126",
-				env["APM_MAGIC_HOST"], env["APM_MAGIC_PORT_APM"], realMagicAddr)
+				env["APM_MAGIC_HOST"], env["APM_MAGIC_PORT_APM"], harness.WorkloadMagicAddr)
 		}
 		// The kubelet resolved the injected downward-API reference: the consumer knows its UID,
 		// which it can send along for origin detection (the producer sees its pod IP).
-		if got, want := env["DD_ENTITY_ID"], string(local.pod.UID); got != want {
+		if got, want := env["DD_ENTITY_ID"], string(local.Pod.UID); got != want {
 			t.Errorf("consumer environment: DD_ENTITY_ID=%q, want its pod UID %s", got, want)
 		}
 		wantLocalAnswers(t, rc, local)
 	})
 
 	t.Run("node without a producer refuses at once", func(t *testing.T) {
-		if err := remote.reset(t.Context()); err != nil {
+		if err := remote.Reset(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 30*time.Second, "refusals on the node without a producer", func(ctx context.Context) error {
-			s, err := remote.stats(ctx)
+			s, err := remote.Stats(ctx)
 			if err != nil {
 				return err
 			}
@@ -150,14 +84,14 @@ func TestRealNodesHelm(t *testing.T) {
 	t.Run("upgrade rolls the agent under load without a failed connection", func(t *testing.T) {
 		newTag := tag + "-upgrade"
 		rc.TagImage(t, rc.Images.Agent, newTag)
-		if err := local.reset(t.Context()); err != nil {
+		if err := local.Reset(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		helmOn(t, cp, "upgrade", realRelease, chart, "-n", realNS, "--reuse-values", "--set", "image.tag="+newTag, "--wait", "--timeout", "4m")
 		eventually(t, 2*time.Minute, "agent DaemonSet rolled out", func(ctx context.Context) error {
-			return daemonSetRolledOut(ctx, cp.Client, realNS, realRelease+"-agent")
+			return harness.DaemonSetRolledOut(ctx, cp.Client, realNS, realRelease+"-agent")
 		})
-		agents, err := podsByNode(t.Context(), cp.Client, realNS, map[string]string{"app.kubernetes.io/component": "agent"})
+		agents, err := harness.ReadyPodsByNode(t.Context(), cp.Client, realNS, map[string]string{"app.kubernetes.io/component": "agent"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,19 +100,19 @@ func TestRealNodesHelm(t *testing.T) {
 				t.Errorf("agent on %s runs %s, want tag %s", node, img, newTag)
 			}
 		}
-		s, err := local.stats(t.Context())
+		s, err := local.Stats(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("during the upgrade: %d attempts, %d answered, %d refused, %d timeouts, %d errors", s.Attempts, s.OK, s.Refused, s.Timeouts, s.Errors)
-		if s.failed() != 0 || s.OK == 0 {
+		if s.Failed() != 0 || s.OK == 0 {
 			t.Fatalf("during the agent upgrade: ok %d, refused %d, timeouts %d, errors %d, last error %q; want no failure",
 				s.OK, s.Refused, s.Timeouts, s.Errors, s.LastError)
 		}
 	})
 
 	t.Run("pods are injected after a webhook replica is killed", func(t *testing.T) {
-		webhooks, err := podsByNode(t.Context(), cp.Client, realNS, map[string]string{"app.kubernetes.io/component": "webhook"})
+		webhooks, err := harness.ReadyPodsByNode(t.Context(), cp.Client, realNS, map[string]string{"app.kubernetes.io/component": "webhook"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,26 +187,25 @@ func TestRealNodesHelm(t *testing.T) {
 		// The workload's MagicIP goes first: the seed release's MagicIP takes the same address and
 		// port, and the consumers already connect there.
 		deleteMagicIP(t, cp, "apm")
-		helmOn(t, cp, "install", realRelease, chart, "-n", realNS,
-			"--set", "config.ipAddress="+realMagicAddr, "--set", "config.port=8126",
-			"--set", "config.selector=app=producer", "--set", "config.namespace=datadog",
-			"--set", "config.hostInterface="+harness.PodBridge,
-			"--set", "image.tag="+tag, "--set", "webhook.image.tag="+tag, "--wait", "--timeout", "4m")
+		if err := rc.InstallChart(realRelease, "config.ipAddress="+harness.WorkloadMagicAddr, "config.port=8126",
+			"config.selector=app=producer", "config.namespace=datadog"); err != nil {
+			t.Fatal(err)
+		}
 		waitInstalled(t, rc)
 		wantLocalAnswers(t, rc, local)
 	})
 }
 
-// wantLocalAnswers waits until the consumer's consumerProbe gets answers from the producer on its own
+// wantLocalAnswers waits until the consumer's harness.ConsumerProbe gets answers from the producer on its own
 // node, which sees the consumer's pod IP.
-func wantLocalAnswers(t *testing.T, rc *harness.RealCluster, p consumerProbe) {
+func wantLocalAnswers(t *testing.T, rc *harness.RealCluster, p harness.ConsumerProbe) {
 	t.Helper()
-	if err := p.reset(t.Context()); err != nil {
+	if err := p.Reset(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	want := producerOn(t, rc, p.node).Name + " " + p.node.Name + " " + p.pod.Status.PodIP
+	want := producerOn(t, rc, p.Node).Name + " " + p.Node.Name + " " + p.Pod.Status.PodIP
 	eventually(t, 60*time.Second, "answers from the local producer", func(ctx context.Context) error {
-		s, err := p.stats(ctx)
+		s, err := p.Stats(ctx)
 		if err != nil {
 			return err
 		}
@@ -319,12 +252,12 @@ patches:
 	}
 	waitInstalled(t, rc)
 	consumers := startWorkload(t, rc)
-	env, err := consumers[0].env(t.Context())
+	env, err := consumers[0].Env(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if env["APM_MAGIC_HOST"] != realMagicAddr {
-		t.Fatalf("consumer environment: APM_MAGIC_HOST=%q, want %s", env["APM_MAGIC_HOST"], realMagicAddr)
+	if env["APM_MAGIC_HOST"] != harness.WorkloadMagicAddr {
+		t.Fatalf("consumer environment: APM_MAGIC_HOST=%q, want %s", env["APM_MAGIC_HOST"], harness.WorkloadMagicAddr)
 	}
 	wantLocalAnswers(t, rc, consumers[0])
 	if _, err := cp.Kubectl("delete", "-k", overlay, "--wait", "--timeout=2m"); err != nil {
@@ -336,13 +269,10 @@ patches:
 // agent container runs unprivileged with only NET_ADMIN and NET_RAW added.
 func waitInstalled(t *testing.T, rc *harness.RealCluster) {
 	t.Helper()
-	eventually(t, 3*time.Minute, "agent and webhook Ready", func(ctx context.Context) error {
-		if err := daemonSetRolledOut(ctx, rc.CP.Client, realNS, realRelease+"-agent"); err != nil {
-			return err
-		}
-		return deploymentRolledOut(ctx, rc.CP.Client, realNS, realRelease+"-webhook")
-	})
-	agents, err := podsByNode(t.Context(), rc.CP.Client, realNS, map[string]string{"app.kubernetes.io/component": "agent"})
+	if err := rc.WaitProductReady(t.Context(), realRelease); err != nil {
+		t.Fatalf("agent and webhook Ready: %v", err)
+	}
+	agents, err := harness.ReadyPodsByNode(t.Context(), rc.CP.Client, realNS, map[string]string{"app.kubernetes.io/component": "agent"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,56 +297,21 @@ func capNames(cs []corev1.Capability) []string {
 	return out
 }
 
-// startWorkload labels node 1 for the producer, applies the workload and returns the consumer
-// probers on node 1 (with a local producer) and node 2 (without).
-func startWorkload(t *testing.T, rc *harness.RealCluster) []consumerProbe {
+// startWorkload starts the workload with a producer on node 1 only and returns the consumer
+// probes on node 1 (with a local producer) and node 2 (without).
+func startWorkload(t *testing.T, rc *harness.RealCluster) []harness.ConsumerProbe {
 	t.Helper()
-	ctx := t.Context()
-	node := &corev1.Node{}
-	if err := rc.CP.Client.Get(ctx, client.ObjectKey{Name: rc.Nodes[0].Name}, node); err != nil {
-		t.Fatal(err)
-	}
-	patch := client.MergeFrom(node.DeepCopy())
-	node.Labels[producerLabel] = "yes"
-	if err := rc.CP.Client.Patch(ctx, node, patch); err != nil {
-		t.Fatal(err)
-	}
-	objs, err := harness.DecodeObjects([]byte(realWorkload(rc.Images.Testbin)))
+	probes, err := rc.StartWorkload(t.Context(), rc.Nodes[0])
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("workload: %v", err)
 	}
-	if err := rc.CP.Apply(ctx, objs, false); err != nil {
-		t.Fatal(err)
-	}
-	var probers []consumerProbe
-	eventually(t, 2*time.Minute, "producer and consumers Ready", func(ctx context.Context) error {
-		if err := deploymentRolledOut(ctx, rc.CP.Client, "apps", "consumer"); err != nil {
-			return err
-		}
-		if err := daemonSetRolledOut(ctx, rc.CP.Client, "datadog", "producer"); err != nil {
-			return err
-		}
-		pods, err := podsByNode(ctx, rc.CP.Client, "apps", map[string]string{"app": "consumer"})
-		if err != nil {
-			return err
-		}
-		probers = probers[:0]
-		for _, n := range rc.Nodes {
-			p, ok := pods[n.Name]
-			if !ok {
-				return fmt.Errorf("no Ready consumer on %s", n.Name)
-			}
-			probers = append(probers, consumerProbe{node: n, pod: p})
-		}
-		return nil
-	})
-	return probers
+	return probes
 }
 
 // producerOn is the Ready producer pod on node n.
 func producerOn(t *testing.T, rc *harness.RealCluster, n *harness.Node) corev1.Pod {
 	t.Helper()
-	pods, err := podsByNode(t.Context(), rc.CP.Client, "datadog", map[string]string{"app": "producer"})
+	pods, err := harness.ReadyPodsByNode(t.Context(), rc.CP.Client, "datadog", map[string]string{"app": "producer"})
 	if err != nil {
 		t.Fatal(err)
 	}
