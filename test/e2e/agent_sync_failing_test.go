@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/magic-ip/magic-ip/test/harness"
@@ -63,6 +64,15 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "Node condition Programmed=False, SyncFailed", wantProgrammed(cs, e.node.Name, corev1.ConditionFalse, "SyncFailed", "iptables-restore"))
+	// The first failures may still reword the condition (the first failed sync and the retries
+	// that follow can fail at different steps); from the third retry on, the failure repeats.
+	eventually(t, 20*time.Second, "3 failed syncs", func(ctx context.Context) error {
+		if n, err := metric(ctx, e.node, "magic_ip_agent_sync_errors_total"); err != nil || n < 3 {
+			return fmt.Errorf("sync errors %v (err %v), want ≥ 3", n, err)
+		}
+		return nil
+	})
+	before := programmedMessage(ctx, cs, e.node.Name)
 	writes, err := nodeWrites(ctx, cs)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +84,8 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 		return nil
 	})
 	if now, err := nodeWrites(ctx, cs); err != nil || now != writes {
-		t.Errorf("retries of the same failure wrote the Node %v times (err %v); the condition says the same: want 0", now-writes, err)
+		t.Errorf("retries of the same failure wrote the Node %v times (err %v); condition message before %q, after %q: want 0",
+			now-writes, err, before, programmedMessage(ctx, cs, e.node.Name))
 	}
 	if _, err := e.node.Netns.Run(ctx, "iptables", append([]string{"-t", "nat", "-D"}, foreign...)...); err != nil {
 		t.Fatal(err)
@@ -115,4 +126,19 @@ func readyz(ctx context.Context, n *harness.Node) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, strings.TrimSpace(string(body))
+}
+
+// programmedMessage is the message of the node's magic-ip.dev/Programmed condition ("" when absent
+// or unreadable).
+func programmedMessage(ctx context.Context, cs kubernetes.Interface, node string) string {
+	n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == "magic-ip.dev/Programmed" {
+			return c.Message
+		}
+	}
+	return ""
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -220,7 +221,8 @@ func (c *Cluster) serveAPIFront(ns *Netns) error {
 		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(upstream) },
 		FlushInterval: -1,
 		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true},
-		ErrorLog:      nil,
+		// A client that goes away mid-watch is routine ("context canceled"), not worth a line.
+		ErrorLog: log.New(io.Discard, "", 0),
 	}
 	var ln net.Listener
 	if err := ns.Do(func() (err error) {
