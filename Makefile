@@ -22,7 +22,7 @@ VERSION_PKG := github.com/magic-ip/magic-ip/internal/version
 LDFLAGS = -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).BuildDate=$(BUILD_DATE)
 
 .PHONY: build
-build: ## Build magic-ip-agent and magic-ip-webhook into bin/ (version from git describe).
+build: ## Build magic-ip-agent, magic-ip-webhook and the kubectl plugin kubectl-magic_ip into bin/ (version from git describe).
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
 IMAGE_REPO ?= ghcr.io/magic-ip
@@ -50,9 +50,9 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
 	$(CONTROLLER_GEN) object paths=./api/...
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate the MagicIP CRD into manifests/crd and the chart's crds/ (its one source, also for crds.managed=true).
+manifests: $(CONTROLLER_GEN) ## Generate the MagicIP and MagicIPNode CRDs into manifests/crd and the chart's crds/ (its one source, also for crds.managed=true).
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=$(CRD_DIR)
-	cp $(CRD_DIR)/magic-ip.dev_magicips.yaml manifests/helm/magic-ip/crds/magic-ip.dev_magicips.yaml
+	cp $(CRD_DIR)/magic-ip.dev_magicips.yaml $(CRD_DIR)/magic-ip.dev_magicipnodes.yaml manifests/helm/magic-ip/crds/
 
 $(CONTROLLER_GEN): test/tools/codegen/go.mod
 	mkdir -p $(dir $@)

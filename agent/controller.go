@@ -38,7 +38,9 @@ type ControllerConfig struct {
 	Addresses AddressPolicy
 	Recorder  EventRecorder
 	// Node reports the node's status after every sync (nil: not reported).
-	Node    NodeReporter
+	Node NodeReporter
+	// Record keeps the node's MagicIPNode record after every sync (nil: not kept).
+	Record  RecordReporter
 	Metrics *Metrics
 	Log     logr.Logger
 }
@@ -190,6 +192,9 @@ func (c *Controller) sync(ctx context.Context) error {
 	c.Metrics.observeSync(time.Since(start), c.Syncer.Ipt.Execs()-execsBefore, res.Wrote)
 	if c.Node != nil && ctx.Err() == nil {
 		c.Node.Set(nodeStatus(res, err))
+	}
+	if c.Record != nil && ctx.Err() == nil {
+		c.Record.Set(nodeRecord(mips, res, err))
 	}
 	if err != nil {
 		c.Metrics.SyncErrors.Inc()

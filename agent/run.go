@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/magic-ip/magic-ip/agent/kube"
+	"github.com/magic-ip/magic-ip/agent/nodereport"
 	"github.com/magic-ip/magic-ip/agent/nodestatus"
 )
 
@@ -123,6 +124,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 		return err
 	}
 	node := nodestatus.NewReporter(clients.Core, cfg.NodeName, taint, log)
+	record := nodereport.New(clients.MagicIP, clients.Core, cfg.NodeName, time.Now(), log)
 	addresses, err := cfg.AddressPolicy()
 	if err != nil {
 		return err
@@ -130,7 +132,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	m := NewMetrics()
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
-		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Node: node, Metrics: m, Log: log,
+		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Node: node, Record: record, Metrics: m, Log: log,
 	})
 	var synced []cache.DoneChecker
 	for _, inf := range []cache.SharedIndexInformer{pods, mips} {
@@ -154,6 +156,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	}
 	g.Go(func() error { recorder.Run(ctx); return nil })
 	g.Go(func() error { node.Run(ctx); return nil })
+	g.Go(func() error { record.Run(ctx); return nil })
 	g.Go(func() error { c.Run(ctx, synced...); return nil })
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("agent: %w", err)

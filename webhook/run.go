@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -26,17 +27,18 @@ import (
 
 // Config is the webhook's configuration, from flags with environment-variable twins.
 type Config struct {
-	Port              int
-	CertDir           string
-	Kubeconfig        string
-	MetricsAddr       string
-	HealthAddr        string
-	PprofAddr         string
-	LeaderElect       bool
-	LeaderElectionNS  string
-	EnableHTTP2       bool
-	Verbosity         int
-	DisableStatusCtrl bool
+	Port               int
+	CertDir            string
+	Kubeconfig         string
+	MetricsAddr        string
+	HealthAddr         string
+	PprofAddr          string
+	LeaderElect        bool
+	LeaderElectionNS   string
+	EnableHTTP2        bool
+	Verbosity          int
+	DisableStatusCtrl  bool
+	NodeCountsInterval time.Duration
 }
 
 // BindFlags registers the flags on fs, each with its environment-variable twin; the command line
@@ -52,6 +54,7 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.String(&c.LeaderElectionNS, "leader-election-namespace", "POD_NAMESPACE", "", "namespace of the leader-election Lease; empty means the pod's own")
 	fs.Bool(&c.EnableHTTP2, "enable-http2", "MAGIC_IP_ENABLE_HTTP2", false, "serve HTTP/2 too (off by default: HTTP/1.1 only avoids the HTTP/2 rapid-reset class of attacks)")
 	fs.Int(&c.Verbosity, "v", "MAGIC_IP_VERBOSITY", 0, "log verbosity: 2 status changes, 4 every injection")
+	fs.Duration(&c.NodeCountsInterval, "node-counts-interval", "MAGIC_IP_NODE_COUNTS_INTERVAL", DefaultNodeCountsInterval, "least time between two status writes of a MagicIP that change only its node counts (PROGRAMMED, LOCAL-PRODUCERS, FAILING): bounds the writes during rollouts")
 	fs.Bool(&c.DisableStatusCtrl, "disable-status-controller", "MAGIC_IP_DISABLE_STATUS_CONTROLLER", false, "serve the webhook only, without the MagicIP status controller")
 }
 
@@ -60,6 +63,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.Port < 1 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d: want 1-65535", c.Port))
+	}
+	if c.NodeCountsInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--node-counts-interval %s: want a positive duration", c.NodeCountsInterval))
 	}
 	if c.CertDir == "" {
 		errs = append(errs, errors.New("--cert-dir must not be empty"))
@@ -129,7 +135,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) error {
 	}
 	mgr.GetWebhookServer().Register(Path, inj.Webhook())
 	if !cfg.DisableStatusCtrl {
-		if err := (&StatusReconciler{Client: mgr.GetClient(), Log: log.WithName("status")}).SetupWithManager(mgr); err != nil {
+		if err := (&StatusReconciler{Client: mgr.GetClient(), Log: log.WithName("status"), NodeCountsInterval: cfg.NodeCountsInterval}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("set up status controller: %w", err)
 		}
 	}

@@ -1,10 +1,12 @@
 package webhook
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -32,12 +34,18 @@ const ConditionProducerNamespace = "ProducerNamespaceFound"
 type StatusReconciler struct {
 	Client client.Client
 	Log    logr.Logger
+	// NodeCountsInterval is the least time between two status writes of one MagicIP that change
+	// only its node counts (status.nodes, from the agents' MagicIPNode records); other changes are
+	// written at once. DefaultNodeCountsInterval when 0.
+	NodeCountsInterval time.Duration
+
+	throttle countsThrottle
 }
 
 var allRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "all"}}
 
-// SetupWithManager watches MagicIPs and namespaces (their metadata only: whether a namespace
-// exists is all it reads). It runs only on the elected leader.
+// SetupWithManager watches MagicIPs, the agents' MagicIPNode records and namespaces (their metadata
+// only: whether a namespace exists is all it reads). It runs only on the elected leader.
 func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{allRequest}
@@ -45,6 +53,7 @@ func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("magicip-status").
 		Watches(&v1alpha1.MagicIP{}, all).
+		Watches(&v1alpha1.MagicIPNode{}, all).
 		WatchesMetadata(&corev1.Namespace{}, all).
 		Complete(r)
 }
@@ -64,13 +73,27 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 	for _, ns := range namespaces.Items {
 		exists[ns.Name] = ns.DeletionTimestamp == nil
 	}
+	var records v1alpha1.MagicIPNodeList
+	if err := r.Client.List(ctx, &records); err != nil {
+		return reconcile.Result{}, fmt.Errorf("list MagicIPNodes: %w", err)
+	}
+	counts := NodeCounts(records.Items)
 	res := Resolve(list.Items)
+	r.throttle.interval = cmp.Or(r.NodeCountsInterval, DefaultNodeCountsInterval)
 	var errs []error
+	var later time.Duration
 	for i := range list.Items {
 		m := &list.Items[i]
 		want := m.Status.DeepCopy()
 		DesiredStatus(want, m, res, exists[m.Spec.Producer.Namespace])
+		c := counts[m.Name]
+		want.Nodes = &c
 		if equality.Semantic.DeepEqual(*want, m.Status) {
+			continue
+		}
+		now := time.Now()
+		if wait := r.throttle.wait(m.Name, &m.Status, want, now); wait > 0 {
+			later = minPositive(later, wait)
 			continue
 		}
 		m.Status = *want
@@ -78,9 +101,18 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 			errs = append(errs, fmt.Errorf("update status of MagicIP %s: %w", m.Name, err))
 			continue
 		}
-		r.Log.V(2).Info("status updated", "magicIP", m.Name, "accepted", meta.IsStatusConditionTrue(m.Status.Conditions, v1alpha1.ConditionAccepted))
+		r.throttle.wrote(m.Name, now)
+		r.Log.V(2).Info("status updated", "magicIP", m.Name, "accepted", meta.IsStatusConditionTrue(m.Status.Conditions, v1alpha1.ConditionAccepted),
+			"programmed", c.Programmed, "localProducers", c.LocalProducers, "failing", c.Failing)
 	}
-	return reconcile.Result{}, errors.Join(errs...)
+	return reconcile.Result{RequeueAfter: later}, errors.Join(errs...)
+}
+
+func minPositive(a, b time.Duration) time.Duration {
+	if a <= 0 {
+		return b
+	}
+	return min(a, b)
 }
 
 // DesiredStatus sets the conditions of m into st (keeping transition times of unchanged ones), from

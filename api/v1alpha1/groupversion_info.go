@@ -14,7 +14,7 @@ var GroupVersion = schema.GroupVersion{Group: "magic-ip.dev", Version: "v1alpha1
 
 // AddToScheme registers MagicIP and MagicIPList with s.
 func AddToScheme(s *runtime.Scheme) error {
-	s.AddKnownTypes(GroupVersion, &MagicIP{}, &MagicIPList{})
+	s.AddKnownTypes(GroupVersion, &MagicIP{}, &MagicIPList{}, &MagicIPNode{}, &MagicIPNodeList{})
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
 }

@@ -278,6 +278,21 @@ type MagicIPStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Nodes sums up the agents' per-node records (MagicIPNode): on how many nodes this MagicIP is
+	// programmed, has a local producer, or is failing. Updated at a bounded rate.
+	// +optional
+	Nodes *NodeCounts `json:"nodes,omitempty"`
+}
+
+// NodeCounts counts nodes by what their agent reports about one MagicIP.
+type NodeCounts struct {
+	// Programmed: nodes where the address and rules are in place.
+	Programmed int32 `json:"programmed"`
+	// LocalProducers: programmed nodes with at least one local producer.
+	LocalProducers int32 `json:"localProducers"`
+	// Failing: nodes where it is not programmed (interface unavailable, sync failed, invalid...).
+	Failing int32 `json:"failing"`
 }
 
 // MagicIP gives pods one static address that reaches the copy of a service on their own node.
@@ -286,8 +301,11 @@ type MagicIPStatus struct {
 // +kubebuilder:resource:scope=Cluster,shortName=mip,categories=magic-ip
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.address`
 // +kubebuilder:printcolumn:name="Ports",type=string,JSONPath=`.status.portSummary`
-// +kubebuilder:printcolumn:name="Producer",type=string,JSONPath=`.spec.producer.namespace`
+// +kubebuilder:printcolumn:name="Programmed",type=integer,JSONPath=`.status.nodes.programmed`
+// +kubebuilder:printcolumn:name="Local-Producers",type=integer,JSONPath=`.status.nodes.localProducers`
+// +kubebuilder:printcolumn:name="Failing",type=integer,JSONPath=`.status.nodes.failing`
 // +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
+// +kubebuilder:printcolumn:name="Producer",type=string,JSONPath=`.spec.producer.namespace`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type MagicIP struct {
 	metav1.TypeMeta   `json:",inline"`

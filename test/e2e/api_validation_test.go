@@ -217,7 +217,7 @@ func TestMagicIPValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, col := range []string{"ADDRESS", "PORTS", "PRODUCER", "ACCEPTED", "AGE", "169.254.210.210", "fe80::a9fe:d2d2", "datadog"} {
+	for _, col := range []string{"ADDRESS", "PORTS", "PROGRAMMED", "LOCAL-PRODUCERS", "FAILING", "PRODUCER", "ACCEPTED", "AGE", "169.254.210.210", "fe80::a9fe:d2d2", "datadog"} {
 		if !strings.Contains(out, col) {
 			t.Errorf("kubectl get mip: no %q in\n%s", col, out)
 		}

@@ -244,6 +244,8 @@ func TestManifestsRBACNotMore(t *testing.T) {
 				{verb: "watch", resource: "pods"}, {verb: "list", group: "magic-ip.dev", resource: "magicips"}, {verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"}, {verb: "get", resource: "nodes"},
 				// Node gating: the magic-ip.dev/Programmed condition, and removing the startup taint.
 				{verb: "patch", resource: "nodes", subresource: "status"}, {verb: "patch", resource: "nodes"},
+				// Its per-node record.
+				{verb: "create", group: "magic-ip.dev", resource: "magicipnodes"}, {verb: "update", group: "magic-ip.dev", resource: "magicipnodes"},
 			},
 			denied: []access{
 				{verb: "get", resource: "secrets", namespace: "default"}, {verb: "list", resource: "secrets"},
@@ -252,16 +254,19 @@ func TestManifestsRBACNotMore(t *testing.T) {
 				{verb: "list", resource: "nodes"}, {verb: "watch", resource: "nodes"}, {verb: "list", resource: "configmaps"},
 				{verb: "update", resource: "nodes"}, {verb: "update", resource: "nodes", subresource: "status"}, {verb: "delete", resource: "nodes"},
 				{verb: "create", resource: "nodes"}, {verb: "get", resource: "nodes", subresource: "proxy"},
+				{verb: "delete", group: "magic-ip.dev", resource: "magicipnodes"}, {verb: "list", group: "magic-ip.dev", resource: "magicipnodes"},
 			},
 		},
 		harness.WebhookServiceAccount: {
 			allowed: []access{
 				{verb: "watch", group: "magic-ip.dev", resource: "magicips"}, {verb: "update", group: "magic-ip.dev", resource: "magicips", subresource: "status"},
+				{verb: "watch", group: "magic-ip.dev", resource: "magicipnodes"},
 				{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: harness.WebhookNamespace},
 			},
 			denied: []access{
 				{verb: "get", resource: "secrets", namespace: harness.WebhookNamespace}, {verb: "list", resource: "pods"},
 				{verb: "update", group: "magic-ip.dev", resource: "magicips"}, {verb: "delete", group: "magic-ip.dev", resource: "magicips"},
+				{verb: "update", group: "magic-ip.dev", resource: "magicipnodes"},
 				{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: "kube-system"},
 				{verb: "update", group: "admissionregistration.k8s.io", resource: "mutatingwebhookconfigurations"},
 			},
@@ -869,7 +874,7 @@ func setArgs(set []string) []string {
 func crdlessControlPlane(t *testing.T) *harness.ControlPlane {
 	t.Helper()
 	cp := harness.StartControlPlane(t)
-	if _, err := cp.Kubectl("delete", "crd", crdName, "--wait"); err != nil {
+	if _, err := cp.Kubectl("delete", "crd", crdName, "magicipnodes.magic-ip.dev", "--wait"); err != nil {
 		t.Fatal(err)
 	}
 	return cp

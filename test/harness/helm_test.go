@@ -301,7 +301,7 @@ func TestHelmWithoutCertManager(t *testing.T) {
 
 func TestHelmWithoutWebhook(t *testing.T) {
 	objs := helmObjects(t, helmWithoutCRDs(helmRender(t, "magic-ip", "mip", "webhook.enabled=false")))
-	want := []string{"ClusterRole/magic-ip-agent", "ClusterRoleBinding/magic-ip-agent", "DaemonSet/magic-ip-agent", "ServiceAccount/magic-ip-agent"}
+	want := []string{"ClusterRole/magic-ip-agent", "ClusterRole/magic-ip-view", "ClusterRoleBinding/magic-ip-agent", "DaemonSet/magic-ip-agent", "ServiceAccount/magic-ip-agent"}
 	if got := helmKinds(objs); !slices.Equal(got, want) {
 		t.Errorf("webhook.enabled=false renders %v, want %v", got, want)
 	}
@@ -310,12 +310,17 @@ func TestHelmWithoutWebhook(t *testing.T) {
 // TestHelmCRDIsTheGeneratedOne: the chart's crds/ holds the CRD `make manifests` generates
 // (`make verify` runs this test). templates/crd.yaml renders that same file (TestHelmCRDManagedIsTheGeneratedOne).
 func TestHelmCRDIsTheGeneratedOne(t *testing.T) {
-	want := readRepoFile(t, "manifests", "crd", "magic-ip.dev_magicips.yaml")
-	got := readRepoFile(t, ChartDir, "crds", "magic-ip.dev_magicips.yaml")
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s/crds/magic-ip.dev_magicips.yaml differs from manifests/crd/magic-ip.dev_magicips.yaml (run make manifests)", ChartDir)
+	for _, file := range crdFiles {
+		want := readRepoFile(t, "manifests", "crd", file)
+		got := readRepoFile(t, ChartDir, "crds", file)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s/crds/%s differs from manifests/crd/%s (run make manifests)", ChartDir, file, file)
+		}
 	}
 }
+
+// crdFiles are the generated CRDs, in manifests/crd and the chart's crds/.
+var crdFiles = []string{"magic-ip.dev_magicips.yaml", "magic-ip.dev_magicipnodes.yaml"}
 
 // helmOnlyLabels are the labels the chart adds to the kustomize manifests' (in metadata,
 // pod templates and selectors alike).
@@ -503,18 +508,32 @@ func TestHelmAgentListeners(t *testing.T) {
 // TestHelmCRDManagedIsTheGeneratedOne: with crds.managed=true the chart renders the generated CRD as a template,
 // field for field, plus the release's labels and helm.sh/resource-policy: keep (crds.keep).
 func TestHelmCRDManagedIsTheGeneratedOne(t *testing.T) {
-	want := helmObjects(t, readRepoFile(t, "manifests", "crd", "magic-ip.dev_magicips.yaml"))[0]
+	for i, file := range crdFiles {
+		checkManagedCRD(t, file, i)
+	}
+	for _, d := range helmDocs(helmRender(t, "mip", "obs")) {
+		if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
+			t.Errorf("crds.managed=false renders templates/crd.yaml:\n%s", d)
+		}
+	}
+}
+
+// checkManagedCRD: the i-th CRD templates/crd.yaml renders is file, plus labels and policy.
+func checkManagedCRD(t *testing.T, file string, i int) {
+	t.Helper()
+	want := helmObjects(t, readRepoFile(t, "manifests", "crd", file))[0]
 	for _, keep := range []bool{true, false} {
 		set := []string{"crds.managed=true", fmt.Sprintf("crds.keep=%t", keep)}
-		var got helmObject
+		var crds []helmObject
 		for _, d := range helmDocs(helmRender(t, "mip", "obs", set...)) {
 			if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
-				got = helmObjects(t, []byte(d))[0]
+				crds = append(crds, helmObjects(t, []byte(d))...)
 			}
 		}
-		if got == nil {
-			t.Fatalf("--set %v: templates/crd.yaml renders nothing", set)
+		if len(crds) <= i {
+			t.Fatalf("--set %v: templates/crd.yaml does not render %s", set, file)
 		}
+		got := crds[i]
 		md := got["metadata"].(map[string]any)
 		labels := md["labels"].(map[string]any)
 		if labels["app.kubernetes.io/managed-by"] != "Helm" || labels["app.kubernetes.io/instance"] != "mip" {
@@ -527,12 +546,7 @@ func TestHelmCRDManagedIsTheGeneratedOne(t *testing.T) {
 		delete(md, "labels")
 		delete(ann, "helm.sh/resource-policy")
 		if !reflect.DeepEqual(got, want) {
-			t.Errorf("--set %v: the rendered CRD differs from manifests/crd/magic-ip.dev_magicips.yaml beyond labels and the resource policy", set)
-		}
-	}
-	for _, d := range helmDocs(helmRender(t, "mip", "obs")) {
-		if strings.HasPrefix(d, "# Source: magic-ip/templates/crd.yaml") {
-			t.Errorf("crds.managed=false renders templates/crd.yaml:\n%s", d)
+			t.Errorf("--set %v: the rendered CRD differs from manifests/crd/%s beyond labels and the resource policy", set, file)
 		}
 	}
 }
