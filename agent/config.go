@@ -45,6 +45,8 @@ type Config struct {
 	MetricsAddr  string
 	HealthAddr   string
 	Verbosity    int
+	// CountersMinInterval is the least time between two reads of the rule counters at scrape time.
+	CountersMinInterval time.Duration
 }
 
 // BindFlags registers every flag on fs, each with its environment-variable twin (named in the
@@ -73,6 +75,8 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.Duration(&c.ResyncPeriod, "resync-period", "MAGIC_IP_RESYNC_PERIOD", 10*time.Second, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted")
 	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
 		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
+	fs.Duration(&c.CountersMinInterval, "counters-min-interval", "MAGIC_IP_COUNTERS_MIN_INTERVAL", DefaultCountersMinInterval,
+		"least `interval` between two reads of the kernel's rule counters behind magic_ip_agent_no_producer_connections_total (one iptables -v -S of one chain each); scrapes in between get the last figures; 0: read at every scrape")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
 	fs.String(&c.StartupTaint, "startup-taint", "MAGIC_IP_STARTUP_TAINT", "",
 		"taint (key[=value]:Effect, e.g. magic-ip.dev/agent-not-ready:NoSchedule) that node provisioning puts on new nodes (kubelet --register-with-taints): the agent removes it from its Node once every MagicIP of the node is programmed, so consumers never start before their magic IPs answer; the cleanup command removes it too (with --node-name). Empty: no taint is removed")
@@ -99,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSyncBackoff < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("--max-sync-backoff %s is too short: use at least 10ms", c.MaxSyncBackoff))
+	}
+	if c.CountersMinInterval < 0 {
+		errs = append(errs, fmt.Errorf("--counters-min-interval %s must not be negative", c.CountersMinInterval))
 	}
 	if c.ResyncPeriod < time.Second {
 		errs = append(errs, fmt.Errorf("--resync-period %s is too short: use at least 1s", c.ResyncPeriod))

@@ -98,7 +98,7 @@ func Render(st State, local *LocalDetector) Ruleset {
 	}
 	for _, s := range st.Services {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
-		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s: not redirected" %s`, match, newConn, s.Key(), verdict(s.WhenNoProducer, s.Protocol)))
+		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s%s" %s`, match, newConn, s.Key(), notRedirected, verdict(s.WhenNoProducer, s.Protocol)))
 		if len(s.Endpoints) == 0 {
 			continue
 		}

@@ -55,7 +55,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 			}
 		}()
 	}
-	syncer := &Syncer{Ipt: ipt, Links: links, Local: local, Log: log}
+	syncer := &Syncer{Ipt: ipt, Links: links, Local: local, Log: log, Counters: NewNoProducerCounters(cfg.CountersMinInterval, log)}
 	return runController(ctx, cfg, clients, syncer, log)
 }
 

@@ -34,14 +34,18 @@ func probesHandler(ready func() error) http.Handler {
 	return mux
 }
 
-// metricsHandler serves m, plus the Go runtime and process collectors, from a private registry.
-func metricsHandler(m *Metrics) (http.Handler, error) {
+// metricsHandler serves m and extra, plus the Go runtime and process collectors, from a private
+// registry.
+func metricsHandler(m *Metrics, extra ...prometheus.Collector) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
 	err := errors.Join(
 		m.Register(reg),
 		reg.Register(collectors.NewGoCollector()),
 		reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})),
 	)
+	for _, c := range extra {
+		err = errors.Join(err, reg.Register(c))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -52,7 +56,7 @@ func metricsHandler(m *Metrics) (http.Handler, error) {
 
 // startServers binds the probe and metrics endpoints that are not disabled.
 func startServers(cfg Config, c *Controller, m *Metrics) ([]*server, error) {
-	metrics, err := metricsHandler(m)
+	metrics, err := metricsHandler(m, c.Syncer.Counters)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,8 @@ type Syncer struct {
 	// Local tells node-local traffic from off-node traffic, which is never redirected.
 	Local *LocalDetector
 	Log   logr.Logger
+	// Counters, when set, reads the verdict rules' counters before a restore resets them.
+	Counters *NoProducerCounters
 
 	lastRules Ruleset
 	// rulesKnown: the kernel held lastRules after our last write (false at first and after a failed
@@ -69,7 +71,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 	}
 	if input != nil {
 		s.Log.V(9).Info("iptables-restore", "input", string(input))
-		if err := s.Ipt.Restore(ctx, input); err != nil {
+		if err := s.Counters.aroundRestore(ctx, input, s.Ipt.Restore); err != nil {
 			s.dirty, s.rulesKnown = true, false
 			return res, err
 		}

@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+// noProducer names one series of magic_ip_agent_no_producer_connections_total as /metrics prints
+// it (labels in name order).
+func noProducer(magicIP, port, protocol, action string) string {
+	return fmt.Sprintf(`magic_ip_agent_no_producer_connections_total{action=%q,magicip=%q,port=%q,protocol=%q}`, action, magicIP, port, protocol)
+}
+
+// wantMetric is a condition: the agent of n reports series at want.
+func wantMetric(n *harness.Node, series string, want float64) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if v, err := metric(ctx, n, series); err != nil || v != want {
+			return fmt.Errorf("%s = %v (err %v), want %v", series, v, err, want)
+		}
+		return nil
+	}
+}
+
+// wantNoMetric is a condition: the agent of n no longer reports series.
+func wantNoMetric(n *harness.Node, series string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if v, err := metric(ctx, n, series); err == nil {
+			return fmt.Errorf("%s still reported (%v)", series, v)
+		}
+		return nil
+	}
+}
+
+// dialN makes n connections to port from the consumer, each with budget, and fails unless every
+// one ends with want.
+func dialN(t *testing.T, e *oneNode, n int, protocol string, port int, budget time.Duration, want string) {
+	t.Helper()
+	for i := range n {
+		ctx, cancel := context.WithTimeout(t.Context(), budget)
+		outcome := tcpOutcome
+		if protocol == "UDP" {
+			outcome = udpOutcome
+		}
+		got := outcome(ctx, e.consumer.Netns, magicAddr, port)
+		cancel()
+		if got != want {
+			t.Fatalf("%s connection %d of %d to port %d: %q, want %q", protocol, i+1, n, port, got, want)
+		}
+	}
+}
+
+// kernelCount is the packet counter of the verdict rule of magicIP:port in the node's kernel.
+func kernelCount(t *testing.T, n *harness.Node, key string) int {
+	t.Helper()
+	out, err := n.Netns.Run(t.Context(), "iptables", "-t", "filter", "-v", "-S", "MAGIC-IP-INPUT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(regexp.QuoteMeta(key+`: not redirected"`) + ` -c (\d+) `).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no verdict rule for %s in\n%s", key, out)
+	}
+	c, _ := strconv.Atoi(m[1])
+	return c
+}
+
+// TestAgentNoProducerCounters: a consumer connecting N times to a MagicIP without a producer on
+// its node is counted N times per port, by action, on the agent's /metrics: refused (Reject: TCP
+// reset, ICMP port unreachable), then dropped (Drop). Another MagicIP appearing rewrites the
+// verdict chain, which sets the kernel's counters back to 0: the metric keeps what it counted.
+// A MagicIP that goes away takes its series along.
+func TestAgentNoProducerCounters(t *testing.T) {
+	const n = 5
+	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402", "--counters-min-interval", "1s")
+	cp := e.c.CP
+	// Each UDP refusal is an ICMP error to the same consumer: lift the rate limit (see TestAgentUDPSwitch).
+	if err := e.node.Netns.Sysctl("net.ipv4.icmp_ratelimit", "0"); err != nil {
+		t.Fatal(err)
+	}
+	apm, stats := noProducer("datadog", "apm", "TCP", "refused"), noProducer("datadog", "dogstatsd", "UDP", "refused")
+	eventually(t, 10*time.Second, "series at 0 once the rules are written", func(ctx context.Context) error {
+		return errors.Join(wantMetric(e.node, apm, 0)(ctx), wantMetric(e.node, stats, 0)(ctx))
+	})
+	dialN(t, e, n, "TCP", apmPort, time.Second, "refused")
+	dialN(t, e, n, "UDP", statsPort, time.Second, "refused")
+	eventually(t, 5*time.Second, "refused connections counted", func(ctx context.Context) error {
+		return errors.Join(wantMetric(e.node, apm, n)(ctx), wantMetric(e.node, stats, n)(ctx))
+	})
+
+	// N more, not scraped yet when another MagicIP makes the agent rewrite the verdict chain.
+	dialN(t, e, n, "TCP", apmPort, time.Second, "refused")
+	other := datadogMagicIP("other")
+	other.Spec.Address = "169.254.210.211"
+	other.Spec.Ports = other.Spec.Ports[:1]
+	if err := cp.Client.Create(t.Context(), other); err != nil {
+		t.Fatal(err)
+	}
+	otherSeries := noProducer("other", "apm", "TCP", "refused")
+	eventually(t, 10*time.Second, "the other MagicIP's series", wantMetric(e.node, otherSeries, 0))
+	if c := kernelCount(t, e.node, "datadog:apm"); c != 0 {
+		t.Fatalf("the kernel's counter of datadog:apm is %d after the rewrite, want 0 (reset)", c)
+	}
+	eventually(t, 5*time.Second, "connections made before the rewrite counted", wantMetric(e.node, apm, 2*n))
+	dialN(t, e, n, "TCP", apmPort, time.Second, "refused")
+	eventually(t, 5*time.Second, "connections made after the rewrite counted", wantMetric(e.node, apm, 3*n))
+
+	setWhenNoProducer(t, cp, "datadog", v1alpha1.Drop)
+	apmDropped, statsDropped := noProducer("datadog", "apm", "TCP", "dropped"), noProducer("datadog", "dogstatsd", "UDP", "dropped")
+	eventually(t, 10*time.Second, "dropped series replace the refused ones", func(ctx context.Context) error {
+		return errors.Join(wantMetric(e.node, apmDropped, 0)(ctx), wantMetric(e.node, statsDropped, 0)(ctx),
+			wantNoMetric(e.node, apm)(ctx), wantNoMetric(e.node, stats)(ctx))
+	})
+	// 300 ms: less than the first SYN retransmission (1 s), so one SYN per connection.
+	dialN(t, e, n, "TCP", apmPort, 300*time.Millisecond, "timeout")
+	dialN(t, e, n, "UDP", statsPort, 300*time.Millisecond, "timeout")
+	eventually(t, 5*time.Second, "dropped connections counted", func(ctx context.Context) error {
+		return errors.Join(wantMetric(e.node, apmDropped, n)(ctx), wantMetric(e.node, statsDropped, n)(ctx))
+	})
+
+	deleteMagicIP(t, cp, other.Name)
+	eventually(t, 10*time.Second, "the deleted MagicIP's series gone", wantNoMetric(e.node, otherSeries))
+}
+
+// setWhenNoProducer sets a MagicIP's whenNoLocalProducer.
+func setWhenNoProducer(t *testing.T, cp *harness.ControlPlane, name string, action v1alpha1.NoLocalProducerAction) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		m := &v1alpha1.MagicIP{}
+		if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: name}, m); err != nil {
+			return err
+		}
+		m.Spec.WhenNoLocalProducer = action
+		return cp.Client.Update(t.Context(), m)
+	})
+	if err != nil {
+		t.Fatalf("set whenNoLocalProducer of MagicIP %s: %v", name, err)
+	}
+}
