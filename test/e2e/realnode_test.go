@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/kubectlplugin"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -63,6 +67,48 @@ func TestRealNodesHelm(t *testing.T) {
 			t.Errorf("consumer environment: DD_ENTITY_ID=%q, want its pod UID %s", got, want)
 		}
 		wantLocalAnswers(t, rc, local)
+	})
+
+	t.Run("kubectl get mip and kubectl magic-ip status see it", func(t *testing.T) {
+		eventually(t, 30*time.Second, "MagicIP apm counts 2 programmed nodes, 1 with a local producer", func(ctx context.Context) error {
+			var m v1alpha1.MagicIP
+			if err := cp.Client.Get(ctx, client.ObjectKey{Name: "apm"}, &m); err != nil {
+				return err
+			}
+			if n := m.Status.Nodes; n == nil || n.Programmed != 2 || n.LocalProducers != 1 || n.Failing != 0 {
+				return fmt.Errorf("status.nodes %+v, want programmed 2, localProducers 1, failing 0", n)
+			}
+			return nil
+		})
+		plugin, err := harness.Build(t.TempDir(), "./cmd/kubectl-magic_ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.CommandContext(t.Context(), plugin, "--kubeconfig", cp.Kubeconfig, "status", "apm", "-o", "json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl magic-ip status: %v\n%s", err, out)
+		}
+		var status kubectlplugin.StatusReport
+		if err := json.Unmarshal(out, &status); err != nil {
+			t.Fatalf("kubectl magic-ip status -o json: %v\n%s", err, out)
+		}
+		producer := producerOn(t, rc, rc.Nodes[0])
+		for _, ns := range status.Nodes {
+			if ns.Agent.State != "Ready" || len(ns.MagicIPs) != 1 || !ns.MagicIPs[0].Programmed {
+				t.Errorf("node %s: agent %s, MagicIPs %+v: want Ready and apm programmed", ns.Node, ns.Agent.State, ns.MagicIPs)
+				continue
+			}
+			prods := ns.MagicIPs[0].Producers
+			switch {
+			case ns.Node == rc.Nodes[0].Name && (len(prods) != 1 || prods[0].IP != producer.Status.PodIP):
+				t.Errorf("node %s: local producers %+v, want %s", ns.Node, prods, producer.Status.PodIP)
+			case ns.Node == rc.Nodes[1].Name && len(prods) != 0:
+				t.Errorf("node %s: local producers %+v, want none", ns.Node, prods)
+			}
+		}
+		if len(status.Nodes) != 2 {
+			t.Errorf("kubectl magic-ip status: %d nodes, want 2:\n%s", len(status.Nodes), out)
+		}
 	})
 
 	t.Run("node without a producer refuses at once", func(t *testing.T) {
