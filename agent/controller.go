@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -191,12 +190,8 @@ func (c *Controller) sync(ctx context.Context) error {
 
 	mips := kube.List[v1alpha1.MagicIP](c.MagicIPs)
 	allowed, refused := c.Addresses.Admit(mips)
-	pods := append(kube.List[corev1.Pod](c.Pods), c.remote.Pods()...)
-	st := Desired(allowed, pods, c.NodeName, c.DefaultInterface)
+	st := c.desired(ctx, allowed)
 	maps.Copy(st.Invalid, refused)
-	if err := c.remote.Ensure(ctx, st.Remote); err != nil {
-		c.Log.Error(err, "watching producers on other nodes failed; Fallback MagicIPs refuse meanwhile")
-	}
 	full := time.Since(c.lastFull) >= c.ResyncPeriod
 	start := time.Now()
 	execsBefore := c.Syncer.Ipt.Execs()

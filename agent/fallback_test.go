@@ -10,8 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/agent/kube"
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
 func withWhenNoLocal(a v1alpha1.NoLocalProducerAction) func(*v1alpha1.MagicIP) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -47,10 +48,11 @@ func NewRemoteProducers(newInformer RemoteInformerFunc, handler cache.ResourceEv
 }
 
 // Ensure runs a watch for the producer source of every MagicIP in want (until ctx ends) and stops
-// the others. A nil RemoteProducers watches nothing.
-func (r *RemoteProducers) Ensure(ctx context.Context, want []v1alpha1.MagicIP) error {
+// the others. It returns what tells when the watches it started have their first list. A nil
+// RemoteProducers watches nothing.
+func (r *RemoteProducers) Ensure(ctx context.Context, want []v1alpha1.MagicIP) ([]cache.DoneChecker, error) {
 	if r == nil {
-		return nil
+		return nil, nil
 	}
 	wanted := map[remoteSource][]string{}
 	var errs []error
@@ -72,32 +74,35 @@ func (r *RemoteProducers) Ensure(ctx context.Context, want []v1alpha1.MagicIP) e
 			r.log.Info("stopped watching producers on other nodes: a local producer is Ready", "namespace", src.namespace, "selector", src.selector)
 		}
 	}
+	var started []cache.DoneChecker
 	for src, names := range wanted {
 		if _, ok := r.running[src]; ok {
 			continue
 		}
-		if err := r.start(ctx, src); err != nil {
+		inf, err := r.start(ctx, src)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		started = append(started, inf.HasSyncedChecker())
 		r.log.Info("watching producers on other nodes: no Ready producer here", "magicIPs", names, "namespace", src.namespace, "selector", src.selector)
 	}
-	return errors.Join(errs...)
+	return started, errors.Join(errs...)
 }
 
 // start runs the informer of src until ctx ends or the watch is stopped; r.mu is held.
-func (r *RemoteProducers) start(ctx context.Context, src remoteSource) error {
+func (r *RemoteProducers) start(ctx context.Context, src remoteSource) (cache.SharedIndexInformer, error) {
 	inf, err := r.newInformer(src.namespace, src.selector)
-	if err != nil {
-		return fmt.Errorf("watch producers %s in namespace %s: %w", src.selector, src.namespace, err)
+	if err == nil {
+		_, err = inf.AddEventHandler(r.handler)
 	}
-	if _, err := inf.AddEventHandler(r.handler); err != nil {
-		return fmt.Errorf("watch producers %s in namespace %s: %w", src.selector, src.namespace, err)
+	if err != nil {
+		return nil, fmt.Errorf("watch producers %s in namespace %s: %w", src.selector, src.namespace, err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	r.running[src] = &remoteWatch{inf: inf, cancel: cancel}
 	go inf.RunWithContext(wctx)
-	return nil
+	return inf, nil
 }
 
 // Pods are the pods every running watch holds (read-only: shared with the informers' stores).
@@ -122,4 +127,33 @@ func (r *RemoteProducers) Watching() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.running)
+}
+
+// remoteListTimeout bounds how long a sync waits for the first list of a watch it started.
+const remoteListTimeout = time.Second
+
+// desired computes the node's State from the stores, with the producers of other nodes that the
+// running remote watches hold, and starts or stops those watches as the State asks. When it
+// starts one, it waits (at most remoteListTimeout) for its first list and computes again: the
+// rules then go straight from the last local producer to the remote ones, instead of refusing
+// for the time a list takes.
+func (c *Controller) desired(ctx context.Context, mips []v1alpha1.MagicIP) State {
+	compute := func() State {
+		pods := append(kube.List[corev1.Pod](c.Pods), c.remote.Pods()...)
+		return Desired(mips, pods, c.NodeName, c.DefaultInterface)
+	}
+	st := compute()
+	started, err := c.remote.Ensure(ctx, st.Remote)
+	if err != nil {
+		c.Log.Error(err, "watching producers on other nodes failed; Fallback MagicIPs refuse meanwhile")
+	}
+	if len(started) == 0 {
+		return st
+	}
+	wctx, cancel := context.WithTimeout(ctx, remoteListTimeout)
+	defer cancel()
+	if !cache.WaitFor(wctx, "", started...) {
+		c.Log.Info("producers on other nodes not listed in time; Fallback MagicIPs refuse until they are", "timeout", remoteListTimeout)
+	}
+	return compute()
 }

@@ -93,8 +93,9 @@ func atLeast(pr *prober, outcome string, before, n int) func(context.Context) er
 // TestAgentFallbackRollout: node 1's producer is rolled under a connect every 2 ms. With
 // whenNoLocalProducer: Fallback, not one connect fails: the old producer answers while it
 // terminates, the producer on node 2 while node 1 has no usable one, then the new local one as soon
-// as it is Ready. The watch of node 2's producers exists only meanwhile (namespaced, one LIST and
-// one WATCH), and while nothing changes the agent makes no API request at all.
+// as it is Ready; the same when the new one's readiness fails for a while. The watch of node 2's
+// producers exists only meanwhile (namespaced), and while nothing changes the agent makes no pod
+// request at all, whether it falls back or not.
 func TestAgentFallbackRollout(t *testing.T) {
 	e := newFallbackEnv(t, v1alpha1.Fallback)
 	ctx := t.Context()
@@ -113,18 +114,30 @@ func TestAgentFallbackRollout(t *testing.T) {
 	})
 	eventually(t, 5*time.Second, "new connections go to the new local producer", onlyAnswers(e.consumer.Netns, repl.Name))
 	eventually(t, 5*time.Second, "answers from the new local producer", atLeast(pr, repl.Name, 0, 200))
-	got := pr.finish()
-	for outcome, n := range got {
-		if outcome != old.Name && outcome != e.remote.Name && outcome != repl.Name {
-			t.Errorf("prober saw %q %d times; every connect must be answered (all: %v)", outcome, n, got)
-		}
-	}
 	eventually(t, 5*time.Second, "the watch of node 2's producers stopped", func(context.Context) error {
 		if w := producerWatches(t, e.cs); w != 0 {
 			return fmt.Errorf("%v namespaced pod watches", w)
 		}
 		return nil
 	})
+
+	// Its readiness probe fails (it still listens), with no termination to announce it: the
+	// watch starts cold, and the rules still go straight to node 2's producer.
+	remoteBefore := pr.count(e.remote.Name)
+	if err := repl.SetReady(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "answers from node 2's producer again", atLeast(pr, e.remote.Name, remoteBefore, 200))
+	if err := repl.SetReady(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "back to the local producer", onlyAnswers(e.consumer.Netns, repl.Name))
+	got := pr.finish()
+	for outcome, n := range got {
+		if outcome != old.Name && outcome != e.remote.Name && outcome != repl.Name {
+			t.Errorf("prober saw %q %d times; every connect must be answered (all: %v)", outcome, n, got)
+		}
+	}
 	t.Logf("prober outcomes: %v", got)
 }
 
