@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -43,6 +42,10 @@ type ControllerConfig struct {
 	Record  RecordReporter
 	Metrics *Metrics
 	Log     logr.Logger
+
+	// RemoteInformer builds the on-demand watches of producers on other nodes that Fallback
+	// MagicIPs use while this node has no usable producer (nil: no such watch, no fallback).
+	RemoteInformer RemoteInformerFunc
 }
 
 // Controller keeps the node in line with the MagicIPs and this node's pods. Every informer event
@@ -62,6 +65,8 @@ type Controller struct {
 	failing      error
 	failingSince time.Time
 	reported     map[string]string
+	// remote watches the producers on other nodes that this node's Fallback MagicIPs need now.
+	remote *RemoteProducers
 }
 
 // nodeKey is the single work item.
@@ -78,11 +83,15 @@ func NewController(cfg ControllerConfig) *Controller {
 		cfg.MaxBackoff = DefaultMaxBackoff
 	}
 	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, cfg.MaxBackoff)
-	return &Controller{
+	c := &Controller{
 		ControllerConfig: cfg,
 		limiter:          limiter,
 		queue:            workqueue.NewTypedRateLimitingQueue(limiter),
 	}
+	if cfg.RemoteInformer != nil {
+		c.remote = NewRemoteProducers(cfg.RemoteInformer, c.Handler(), cfg.Log)
+	}
+	return c
 }
 
 // Handler is the informers' event handler: it records that something changed and asks for a sync.
@@ -183,7 +192,7 @@ func (c *Controller) sync(ctx context.Context) error {
 
 	mips := kube.List[v1alpha1.MagicIP](c.MagicIPs)
 	allowed, refused := c.Addresses.Admit(mips)
-	st := Desired(allowed, kube.List[corev1.Pod](c.Pods), c.NodeName, c.DefaultInterface)
+	st := c.desired(ctx, allowed)
 	maps.Copy(st.Invalid, refused)
 	full := time.Since(c.lastFull) >= c.ResyncPeriod
 	start := time.Now()

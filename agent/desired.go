@@ -27,6 +27,9 @@ type State struct {
 	Conflicts map[string]v1alpha1.Conflict
 	// Invalid: MagicIPs ignored because they cannot be programmed, with the reason.
 	Invalid map[string]string
+	// Remote lists the Fallback MagicIPs that have no Ready (non-terminating) producer on this
+	// node: their producers on other nodes must be watched (see RemoteProducers).
+	Remote []v1alpha1.MagicIP
 }
 
 // Service is one MagicIP port on this node.
@@ -52,6 +55,9 @@ type Endpoint struct {
 	// Terminating: the pod is being deleted but still serves; it is used only while no Ready
 	// producer is left (as kube-proxy does with terminating endpoints, KEP-1669).
 	Terminating bool
+	// Node is set for a producer on another node, used only while this node has no usable
+	// producer and the MagicIP says Fallback.
+	Node string
 }
 
 // Key names the service for comments and chain names: "<magicip>:<port name>".
@@ -76,11 +82,16 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 			st.Invalid[m.Name] = err.Error()
 			continue
 		}
-		eps, err := producers(m, pods, nodeName, addr.Is4())
+		set, err := producers(m, pods, nodeName, addr.Is4())
 		if err != nil {
 			st.Invalid[m.Name] = err.Error()
 			continue
 		}
+		fallback := m.Spec.EffectiveWhenNoLocalProducer() == v1alpha1.Fallback
+		if fallback && len(set.ready) == 0 {
+			st.Remote = append(st.Remote, m)
+		}
+		eps := set.serving(fallback)
 		iface := cmp.Or(m.Spec.HostInterface, defaultInterface)
 		if !slices.Contains(st.Addresses[iface], addr) {
 			st.Addresses[iface] = append(st.Addresses[iface], addr)
@@ -91,7 +102,7 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 				Interface: iface, WhenNoProducer: m.Spec.EffectiveWhenNoLocalProducer(),
 			}
 			for _, ep := range eps {
-				svc.Endpoints = append(svc.Endpoints, Endpoint{Pod: ep.pod, Addr: netip.AddrPortFrom(ep.ip, uint16(p.EffectiveTargetPort())), Terminating: ep.terminating})
+				svc.Endpoints = append(svc.Endpoints, Endpoint{Pod: ep.pod, Addr: netip.AddrPortFrom(ep.ip, uint16(p.EffectiveTargetPort())), Terminating: ep.terminating, Node: ep.node})
 			}
 			st.Services = append(st.Services, svc)
 		}
@@ -109,25 +120,45 @@ type producer struct {
 	pod         string
 	ip          netip.Addr
 	terminating bool
+	node        string // set for a producer on another node
 }
 
-// producers are m's pods on this node that new connections go to: in the producer namespace,
-// matching the selector, Ready, with an IP of the address family wanted, and not terminating — or,
-// when no such pod exists, the terminating ones that are still Ready (serving), so a graceful
-// producer restart loses nothing while its replacement starts. Sorted by IP.
-func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) ([]producer, error) {
+// producerSet is a MagicIP's Ready producers, in its producer namespace and matching its
+// selector, with an IP of the address family wanted: on this node (ready, or terminating but
+// still Ready: serving), and on other nodes (remote: Ready and not terminating).
+type producerSet struct {
+	ready, terminating, remote []producer
+}
+
+// serving are the producers new connections go to, sorted by IP: the local Ready ones; when there
+// are none, the local terminating ones that still serve, so a graceful producer restart loses
+// nothing while its replacement starts; when there are none either and fallback is on, the
+// remote ones.
+func (s producerSet) serving(fallback bool) []producer {
+	out := s.ready
+	if len(out) == 0 {
+		out = s.terminating
+	}
+	if len(out) == 0 && fallback {
+		out = s.remote
+	}
+	slices.SortFunc(out, func(a, b producer) int { return cmp.Or(a.ip.Compare(b.ip), cmp.Compare(a.pod, b.pod)) })
+	return out
+}
+
+// producers sorts m's Ready producers among pods into a producerSet.
+func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) (producerSet, error) {
+	var set producerSet
 	sel, err := metav1.LabelSelectorAsSelector(m.Spec.Producer.Selector.AsLabelSelector())
 	if err != nil {
-		return nil, fmt.Errorf("producer selector: %w", err)
+		return set, fmt.Errorf("producer selector: %w", err)
 	}
 	if sel.Empty() {
-		return nil, fmt.Errorf("producer selector is empty")
+		return set, fmt.Errorf("producer selector is empty")
 	}
-	var ready, terminating []producer
 	for i := range pods {
 		p := &pods[i]
-		if p.Namespace != m.Spec.Producer.Namespace || p.Spec.NodeName != nodeName ||
-			!isReady(p) || !sel.Matches(labels.Set(p.Labels)) {
+		if p.Namespace != m.Spec.Producer.Namespace || !isReady(p) || !sel.Matches(labels.Set(p.Labels)) {
 			continue
 		}
 		ip, ok := podIP(p, v4)
@@ -135,18 +166,19 @@ func producers(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName string, v4 bool) 
 			continue
 		}
 		pr := producer{pod: p.Namespace + "/" + p.Name, ip: ip, terminating: p.DeletionTimestamp != nil}
-		if pr.terminating {
-			terminating = append(terminating, pr)
-		} else {
-			ready = append(ready, pr)
+		switch {
+		case p.Spec.NodeName != nodeName:
+			if !pr.terminating && p.Spec.NodeName != "" {
+				pr.node = p.Spec.NodeName
+				set.remote = append(set.remote, pr)
+			}
+		case pr.terminating:
+			set.terminating = append(set.terminating, pr)
+		default:
+			set.ready = append(set.ready, pr)
 		}
 	}
-	out := ready
-	if len(out) == 0 {
-		out = terminating
-	}
-	slices.SortFunc(out, func(a, b producer) int { return cmp.Or(a.ip.Compare(b.ip), cmp.Compare(a.pod, b.pod)) })
-	return out, nil
+	return set, nil
 }
 
 func isReady(p *corev1.Pod) bool {

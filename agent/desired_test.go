@@ -491,10 +491,11 @@ func TestProducersIPv6(t *testing.T) {
 		readyPod("dual", []string{"10.244.1.5", "fd00:10:244:1::5"}),
 		readyPod("v6-only", []string{"fd00:10:244:1::3"}),
 	}
-	got, err := producers(newMagicIP("m6", "fe80::a9fe:d2d2", 0), pods, testNode, false)
+	set, err := producers(newMagicIP("m6", "fe80::a9fe:d2d2", 0), pods, testNode, false)
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := set.serving(false)
 	want := []producer{
 		{pod: "datadog/v6-only", ip: netip.MustParseAddr("fd00:10:244:1::3")},
 		{pod: "datadog/dual", ip: netip.MustParseAddr("fd00:10:244:1::5")},

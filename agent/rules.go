@@ -149,6 +149,9 @@ func hairpinRules(svcs []Service) map[netip.Addr][]string {
 	eps := map[netip.Addr][]Endpoint{}
 	for _, s := range svcs {
 		for _, ep := range s.Endpoints {
+			if ep.Node != "" {
+				continue // a producer on another node never sends from this node
+			}
 			eps[s.Address] = append(eps[s.Address], Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)})
 		}
 	}
@@ -167,7 +170,8 @@ func hairpinRules(svcs []Service) map[netip.Addr][]string {
 }
 
 // endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i). The
-// comment marks terminating producers, which serve only while no Ready one is left.
+// comment marks terminating producers, which serve only while no Ready one is left, and the
+// producers of other nodes a Fallback MagicIP uses while this node has no usable one.
 func endpointRules(s Service) []string {
 	n := len(s.Endpoints)
 	rules := make([]string, 0, n)
@@ -177,8 +181,11 @@ func endpointRules(s Service) []string {
 			prob = fmt.Sprintf(" -m statistic --mode random --probability %.11f", 1/float64(left))
 		}
 		note := ""
-		if ep.Terminating {
+		switch {
+		case ep.Terminating:
 			note = " (terminating, no Ready producer)"
+		case ep.Node != "":
+			note = " (fallback to node " + ep.Node + ")"
 		}
 		rules = append(rules, fmt.Sprintf(`-p %s -m comment --comment "%s -> %s%s"%s -j DNAT --to-destination %s`, proto(s.Protocol), s.Key(), ep.Pod, note, prob, ep.Addr))
 	}

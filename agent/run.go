@@ -133,6 +133,9 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
 		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Node: node, Record: record, Metrics: m, Log: log,
+		RemoteInformer: func(namespace, selector string) (cache.SharedIndexInformer, error) {
+			return kube.ProducerInformer(clients.Core, namespace, selector, cfg.NodeName)
+		},
 	})
 	var synced []cache.DoneChecker
 	for _, inf := range []cache.SharedIndexInformer{pods, mips} {

@@ -14,8 +14,8 @@ const (
 )
 
 // NoLocalProducerAction says what happens to traffic for the magic IP on a node
-// that has no Ready producer.
-// +kubebuilder:validation:Enum=Reject;Drop
+// that has no usable producer (none Ready, and no terminating one still serving).
+// +kubebuilder:validation:Enum=Reject;Drop;Fallback
 type NoLocalProducerAction string
 
 const (
@@ -23,6 +23,10 @@ const (
 	Reject NoLocalProducerAction = "Reject"
 	// Drop discards the packets silently: clients time out.
 	Drop NoLocalProducerAction = "Drop"
+	// Fallback sends new connections to the Ready producers on other nodes, spread across them,
+	// until a local producer is usable again; with none Ready anywhere, clients are refused as
+	// with Reject. The consumer's pod IP is kept (no SNAT): the remote producer sees who sent.
+	Fallback NoLocalProducerAction = "Fallback"
 )
 
 // Condition types and reasons on a MagicIP's status.
@@ -83,8 +87,10 @@ type MagicIPSpec struct {
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9_.-]*$`
 	HostInterface string `json:"hostInterface,omitempty"`
 
-	// WhenNoLocalProducer says what clients on a node without a Ready producer get:
-	// Reject (default) refuses at once, Drop lets them time out.
+	// WhenNoLocalProducer says what clients on a node without a usable producer (none Ready, and
+	// no terminating one still serving) get: Reject (default) refuses at once, Drop lets them
+	// time out, Fallback sends new connections to the Ready producers on other nodes (refused
+	// when there are none) until a local producer is usable again.
 	// +optional
 	// +kubebuilder:default=Reject
 	WhenNoLocalProducer NoLocalProducerAction `json:"whenNoLocalProducer,omitempty"`

@@ -176,11 +176,9 @@ func peerRows(sc, name string, ds []time.Duration, agentP50 float64) {
 }
 
 func setupPeers(b *testing.B) *peersEnv {
-	cp := harness.StartControlPlane(b)
-	c := harness.NewCluster(b, cp, harness.ClusterOptions{Nodes: 2})
+	cp, c := twoNodes(b)
 	ctx := b.Context()
 	n1, n2 := c.Nodes[0], c.Nodes[1]
-	harness.StartEndpointSliceController(b, cp)
 	e := &peersEnv{b: b, cp: cp, c: c, ready: map[*harness.Pod]bool{}, escapes: map[string]int{}, unpinned: map[string]int{}}
 	// One client pod per target on node 1, alike. With a single client, a connection to the
 	// magic IP or the ClusterIP (DNATed to apm-1) and an earlier one straight to apm-1 from the
@@ -326,20 +324,25 @@ func (e *peersEnv) pace(p peer) {
 	if !p.kubeProxy || p.minSync == 0 {
 		return
 	}
-	ctx := e.b.Context()
+	paceKubeProxy(e.b, e.kps[0], p.minSync)
+}
+
+// paceKubeProxy waits until minSync + paceMargin have passed since kp's last sync (see pace).
+func paceKubeProxy(b *testing.B, kp *harness.KubeProxy, minSync time.Duration) {
+	ctx := b.Context()
 	for {
-		last, err := e.kps[0].LastSync(ctx)
+		last, err := kp.LastSync(ctx)
 		if err != nil {
-			e.b.Fatal(err)
+			b.Fatal(err)
 		}
-		wait := time.Until(last.Add(p.minSync + paceMargin))
+		wait := time.Until(last.Add(minSync + paceMargin))
 		if wait <= 0 {
 			return
 		}
 		select {
 		case <-time.After(wait): // then re-read: a sync may have happened meanwhile
 		case <-ctx.Done():
-			e.b.Fatal(ctx.Err())
+			b.Fatal(ctx.Err())
 		}
 	}
 }

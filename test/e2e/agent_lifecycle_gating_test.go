@@ -171,6 +171,13 @@ func programmedInNode(ctx context.Context, n *harness.Node, p *harness.Pod) erro
 // no write request to Nodes (any subresource).
 func assertNoNodeWritesAtIdle(t *testing.T, cs kubernetes.Interface, n *harness.Node) {
 	t.Helper()
+	assertIdle(t, n, "Node writes", func(ctx context.Context) (float64, error) { return nodeWrites(ctx, cs) })
+}
+
+// assertIdle: across three more syncs of the settled agent on n, count (an API server counter)
+// does not move.
+func assertIdle(t *testing.T, n *harness.Node, what string, count func(context.Context) (float64, error)) {
+	t.Helper()
 	ctx := t.Context()
 	// Let a sync after the last change pass, then count from there.
 	syncs := func(ctx context.Context) float64 {
@@ -184,7 +191,7 @@ func assertNoNodeWritesAtIdle(t *testing.T, cs kubernetes.Interface, n *harness.
 		}
 		return nil
 	})
-	before, err := nodeWrites(ctx, cs)
+	before, err := count(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,38 +202,22 @@ func assertNoNodeWritesAtIdle(t *testing.T, cs kubernetes.Interface, n *harness.
 		}
 		return nil
 	})
-	after, err := nodeWrites(ctx, cs)
+	after, err := count(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if after != before {
-		t.Errorf("Node writes at idle: %v over 3 syncs, want 0", after-before)
+		t.Errorf("%s at idle: %v over 3 syncs, want 0", what, after-before)
 	}
-	t.Logf("Node writes at idle over 3 syncs: %v", after-before)
+	t.Logf("%s at idle over 3 syncs: %v", what, after-before)
 }
 
 // nodeWrites sums the API server's apiserver_request_total for write verbs on nodes.
 func nodeWrites(ctx context.Context, cs kubernetes.Interface) (float64, error) {
-	body, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("API server metrics: %w", err)
-	}
-	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="nodes"`) {
-			continue
-		}
-		if !slices.ContainsFunc([]string{"PATCH", "PUT", "POST", "DELETE", "APPLY"}, func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) }) {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			return 0, fmt.Errorf("metric line %q: %w", line, err)
-		}
-		sum += v
-	}
-	return sum, nil
+	return apiMetricSum(ctx, cs, func(line string) bool {
+		return strings.HasPrefix(line, "apiserver_request_total{") && strings.Contains(line, `resource="nodes"`) &&
+			slices.ContainsFunc([]string{"PATCH", "PUT", "POST", "DELETE", "APPLY"}, func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) })
+	})
 }
 
 // addHostInterface creates the node's host interface again (routed nodes: an empty bridge).

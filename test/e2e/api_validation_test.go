@@ -102,7 +102,7 @@ func TestMagicIPValidation(t *testing.T) {
 		"hostInterface invalid": {func(s *v1alpha1.MagicIPSpec) { s.HostInterface = "eth0/../x" }, "spec.hostInterface",
 			"should match"},
 		"whenNoLocalProducer unknown": {func(s *v1alpha1.MagicIPSpec) { s.WhenNoLocalProducer = "Ignore" },
-			"spec.whenNoLocalProducer", `supported values: "Reject", "Drop"`},
+			"spec.whenNoLocalProducer", `supported values: "Reject", "Drop", "Fallback"`},
 		"hostname not DNS": {func(s *v1alpha1.MagicIPSpec) { s.Inject.Hostnames = []string{"Datadog_Agent"} },
 			"spec.inject.hostnames[0]", "must be a DNS-1123 subdomain"},
 		"env name not C identifier": {func(s *v1alpha1.MagicIPSpec) {
@@ -191,6 +191,11 @@ func TestMagicIPValid(t *testing.T) {
 		"full": {full, func(t *testing.T, got v1alpha1.MagicIPSpec) {
 			if *got.Inject.Env || len(got.Inject.ExtraEnv) != 3 || !reflect.DeepEqual(got.Inject.PodIdentity, full.Inject.PodIdentity) || got.Ports[1].EffectiveTargetPort() != 18125 || got.WhenNoLocalProducer != v1alpha1.Drop {
 				t.Errorf("explicit values not kept: %+v", got)
+			}
+		}},
+		"fallback": {func() v1alpha1.MagicIPSpec { s := validSpec(); s.WhenNoLocalProducer = v1alpha1.Fallback; return s }(), func(t *testing.T, got v1alpha1.MagicIPSpec) {
+			if got.WhenNoLocalProducer != v1alpha1.Fallback {
+				t.Errorf("whenNoLocalProducer %q, want Fallback", got.WhenNoLocalProducer)
 			}
 		}},
 		"ipv6 link-local":                     {ipv6, nil},
