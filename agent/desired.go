@@ -131,16 +131,17 @@ type producerSet struct {
 }
 
 // serving are the producers new connections go to, sorted by IP: the local Ready ones; when there
-// are none, the local terminating ones that still serve, so a graceful producer restart loses
-// nothing while its replacement starts; when there are none either and fallback is on, the
-// remote ones.
+// are none and fallback is on, the Ready ones on other nodes; when there are none either, the
+// local terminating ones that still serve, so a graceful producer restart loses nothing while its
+// replacement starts. As kube-proxy does with terminating endpoints (KEP-1669): a terminating
+// endpoint is used only when no Ready one may be, and with Fallback the remote ones may be.
 func (s producerSet) serving(fallback bool) []producer {
 	out := s.ready
-	if len(out) == 0 {
-		out = s.terminating
-	}
 	if len(out) == 0 && fallback {
 		out = s.remote
+	}
+	if len(out) == 0 {
+		out = s.terminating
 	}
 	slices.SortFunc(out, func(a, b producer) int { return cmp.Or(a.ip.Compare(b.ip), cmp.Compare(a.pod, b.pod)) })
 	return out

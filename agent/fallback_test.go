@@ -52,8 +52,12 @@ func TestDesiredFallback(t *testing.T) {
 			action: v1alpha1.Fallback, pods: []corev1.Pod{remoteB, readyPod("a", []string{"10.244.1.5"})},
 			want: []Endpoint{ep("a", "10.244.1.5:8126")},
 		},
-		"Fallback, local only terminating but serving: kept, remote watched ahead": {
+		"Fallback, local only terminating but serving: the Ready remote ones first": {
 			action: v1alpha1.Fallback, pods: []corev1.Pod{remoteB, readyPod("a", []string{"10.244.1.5"}, terminating(now))},
+			want: []Endpoint{rep("rb", "10.244.2.5:8126", "node-b")}, wantRemote: true,
+		},
+		"Fallback, local only terminating but serving, no remote one (yet): the terminating one": {
+			action: v1alpha1.Fallback, pods: []corev1.Pod{readyPod("a", []string{"10.244.1.5"}, terminating(now))},
 			want: []Endpoint{tep("a", "10.244.1.5:8126")}, wantRemote: true,
 		},
 		"Fallback, local NotReady: remote": {

@@ -49,15 +49,16 @@ func newFallbackEnv(t *testing.T, action v1alpha1.NoLocalProducerAction) *fallba
 // roll replaces node 1's producer the way a DaemonSet rollout with a well-behaved producer does:
 // the old pod terminates (still Ready and serving), turns NotReady while it still listens (its
 // preStop grace), leaves once the node no longer sends it new connections, and its replacement
-// starts NotReady and turns Ready. before runs just before the old producer turns NotReady, and
-// between after that, before it leaves.
-func (e *fallbackEnv) roll(t *testing.T, before, between func()) *harness.Pod {
+// starts NotReady and turns Ready. While the old one terminates, the rules name whileTerminating
+// (the old producer, marked terminating, or with Fallback the Ready one on node 2). before runs
+// just before the old producer turns NotReady, and between after that, before it leaves.
+func (e *fallbackEnv) roll(t *testing.T, whileTerminating string, before, between func()) *harness.Pod {
 	ctx := t.Context()
 	old := e.local
 	if err := old.MarkTerminating(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the old producer programmed as terminating", ruleMentions(e.n1, old.Name+" (terminating"))
+	eventually(t, 5*time.Second, "new connections go to "+whileTerminating+" while the old producer terminates", ruleMentions(e.n1, whileTerminating))
 	before()
 	if err := old.SetReady(ctx, false); err != nil {
 		t.Fatal(err)
@@ -91,9 +92,8 @@ func atLeast(pr *prober, outcome string, before, n int) func(context.Context) er
 }
 
 // TestAgentFallbackRollout: node 1's producer is rolled under a connect every 2 ms. With
-// whenNoLocalProducer: Fallback, not one connect fails: the old producer answers while it
-// terminates, the producer on node 2 while node 1 has no usable one, then the new local one as soon
-// as it is Ready; the same when the new one's readiness fails for a while. The watch of node 2's
+// whenNoLocalProducer: Fallback, not one connect fails: the producer on node 2 answers from the
+// moment node 1's starts terminating until node 1 has a Ready one again, then the new local one; the same when the new one's readiness fails for a while. The watch of node 2's
 // producers exists only meanwhile (namespaced), and while nothing changes the agent makes no pod
 // request at all, whether it falls back or not.
 func TestAgentFallbackRollout(t *testing.T) {
@@ -105,7 +105,9 @@ func TestAgentFallbackRollout(t *testing.T) {
 	assertNoPodRequestsAtIdle(t, e.cs, e.n1)
 	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
 	old := e.local
-	repl := e.roll(t, func() {}, func() {
+	// Terminating, the old producer still serves what it has; new connections go to the Ready
+	// producer of node 2 (a terminating one is used only when no Ready one may be, KEP-1669).
+	repl := e.roll(t, e.remote.Name, func() {}, func() {
 		eventually(t, 5*time.Second, "answers from node 2's producer", atLeast(pr, e.remote.Name, 0, 200))
 		if w := producerWatches(t, e.cs); w != 1 {
 			t.Errorf("namespaced pod watches while falling back: %v, want 1", w)
@@ -149,7 +151,7 @@ func TestAgentRejectRollout(t *testing.T) {
 	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
 	old := e.local
 	var refusedBefore int
-	repl := e.roll(t, func() { refusedBefore = pr.count("refused") }, func() {
+	repl := e.roll(t, old.Name+" (terminating", func() { refusedBefore = pr.count("refused") }, func() {
 		eventually(t, 5*time.Second, "refusals while node 1 has no usable producer", atLeast(pr, "refused", refusedBefore, 100))
 		if w := producerWatches(t, e.cs); w != 0 {
 			t.Errorf("namespaced pod watches with Reject: %v, want 0", w)
