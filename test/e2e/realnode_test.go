@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -375,4 +376,98 @@ func repoRoot(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return root
+}
+
+// TestRealNodesProducerRollout rolls the producer DaemonSet (kubectl rollout restart: the
+// DaemonSet controller deletes each node's producer, the kubelet runs its preStop and stops it,
+// then starts the replacement) on two real nodes while both consumers connect every 2 ms. With
+// Fallback: not one failed connection, and each consumer is answered by the other node's producer
+// meanwhile. (With Reject the same rollout gave refusals, as it should, but also one timeout per
+// node now and then: the kubelet can tear the old pod's network down before its NotReady status
+// reaches the API server, so a connection DNATed to it in that moment gets no answer. kube-proxy
+// has the same race with its endpoints; closing it needs a node-local signal. The simulated
+// TestAgentRejectRollout checks Reject's semantics.)
+func TestRealNodesProducerRollout(t *testing.T) {
+	rc := harness.NewRealCluster(t, 2)
+	cp := rc.CP
+	harness.StartCertManager(t, cp)
+	if err := rc.InstallChart(realRelease); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.WaitProductReady(t.Context(), realRelease); err != nil {
+		t.Fatal(err)
+	}
+	probes, err := rc.StartWorkload(t.Context(), rc.Nodes...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rollout := func(t *testing.T) []harness.ProbeStats {
+		t.Helper()
+		for _, p := range probes {
+			if err := p.Reset(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ds appsv1.DaemonSet
+		if err := cp.Client.Get(t.Context(), client.ObjectKey{Namespace: "datadog", Name: "producer"}, &ds); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cp.Kubectl("rollout", "restart", "daemonset/producer", "-n", "datadog"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 2*time.Minute, "producer DaemonSet rolled out", func(ctx context.Context) error {
+			var now appsv1.DaemonSet
+			if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: "datadog", Name: "producer"}, &now); err != nil {
+				return err
+			}
+			if now.Generation == ds.Generation {
+				return fmt.Errorf("generation still %d", now.Generation)
+			}
+			if err := harness.DaemonSetRolledOut(ctx, cp.Client, "datadog", "producer"); err != nil {
+				return err
+			}
+			pods, err := harness.ReadyPodsByNode(ctx, cp.Client, "datadog", map[string]string{"app": "producer"})
+			if err != nil {
+				return err
+			}
+			if len(pods) != len(rc.Nodes) {
+				return fmt.Errorf("Ready producers on %d nodes", len(pods))
+			}
+			return nil
+		})
+		var out []harness.ProbeStats
+		for _, p := range probes {
+			s, err := p.Stats(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s on %s: %d attempts, %d answered, %d refused, %d timeouts, %d errors; answers %v",
+				p.Pod.Name, p.Node.Name, s.Attempts, s.OK, s.Refused, s.Timeouts, s.Errors, s.Answers)
+			out = append(out, s)
+		}
+		return out
+	}
+
+	t.Run("Fallback: not one failed connection", func(t *testing.T) {
+		var m v1alpha1.MagicIP
+		if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: "apm"}, &m); err != nil {
+			t.Fatal(err)
+		}
+		patch := client.MergeFrom(m.DeepCopy())
+		m.Spec.WhenNoLocalProducer = v1alpha1.Fallback
+		if err := cp.Client.Patch(t.Context(), &m, patch); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range rollout(t) {
+			other := rc.Nodes[1-i].Name
+			remote := false
+			for who := range s.Answers {
+				remote = remote || strings.HasSuffix(who, " "+other)
+			}
+			if s.Failed() != 0 || !remote {
+				t.Errorf("consumer on %s: %d failed (refused %d, timeouts %d, errors %d, last %q), answered by %v: want no failure and answers from %s meanwhile",
+					probes[i].Node.Name, s.Failed(), s.Refused, s.Timeouts, s.Errors, s.LastError, s.Answers, other)
+			}
+		}
+	})
 }

@@ -43,9 +43,12 @@ spec:
     metadata: {labels: {app: producer}}
     spec:
       nodeSelector: {%[2]s: "yes"}
-      terminationGracePeriodSeconds: 1
+      terminationGracePeriodSeconds: 5
       containers:
       - name: echo
+        # A well-behaved producer keeps serving a moment after its deletion, while the nodes
+        # learn of it (as any Service endpoint should).
+        lifecycle: {preStop: {sleep: {seconds: 2}}}
         image: %[1]s
         args: [echo, --tcp-port, "8126", --udp-port, "8125"]
         env:
