@@ -77,7 +77,7 @@ func realTable(t *demoT, probes []harness.ConsumerProbe) error {
 	}
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tCONSUMER POD\tENV IN THE CONTAINER\tLAST SECOND\tANSWERED BY (pod node, as seen: consumer IP)")
+	fmt.Fprintln(w, "NODE\tCONSUMER POD\tENV IN THE CONTAINER\tLAST SECOND\tANSWERED BY (pod node, as seen: consumer IP and UID)")
 	var problems []error
 	for i, p := range probes {
 		env, err := p.Env(ctx)
@@ -92,7 +92,7 @@ func realTable(t *demoT, probes []harness.ConsumerProbe) error {
 			p.Node.Name, p.Pod.Name, env["APM_MAGIC_HOST"], env["APM_MAGIC_PORT_APM"], env["DD_ENTITY_ID"],
 			s.OK, s.Refused, s.Timeouts, strings.TrimSpace(s.LastAnswer))
 		switch {
-		case i == 0 && (s.OK == 0 || s.Failed() != 0 || !strings.HasSuffix(strings.TrimSpace(s.LastAnswer), p.Pod.Status.PodIP)):
+		case i == 0 && (s.OK == 0 || s.Failed() != 0 || !strings.Contains(s.LastAnswer, " "+p.Pod.Status.PodIP+" "+string(p.Pod.UID))):
 			problems = append(problems, fmt.Errorf("%s: %d answered, %d failed, last answer %q: want every connection answered locally", p.Pod.Name, s.OK, s.Failed(), s.LastAnswer))
 		case i == 1 && (s.Refused == 0 || s.OK+s.Timeouts+s.Errors != 0):
 			problems = append(problems, fmt.Errorf("%s: want every connection refused at once (no producer on its node)", p.Pod.Name))

@@ -250,7 +250,9 @@ func wantLocalAnswers(t *testing.T, rc *harness.RealCluster, p harness.ConsumerP
 	if err := p.Reset(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	want := producerOn(t, rc, p.Node).Name + " " + p.Node.Name + " " + p.Pod.Status.PodIP
+	// The producer sees who calls: the consumer's pod IP (no SNAT) and the pod UID the consumer
+	// sends, which the webhook injected as DD_ENTITY_ID (origin detection).
+	want := producerOn(t, rc, p.Node).Name + " " + p.Node.Name + " " + p.Pod.Status.PodIP + " " + string(p.Pod.UID)
 	eventually(t, 60*time.Second, "answers from the local producer", func(ctx context.Context) error {
 		s, err := p.Stats(ctx)
 		if err != nil {

@@ -50,7 +50,9 @@ spec:
         # learn of it (as any Service endpoint should).
         lifecycle: {preStop: {sleep: {seconds: 2}}}
         image: %[1]s
-        args: [echo, --tcp-port, "8126", --udp-port, "8125"]
+        # Answers "<pod> <node> <caller's IP> <caller's line>": the caller's pod IP (no SNAT) and
+        # the identity it sends (its DD_ENTITY_ID, injected by the webhook).
+        args: [echo, --tcp-port, "8126", --udp-port, "8125", --read-caller]
         env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
@@ -83,7 +85,7 @@ spec:
       containers:
       - name: probe
         image: %[1]s
-        args: [probe, --target, "$(APM_MAGIC_HOST):$(APM_MAGIC_PORT_APM)", --interval, 2ms, --timeout, 1s, --listen, ":8080"]
+        args: [probe, --target, "$(APM_MAGIC_HOST):$(APM_MAGIC_PORT_APM)", --caller, "$(DD_ENTITY_ID)", --interval, 2ms, --timeout, 1s, --listen, ":8080"]
         readinessProbe: {httpGet: {path: /stats, port: 8080}, periodSeconds: 1}
 `, testbin, ProducerLabel, WorkloadMagicAddr, replicas)
 }

@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
+	"time"
 )
 
 // runEcho serves the echo line on TCP (and UDP when --udp-port is set) until ctx ends.
@@ -16,10 +21,11 @@ func runEcho(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := newFlagSet("echo")
 	tcpPort := fs.Int("tcp-port", 8080, "TCP port to answer on (all addresses)")
 	udpPort := fs.Int("udp-port", 0, "UDP port to answer on (0: no UDP)")
+	readCaller := fs.Bool("read-caller", false, "over TCP, first read one line from the caller (within 1 s; e.g. the identity a probe --caller sends) and add it to the answer")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	id := identity{pod: envOr("POD_NAME", "-"), node: envOr("NODE_NAME", "-")}
+	id := identity{pod: envOr("POD_NAME", "-"), node: envOr("NODE_NAME", "-"), readCaller: *readCaller}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", fmt.Sprintf(":%d", *tcpPort))
 	if err != nil {
@@ -40,8 +46,12 @@ func runEcho(ctx context.Context, log *slog.Logger, args []string) error {
 	return serveEcho(ctx, log, id, ln, pc)
 }
 
-// identity is who answers: the pod and node names from the downward API.
-type identity struct{ pod, node string }
+// identity is who answers: the pod and node names from the downward API; readCaller: read the
+// caller's line first (TCP) and answer "<pod> <node> <peer ip> <caller line>".
+type identity struct {
+	pod, node  string
+	readCaller bool
+}
 
 // line is the answer to a peer: "<pod> <node> <peer ip>\n".
 func (id identity) line(peer net.Addr) []byte {
@@ -106,10 +116,30 @@ func acceptLoop(ctx context.Context, log *slog.Logger, id identity, ln net.Liste
 			}
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
+		if id.readCaller {
+			go answerCaller(log, id, c)
+			continue
+		}
 		if _, err := c.Write(id.line(c.RemoteAddr())); err != nil {
 			log.Info("write failed", "peer", c.RemoteAddr().String(), "err", err)
 		}
 		c.Close()
+	}
+}
+
+// answerCaller reads the caller's line (at most 256 bytes, within 1 s; "-" when none) and
+// answers "<pod> <node> <peer ip> <caller line>".
+func answerCaller(log *slog.Logger, id identity, c net.Conn) {
+	defer c.Close()
+	caller := "-"
+	if err := c.SetReadDeadline(time.Now().Add(time.Second)); err == nil {
+		if line, err := bufio.NewReader(io.LimitReader(c, 256)).ReadString('\n'); err == nil && strings.TrimSpace(line) != "" {
+			caller = strings.TrimSpace(line)
+		}
+	}
+	answer := append(bytes.TrimSuffix(id.line(c.RemoteAddr()), []byte("\n")), " "+caller+"\n"...)
+	if _, err := c.Write(answer); err != nil {
+		log.Info("write failed", "peer", c.RemoteAddr().String(), "err", err)
 	}
 }
 

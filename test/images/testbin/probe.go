@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,6 +22,8 @@ type probeConfig struct {
 	interval time.Duration
 	timeout  time.Duration
 	listen   string
+	// caller is sent, as one line, right after each TCP connect (echo --read-caller answers with it).
+	caller string
 }
 
 func parseProbeFlags(args []string) (probeConfig, error) {
@@ -31,6 +34,7 @@ func parseProbeFlags(args []string) (probeConfig, error) {
 	fs.DurationVar(&cfg.interval, "interval", 2*time.Millisecond, "time between the starts of two attempts")
 	fs.DurationVar(&cfg.timeout, "timeout", time.Second, "deadline of one attempt (dial and read)")
 	fs.StringVar(&cfg.listen, "listen", ":8080", "address of the HTTP server (GET /stats, GET /env, POST /reset)")
+	fs.StringVar(&cfg.caller, "caller", "", "over TCP, send this line right after connecting (e.g. $(DD_ENTITY_ID): who is calling)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -126,6 +130,11 @@ func attempt(ctx context.Context, cfg probeConfig) (string, error) {
 			return "", err
 		}
 		return string(buf[:n]), nil
+	}
+	if cfg.caller != "" {
+		if _, err := io.WriteString(conn, cfg.caller+"\n"); err != nil {
+			return "", err
+		}
 	}
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {

@@ -129,7 +129,7 @@ func TestEchoAndAttemptOnLoopback(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() {
-		served <- serveEcho(ctx, slog.New(slog.DiscardHandler), identity{"pod-a", "node-1"}, ln, pc)
+		served <- serveEcho(ctx, slog.New(slog.DiscardHandler), identity{"pod-a", "node-1", false}, ln, pc)
 	}()
 	for _, cfg := range []probeConfig{{target: ln.Addr().String()}, {target: pc.LocalAddr().String(), udp: true}} {
 		cfg.timeout = 5 * time.Second
@@ -141,6 +141,25 @@ func TestEchoAndAttemptOnLoopback(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("serveEcho: %v", err)
+	}
+	// An echo that reads the caller's line answers with it; without one, with "-".
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	ln2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		served <- serveEcho(ctx2, slog.New(slog.DiscardHandler), identity{"pod-a", "node-1", true}, ln2, nil)
+	}()
+	for caller, want := range map[string]string{"uid-1234": "pod-a node-1 127.0.0.1 uid-1234\n", "": "pod-a node-1 127.0.0.1 -\n"} {
+		got, err := attempt(t.Context(), probeConfig{target: ln2.Addr().String(), timeout: 5 * time.Second, caller: caller})
+		if err != nil || got != want {
+			t.Errorf("--read-caller, caller %q: %q, %v; want %q", caller, got, err, want)
+		}
+	}
+	cancel2()
+	if err := <-served; err != nil {
+		t.Errorf("serveEcho --read-caller: %v", err)
 	}
 	// Both sockets are closed now: the kernel refuses.
 	for _, cfg := range []probeConfig{{target: ln.Addr().String()}, {target: pc.LocalAddr().String(), udp: true}} {
