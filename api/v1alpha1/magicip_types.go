@@ -50,6 +50,7 @@ type MagicIPSpec struct {
 	// unspecified, multicast, broadcast, or a cloud platform's address (169.254.169.254 and the
 	// others listed in the README). IPv6 is accepted but not served yet: agents program IPv4
 	// addresses only, and an IPv6 MagicIP is reported Accepted=False (AddressFamilyNotSupported).
+	// A dual-stack MagicIP has its IPv4 address here and its IPv6 address in ipv6Address.
 	// +required
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address such as 169.254.210.210"
