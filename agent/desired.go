@@ -27,6 +27,9 @@ type State struct {
 	Conflicts map[string]v1alpha1.Conflict
 	// Invalid: MagicIPs ignored because they cannot be programmed, with the reason.
 	Invalid map[string]string
+	// Unprogrammed: the addresses left out of MagicIPs that are otherwise served (the IPv6
+	// address of a dual-stack MagicIP: its IPv4 address is programmed), with why.
+	Unprogrammed map[string][]v1alpha1.UnprogrammedAddress
 	// Remote lists the Fallback MagicIPs that have no Ready (non-terminating) producer on this
 	// node: their producers on other nodes must be watched (see RemoteProducers).
 	Remote []v1alpha1.MagicIP
@@ -66,7 +69,7 @@ func (s Service) Key() string { return s.MagicIP + ":" + s.PortName }
 // Desired computes the node's State from all MagicIPs and the pods bound to this node.
 // defaultInterface is used for MagicIPs that do not name a hostInterface.
 func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterface string) State {
-	st := State{Addresses: map[string][]netip.Addr{}, Invalid: map[string]string{}}
+	st := State{Addresses: map[string][]netip.Addr{}, Invalid: map[string]string{}, Unprogrammed: map[string][]v1alpha1.UnprogrammedAddress{}}
 	accepted, conflicts := v1alpha1.ResolveClaims(mips)
 	st.Conflicts = conflicts
 	for _, m := range mips {
@@ -86,6 +89,9 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 		if err != nil {
 			st.Invalid[m.Name] = err.Error()
 			continue
+		}
+		if un := m.Spec.UnprogrammedAddresses(); un != nil { // IPv4 served, IPv6 reported
+			st.Unprogrammed[m.Name] = un
 		}
 		fallback := m.Spec.EffectiveWhenNoLocalProducer() == v1alpha1.Fallback
 		if fallback && len(set.ready) == 0 {

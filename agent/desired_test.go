@@ -526,6 +526,29 @@ func TestDesiredIPv6Reported(t *testing.T) {
 	}
 }
 
+// A dual-stack MagicIP is served on its IPv4 address as an IPv4 one is (same services, same
+// addresses) and its IPv6 address is reported left out, not the MagicIP invalid.
+func TestDesiredDualStackServesIPv4(t *testing.T) {
+	const addr6 = "fd00::a9fe:d2d2"
+	pods := []corev1.Pod{readyPod("dual", []string{"10.244.1.5", "fd00:10:244:1::5"})}
+	dual := newMagicIP("m", testAddr, 0, func(m *v1alpha1.MagicIP) { m.Spec.IPv6Address = addr6 })
+	got := Desired([]v1alpha1.MagicIP{dual}, pods, testNode, testIface)
+	want := Desired([]v1alpha1.MagicIP{newMagicIP("m", testAddr, 0)}, pods, testNode, testIface)
+	if !reflect.DeepEqual(got.Services, want.Services) || !reflect.DeepEqual(got.Addresses, want.Addresses) {
+		t.Errorf("dual-stack MagicIP: services %+v addresses %v, want its IPv4 part as %+v %v", got.Services, got.Addresses, want.Services, want.Addresses)
+	}
+	if len(got.Invalid) != 0 || len(got.Conflicts) != 0 {
+		t.Errorf("dual-stack MagicIP invalid %v, conflicts %v, want neither", got.Invalid, got.Conflicts)
+	}
+	un := got.Unprogrammed["m"]
+	if len(un) != 1 || un[0].Address != addr6 || un[0].Reason != v1alpha1.ReasonAddressFamilyNotSupported {
+		t.Errorf("Unprogrammed[m] = %+v, want %s AddressFamilyNotSupported", un, addr6)
+	}
+	if len(want.Unprogrammed) != 0 {
+		t.Errorf("IPv4 MagicIP: Unprogrammed %+v, want none", want.Unprogrammed)
+	}
+}
+
 // richInput exercises every branch of Desired: several addresses, interfaces, ports, conflicts,
 // invalid MagicIPs and producers that are in and out.
 func richInput() ([]v1alpha1.MagicIP, []corev1.Pod) {

@@ -20,7 +20,8 @@ const recordMessageLimit = 1024
 // nodeRecord is what the node's record says after a sync of mips that ended with res and err: one
 // entry per MagicIP, sorted by name. Conflict and Invalid come from the MagicIP itself; an
 // unavailable interface from this node; a failed sync marks every other MagicIP SyncFailed (the
-// rules may lag behind the API). The rest are programmed, with their local producers.
+// rules may lag behind the API). The rest are programmed, with their local producers and the
+// addresses left out (a dual-stack MagicIP's IPv6 address).
 func nodeRecord(mips []v1alpha1.MagicIP, res SyncResult, err error) []v1alpha1.MagicIPOnNode {
 	out := make([]v1alpha1.MagicIPOnNode, 0, len(mips))
 	for _, m := range mips {
@@ -40,6 +41,7 @@ func nodeRecord(mips []v1alpha1.MagicIP, res SyncResult, err error) []v1alpha1.M
 		default:
 			e.Programmed, e.Reason = true, v1alpha1.ReasonProgrammed
 			e.Producers = localProducers(res.State, m.Name)
+			e.UnprogrammedAddresses = res.State.Unprogrammed[m.Name]
 		}
 		e.Message = kube.Truncate(e.Message, recordMessageLimit)
 		out = append(out, e)

@@ -26,6 +26,10 @@ func TestNodeRecord(t *testing.T) {
 			},
 			Conflicts: map[string]v1alpha1.Conflict{"lost": {Claim: v1alpha1.Claim{Address: netip.MustParseAddr("169.254.210.210"), Port: 8126, Protocol: v1alpha1.ProtocolTCP}, Winner: "dd"}},
 			Invalid:   map[string]string{"bad": "address not allowed"},
+			Unprogrammed: map[string][]v1alpha1.UnprogrammedAddress{
+				"otel": {{Address: "fd00::10", Reason: v1alpha1.ReasonAddressFamilyNotSupported, Message: "IPv6"}},
+				"bad":  {{Address: "fd00::11", Reason: v1alpha1.ReasonAddressFamilyNotSupported, Message: "IPv6"}},
+			},
 		},
 		Unserved:         map[string]string{"apm": "eth9"},
 		FailedInterfaces: map[string]error{"eth9": errors.New("no such interface")},
@@ -36,7 +40,8 @@ func TestNodeRecord(t *testing.T) {
 		{Name: "bad", Reason: v1alpha1.ReasonInvalid, Message: "address not allowed"},
 		{Name: "dd", Programmed: true, Reason: v1alpha1.ReasonProgrammed, Producers: []v1alpha1.LocalProducer{{Pod: "datadog/a", IP: "10.0.0.2"}, {Pod: "datadog/b", IP: "10.0.0.3"}}},
 		{Name: "lost", Reason: v1alpha1.ReasonConflict, Message: "169.254.210.210:8126/TCP is already claimed by MagicIP dd (the older one wins)"},
-		{Name: "otel", Programmed: true, Reason: v1alpha1.ReasonProgrammed},
+		{Name: "otel", Programmed: true, Reason: v1alpha1.ReasonProgrammed, UnprogrammedAddresses: []v1alpha1.UnprogrammedAddress{
+			{Address: "fd00::10", Reason: v1alpha1.ReasonAddressFamilyNotSupported, Message: "IPv6"}}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("record:\n got %+v\nwant %+v", got, want)

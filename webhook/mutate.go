@@ -39,15 +39,17 @@ func envName(s string) string {
 // Endpoint is what one MagicIP injects into a pod, resolved once per MagicIP change rather than
 // per admission request.
 type Endpoint struct {
-	Name      string
-	Address   string
+	Name    string
+	Address string
+	// Address6 is the IPv6 address of a dual-stack MagicIP (spec.ipv6Address), or empty.
+	Address6  string
 	Env       []corev1.EnvVar
 	Hostnames []string
 }
 
 // EndpointOf resolves what m injects.
 func EndpointOf(m v1alpha1.MagicIP) Endpoint {
-	return Endpoint{Name: m.Name, Address: m.Spec.Address, Env: Env(m), Hostnames: m.Spec.Inject.Hostnames}
+	return Endpoint{Name: m.Name, Address: m.Spec.Address, Address6: m.Spec.IPv6Address, Env: Env(m), Hostnames: m.Spec.Inject.Hostnames}
 }
 
 // Catalog is the endpoints pods may get, sorted by name: the MagicIPs Resolve injects (they own
@@ -95,8 +97,8 @@ func (c Catalog) For(annotations map[string]string) []Endpoint {
 }
 
 // Mutate adds the endpoints eps to pod: env vars in every container and init container, before
-// the container's own (a variable the pod already sets keeps its value), hostAliases (merged into
-// an entry for the same IP), and the injected annotation. It returns whether the pod changed; a
+// the container's own (a variable the pod already sets keeps its value), hostAliases (one per
+// address of the endpoint, merged into an entry for the same IP), and the injected annotation. It returns whether the pod changed; a
 // second call changes nothing.
 func Mutate(pod *Pod, eps []Endpoint) bool {
 	changed := false
@@ -108,7 +110,7 @@ func Mutate(pod *Pod, eps []Endpoint) bool {
 	}
 	var names []string
 	for _, e := range eps {
-		changed = addHostAliases(pod, e.Address, e.Hostnames) || changed
+		changed = addHostAliases(pod, e) || changed
 		names = append(names, e.Name)
 	}
 	if len(names) == 0 {
@@ -138,8 +140,11 @@ func Env(m v1alpha1.MagicIP) []corev1.EnvVar {
 	if m.Spec.Inject.EnvEnabled() && len(m.Spec.Ports) > 0 {
 		prefix := envName(m.Name) + "_MAGIC_"
 		env = append(env,
-			corev1.EnvVar{Name: prefix + "HOST", Value: m.Spec.Address},
-			corev1.EnvVar{Name: prefix + "PORT", Value: strconv.Itoa(int(m.Spec.Ports[0].Port))})
+			corev1.EnvVar{Name: prefix + "HOST", Value: m.Spec.Address})
+		if m.Spec.IPv6Address != "" {
+			env = append(env, corev1.EnvVar{Name: prefix + "HOST_IPV6", Value: m.Spec.IPv6Address})
+		}
+		env = append(env, corev1.EnvVar{Name: prefix + "PORT", Value: strconv.Itoa(int(m.Spec.Ports[0].Port))})
 		for _, p := range m.Spec.Ports {
 			env = append(env, corev1.EnvVar{Name: prefix + "PORT_" + envName(p.Name), Value: strconv.Itoa(int(p.Port))})
 		}
@@ -161,10 +166,14 @@ func fieldEnv(name, path string) corev1.EnvVar {
 	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 }
 
-// ExpandTemplate resolves {address}, {port} (the first port) and {port:NAME}. Unknown
-// placeholders are left as they are (the CRD refuses them on admission).
+// ExpandTemplate resolves {address}, {address6} (spec.ipv6Address), {port} (the first port) and
+// {port:NAME}. Unknown placeholders, and {address6} without an IPv6 address, are left as they are
+// (the CRD refuses them on admission).
 func ExpandTemplate(tmpl string, spec v1alpha1.MagicIPSpec) string {
 	pairs := []string{"{address}", spec.Address}
+	if spec.IPv6Address != "" {
+		pairs = append(pairs, "{address6}", spec.IPv6Address)
+	}
 	if len(spec.Ports) > 0 {
 		pairs = append(pairs, "{port}", strconv.Itoa(int(spec.Ports[0].Port)))
 	}
@@ -215,11 +224,13 @@ func remaining(eps []Endpoint, i, j int) int {
 	return n
 }
 
-// addHostAliases adds the hostnames for ip, into an existing entry for ip when there is one. A
-// hostname the pod already maps (to any IP) is left as the pod has it.
-func addHostAliases(pod *Pod, ip string, hostnames []string) bool {
+// addHostAliases maps e's hostnames to each of its addresses, the IPv4 one and, for a dual-stack
+// MagicIP, the IPv6 one (an entry per address, so the resolver gets both families), into an
+// existing entry for the address when there is one. A hostname the pod already maps (to any IP)
+// is left as the pod has it, in both families.
+func addHostAliases(pod *Pod, e Endpoint) bool {
 	var add []string
-	for _, h := range hostnames {
+	for _, h := range e.Hostnames {
 		if !slices.ContainsFunc(pod.Spec.HostAliases, func(a corev1.HostAlias) bool { return slices.Contains(a.Hostnames, h) }) {
 			add = append(add, h)
 		}
@@ -227,12 +238,17 @@ func addHostAliases(pod *Pod, ip string, hostnames []string) bool {
 	if len(add) == 0 {
 		return false
 	}
-	i := slices.IndexFunc(pod.Spec.HostAliases, func(a corev1.HostAlias) bool { return a.IP == ip })
-	if i < 0 {
-		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: ip})
-		i = len(pod.Spec.HostAliases) - 1
+	for _, ip := range [...]string{e.Address, e.Address6} {
+		if ip == "" {
+			continue
+		}
+		i := slices.IndexFunc(pod.Spec.HostAliases, func(a corev1.HostAlias) bool { return a.IP == ip })
+		if i < 0 {
+			pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: ip})
+			i = len(pod.Spec.HostAliases) - 1
+		}
+		pod.Spec.HostAliases[i].Hostnames = append(pod.Spec.HostAliases[i].Hostnames, add...)
 	}
-	pod.Spec.HostAliases[i].Hostnames = append(pod.Spec.HostAliases[i].Hostnames, add...)
 	return true
 }
 

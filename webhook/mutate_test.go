@@ -18,7 +18,11 @@ import (
 const (
 	testAddr  = "169.254.210.210"
 	testAddr2 = "169.254.210.211"
+	testAddr6 = "fd00::a9fe:d2d2"
 )
+
+// dualStack gives the MagicIP spec.ipv6Address testAddr6.
+func dualStack(m *v1alpha1.MagicIP) { m.Spec.IPv6Address = testAddr6 }
 
 var testEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
@@ -178,6 +182,23 @@ func TestEnv(t *testing.T) {
 				val("URL", "http://[fd00::10]:8126"),
 			),
 		},
+		"dual-stack: <NAME>_MAGIC_HOST_IPV6 after <NAME>_MAGIC_HOST, {address6} resolved": {
+			mip: newMIP("otel", testAddr, 0, dualStack, withInject(v1alpha1.Inject{
+				ExtraEnv: []v1alpha1.EnvTemplate{{Name: "OTLP4", Value: "http://{address}:{port}"}, {Name: "OTLP6", Value: "http://[{address6}]:{port:apm}"}},
+			})),
+			want: envs(
+				val("OTEL_MAGIC_HOST", testAddr),
+				val("OTEL_MAGIC_HOST_IPV6", testAddr6),
+				val("OTEL_MAGIC_PORT", "8126"),
+				val("OTEL_MAGIC_PORT_APM", "8126"),
+				val("OTLP4", "http://"+testAddr+":8126"),
+				val("OTLP6", "http://["+testAddr6+"]:8126"),
+			),
+		},
+		"dual-stack with inject.env=false: no standard variables, IPv6 neither": {
+			mip:  newMIP("otel", testAddr, 0, dualStack, withInject(v1alpha1.Inject{Env: ptr.To(false)})),
+			want: nil,
+		},
 		"nodeMetadata: NODE_NAME and NODE_IP from the downward API, last": {
 			mip: newMIP("dd", testAddr, 0, withInject(v1alpha1.Inject{
 				NodeMetadata: true,
@@ -249,6 +270,18 @@ func TestExpandTemplate(t *testing.T) {
 				t.Errorf("ExpandTemplate(%q) = %q, want %q", tc.tmpl, got, tc.want)
 			}
 		})
+	}
+	dual := spec
+	dual.IPv6Address = testAddr6
+	for tmpl, want := range map[string]string{
+		"{address6}": testAddr6, "[{address6}]:{port}": "[" + testAddr6 + "]:1", "{address},{address6}": testAddr + "," + testAddr6,
+	} {
+		if got := ExpandTemplate(tmpl, dual); got != want {
+			t.Errorf("dual-stack: ExpandTemplate(%q) = %q, want %q", tmpl, got, want)
+		}
+	}
+	if got := ExpandTemplate("{address6}", spec); got != "{address6}" {
+		t.Errorf("no ipv6Address: ExpandTemplate({address6}) = %q, want it left as it is", got)
 	}
 }
 
@@ -413,6 +446,34 @@ func TestMutate(t *testing.T) {
 				e := envs(fieldRef("NODE_NAME", "spec.nodeName"), fieldRef("NODE_IP", "status.hostIP"), val("B", testAddr2))
 				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...), injected("a,b"))
 			}(),
+			wantChanged: true,
+		},
+		"dual-stack: HOST_IPV6 in the env, a hostAliases entry per family": {
+			pod:  testPod(),
+			mips: []v1alpha1.MagicIP{ddMIP(dualStack)},
+			want: func() *corev1.Pod {
+				e := slices.Insert(slices.Clone(ddEnv), 1, val("DD_MAGIC_HOST_IPV6", testAddr6))
+				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...),
+					withAliases(ddAlias, corev1.HostAlias{IP: testAddr6, Hostnames: []string{"dd.local"}}), injected("dd"))
+			}(),
+			wantChanged: true,
+		},
+		"dual-stack: merged into the pod's own entries of both addresses; the pod's HOST_IPV6 kept": {
+			pod: testPod(withEnv("sidecar", val("DD_MAGIC_HOST_IPV6", "mine")), withAliases(
+				corev1.HostAlias{IP: testAddr6, Hostnames: []string{"six.local"}}, corev1.HostAlias{IP: testAddr, Hostnames: []string{"four.local"}})),
+			mips: []v1alpha1.MagicIP{ddMIP(dualStack)},
+			want: func() *corev1.Pod {
+				e := slices.Insert(slices.Clone(ddEnv), 1, val("DD_MAGIC_HOST_IPV6", testAddr6))
+				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", ddEnv...), withEnv("sidecar", val("DD_MAGIC_HOST_IPV6", "mine")),
+					withAliases(corev1.HostAlias{IP: testAddr6, Hostnames: []string{"six.local", "dd.local"}}, corev1.HostAlias{IP: testAddr, Hostnames: []string{"four.local", "dd.local"}}),
+					injected("dd"))
+			}(),
+			wantChanged: true,
+		},
+		"dual-stack: a hostname the pod maps itself is left to it, in both families": {
+			pod:         testPod(withEnv("init", ddEnv...), withAliases(corev1.HostAlias{IP: "10.0.0.1", Hostnames: []string{"dd.local"}})),
+			mips:        []v1alpha1.MagicIP{ddMIP(dualStack, withInject(v1alpha1.Inject{Env: ptr.To(false), Hostnames: []string{"dd.local"}}))},
+			want:        testPod(withEnv("init", ddEnv...), withAliases(corev1.HostAlias{IP: "10.0.0.1", Hostnames: []string{"dd.local"}}), injected("dd")),
 			wantChanged: true,
 		},
 		"envFrom: the names its prefix starts are left to it, in that container only": {

@@ -35,13 +35,14 @@ type Resolution struct {
 // Resolve decides what every MagicIP injects. Among those that are injected at all, the oldest
 // (creation time, then name: the rule of address claims) keeps a variable name or hostname; a
 // younger MagicIP that injects it with another value (MagicIPs a.b and a-b both give A_B_MAGIC_HOST,
-// two extraEnv of the same name, a hostname mapped to two addresses) loses that entry only. The
+// two extraEnv of the same name, a hostname mapped to other addresses, or to the same IPv4 address
+// with or without an IPv6 one) loses that entry only. The
 // same name with the same value (NODE_NAME from two MagicIPs' nodeMetadata) is no conflict.
 func Resolve(mips []v1alpha1.MagicIP) Resolution {
 	accepted, claims := v1alpha1.ResolveClaims(mips) // oldest first
 	r := Resolution{Claims: claims, Unprogrammable: map[string]error{}, Shadowed: map[string][]Shadowed{}}
 	env := map[string]owned[corev1.EnvVar]{}
-	hosts := map[string]owned[string]{}
+	hosts := map[string]owned[[2]string]{} // a hostname's addresses: IPv4, IPv6 (or "")
 	for _, m := range accepted {
 		if err := m.Spec.ProgrammableAddress(); err != nil {
 			r.Unprogrammable[m.Name] = err
@@ -52,7 +53,7 @@ func Resolve(mips []v1alpha1.MagicIP) Resolution {
 			return lost(&r, m.Name, false, v.Name, v, env, sameEnv)
 		})
 		e.Hostnames = slices.DeleteFunc(slices.Clone(e.Hostnames), func(h string) bool {
-			return lost(&r, m.Name, true, h, e.Address, hosts, func(a, b string) bool { return a == b })
+			return lost(&r, m.Name, true, h, [2]string{e.Address, e.Address6}, hosts, func(a, b [2]string) bool { return a == b })
 		})
 		r.Endpoints = append(r.Endpoints, e)
 	}

@@ -92,6 +92,26 @@ func TestResolve(t *testing.T) {
 			},
 			wantShadowed: map[string][]Shadowed{"young": {hostname("dd.local", "old")}},
 		},
+		"dual-stack: a hostname is the pair of addresses; HOST_IPV6 is one more variable": {
+			mips: []v1alpha1.MagicIP{
+				newMIP("old", testAddr, 0, noEnv, dualStack, hosts("dd.local", "both.local")),
+				newMIP("v4-only", testAddr, 1, noEnv, withPorts(v1alpha1.MagicIPPort{Name: "s", Port: 8125, Protocol: v1alpha1.ProtocolUDP}), hosts("dd.local")),
+				newMIP("same-pair", testAddr, 2, noEnv, dualStack, withPorts(v1alpha1.MagicIPPort{Name: "t", Port: 8127}), hosts("both.local")),
+				newMIP("a.b", testAddr2, 3, dualStack, withPorts(v1alpha1.MagicIPPort{Name: "apm", Port: 9126})),
+				newMIP("a-b", "169.254.0.9", 4, withPorts(v1alpha1.MagicIPPort{Name: "apm", Port: 9126}), func(m *v1alpha1.MagicIP) { m.Spec.IPv6Address = "fd00::9" }),
+			},
+			want: map[string][]string{
+				"old":       {"hostname dd.local", "hostname both.local"},
+				"v4-only":   nil,
+				"same-pair": {"hostname both.local"},
+				"a.b":       {"A_B_MAGIC_HOST", "A_B_MAGIC_HOST_IPV6", "A_B_MAGIC_PORT", "A_B_MAGIC_PORT_APM"},
+				"a-b":       {"A_B_MAGIC_PORT", "A_B_MAGIC_PORT_APM"},
+			},
+			wantShadowed: map[string][]Shadowed{
+				"v4-only": {hostname("dd.local", "old")},
+				"a-b":     {variable("A_B_MAGIC_HOST", "a.b"), variable("A_B_MAGIC_HOST_IPV6", "a.b")},
+			},
+		},
 		"MagicIPs that are not injected take no names: a claim loser, an IPv6 one": {
 			mips: []v1alpha1.MagicIP{
 				newMIP("v6", "fd00::10", 0, noEnv, extra("X", "v6")),

@@ -145,7 +145,11 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resoluti
 			for _, c := range m.Claims() {
 				claims = append(claims, c.String())
 			}
-			set(v1alpha1.ConditionAccepted, true, "Accepted", "owns "+strings.Join(claims, ", "))
+			msg := "owns " + strings.Join(claims, ", ")
+			for _, u := range m.Spec.UnprogrammedAddresses() {
+				msg += "; not programmed by agents yet (" + u.Reason + "): " + u.Message
+			}
+			set(v1alpha1.ConditionAccepted, true, "Accepted", msg)
 		}
 	}
 	switch shadowed := res.Shadowed[m.Name]; {

@@ -107,6 +107,31 @@ func TestDesiredStatus(t *testing.T) {
 				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
+		"dual-stack: accepted for both claims, the IPv6 address reported not programmed yet": {
+			mips:        []v1alpha1.MagicIP{newMIP("dual", testAddr, 0, dualStack, gen(2))},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{
+					"owns " + testAddr + ":8126/TCP, [" + testAddr6 + "]:8126/TCP",
+					"not programmed by agents yet (AddressFamilyNotSupported): address " + testAddr6 + " is IPv6",
+					"the IPv4 address " + testAddr + " is served"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
+			},
+		},
+		"an IPv6 MagicIP younger than a dual-stack one at its IPv6 address: in conflict": {
+			mips:        []v1alpha1.MagicIP{newMIP("v6", testAddr6, 5), newMIP("dual", testAddr, 0, dualStack)},
+			nsExists:    true,
+			wantSummary: "8126/TCP",
+			want: map[string]wantCondition{
+				v1alpha1.ConditionAccepted:          {metav1.ConditionFalse, "Conflict", []string{"[" + testAddr6 + "]:8126/TCP is already claimed by MagicIP dual"}},
+				v1alpha1.ConditionConflict:          {metav1.ConditionTrue, "ClaimTaken", []string{"dual"}},
+				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
+				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
+			},
+		},
 		"IPv6 that loses a claim: the conflict is reported": {
 			mips:        []v1alpha1.MagicIP{newMIP("v6-young", "fd00::10", 5), newMIP("v6-old", "fd00::10", 0)},
 			nsExists:    true,

@@ -76,17 +76,45 @@ func ResolveClaims(mips []MagicIP) (accepted []MagicIP, conflicts map[string]Con
 	return accepted, conflicts
 }
 
-// Claims lists the address+port+protocol triples of m (none when the address does not parse).
+// Claims lists the address+port+protocol triples of m, for address and then ipv6Address (none
+// when the address does not parse; none for an ipv6Address that is no IPv6 address, which the CRD
+// refuses): a dual-stack MagicIP claims each port on both addresses, served or not yet, so that no
+// other MagicIP takes the IPv6 address meanwhile.
 func (m *MagicIP) Claims() []Claim {
 	addr, err := netip.ParseAddr(m.Spec.Address)
 	if err != nil {
 		return nil
 	}
-	out := make([]Claim, len(m.Spec.Ports))
-	for i, p := range m.Spec.Ports {
-		out[i] = Claim{Address: addr.Unmap(), Port: p.Port, Protocol: p.EffectiveProtocol()}
+	addrs := []netip.Addr{addr.Unmap()}
+	if v6, ok := m.Spec.ipv6(); ok {
+		addrs = append(addrs, v6)
+	}
+	out := make([]Claim, 0, len(addrs)*len(m.Spec.Ports))
+	for _, a := range addrs {
+		for _, p := range m.Spec.Ports {
+			out = append(out, Claim{Address: a, Port: p.Port, Protocol: p.EffectiveProtocol()})
+		}
 	}
 	return out
+}
+
+// ipv6 is spec.ipv6Address when it is set and a true IPv6 address (not IPv4-mapped).
+func (s MagicIPSpec) ipv6() (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s.IPv6Address)
+	return a, err == nil && a.Is6() && !a.Is4In6()
+}
+
+// UnprogrammedAddresses lists the addresses of s that agents leave out while they program the
+// rest, with why: the ipv6Address of a dual-stack MagicIP, until agents program IPv6. The agent
+// reports them in its MagicIPNode record and the status controller in the Accepted message.
+func (s MagicIPSpec) UnprogrammedAddresses() []UnprogrammedAddress {
+	if s.IPv6Address == "" {
+		return nil
+	}
+	return []UnprogrammedAddress{{
+		Address: s.IPv6Address, Reason: ReasonAddressFamilyNotSupported,
+		Message: fmt.Sprintf("address %s is IPv6: %v; the IPv4 address %s is served", s.IPv6Address, ErrAddressFamilyNotSupported, s.Address),
+	}}
 }
 
 // ReasonAddressFamilyNotSupported is the Accepted=False reason of a MagicIP whose address no agent

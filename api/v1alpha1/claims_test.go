@@ -30,6 +30,12 @@ func mip(name, addr string, age int, ports ...v1alpha1.MagicIPPort) v1alpha1.Mag
 	}
 }
 
+// dual is m with spec.ipv6Address v6.
+func dual(m v1alpha1.MagicIP, v6 string) v1alpha1.MagicIP {
+	m.Spec.IPv6Address = v6
+	return m
+}
+
 func terminating(m v1alpha1.MagicIP) v1alpha1.MagicIP {
 	now := metav1.NewTime(epoch.Add(time.Hour))
 	m.DeletionTimestamp = &now
@@ -45,6 +51,7 @@ const (
 	udp = v1alpha1.ProtocolUDP
 	ip1 = "169.254.210.210"
 	ip2 = "169.254.210.211"
+	ip6 = "fd00::a9fe:d2d2"
 )
 
 func TestResolveClaims(t *testing.T) {
@@ -130,6 +137,23 @@ func TestResolveClaims(t *testing.T) {
 			wantAccepted:  []string{"v4"},
 			wantConflicts: map[string]v1alpha1.Conflict{"mapped": {Claim: claim(ip1, 8126, tcp), Winner: "v4"}},
 		},
+		"a dual-stack MagicIP's IPv6 address is claimed against another's address": {
+			mips: []v1alpha1.MagicIP{
+				dual(mip("dual", ip1, 0, port(53, udp)), ip6),
+				mip("v6", ip6, 1, port(53, udp)),
+				mip("v6-other-port", ip6, 2, port(54, udp)),
+			},
+			wantAccepted:  []string{"dual", "v6-other-port"},
+			wantConflicts: map[string]v1alpha1.Conflict{"v6": {Claim: claim(ip6, 53, udp), Winner: "dual"}},
+		},
+		"two dual-stack MagicIPs clash on the IPv6 address alone": {
+			mips: []v1alpha1.MagicIP{
+				dual(mip("young", ip2, 1, port(53, udp)), ip6),
+				dual(mip("old", ip1, 0, port(53, udp)), ip6),
+			},
+			wantAccepted:  []string{"old"},
+			wantConflicts: map[string]v1alpha1.Conflict{"young": {Claim: claim(ip6, 53, udp), Winner: "old"}},
+		},
 		"a terminating MagicIP claims nothing": {
 			mips: []v1alpha1.MagicIP{
 				terminating(mip("old", ip1, 0, port(8126, tcp))),
@@ -204,6 +228,14 @@ func TestClaims(t *testing.T) {
 		},
 		"unparsable address": {
 			m: mip("m", "not-an-ip", 0, port(8126, tcp)),
+		},
+		"dual-stack: every port on both addresses": {
+			m:    dual(mip("m", ip1, 0, port(8126, tcp), port(8125, udp)), ip6),
+			want: []v1alpha1.Claim{claim(ip1, 8126, tcp), claim(ip1, 8125, udp), claim(ip6, 8126, tcp), claim(ip6, 8125, udp)},
+		},
+		"an ipv6Address that is not IPv6 claims nothing more": {
+			m:    dual(mip("m", ip1, 0, port(8126, tcp)), "::ffff:"+ip2),
+			want: []v1alpha1.Claim{claim(ip1, 8126, tcp)},
 		},
 	}
 	for name, tc := range tests {
@@ -418,5 +450,16 @@ func TestProgrammableAddress(t *testing.T) {
 				t.Errorf("ProgrammableAddress(%s) = %v: errors.Is(ErrAddressFamilyNotSupported) = %v, want %v", tc.addr, err, !tc.wantFamily, tc.wantFamily)
 			}
 		})
+	}
+}
+
+func TestUnprogrammedAddresses(t *testing.T) {
+	if got := mip("v4", ip1, 0, port(53, udp)).Spec.UnprogrammedAddresses(); got != nil {
+		t.Errorf("IPv4 MagicIP: %+v, want none", got)
+	}
+	got := dual(mip("dual", ip1, 0, port(53, udp)), ip6).Spec.UnprogrammedAddresses()
+	if len(got) != 1 || got[0].Address != ip6 || got[0].Reason != v1alpha1.ReasonAddressFamilyNotSupported ||
+		!strings.Contains(got[0].Message, "IPv4 magic addresses only") || !strings.Contains(got[0].Message, "the IPv4 address "+ip1+" is served") {
+		t.Errorf("dual-stack MagicIP: %+v, want %s AddressFamilyNotSupported, %s served", got, ip6, ip1)
 	}
 }

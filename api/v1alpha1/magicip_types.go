@@ -42,12 +42,15 @@ const (
 
 // MagicIPSpec is the desired state of a MagicIP.
 // +kubebuilder:validation:XValidation:rule="!has(self.inject) || !has(self.inject.extraEnv) || self.inject.extraEnv.all(e, e.value.findAll('[{]port:[^}]*[}]').all(m, self.ports.exists(p, m == '{port:' + p.name + '}')))",message="inject.extraEnv: a {port:NAME} placeholder must name a port listed in spec.ports",fieldPath=".inject.extraEnv"
+// +kubebuilder:validation:XValidation:rule="!has(self.ipv6Address) || !isIP(self.address) || ip(self.address).family() == 4",message="must be the IPv4 address when spec.ipv6Address is set: a MagicIP has at most one address per family (an IPv6-only MagicIP sets spec.address alone)",fieldPath=".address"
+// +kubebuilder:validation:XValidation:rule="has(self.ipv6Address) || !has(self.inject) || !has(self.inject.extraEnv) || self.inject.extraEnv.all(e, !e.value.contains('{address6}'))",message="inject.extraEnv: the {address6} placeholder needs spec.ipv6Address",fieldPath=".inject.extraEnv"
 type MagicIPSpec struct {
 	// Address is the well-known IP that pods connect to, for example 169.254.210.210 (link-local
 	// addresses are the usual choice). It must be in canonical form and must not be loopback,
 	// unspecified, multicast, broadcast, or a cloud platform's address (169.254.169.254 and the
 	// others listed in the README). IPv6 is accepted but not served yet: agents program IPv4
 	// addresses only, and an IPv6 MagicIP is reported Accepted=False (AddressFamilyNotSupported).
+	// A dual-stack MagicIP has its IPv4 address here and its IPv6 address in ipv6Address.
 	// +required
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address such as 169.254.210.210"
@@ -65,6 +68,21 @@ type MagicIPSpec struct {
 	// health probes), 169.254.42.42 and fd00:42::42 Scaleway, 192.0.0.192 Oracle Cloud Classic.
 	// +kubebuilder:validation:XValidation:rule="!(self in ['169.254.169.254', '169.254.169.123', '169.254.169.253', '169.254.170.2', '169.254.170.23', '169.254.0.23', '169.254.42.42', '100.100.100.200', '168.63.129.16', '192.0.0.192', 'fd00:ec2::254', 'fd00:ec2::123', 'fd00:ec2::253', 'fd00:ec2::23', 'fd20:ce::254', 'fd00:42::42'])",messageExpression="'must not be ' + self + ', a cloud platform address (instance metadata, credentials, time or DNS; see the README): the MagicIP would take it over on every node; use another link-local address such as 169.254.210.210'"
 	Address string `json:"address"`
+
+	// IPv6Address makes the MagicIP dual-stack: the IPv6 well-known address, next to the IPv4 one
+	// in address (which must then be IPv4), for example fd00::a9fe:d2d2. It must be in canonical
+	// form, in fe80::/10 (link-local) or fd00::/8 (the locally assigned unique-local half: the
+	// agent's default --allowed-address-ranges), and not a cloud platform's address (listed under
+	// address). It claims the same ports as address. Agents do not program it yet: they program
+	// address and report this one not programmed (AddressFamilyNotSupported); the webhook injects
+	// it as <NAME>_MAGIC_HOST_IPV6, {address6} and a hostAliases entry.
+	// +optional
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 6",message="must be an IPv6 address such as fd00::a9fe:d2d2 (the IPv4 address goes in spec.address)"
+	// +kubebuilder:validation:XValidation:rule="!isIP(self) || ip.isCanonical(self)",message="must be written in canonical form (lower case, shortest form, e.g. fd00::10)"
+	// +kubebuilder:validation:XValidation:rule="!isIP(self) || ip(self).family() != 6 || cidr('fe80::/10').containsIP(self) || cidr('fd00::/8').containsIP(self)",message="must be in fe80::/10 (link-local) or fd00::/8 (unique local), the ranges every node may own and nothing routes, e.g. fd00::a9fe:d2d2"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['169.254.169.254', '169.254.169.123', '169.254.169.253', '169.254.170.2', '169.254.170.23', '169.254.0.23', '169.254.42.42', '100.100.100.200', '168.63.129.16', '192.0.0.192', 'fd00:ec2::254', 'fd00:ec2::123', 'fd00:ec2::253', 'fd00:ec2::23', 'fd20:ce::254', 'fd00:42::42'])",messageExpression="'must not be ' + self + ', a cloud platform address (instance metadata, credentials, time or DNS; see the README): the MagicIP would take it over on every node; use another address such as fd00::a9fe:d2d2'"
+	IPv6Address string `json:"ipv6Address,omitempty"`
 
 	// Ports served at the address. Names and (port, protocol) pairs must be unique.
 	// +required
@@ -188,12 +206,14 @@ type LabelSelectorRequirement struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.podIdentity) || self.podIdentity.all(i, !(has(self.extraEnv) && self.extraEnv.exists(e, e.name == i.name)) && !(has(self.nodeMetadata) && self.nodeMetadata && i.name in ['NODE_NAME', 'NODE_IP']))",message="a name must not also be an extraEnv name, nor NODE_NAME or NODE_IP when nodeMetadata is true: the pod would get only one of the two values",fieldPath=".podIdentity"
 type Inject struct {
 	// Env adds the standard variables <NAME>_MAGIC_HOST, <NAME>_MAGIC_PORT and
-	// <NAME>_MAGIC_PORT_<PORTNAME>, where NAME is the MagicIP's name upper-cased with '-' as '_'.
+	// <NAME>_MAGIC_PORT_<PORTNAME>, where NAME is the MagicIP's name upper-cased with '-' as '_',
+	// and <NAME>_MAGIC_HOST_IPV6 (spec.ipv6Address) when the MagicIP is dual-stack.
 	// +optional
 	// +kubebuilder:default=true
 	Env *bool `json:"env,omitempty"`
 
 	// ExtraEnv adds variables whose values are templates: {address} is the magic address,
+	// {address6} the IPv6 one (spec.ipv6Address; write http://[{address6}]:{port} in a URL),
 	// {port} the first port and {port:NAME} the port named NAME, e.g. http://{address}:{port:apm}.
 	// +optional
 	// +listType=map
@@ -201,7 +221,8 @@ type Inject struct {
 	// +kubebuilder:validation:MaxItems=16
 	ExtraEnv []EnvTemplate `json:"extraEnv,omitempty"`
 
-	// Hostnames are added to the pod's hostAliases, resolving to the magic address.
+	// Hostnames are added to the pod's hostAliases, resolving to the magic address, and to
+	// spec.ipv6Address too when it is set (one hostAliases entry per address).
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=16
@@ -259,10 +280,10 @@ type EnvTemplate struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",message="must be a C identifier: letters, digits and '_', not starting with a digit (e.g. DD_AGENT_HOST)"
 	Name string `json:"name"`
 
-	// Value template. Placeholders: {address}, {port}, {port:NAME}.
+	// Value template. Placeholders: {address}, {address6}, {port}, {port:NAME}.
 	// +required
 	// +kubebuilder:validation:MaxLength=256
-	// +kubebuilder:validation:XValidation:rule="self.findAll('[{][^}]*[}]').all(m, m == '{address}' || m == '{port}' || m.startsWith('{port:'))",message="unknown placeholder: use {address}, {port} or {port:NAME}"
+	// +kubebuilder:validation:XValidation:rule="self.findAll('[{][^}]*[}]').all(m, m == '{address}' || m == '{address6}' || m == '{port}' || m.startsWith('{port:'))",message="unknown placeholder: use {address}, {address6}, {port} or {port:NAME}"
 	Value string `json:"value"`
 }
 
@@ -306,6 +327,7 @@ type NodeCounts struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=mip,categories=magic-ip
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.address`
+// +kubebuilder:printcolumn:name="IPv6-Address",type=string,JSONPath=`.spec.ipv6Address`,priority=1
 // +kubebuilder:printcolumn:name="Ports",type=string,JSONPath=`.status.portSummary`
 // +kubebuilder:printcolumn:name="Programmed",type=integer,JSONPath=`.status.nodes.programmed`
 // +kubebuilder:printcolumn:name="Local-Producers",type=integer,JSONPath=`.status.nodes.localProducers`

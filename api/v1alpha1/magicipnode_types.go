@@ -78,12 +78,37 @@ type MagicIPOnNode struct {
 	// +kubebuilder:validation:MaxLength=1024
 	Message string `json:"message,omitempty"`
 
+	// UnprogrammedAddresses are the MagicIP's addresses left out on the node while the rest of it
+	// is programmed, with why: today the IPv6 address of a dual-stack MagicIP
+	// (AddressFamilyNotSupported), its IPv4 address being served.
+	// +optional
+	// +listType=map
+	// +listMapKey=address
+	// +kubebuilder:validation:MaxItems=2
+	UnprogrammedAddresses []UnprogrammedAddress `json:"unprogrammedAddresses,omitempty"`
+
 	// Producers are the local producer pods new connections go to (none: connections get the
 	// MagicIP's whenNoLocalProducer).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
 	Producers []LocalProducer `json:"producers,omitempty"`
+}
+
+// UnprogrammedAddress is one address of a MagicIP that is not programmed, with why.
+type UnprogrammedAddress struct {
+	// Address is the magic address left out.
+	// +required
+	// +kubebuilder:validation:MaxLength=45
+	Address string `json:"address"`
+	// Reason is AddressFamilyNotSupported.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason"`
+	// Message says why, and what is served instead.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Message string `json:"message,omitempty"`
 }
 
 // LocalProducer is a producer pod on the node.

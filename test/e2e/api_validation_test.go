@@ -39,6 +39,11 @@ func metadataCase(addr string) validationCase {
 		"must not be " + addr + ", a cloud platform address"}
 }
 
+// ipv6Case: a dual-stack MagicIP whose spec.ipv6Address is addr is refused with message.
+func ipv6Case(addr, message string) validationCase {
+	return validationCase{func(s *v1alpha1.MagicIPSpec) { s.IPv6Address = addr }, "spec.ipv6Address", message}
+}
+
 // TestMagicIPValidation creates invalid MagicIPs against the real API server: each must be refused
 // with a message that names the field and says what to fix.
 func TestMagicIPValidation(t *testing.T) {
@@ -66,6 +71,25 @@ func TestMagicIPValidation(t *testing.T) {
 		// An IPv4-mapped IPv6 spelling does not get around the list: it is no IP to the API server.
 		"address IPv4-mapped metadata": {func(s *v1alpha1.MagicIPSpec) { s.Address = "::ffff:169.254.169.254" }, "spec.address",
 			"must be an IP address"},
+		// Dual-stack: spec.ipv6Address is IPv6, canonical, in the agents' default IPv6 ranges, no
+		// cloud address, and spec.address then holds the IPv4 address (one address per family).
+		"ipv6Address IPv4":            ipv6Case("169.254.210.211", "must be an IPv6 address"),
+		"ipv6Address not an IP":       ipv6Case("otel.local", "must be an IPv6 address"),
+		"ipv6Address IPv4-mapped":     ipv6Case("::ffff:169.254.210.211", "must be an IPv6 address"),
+		"ipv6Address not canonical":   ipv6Case("FD00::10", "canonical form"),
+		"ipv6Address global unicast":  ipv6Case("2001:db8::10", "must be in fe80::/10 (link-local) or fd00::/8"),
+		"ipv6Address fc00::/8 half":   ipv6Case("fc00::10", "must be in fe80::/10 (link-local) or fd00::/8"),
+		"ipv6Address loopback":        ipv6Case("::1", "must be in fe80::/10 (link-local) or fd00::/8"),
+		"ipv6Address unspecified":     ipv6Case("::", "must be in fe80::/10 (link-local) or fd00::/8"),
+		"ipv6Address multicast":       ipv6Case("ff02::1", "must be in fe80::/10 (link-local) or fd00::/8"),
+		"ipv6Address AWS IMDS":        ipv6Case("fd00:ec2::254", "must not be fd00:ec2::254, a cloud platform address"),
+		"ipv6Address Scaleway":        ipv6Case("fd00:42::42", "must not be fd00:42::42, a cloud platform address"),
+		"ipv6Address GCP outside too": ipv6Case("fd20:ce::254", "must not be fd20:ce::254, a cloud platform address"),
+		"two IPv6 addresses": {func(s *v1alpha1.MagicIPSpec) { s.Address, s.IPv6Address = "fd00::10", "fd00::11" }, "spec.address",
+			"must be the IPv4 address when spec.ipv6Address is set"},
+		"{address6} without ipv6Address": {func(s *v1alpha1.MagicIPSpec) {
+			s.Inject.ExtraEnv = []v1alpha1.EnvTemplate{{Name: "OTLP", Value: "http://[{address6}]:{port}"}}
+		}, "spec.inject.extraEnv", "the {address6} placeholder needs spec.ipv6Address"},
 		"no ports":  {func(s *v1alpha1.MagicIPSpec) { s.Ports = nil }, "spec.ports", "Required value"},
 		"port zero": {func(s *v1alpha1.MagicIPSpec) { s.Ports[0].Port = 0 }, "spec.ports[0].port", "greater than or equal to 1"},
 		"port too big": {func(s *v1alpha1.MagicIPSpec) { s.Ports[0].Port = 65536 }, "spec.ports[0].port",
@@ -174,6 +198,11 @@ func TestMagicIPValid(t *testing.T) {
 	}
 	ipv6 := validSpec()
 	ipv6.Address = "fe80::a9fe:d2d2"
+	dual := validSpec()
+	dual.IPv6Address = "fd00::a9fe:d2d2"
+	dual.Inject.ExtraEnv = []v1alpha1.EnvTemplate{{Name: "OTLP", Value: "http://[{address6}]:{port}"}, {Name: "HOSTS", Value: "{address},{address6}"}}
+	dualLinkLocal := validSpec()
+	dualLinkLocal.IPv6Address = "fe80::a9fe:d2d3"
 	same := validSpec() // the same address and port as "minimal" is valid: conflicts are status, not schema
 	cases := map[string]struct {
 		spec  v1alpha1.MagicIPSpec
@@ -198,7 +227,13 @@ func TestMagicIPValid(t *testing.T) {
 				t.Errorf("whenNoLocalProducer %q, want Fallback", got.WhenNoLocalProducer)
 			}
 		}},
-		"ipv6 link-local":                     {ipv6, nil},
+		"ipv6 link-local": {ipv6, nil},
+		"dual-stack": {dual, func(t *testing.T, got v1alpha1.MagicIPSpec) {
+			if got.Address != dual.Address || got.IPv6Address != dual.IPv6Address || !reflect.DeepEqual(got.Inject.ExtraEnv, dual.Inject.ExtraEnv) {
+				t.Errorf("dual-stack spec not kept: %+v", got)
+			}
+		}},
+		"dual-stack link-local":               {dualLinkLocal, nil},
 		"same as minimal":                     {same, nil},
 		"public unicast":                      {func() v1alpha1.MagicIPSpec { s := validSpec(); s.Address = "10.96.0.10"; return s }(), nil},
 		"a neighbour of the metadata address": {func() v1alpha1.MagicIPSpec { s := validSpec(); s.Address = "169.254.169.250"; return s }(), nil},
@@ -222,7 +257,7 @@ func TestMagicIPValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, col := range []string{"ADDRESS", "PORTS", "PROGRAMMED", "LOCAL-PRODUCERS", "FAILING", "PRODUCER", "ACCEPTED", "AGE", "169.254.210.210", "fe80::a9fe:d2d2", "datadog"} {
+	for _, col := range []string{"ADDRESS", "IPV6-ADDRESS", "PORTS", "PROGRAMMED", "LOCAL-PRODUCERS", "FAILING", "PRODUCER", "ACCEPTED", "AGE", "169.254.210.210", "fe80::a9fe:d2d2", "fd00::a9fe:d2d2", "datadog"} {
 		if !strings.Contains(out, col) {
 			t.Errorf("kubectl get mip: no %q in\n%s", col, out)
 		}
