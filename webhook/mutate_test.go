@@ -448,24 +448,24 @@ func TestMutate(t *testing.T) {
 			}(),
 			wantChanged: true,
 		},
-		"dual-stack: HOST_IPV6 in the env, a hostAliases entry per family": {
+		"dual-stack: HOST_IPV6 in the env; hostAliases for IPv4 only while agents do not program IPv6": {
 			pod:  testPod(),
 			mips: []v1alpha1.MagicIP{ddMIP(dualStack)},
 			want: func() *corev1.Pod {
 				e := slices.Insert(slices.Clone(ddEnv), 1, val("DD_MAGIC_HOST_IPV6", testAddr6))
 				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...),
-					withAliases(ddAlias, corev1.HostAlias{IP: testAddr6, Hostnames: []string{"dd.local"}}), injected("dd"))
+					withAliases(ddAlias), injected("dd"))
 			}(),
 			wantChanged: true,
 		},
-		"dual-stack: merged into the pod's own entries of both addresses; the pod's HOST_IPV6 kept": {
+		"dual-stack: merged into the pod's own IPv4 entry, its IPv6 entry left alone; the pod's HOST_IPV6 kept": {
 			pod: testPod(withEnv("sidecar", val("DD_MAGIC_HOST_IPV6", "mine")), withAliases(
 				corev1.HostAlias{IP: testAddr6, Hostnames: []string{"six.local"}}, corev1.HostAlias{IP: testAddr, Hostnames: []string{"four.local"}})),
 			mips: []v1alpha1.MagicIP{ddMIP(dualStack)},
 			want: func() *corev1.Pod {
 				e := slices.Insert(slices.Clone(ddEnv), 1, val("DD_MAGIC_HOST_IPV6", testAddr6))
 				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", ddEnv...), withEnv("sidecar", val("DD_MAGIC_HOST_IPV6", "mine")),
-					withAliases(corev1.HostAlias{IP: testAddr6, Hostnames: []string{"six.local", "dd.local"}}, corev1.HostAlias{IP: testAddr, Hostnames: []string{"four.local", "dd.local"}}),
+					withAliases(corev1.HostAlias{IP: testAddr6, Hostnames: []string{"six.local"}}, corev1.HostAlias{IP: testAddr, Hostnames: []string{"four.local", "dd.local"}}),
 					injected("dd"))
 			}(),
 			wantChanged: true,

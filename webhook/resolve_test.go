@@ -92,7 +92,7 @@ func TestResolve(t *testing.T) {
 			},
 			wantShadowed: map[string][]Shadowed{"young": {hostname("dd.local", "old")}},
 		},
-		"dual-stack: a hostname is the pair of addresses; HOST_IPV6 is one more variable": {
+		"dual-stack: a hostname maps to the addresses agents program (IPv4 for now, so the IPv4-only MagicIP shares it); HOST_IPV6 is one more variable": {
 			mips: []v1alpha1.MagicIP{
 				newMIP("old", testAddr, 0, noEnv, dualStack, hosts("dd.local", "both.local")),
 				newMIP("v4-only", testAddr, 1, noEnv, withPorts(v1alpha1.MagicIPPort{Name: "s", Port: 8125, Protocol: v1alpha1.ProtocolUDP}), hosts("dd.local")),
@@ -102,14 +102,13 @@ func TestResolve(t *testing.T) {
 			},
 			want: map[string][]string{
 				"old":       {"hostname dd.local", "hostname both.local"},
-				"v4-only":   nil,
+				"v4-only":   {"hostname dd.local"},
 				"same-pair": {"hostname both.local"},
 				"a.b":       {"A_B_MAGIC_HOST", "A_B_MAGIC_HOST_IPV6", "A_B_MAGIC_PORT", "A_B_MAGIC_PORT_APM"},
 				"a-b":       {"A_B_MAGIC_PORT", "A_B_MAGIC_PORT_APM"},
 			},
 			wantShadowed: map[string][]Shadowed{
-				"v4-only": {hostname("dd.local", "old")},
-				"a-b":     {variable("A_B_MAGIC_HOST", "a.b"), variable("A_B_MAGIC_HOST_IPV6", "a.b")},
+				"a-b": {variable("A_B_MAGIC_HOST", "a.b"), variable("A_B_MAGIC_HOST_IPV6", "a.b")},
 			},
 		},
 		"MagicIPs that are not injected take no names: a claim loser, an IPv6 one": {
