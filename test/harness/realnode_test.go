@@ -180,8 +180,11 @@ func checkRealNodesGone(t *testing.T, before map[string]bool, traces []realNodeT
 		for _, pid := range tr.pids {
 			// A pid that runs again may be another process (pids are reused on a busy machine):
 			// it counts only while it is still in the node's cgroup.
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil && strings.Contains(string(b), "/"+tr.cgroup) {
-				t.Errorf("node cgroup %s: process %d still runs", tr.cgroup, pid)
+			// A zombie is dead: a container's init, killed and reparented to the machine's init,
+			// stays one until that init reaps it.
+			status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil && strings.Contains(string(b), "/"+tr.cgroup) && !isZombie(string(status)) {
+				t.Errorf("node cgroup %s: process %d still runs: %s\n%s", tr.cgroup, pid, procSummary(string(status)), b)
 			}
 		}
 		left, err := NodeCgroupsLeft(tr.cgroup)
@@ -252,6 +255,9 @@ func processesInCgroup(name string) ([]string, error) {
 		if err != nil {
 			continue // not a process, or gone
 		}
+		if status, err := os.ReadFile("/proc/" + e.Name() + "/status"); err != nil || isZombie(string(status)) {
+			continue // gone, or dead and waiting to be reaped
+		}
 		for _, line := range strings.Split(string(b), "\n") {
 			if _, path, ok := strings.Cut(line, ":/"+name); ok && (path == "" || strings.HasPrefix(path, "/")) {
 				found = append(found, e.Name())
@@ -260,4 +266,25 @@ func processesInCgroup(name string) ([]string, error) {
 		}
 	}
 	return found, nil
+}
+
+// procSummary is the Name, State and PPid lines of a /proc/<pid>/status.
+func procSummary(status string) string {
+	var out []string
+	for _, l := range strings.Split(status, "\n") {
+		if strings.HasPrefix(l, "Name:") || strings.HasPrefix(l, "State:") || strings.HasPrefix(l, "PPid:") {
+			out = append(out, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// isZombie reports whether a /proc/<pid>/status is a zombie's (State: Z).
+func isZombie(status string) bool {
+	for _, l := range strings.Split(status, "\n") {
+		if strings.HasPrefix(l, "State:") {
+			return strings.HasPrefix(strings.TrimSpace(strings.TrimPrefix(l, "State:")), "Z")
+		}
+	}
+	return false
 }
