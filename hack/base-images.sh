@@ -125,6 +125,11 @@ make_golang() {
 	log "copying $goroot ($have_version) to /usr/local/go"
 	buildah copy --quiet "$c" "$goroot" /usr/local/go >/dev/null
 	buildah run "$c" -- sh -c 'mkdir -p /go/src /go/bin && chmod -R 1777 /go'
+	# This machine's CA bundle: its way to the module proxy may go through a TLS proxy whose CA
+	# Debian's bundle lacks (a fresh run failed "x509: certificate signed by unknown authority").
+	if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+		buildah copy --quiet "$c" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
+	fi
 	buildah config --env "PATH=/go/bin:/usr/local/go/bin:${PATH_ENV#PATH=}" --env "GOLANG_VERSION=${want#go}" \
 		--env GOTOOLCHAIN=local --env GOPATH=/go --env "GOPROXY=$(go env GOPROXY)" --env "GOFLAGS=$(go env GOFLAGS)" \
 		--workingdir /go --label "dev.magic-ip.base-stand-in=$GOLANG" "$c"

@@ -110,6 +110,8 @@ build() {
 		if [[ ${IMAGES_GO_CACHE:-host} == host ]]; then
 			mkdir -p "$(go env GOMODCACHE)" "$(go env GOCACHE)"
 			args+=(-v "$(go env GOMODCACHE):/go/pkg/mod" -v "$(go env GOCACHE):/root/.cache/go-build")
+			# The builder's `go mod download` then finds every module in the shared cache.
+			go mod download >&2
 		fi
 	fi
 	rm -f "$dir/$name.tar.tmp"
