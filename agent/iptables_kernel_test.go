@@ -220,7 +220,7 @@ func TestSyncRepairsEditedRule(t *testing.T) {
 		},
 	}
 	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-		s := &Syncer{Ipt: ipt, Links: links, Local: ExternalInterfaces("eth0"), Log: testr.New(t)}
+		s := &Syncer{Datapath: &IptablesDatapath{Ipt: ipt, Local: ExternalInterfaces("eth0"), Log: testr.New(t)}, Links: links, Log: testr.New(t)}
 		ctx := context.Background()
 		if _, err := s.Sync(ctx, st, true); err != nil {
 			return err
@@ -254,7 +254,7 @@ func TestSyncChangeIsNotDrift(t *testing.T) {
 	ns := newNetns(t, "driftrace")
 	states := []State{fleet(300, 0), fleet(299, 1), fleet(300, 2), fleet(300, 0)}
 	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-		s := &Syncer{Ipt: ipt, Links: links, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}
+		s := &Syncer{Datapath: &IptablesDatapath{Ipt: ipt, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}, Links: links, Log: logr.Discard()}
 		ctx := context.Background()
 		for i, st := range states {
 			res, err := s.Sync(ctx, st, true)
