@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,7 @@ type Kernel struct {
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
 // namespace of netnsFd.
 func NewKernel(netnsFd int) (*Kernel, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(roomForAcks)}
 	if netnsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
 	}
@@ -31,6 +32,34 @@ func NewKernel(netnsFd int) (*Kernel, error) {
 		return nil, fmt.Errorf("nftables netlink: %w", err)
 	}
 	return &Kernel{conn: conn, table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}}, nil
+}
+
+// ackBuffer is the receive buffer of our socket: the kernel acknowledges every message of a
+// transaction at once (google/nftables asks for an ack per message), one small skb each, and a
+// table of 1,000 MagicIPs is some 15,000 messages. The default buffer (rmem_default, ~200 KiB)
+// overflows at a few hundred (ENOBUFS).
+const ackBuffer = 64 << 20
+
+// roomForAcks makes acks carry no copy of the request (NETLINK_CAP_ACK) and forces a receive
+// buffer that holds them all (SO_RCVBUFFORCE, the agent has CAP_NET_ADMIN).
+func roomForAcks(c *netlink.Conn) error {
+	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+		return fmt.Errorf("netlink NETLINK_CAP_ACK: %w", err)
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, ackBuffer)
+	}); err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink receive buffer of %d bytes (SO_RCVBUFFORCE): %w", ackBuffer, serr)
+	}
+	return nil
 }
 
 // Close closes the netlink socket.

@@ -105,28 +105,28 @@ func toServices(addrs []netip.Addr) []Rule {
 }
 
 // postrouting: a host client keeps the magic address as source, so its redirected connections are
-// masqueraded (the replies would otherwise be martians); a producer reaching itself through its
-// magic address is masqueraded too (hairpin), one rule per local producer IP.
+// masqueraded (the replies would otherwise be martians); a producer reaching itself through a
+// DNAT is masqueraded too (hairpin), one rule per local producer IP. Unlike the iptables hairpin
+// chains, the rule does not check that the connection was first sent to the magic address
+// (ct original ip daddr): google/nftables v0.3.0 cannot read back the ct direction that match
+// needs, so drift could not be checked. A producer reaching itself through another DNAT (its
+// ClusterIP) is masqueraded here instead of by kube-proxy's hairpin rule, to the same effect.
 func postrouting(addrs []netip.Addr, svcs []Service) []Rule {
 	var out []Rule
 	for _, a := range addrs {
 		out = append(out, newRule().saddr(a).ifname(expr.MetaKeyOIFNAME, "oif", expr.CmpOpNeq, "lo").ctDNAT().masquerade().rule("host client of "+a.String()))
 	}
-	for _, a := range addrs {
-		var seen []netip.Addr
-		for _, s := range svcs {
-			for _, ep := range s.Endpoints {
-				ip := ep.Addr.Addr()
-				if s.Addr != a || ep.Remote || slices.Contains(seen, ip) {
-					continue
-				}
+	var seen []netip.Addr
+	for _, s := range svcs {
+		for _, ep := range s.Endpoints {
+			if ip := ep.Addr.Addr(); !ep.Remote && !slices.Contains(seen, ip) {
 				seen = append(seen, ip)
 			}
 		}
-		slices.SortFunc(seen, netip.Addr.Compare)
-		for _, ip := range seen {
-			out = append(out, newRule().ctDNAT().ctOrigDaddr(a).saddr(ip).daddr(ip).masquerade().rule("hairpin through "+a.String()))
-		}
+	}
+	slices.SortFunc(seen, netip.Addr.Compare)
+	for _, ip := range seen {
+		out = append(out, newRule().ctDNAT().saddr(ip).daddr(ip).masquerade().rule("hairpin"))
 	}
 	return out
 }

@@ -117,12 +117,6 @@ func (b *builder) ctNew() *builder {
 // ctDNAT matches connections whose destination was translated.
 func (b *builder) ctDNAT() *builder { return b.ctBits("ct status dnat", expr.CtKeySTATUS, ipsDstNAT) }
 
-func (b *builder) ctOrigDaddr(a netip.Addr) *builder {
-	return b.add(fmt.Sprintf("ct original ip daddr %s", a),
-		&expr.Ct{Key: expr.CtKeyDST, Register: 1, Direction: 0},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()})
-}
-
 // oneIn matches with probability 1/n (numgen random mod n == 0); n=1 matches always and adds nothing.
 func (b *builder) oneIn(n int) *builder {
 	if n <= 1 {
