@@ -25,16 +25,7 @@ const bridgeIface = "cni0"
 // test ends.
 func newNetns(t *testing.T, name string) *harness.Netns {
 	t.Helper()
-	harness.RequireRoot(t)
-	ns, err := harness.NewNetns(harness.RunPrefix() + "-" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := harness.TestNetns(t, name)
 	for _, args := range [][]string{{"link", "add", bridgeIface, "type", "bridge"}, {"link", "set", bridgeIface, "up"}} {
 		if _, err := ns.Run(t.Context(), "ip", args...); err != nil {
 			t.Fatal(err)

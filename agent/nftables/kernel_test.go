@@ -17,16 +17,7 @@ import (
 // connection there to act as someone else.
 func netnsKernel(t *testing.T, name string) (*harness.Netns, *Kernel, *gnft.Conn) {
 	t.Helper()
-	harness.RequireRoot(t)
-	ns, err := harness.NewNetns(harness.RunPrefix() + "-" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := harness.TestNetns(t, name)
 	f, err := os.Open(ns.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -44,19 +35,19 @@ func netnsKernel(t *testing.T, name string) (*harness.Netns, *Kernel, *gnft.Conn
 	return ns, k, other
 }
 
+// fleetInput is n magic addresses, each with a TCP port served by 1 to 3 producers (gen shifts
+// how many) and a UDP port without producer.
 func fleetInput(n, gen int) Input {
 	in := Input{Local: Local{All: true, External: []string{"eth0"}}}
 	for i := range n {
 		a := netip.AddrFrom4([4]byte{169, 254, byte(1 + i/200), byte(1 + i%200)})
 		in.Addresses = append(in.Addresses, a)
-		for p, proto := range []string{"tcp", "udp", "tcp"} {
-			s := Service{Key: fmt.Sprintf("m%03d:p%d", i, p), Addr: a, Port: uint16(8000 + p), Protocol: proto, Verdict: Reject}
-			for k := range 1 + (i+gen)%3 {
-				s.Endpoints = append(s.Endpoints, Endpoint{Pod: fmt.Sprintf("ns/m%03d-%d", i, k),
-					Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(i / 80), byte(1 + 3*(i%80) + k)}), uint16(8000+p))})
-			}
-			in.Services = append(in.Services, s)
+		tcp := Service{Key: fmt.Sprintf("m%03d:tcp", i), Addr: a, Port: 80, Protocol: "tcp", Verdict: Reject}
+		for k := range 1 + (i+gen)%3 {
+			ip := netip.AddrFrom4([4]byte{10, 244, byte(i / 80), byte(1 + 3*(i%80) + k)})
+			tcp.Endpoints = append(tcp.Endpoints, Endpoint{Pod: fmt.Sprintf("ns/m%03d-%d", i, k), Addr: netip.AddrPortFrom(ip, 8080)})
 		}
+		in.Services = append(in.Services, tcp, Service{Key: fmt.Sprintf("m%03d:udp", i), Addr: a, Port: 53, Protocol: "udp", Verdict: Drop})
 	}
 	return in
 }
