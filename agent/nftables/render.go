@@ -59,17 +59,18 @@ func Render(in Input) Ruleset {
 			Rules: postrouting(addrs, in.Services)},
 		{Name: chainInput, Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: *nftables.ChainPriorityFilter - 10,
 			Rules: refusals(addrs, in.Services)},
-		{Name: chainServices},
 	}}
-	services := &rs.Chains[len(rs.Chains)-1]
+	services := Chain{Name: chainServices}
+	var perService []Chain
 	for _, s := range in.Services {
 		if len(s.Endpoints) == 0 {
 			continue
 		}
 		name := svcChain(s)
 		services.Rules = append(services.Rules, newRule().daddr(s.Addr).l4(s.Protocol, s.Port).verdict(expr.VerdictJump, name).rule(s.Key))
-		rs.Chains = append(rs.Chains, Chain{Name: name, Rules: endpointRules(s)})
+		perService = append(perService, Chain{Name: name, Rules: endpointRules(s)})
 	}
+	rs.Chains = append(append(rs.Chains, services), perService...)
 	return rs
 }
 
