@@ -16,6 +16,16 @@ func apm(eps ...Endpoint) Service {
 	return Service{Key: "datadog:apm", Addr: magic, Port: 8126, Protocol: "tcp", Verdict: Reject, Endpoints: eps}
 }
 
+// allLocalHead: the NAT base chains for the magic address when every source is node-local.
+var allLocalHead = []string{
+	"chain prerouting { type nat hook prerouting priority -110 }",
+	"ip daddr 169.254.210.210 jump services",
+	"chain output { type nat hook output priority -110 }",
+	"ip daddr 169.254.210.210 jump services",
+	"chain postrouting { type nat hook postrouting priority 90 }",
+	`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+}
+
 // TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
 // same builder calls as the expressions).
 func TestRender(t *testing.T) {
@@ -79,13 +89,7 @@ func TestRender(t *testing.T) {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(Endpoint{Pod: "datadog/a", Addr: prodA}),
 				{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "datadog/a", Addr: netip.MustParseAddrPort("10.244.0.5:8125")}}}},
 				Local: Local{All: true}},
-			want: []string{
-				"chain prerouting { type nat hook prerouting priority -110 }",
-				"ip daddr 169.254.210.210 jump services",
-				"chain output { type nat hook output priority -110 }",
-				"ip daddr 169.254.210.210 jump services",
-				"chain postrouting { type nat hook postrouting priority 90 }",
-				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+			want: append(allLocalHead,
 				`ct status dnat ip saddr 10.244.0.5 ip daddr 10.244.0.5 masquerade comment "hairpin"`,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
@@ -99,7 +103,7 @@ func TestRender(t *testing.T) {
 				`dnat to 10.244.0.5:8126 comment "datadog:apm -> datadog/a"`,
 				"chain " + svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
 				`dnat to 10.244.0.5:8125 comment "datadog:statsd -> datadog/a"`,
-			},
+			),
 		},
 		"nothing served: the base chains, empty": {
 			in: Input{Local: Local{All: true}},
