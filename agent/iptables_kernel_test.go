@@ -23,7 +23,7 @@ const bridgeIface = "cni0"
 
 // newNetns creates a network namespace with a bridgeIface for one test and removes it when the
 // test ends.
-func newNetns(t *testing.T, name string) *harness.Netns {
+func newNetns(t harness.T, name string) *harness.Netns {
 	t.Helper()
 	ns := harness.TestNetns(t, name)
 	for _, args := range [][]string{{"link", "add", bridgeIface, "type", "bridge"}, {"link", "set", bridgeIface, "up"}} {
@@ -37,7 +37,7 @@ func newNetns(t *testing.T, name string) *harness.Netns {
 // inNetns opens the agent's kernel handles inside ns and runs f on a thread there (so the
 // iptables processes it starts run there too). f reports with t.Error*, never t.Fatal (it does
 // not run on the test's goroutine); its error fails the test.
-func inNetns(t *testing.T, ns *harness.Netns, f func(ipt *Iptables, links *Links) error) {
+func inNetns(t harness.T, ns *harness.Netns, f func(ipt *Iptables, links *Links) error) {
 	t.Helper()
 	err := ns.Do(func() error {
 		ipt, err := NewIptables()

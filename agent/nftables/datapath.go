@@ -6,14 +6,14 @@ type Datapath struct {
 	Kernel *Kernel
 
 	applied *Ruleset
-	text    string
 }
 
 // Apply makes the kernel hold rs. full reads our table back first and reports how it differs
-// from what the last Apply wrote (nothing on the first sync, when nothing vouches for the kernel);
-// any difference, or a change of rs, rewrites the whole table in one transaction.
+// from what the last Apply wrote (nothing on the first sync, when nothing vouches for the kernel).
+// With the kernel known to hold the last ruleset, only the chains that changed are written;
+// otherwise (first sync, drift, a failed write) the whole table is rewritten. Either way it is one
+// transaction.
 func (d *Datapath) Apply(rs Ruleset, full bool) (wrote bool, drift []string, err error) {
-	text := rs.Text()
 	if full && d.applied != nil {
 		o, err := d.Kernel.Read()
 		if err != nil {
@@ -22,14 +22,20 @@ func (d *Datapath) Apply(rs Ruleset, full bool) (wrote bool, drift []string, err
 		}
 		drift = o.Drift(*d.applied)
 	}
-	if d.applied != nil && len(drift) == 0 && text == d.text {
-		return false, nil, nil
+	if d.applied != nil && len(drift) == 0 {
+		n, err := d.Kernel.WriteChanges(*d.applied, rs)
+		if err != nil {
+			d.applied = nil
+			return false, nil, err
+		}
+		d.applied = &rs
+		return n > 0, nil, nil
 	}
 	if err := d.Kernel.Write(rs); err != nil {
 		d.applied = nil
 		return false, drift, err
 	}
-	d.applied, d.text = &rs, text
+	d.applied = &rs
 	return true, drift, nil
 }
 

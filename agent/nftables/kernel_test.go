@@ -53,8 +53,9 @@ func fleetInput(n, gen int) Input {
 }
 
 // TestKernelApply: the table is written to a fresh namespace in one transaction and read back
-// rule for rule; an unchanged ruleset writes nothing, even on a full sync; a rule deleted or the
-// table deleted behind our back is reported and repaired; a transaction the kernel refuses
+// rule for rule; an unchanged ruleset writes nothing, even on a full sync; changes (chains added,
+// refilled, deleted) leave exactly the new ruleset; a rule deleted, the hairpin
+// set emptied or the table deleted behind our back is reported and repaired; a transaction the kernel refuses
 // leaves the table as it was; cleanup deletes our table and leaves iptables' rules and another
 // nftables table alone.
 func TestKernelApply(t *testing.T) {
@@ -89,8 +90,11 @@ func TestKernelApply(t *testing.T) {
 	step("first sync", rs, true, true, "")
 	step("unchanged", rs, false, false, "")
 	step("unchanged, full", rs, true, false, "")
+	step("five MagicIPs gone: their chains deleted with the jumps to them", Render(fleetInput(15, 0)), false, true, "")
+	step("back", rs, false, true, "")
 	rs2 := Render(fleetInput(20, 1))
 	step("producers changed", rs2, false, true, "")
+	step("unchanged after a change", rs2, true, false, "")
 
 	input := &gnft.Chain{Name: chainInput, Table: &gnft.Table{Name: TableName, Family: gnft.TableFamilyIPv4}}
 	rules, err := other.GetRules(input.Table, input)
@@ -104,6 +108,11 @@ func TestKernelApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	step("a refusal deleted behind our back", rs2, true, true, "chain input: rule 2")
+	other.FlushSet(&gnft.Set{Table: input.Table, Name: hairpinSet})
+	if err := other.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	step("the hairpin set emptied behind our back", rs2, true, true, "set hairpin: missing [10.244.0.1")
 	other.DelTable(input.Table)
 	if err := other.Flush(); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -35,7 +36,13 @@ type Chain struct {
 // before any rule jumps to them: all chains are added before the rules).
 type Ruleset struct {
 	Chains []Chain
+	// Hairpin holds the local producer IPs, sorted: the elements "P . P" of the set hairpinSet,
+	// so a producer change adds or deletes one element, whatever the node serves.
+	Hairpin []netip.Addr
 }
+
+// hairpinSet is our one set: source . destination pairs of a producer reaching itself.
+const hairpinSet = "hairpin"
 
 // Chain returns the named chain (nil if none).
 func (rs Ruleset) Chain(name string) *Chain {
@@ -56,7 +63,7 @@ func Render(in Input) Ruleset {
 		{Name: chainOutput, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookOutput, Priority: *nftables.ChainPriorityNATDest - 10,
 			Rules: toServices(addrs)},
 		{Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource - 10,
-			Rules: postrouting(addrs, in.Services)},
+			Rules: postrouting(addrs)},
 		{Name: chainInput, Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: *nftables.ChainPriorityFilter - 10,
 			Rules: refusals(addrs, in.Services)},
 	}}
@@ -71,6 +78,7 @@ func Render(in Input) Ruleset {
 		perService = append(perService, Chain{Name: name, Rules: endpointRules(s)})
 	}
 	rs.Chains = append(append(rs.Chains, services), perService...)
+	rs.Hairpin = hairpinPairs(in.Services)
 	return rs
 }
 
@@ -107,29 +115,33 @@ func toServices(addrs []netip.Addr) []Rule {
 
 // postrouting: a host client keeps the magic address as source, so its redirected connections are
 // masqueraded (the replies would otherwise be martians); a producer reaching itself through a
-// DNAT is masqueraded too (hairpin), one rule per local producer IP. Unlike the iptables hairpin
-// chains, the rule does not check that the connection was first sent to the magic address
-// (ct original ip daddr): google/nftables v0.3.0 cannot read back the ct direction that match
-// needs, so drift could not be checked. A producer reaching itself through another DNAT (its
-// ClusterIP) is masqueraded here instead of by kube-proxy's hairpin rule, to the same effect.
-func postrouting(addrs []netip.Addr, svcs []Service) []Rule {
+// DNAT (its source and destination a pair of the hairpin set) is masqueraded too. Unlike the
+// iptables hairpin chains, the rule does not check that the connection was first sent to the
+// magic address (ct original ip daddr): google/nftables v0.3.0 cannot read back the ct direction
+// that match needs, so drift could not be checked. A producer reaching itself through another
+// DNAT (its ClusterIP) is masqueraded here instead of by kube-proxy's hairpin rule, to the same
+// effect.
+func postrouting(addrs []netip.Addr) []Rule {
 	var out []Rule
 	for _, a := range addrs {
 		out = append(out, newRule().saddr(a).ifname(expr.MetaKeyOIFNAME, "oif", expr.CmpOpNeq, "lo").ctDNAT().masquerade().rule("host client of "+a.String()))
 	}
-	var seen []netip.Addr
+	return append(out, newRule().ctDNAT().pairIn(hairpinSet).masquerade().rule("hairpin: a producer reaching itself"))
+}
+
+// hairpinPairs lists the IPs of the local producers (not those of other nodes, which never send
+// from this node), sorted, once each.
+func hairpinPairs(svcs []Service) []netip.Addr {
+	var ips []netip.Addr
 	for _, s := range svcs {
 		for _, ep := range s.Endpoints {
-			if ip := ep.Addr.Addr(); !ep.Remote && !slices.Contains(seen, ip) {
-				seen = append(seen, ip)
+			if ip := ep.Addr.Addr(); !ep.Remote && !slices.Contains(ips, ip) {
+				ips = append(ips, ip)
 			}
 		}
 	}
-	slices.SortFunc(seen, netip.Addr.Compare)
-	for _, ip := range seen {
-		out = append(out, newRule().ctDNAT().saddr(ip).daddr(ip).masquerade().rule("hairpin"))
-	}
-	return out
+	slices.SortFunc(ips, netip.Addr.Compare)
+	return ips
 }
 
 // refusals: new connections still addressed to a magic address were not redirected: each declared
@@ -170,7 +182,11 @@ func svcChain(s Service) string {
 
 // Text renders the ruleset in nft syntax, for tests and logs.
 func (rs Ruleset) Text() string {
-	var b []byte
+	var pairs []string
+	for _, ip := range rs.Hairpin {
+		pairs = append(pairs, ip.String()+" . "+ip.String())
+	}
+	b := fmt.Appendf(nil, "set %s { %s }\n", hairpinSet, strings.Join(pairs, ", "))
 	for _, c := range rs.Chains {
 		b = fmt.Appendf(b, "chain %s", c.Name)
 		if c.Hook != nil {

@@ -26,6 +26,8 @@ var allLocalHead = []string{
 	`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
 }
 
+const hairpinRule = `ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`
+
 // TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
 // same builder calls as the expressions).
 func TestRender(t *testing.T) {
@@ -39,6 +41,7 @@ func TestRender(t *testing.T) {
 		"two producers, one port without, off-node by uplink": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{two, statsd}, Local: Local{All: true, External: []string{"eth0"}}},
 			want: []string{
+				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`iifname "eth0" return comment "external interface: not node-local"`,
 				"ip daddr 169.254.210.210 jump services",
@@ -46,8 +49,7 @@ func TestRender(t *testing.T) {
 				"ip daddr 169.254.210.210 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-				`ct status dnat ip saddr 10.244.0.5 ip daddr 10.244.0.5 masquerade comment "hairpin"`,
-				`ct status dnat ip saddr 10.244.0.7 ip daddr 10.244.0.7 masquerade comment "hairpin"`,
+				hairpinRule,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter drop comment "datadog:statsd: not redirected"`,
@@ -68,6 +70,7 @@ func TestRender(t *testing.T) {
 				Local: Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00::/64")}, Interfaces: []string{"veth+"}},
 			},
 			want: []string{
+				"set hairpin {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`ip saddr 10.244.0.0/24 ip daddr 169.254.210.210 jump services comment "node-local source"`,
 				`ip daddr 169.254.210.210 iifname "veth*" jump services comment "node-local interface"`,
@@ -75,6 +78,7 @@ func TestRender(t *testing.T) {
 				"ip daddr 169.254.210.210 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+				hairpinRule,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
@@ -89,28 +93,30 @@ func TestRender(t *testing.T) {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(Endpoint{Pod: "datadog/a", Addr: prodA}),
 				{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "datadog/a", Addr: netip.MustParseAddrPort("10.244.0.5:8125")}}}},
 				Local: Local{All: true}},
-			want: append(allLocalHead,
-				`ct status dnat ip saddr 10.244.0.5 ip daddr 10.244.0.5 masquerade comment "hairpin"`,
+			want: append(append([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }"}, allLocalHead...),
+				hairpinRule,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter reject with icmp port-unreachable comment "datadog:statsd: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
 				"chain services",
-				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svcChain(apm()) + ` comment "datadog:apm"`,
-				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 jump ` + svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}) + ` comment "datadog:statsd"`,
-				"chain " + svcChain(apm()),
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump `+svcChain(apm())+` comment "datadog:apm"`,
+				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 jump `+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"})+` comment "datadog:statsd"`,
+				"chain "+svcChain(apm()),
 				`dnat to 10.244.0.5:8126 comment "datadog:apm -> datadog/a"`,
-				"chain " + svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
+				"chain "+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
 				`dnat to 10.244.0.5:8125 comment "datadog:statsd -> datadog/a"`,
 			),
 		},
 		"nothing served: the base chains, empty": {
 			in: Input{Local: Local{All: true}},
 			want: []string{
+				"set hairpin {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				"chain output { type nat hook output priority -110 }",
 				"chain postrouting { type nat hook postrouting priority 90 }",
+				hairpinRule,
 				"chain input { type filter hook input priority -10 }",
 				"chain services",
 			},

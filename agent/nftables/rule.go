@@ -41,6 +41,9 @@ func (b *builder) rule(comment string) Rule {
 const (
 	ipsDstNAT           = 1 << 5 // IPS_DST_NAT (linux/netfilter/nf_conntrack_common.h)
 	icmpPortUnreachable = 3      // ICMP_PORT_UNREACH
+	// reg32After1 is NFT_REG32_01, the 32-bit register right after the first four bytes of
+	// NFT_REG_1 (NFT_REG32_00 is 8): where a concatenation's second field goes.
+	reg32After1 = 9
 
 	offSaddr = 12
 	offDaddr = 16
@@ -116,6 +119,15 @@ func (b *builder) ctNew() *builder {
 
 // ctDNAT matches connections whose destination was translated.
 func (b *builder) ctDNAT() *builder { return b.ctBits("ct status dnat", expr.CtKeySTATUS, ipsDstNAT) }
+
+// pairIn matches when the packet's source . destination is in the named set (of ipv4_addr .
+// ipv4_addr: the source in the first 32-bit register, the destination in the next).
+func (b *builder) pairIn(set string) *builder {
+	return b.add("ip saddr . ip daddr @"+set,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4},
+		&expr.Payload{DestRegister: reg32After1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: set})
+}
 
 // oneIn matches with probability 1/n (numgen random mod n == 0); n=1 matches always and adds nothing.
 func (b *builder) oneIn(n int) *builder {
