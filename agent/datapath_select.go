@@ -49,8 +49,9 @@ func kubeProxyUsesNftables() bool {
 	return err == nil && slices.ContainsFunc(tables, func(t *gnft.Table) bool { return t.Name == kubeProxyTable })
 }
 
-// openDatapath opens the datapath --datapath names (auto: see chooseDatapath) and logs the choice.
-func openDatapath(want string, local *LocalDetector, counters *NoProducerCounters, log logr.Logger) (Datapath, error) {
+// openDatapath opens the datapath --datapath names (auto: see chooseDatapath) and logs the
+// choice; retire are the other backends that can be opened, whose rules go after the first sync.
+func openDatapath(want string, local *LocalDetector, counters *NoProducerCounters, log logr.Logger) (dp Datapath, retire []Datapath, err error) {
 	ipt, iptErr := NewIptables()
 	kpNft := want == DatapathAuto && kubeProxyUsesNftables()
 	name, why := chooseDatapath(want, kpNft, iptErr)
@@ -58,17 +59,24 @@ func openDatapath(want string, local *LocalDetector, counters *NoProducerCounter
 	switch name {
 	case DatapathIptables:
 		if iptErr != nil {
-			return nil, iptErr
+			return nil, nil, iptErr
 		}
-		return &IptablesDatapath{Ipt: ipt, Local: local, Log: log, Counters: counters}, nil
+		dp = &IptablesDatapath{Ipt: ipt, Local: local, Log: log, Counters: counters}
+		if k, err := nftables.NewKernel(-1); err == nil {
+			retire = append(retire, &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}})
+		}
+		return dp, retire, nil
 	case DatapathNftables:
 		k, err := nftables.NewKernel(-1)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}, nil
+		if iptErr == nil {
+			retire = append(retire, &IptablesDatapath{Ipt: ipt, Log: log})
+		}
+		return &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}, retire, nil
 	}
-	return nil, fmt.Errorf("--datapath %q: want one of %v", want, Datapaths())
+	return nil, nil, fmt.Errorf("--datapath %q: want one of %v", want, Datapaths())
 }
 
 // cleanupDatapaths are the datapaths a cleanup removes: both, whichever wrote the node's rules

@@ -40,7 +40,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	dp, err := openDatapath(cfg.Datapath, local, NewNoProducerCounters(cfg.CountersMinInterval, log), log)
+	dp, retire, err := openDatapath(cfg.Datapath, local, NewNoProducerCounters(cfg.CountersMinInterval, log), log)
 	if err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 			}
 		}()
 	}
-	syncer := &Syncer{Datapath: dp, Links: links, Log: log}
+	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log}
 	return runController(ctx, cfg, clients, syncer, log)
 }
 

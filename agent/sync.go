@@ -17,8 +17,12 @@ import (
 // nothing changed writes nothing.
 type Syncer struct {
 	Datapath Datapath
-	Links    *Links
-	Log      logr.Logger
+	// Retire are the other datapaths, whose rules an earlier run may have left (the node switched
+	// --datapath): they are removed once, right after the first successful sync, so that the
+	// switch leaves no moment without rules.
+	Retire []Datapath
+	Links  *Links
+	Log    logr.Logger
 
 	lastState *State
 	dirty     bool
@@ -56,6 +60,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 		// A MagicIP deleted or changed while no agent ran leaves its address behind (removed just
 		// below) and its UDP flows: flush them all.
 		res.Flushed += s.flushOwned()
+		s.retire(ctx)
 	}
 	if err := s.Links.RemoveStale(st.Addresses); err != nil {
 		s.dirty = true
@@ -64,6 +69,18 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 	res.Flushed += s.flushConntrack(st)
 	s.lastState, s.dirty = &st, false
 	return res, nil
+}
+
+// retire removes the rules of the other datapaths, once; a failure is logged, not retried.
+func (s *Syncer) retire(ctx context.Context) {
+	for _, d := range s.Retire {
+		if err := d.Cleanup(ctx); err != nil {
+			s.Log.Error(err, "removing the rules of the other datapath failed", "datapath", d.Name())
+			continue
+		}
+		s.Log.V(2).Info("removed the rules of the other datapath, if any", "datapath", d.Name())
+	}
+	s.Retire = nil
 }
 
 // flushConntrack deletes the UDP conntrack entries of every UDP service that changed: whose
