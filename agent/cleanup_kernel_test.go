@@ -21,7 +21,7 @@ import (
 func program(t *testing.T, ns *harness.Netns, extra string) {
 	t.Helper()
 	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-		s := &Syncer{Ipt: ipt, Links: links, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}
+		s := &Syncer{Datapath: &IptablesDatapath{Ipt: ipt, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}, Links: links, Log: logr.Discard()}
 		if _, err := s.Sync(context.Background(), everyShape(), true); err != nil {
 			return err
 		}
@@ -131,7 +131,7 @@ func TestCleanupRemovesEveryJump(t *testing.T) {
 					t.Errorf("jumps to our chains before cleanup: %d (err %v), want 9 (PREROUTING 3, OUTPUT 3, POSTROUTING 1, INPUT 2)", n, err)
 				}
 				for i := range 2 {
-					if err := Cleanup(ipt, links); err != nil {
+					if err := Cleanup(links, &IptablesDatapath{Ipt: ipt}); err != nil {
 						t.Errorf("cleanup %d: %v", i+1, err)
 					}
 				}
@@ -152,7 +152,7 @@ func TestCleanupKeepsGoing(t *testing.T) {
 		program(t, ns, "*nat\n:CALICO-X - [0:0]\n-A CALICO-X -j MAGIC-IP-SERVICES\nCOMMIT\n")
 		plantConntrack(t, ns)
 		inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-			err := Cleanup(ipt, links)
+			err := Cleanup(links, &IptablesDatapath{Ipt: ipt})
 			if err == nil || !strings.Contains(err.Error(), `nat/MAGIC-IP-SERVICES emptied but not deleted: the foreign rule "-A CALICO-X -j MAGIC-IP-SERVICES" jumps to it`) {
 				t.Errorf("cleanup: %v; want the kept chain reported", err)
 			}
@@ -170,7 +170,7 @@ func TestCleanupKeepsGoing(t *testing.T) {
 		dir := failingOnce(t, "iptables-restore")
 		usePath(t, dir)
 		inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-			if err := Cleanup(ipt, links); err != nil {
+			if err := Cleanup(links, &IptablesDatapath{Ipt: ipt}); err != nil {
 				t.Errorf("cleanup: %v; want the retry, table by table, to succeed", err)
 			}
 			return nil
@@ -193,7 +193,7 @@ func TestCleanupKeepsGoing(t *testing.T) {
 				if subcommand {
 					err = CleanupNode(Config{})
 				} else {
-					err = Cleanup(ipt, links)
+					err = Cleanup(links, &IptablesDatapath{Ipt: ipt})
 				}
 				if err == nil || !strings.Contains(err.Error(), "iptables") {
 					t.Errorf("cleanup without iptables: %v; want an iptables error", err)

@@ -45,6 +45,8 @@ type Config struct {
 	MetricsAddr  string
 	HealthAddr   string
 	Verbosity    int
+	// Datapath is auto, iptables or nftables (see Datapaths).
+	Datapath string
 	// CountersMinInterval is the least time between two reads of the rule counters at scrape time.
 	CountersMinInterval time.Duration
 }
@@ -75,6 +77,8 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.Duration(&c.ResyncPeriod, "resync-period", "MAGIC_IP_RESYNC_PERIOD", 10*time.Second, "how often to re-read the node's rules and repair drift; nothing is written when nothing drifted")
 	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
 		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
+	fs.String(&c.Datapath, "datapath", "MAGIC_IP_DATAPATH", DatapathAuto,
+		"how rules are written: iptables (iptables-restore, chains MAGIC-IP-*), nftables (netlink, one table ip magic-ip, no nft binary needed) or auto (nftables when kube-proxy runs in nftables mode or iptables is not usable, else iptables); the log says which was chosen")
 	fs.Duration(&c.CountersMinInterval, "counters-min-interval", "MAGIC_IP_COUNTERS_MIN_INTERVAL", DefaultCountersMinInterval,
 		"least `interval` between two reads of the kernel's rule counters behind magic_ip_agent_no_producer_connections_total (one iptables -v -S of one chain each); scrapes in between get the last figures; 0: read at every scrape")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
@@ -103,6 +107,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSyncBackoff < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("--max-sync-backoff %s is too short: use at least 10ms", c.MaxSyncBackoff))
+	}
+	if !slices.Contains(Datapaths(), c.Datapath) {
+		errs = append(errs, fmt.Errorf("--datapath %q: want one of %v", c.Datapath, Datapaths()))
 	}
 	if c.CountersMinInterval < 0 {
 		errs = append(errs, fmt.Errorf("--counters-min-interval %s must not be negative", c.CountersMinInterval))

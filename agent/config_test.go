@@ -34,7 +34,7 @@ func TestConfigEnv(t *testing.T) {
 		"defaults: endpoints on the node's loopback": {
 			check: func(c Config) bool {
 				return c.MetricsAddr == "127.0.0.1:10271" && c.HealthAddr == "127.0.0.1:10272" && c.ResyncPeriod == 10*time.Second &&
-					c.MaxSyncBackoff == 10*time.Second && c.DetectLocalMode == "NodeAddresses" &&
+					c.MaxSyncBackoff == 10*time.Second && c.DetectLocalMode == "NodeAddresses" && c.Datapath == "auto" &&
 					reflect.DeepEqual(c.AllowedAddressRanges, []string{"169.254.0.0/16", "fe80::/10", "fd00::/8"})
 			},
 		},
@@ -56,6 +56,10 @@ func TestConfigEnv(t *testing.T) {
 			check: func(c Config) bool {
 				return c.ResyncPeriod == 30*time.Second && c.CleanupOnExit && c.Verbosity == 4
 			},
+		},
+		"datapath from env": {
+			env:   map[string]string{"MAGIC_IP_DATAPATH": "nftables"},
+			check: func(c Config) bool { return c.Datapath == DatapathNftables },
 		},
 		"bad interface name": {
 			env:     map[string]string{"MAGIC_IP_EXTERNAL_INTERFACES": "eth0,a very long name"},

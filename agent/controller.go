@@ -196,9 +196,9 @@ func (c *Controller) sync(ctx context.Context) error {
 	maps.Copy(st.Invalid, refused)
 	full := time.Since(c.lastFull) >= c.ResyncPeriod
 	start := time.Now()
-	execsBefore := c.Syncer.Ipt.Execs()
+	execsBefore := c.Syncer.Datapath.Execs()
 	res, err := c.Syncer.Sync(ctx, st, full)
-	c.Metrics.observeSync(time.Since(start), c.Syncer.Ipt.Execs()-execsBefore, res.Wrote)
+	c.Metrics.observeSync(time.Since(start), c.Syncer.Datapath.Execs()-execsBefore, res.Wrote)
 	if c.Node != nil && ctx.Err() == nil {
 		c.Node.Set(nodeStatus(res, err))
 	}

@@ -23,18 +23,9 @@ const bridgeIface = "cni0"
 
 // newNetns creates a network namespace with a bridgeIface for one test and removes it when the
 // test ends.
-func newNetns(t *testing.T, name string) *harness.Netns {
+func newNetns(t harness.T, name string) *harness.Netns {
 	t.Helper()
-	harness.RequireRoot(t)
-	ns, err := harness.NewNetns(harness.RunPrefix() + "-" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
+	ns := harness.TestNetns(t, name)
 	for _, args := range [][]string{{"link", "add", bridgeIface, "type", "bridge"}, {"link", "set", bridgeIface, "up"}} {
 		if _, err := ns.Run(t.Context(), "ip", args...); err != nil {
 			t.Fatal(err)
@@ -46,7 +37,7 @@ func newNetns(t *testing.T, name string) *harness.Netns {
 // inNetns opens the agent's kernel handles inside ns and runs f on a thread there (so the
 // iptables processes it starts run there too). f reports with t.Error*, never t.Fatal (it does
 // not run on the test's goroutine); its error fails the test.
-func inNetns(t *testing.T, ns *harness.Netns, f func(ipt *Iptables, links *Links) error) {
+func inNetns(t harness.T, ns *harness.Netns, f func(ipt *Iptables, links *Links) error) {
 	t.Helper()
 	err := ns.Do(func() error {
 		ipt, err := NewIptables()
@@ -220,7 +211,7 @@ func TestSyncRepairsEditedRule(t *testing.T) {
 		},
 	}
 	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-		s := &Syncer{Ipt: ipt, Links: links, Local: ExternalInterfaces("eth0"), Log: testr.New(t)}
+		s := &Syncer{Datapath: &IptablesDatapath{Ipt: ipt, Local: ExternalInterfaces("eth0"), Log: testr.New(t)}, Links: links, Log: testr.New(t)}
 		ctx := context.Background()
 		if _, err := s.Sync(ctx, st, true); err != nil {
 			return err
@@ -254,7 +245,7 @@ func TestSyncChangeIsNotDrift(t *testing.T) {
 	ns := newNetns(t, "driftrace")
 	states := []State{fleet(300, 0), fleet(299, 1), fleet(300, 2), fleet(300, 0)}
 	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
-		s := &Syncer{Ipt: ipt, Links: links, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}
+		s := &Syncer{Datapath: &IptablesDatapath{Ipt: ipt, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}, Links: links, Log: logr.Discard()}
 		ctx := context.Background()
 		for i, st := range states {
 			res, err := s.Sync(ctx, st, true)

@@ -40,22 +40,26 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	ipt, links, err := openNode()
+	dp, retire, err := openDatapath(cfg.Datapath, local, NewNoProducerCounters(cfg.CountersMinInterval, log), log)
+	if err != nil {
+		return err
+	}
+	links, err := NewLinks(DefaultDummyInterface)
 	if err != nil {
 		return err
 	}
 	defer links.Close()
-	log.Info("starting", "hostInterface", cfg.HostInterface, "localTraffic", local.String(), "resyncPeriod", cfg.ResyncPeriod)
+	log.Info("starting", "hostInterface", cfg.HostInterface, "localTraffic", local.String(), "resyncPeriod", cfg.ResyncPeriod, "datapath", dp.Name())
 	if cfg.CleanupOnExit {
 		defer func() {
-			if cerr := errors.Join(Cleanup(ipt, links), forgetNode(cfg, clients)); cerr != nil {
+			if cerr := errors.Join(Cleanup(links, dp), forgetNode(cfg, clients)); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("cleanup on exit: %w", cerr))
 			} else {
 				log.Info("removed rules and addresses, and the Node condition, on exit (--cleanup-on-exit)")
 			}
 		}()
 	}
-	syncer := &Syncer{Ipt: ipt, Links: links, Local: local, Log: log, Counters: NewNoProducerCounters(cfg.CountersMinInterval, log)}
+	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log}
 	return runController(ctx, cfg, clients, syncer, log)
 }
 
@@ -167,8 +171,9 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	return nil
 }
 
-// CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand).
-// Without a usable iptables the addresses are still removed, and both failures reported. With
+// CleanupNode removes everything the agent owns on this node (the `cleanup` subcommand): the
+// rules of both datapaths, whichever wrote them. Without a usable iptables the nftables table and
+// the addresses are still removed, and the failure reported. With
 // cfg.NodeName set it also removes from the Node the agent's condition and the --startup-taint,
 // which nobody would remove once the agent is gone; without it the API is not touched.
 func CleanupNode(cfg Config) error {
@@ -185,11 +190,8 @@ func CleanupNode(cfg Config) error {
 		return errors.Join(apiErr, err)
 	}
 	defer links.Close()
-	ipt, err := NewIptables()
-	if err != nil {
-		return errors.Join(apiErr, err, cleanupLinks(links))
-	}
-	return errors.Join(apiErr, Cleanup(ipt, links))
+	dps, err := cleanupDatapaths()
+	return errors.Join(apiErr, err, Cleanup(links, dps...))
 }
 
 // forgetNode removes the agent's condition and the startup taint from its Node.
@@ -205,16 +207,3 @@ func forgetNode(cfg Config, clients *kube.Clients) error {
 
 // forgetTimeout bounds the API calls of a cleanup.
 const forgetTimeout = 30 * time.Second
-
-// openNode opens the node's iptables and netlink handles; the caller closes the Links.
-func openNode() (*Iptables, *Links, error) {
-	ipt, err := NewIptables()
-	if err != nil {
-		return nil, nil, err
-	}
-	links, err := NewLinks(DefaultDummyInterface)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ipt, links, nil
-}

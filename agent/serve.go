@@ -56,7 +56,7 @@ func metricsHandler(m *Metrics, extra ...prometheus.Collector) (http.Handler, er
 
 // startServers binds the probe and metrics endpoints that are not disabled.
 func startServers(cfg Config, c *Controller, m *Metrics) ([]*server, error) {
-	metrics, err := metricsHandler(m, c.Syncer.Counters)
+	metrics, err := metricsHandler(m, c.Syncer.Datapath.Collectors()...)
 	if err != nil {
 		return nil, err
 	}

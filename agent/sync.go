@@ -12,29 +12,25 @@ import (
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
-// Syncer applies States to the node: addresses with netlink, rules with one iptables-restore,
-// then stale addresses and stale UDP conntrack entries. It remembers what it applied, so a sync
-// with nothing changed writes nothing.
+// Syncer applies States to the node: addresses with netlink, rules through its Datapath, then
+// stale addresses and stale UDP conntrack entries. It remembers what it applied, so a sync with
+// nothing changed writes nothing.
 type Syncer struct {
-	Ipt   *Iptables
-	Links *Links
-	// Local tells node-local traffic from off-node traffic, which is never redirected.
-	Local *LocalDetector
-	Log   logr.Logger
-	// Counters, when set, reads the verdict rules' counters before a restore resets them.
-	Counters *NoProducerCounters
+	Datapath Datapath
+	// Retire are the other datapaths, whose rules an earlier run may have left (the node switched
+	// --datapath): they are removed once, right after the first successful sync, so that the
+	// switch leaves no moment without rules.
+	Retire []Datapath
+	Links  *Links
+	Log    logr.Logger
 
-	lastRules Ruleset
-	// rulesKnown: the kernel held lastRules after our last write (false at first and after a failed
-	// restore, which may have left one table written and the other not).
-	rulesKnown bool
-	lastState  *State
-	dirty      bool
+	lastState *State
+	dirty     bool
 }
 
 // SyncResult says what a sync did.
 type SyncResult struct {
-	// Wrote is true when iptables-restore ran.
+	// Wrote is true when the datapath wrote rules.
 	Wrote bool
 	// Drift lists what a full sync found changed behind our back (and repaired).
 	Drift []string
@@ -48,40 +44,23 @@ type SyncResult struct {
 }
 
 // Sync makes the node match st. full re-reads the kernel's rules to repair drift (at start and on
-// every resync); otherwise the last applied rules are trusted and an unchanged State costs no exec.
+// every resync); otherwise the last applied rules are trusted and an unchanged State costs nothing.
 func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, error) {
 	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
 	res.State = st
-	rules := Render(st, s.Local)
 	full = full || s.dirty || s.lastState == nil
-	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
-	input := rules.RestoreChanges(s.lastRules)
-	if full {
-		saved, err := s.Ipt.Save(ctx)
-		if err != nil {
-			s.dirty = true
-			return res, err
-		}
-		var applied *Ruleset
-		if s.rulesKnown {
-			applied = &s.lastRules
-		}
-		res.Drift, input = ParseSave(saved).Resync(applied, rules, input)
+	var err error
+	res.Wrote, res.Drift, err = s.Datapath.Apply(ctx, st, full)
+	if err != nil {
+		s.dirty = true
+		return res, err
 	}
-	if input != nil {
-		s.Log.V(9).Info("iptables-restore", "input", string(input))
-		if err := s.Counters.aroundRestore(ctx, input, s.Ipt.Restore); err != nil {
-			s.dirty, s.rulesKnown = true, false
-			return res, err
-		}
-		res.Wrote = true
-	}
-	s.lastRules, s.rulesKnown = rules, true
 	if s.lastState == nil {
 		// A MagicIP deleted or changed while no agent ran leaves its address behind (removed just
 		// below) and its UDP flows: flush them all.
 		res.Flushed += s.flushOwned()
+		s.retire(ctx)
 	}
 	if err := s.Links.RemoveStale(st.Addresses); err != nil {
 		s.dirty = true
@@ -90,6 +69,18 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 	res.Flushed += s.flushConntrack(st)
 	s.lastState, s.dirty = &st, false
 	return res, nil
+}
+
+// retire removes the rules of the other datapaths, once; a failure is logged, not retried.
+func (s *Syncer) retire(ctx context.Context) {
+	for _, d := range s.Retire {
+		if err := d.Cleanup(ctx); err != nil {
+			s.Log.Error(err, "removing the rules of the other datapath failed", "datapath", d.Name())
+			continue
+		}
+		s.Log.V(2).Info("removed the rules of the other datapath, if any", "datapath", d.Name())
+	}
+	s.Retire = nil
 }
 
 // flushConntrack deletes the UDP conntrack entries of every UDP service that changed: whose
@@ -184,9 +175,14 @@ func withoutInterfaces(st State, failed map[string]error) (State, map[string]str
 	return out, unserved
 }
 
-// Cleanup removes everything the agent owns on this node: the jumps to our chains and the chains,
-// the addresses and the dummy link, and the UDP conntrack entries sent to those addresses. A
-// failure stops nothing (addresses go even when iptables fails); every error is returned.
-func Cleanup(ipt *Iptables, links *Links) error {
-	return errors.Join(ipt.Cleanup(context.Background()), cleanupLinks(links))
+// Cleanup removes everything the agent owns on this node: the rules of each datapath given (for
+// iptables the jumps to our chains and the chains, for nftables our table), the addresses and the
+// dummy link, and the UDP conntrack entries sent to those addresses. A failure stops nothing
+// (addresses go even when the rules fail); every error is returned.
+func Cleanup(links *Links, dps ...Datapath) error {
+	var errs []error
+	for _, dp := range dps {
+		errs = append(errs, dp.Cleanup(context.Background()))
+	}
+	return errors.Join(append(errs, cleanupLinks(links))...)
 }

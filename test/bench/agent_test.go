@@ -75,7 +75,7 @@ func BenchmarkAgentSync(b *testing.B) {
 			return err
 		}
 		defer links.Close()
-		s := &agent.Syncer{Ipt: ipt, Links: links, Local: agent.ExternalInterfaces("eth0"), Log: logr.Discard()}
+		s := &agent.Syncer{Datapath: &agent.IptablesDatapath{Ipt: ipt, Local: agent.ExternalInterfaces("eth0"), Log: logr.Discard()}, Links: links, Log: logr.Discard()}
 		m := syncMeter{s: s, ipt: ipt}
 		if err := m.run(&cold, agent.Desired(mips, pods, "bench-node", "cni0"), true); err != nil {
 			return err
@@ -96,7 +96,7 @@ func BenchmarkAgentSync(b *testing.B) {
 		if resyncs, err = m.resyncCost(st, trials(5, 1), trials(10, 5)); err != nil {
 			return err
 		}
-		return agent.Cleanup(ipt, links)
+		return agent.Cleanup(links, &agent.IptablesDatapath{Ipt: ipt})
 	})
 	if err != nil {
 		b.Fatal(err)

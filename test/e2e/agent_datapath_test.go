@@ -21,7 +21,9 @@ import (
 // (ptp/Calico-style veths with /32 routes) and on a bridge node (cni0 ports in hairpin mode, as the
 // CNI bridge plugin's hairpinMode: true sets them), with one and with two local producers.
 // Consumers, and a producer answered by another producer, keep their own source address.
-func TestAgentHairpin(t *testing.T) {
+func TestAgentHairpin(t *testing.T) { forEachDatapath(t, testAgentHairpin) }
+
+func testAgentHairpin(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	routed := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2, Routed: true, Name: "hairpin-r"})
 	bridged := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2, Name: "hairpin-b"})
@@ -47,7 +49,7 @@ func TestAgentHairpin(t *testing.T) {
 				nc.prods = append(nc.prods, p)
 			}
 			nc.consume = c.AddPod(n, "app", n.Name+"-consumer", nil, harness.PodOptions{})
-			startAgent(t, c, n)
+			startAgent(t, c, n, dp...)
 			cases = append(cases, nc)
 		}
 	}
@@ -106,7 +108,9 @@ func greeting(ctx context.Context, ns *harness.Netns) (string, error) {
 // at once when its node has no producer — the TCP reset and the ICMP error the node sends it are
 // addressed to the magic IP too and must not be caught by the rules that refuse new connections —
 // and served when there is one.
-func TestAgentHostClientRefused(t *testing.T) {
+func TestAgentHostClientRefused(t *testing.T) { forEachDatapath(t, testAgentHostClientRefused) }
+
+func testAgentHostClientRefused(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -114,7 +118,7 @@ func TestAgentHostClientRefused(t *testing.T) {
 	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n)
+	startAgent(t, c, n, dp...)
 	if err := harness.WaitAgentReady(t.Context(), n.Netns, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/magic-ip/magic-ip/agent"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -40,8 +41,10 @@ func metric(ctx context.Context, n *harness.Node, name string) (float64, error) 
 
 // TestAgentDriftRepair: `iptables -t nat -F` on the node (as a firewall reload might) is repaired
 // within the resync period; while nothing drifts, resyncs write nothing.
-func TestAgentDriftRepair(t *testing.T) {
-	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402")
+func TestAgentDriftRepair(t *testing.T) { forEachDatapath(t, testAgentDriftRepair) }
+
+func testAgentDriftRepair(t *testing.T, dp []string) {
+	e := newOneNode(t, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
@@ -61,13 +64,11 @@ func TestAgentDriftRepair(t *testing.T) {
 		t.Errorf("idle resyncs wrote rules: writes %v → %v", writes, now)
 	}
 
-	if _, err := e.node.Netns.Run(ctx, "iptables", "-t", "nat", "-F"); err != nil {
-		t.Fatal(err)
-	}
+	flushBehindOurBack(t, e.node, dp)
 	if got := tcpOutcome(ctx, e.consumer.Netns, magicAddr, apmPort); got == p.Name {
 		t.Fatalf("still answered right after flushing nat: the flush did not take")
 	}
-	eventually(t, 5*time.Second, "nat flush repaired within the 2s resync period", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 5*time.Second, "flush repaired within the 2s resync period", onlyAnswers(e.consumer.Netns, p.Name))
 	// The counter moves once the repairing sync returns, a little after the rules are back.
 	eventually(t, 5*time.Second, "drift repair counted", func(ctx context.Context) error {
 		if n, err := metric(ctx, e.node, "magic_ip_agent_drift_repairs_total"); err != nil || n < 1 {
@@ -79,8 +80,10 @@ func TestAgentDriftRepair(t *testing.T) {
 
 // TestAgentDeleteAndCleanup: deleting the MagicIP removes its rules and address; `cleanup` removes
 // everything of ours and nothing else, and running it twice is fine.
-func TestAgentDeleteAndCleanup(t *testing.T) {
-	e := newOneNode(t)
+func TestAgentDeleteAndCleanup(t *testing.T) { forEachDatapath(t, testAgentDeleteAndCleanup) }
+
+func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	// A foreign rule and chain that must survive our syncs and our cleanup.
@@ -108,21 +111,30 @@ func TestAgentDeleteAndCleanup(t *testing.T) {
 		}
 		return out
 	}
-	// The foreign jump was inserted first after the agent's first sync: its next resync (every 2 s)
-	// puts ours first again.
-	eventually(t, 5*time.Second, "our jump first in PREROUTING again", func(context.Context) error {
-		if first := firstRule(save(), "PREROUTING"); !strings.Contains(first, "MAGIC-IP-PREROUTING") {
-			return fmt.Errorf("first PREROUTING rule is %q, want our jump first", first)
+	ours := func() (string, bool) {
+		if dp[1] == agent.DatapathNftables {
+			return nftComments(t, e.node.Netns)
 		}
-		return nil
-	})
+		s := save()
+		return s, strings.Contains(s, "MAGIC-IP-")
+	}
+	// The foreign jump was inserted first after the agent's first sync: its next resync (every 2 s)
+	// puts ours first again. (nftables: our table has chains of its own on each hook.)
+	if dp[1] == agent.DatapathIptables {
+		eventually(t, 5*time.Second, "our jump first in PREROUTING again", func(context.Context) error {
+			if first := firstRule(save(), "PREROUTING"); !strings.Contains(first, "MAGIC-IP-PREROUTING") {
+				return fmt.Errorf("first PREROUTING rule is %q, want our jump first", first)
+			}
+			return nil
+		})
+	}
 
 	if err := e.c.CP.Client.Delete(ctx, datadogMagicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "rules and address gone", func(context.Context) error {
-		if s := save(); strings.Contains(s, magicAddr) {
-			return fmt.Errorf("iptables still mentions %s", magicAddr)
+		if s, _ := ours(); strings.Contains(s, magicAddr) || strings.Contains(s, "datadog:") {
+			return fmt.Errorf("our rules still mention %s:\n%s", magicAddr, s)
 		}
 		if a := addrs(); strings.Contains(a, magicAddr) {
 			return fmt.Errorf("address still on cni0: %s", a)
@@ -133,22 +145,35 @@ func TestAgentDeleteAndCleanup(t *testing.T) {
 	if err := e.agent.Stop(); err != nil {
 		t.Fatalf("agent exit: %v", err)
 	}
-	if !strings.Contains(save(), "MAGIC-IP-") {
-		t.Fatalf("stopping the agent removed its chains; they must stay (no --cleanup-on-exit)")
+	if _, present := ours(); !present {
+		t.Fatalf("stopping the agent removed its rules; they must stay (no --cleanup-on-exit)")
 	}
 	for i := range 2 {
 		if out, err := e.node.Netns.Run(ctx, agentBin, "cleanup"); err != nil {
 			t.Fatalf("cleanup run %d: %v\n%s", i+1, err, out)
 		}
-		s := save()
-		if strings.Contains(s, "MAGIC-IP-") {
-			t.Errorf("cleanup run %d left our rules:\n%s", i+1, s)
+		if left, present := ours(); present {
+			t.Errorf("cleanup run %d left our rules:\n%s", i+1, left)
 		}
+		s := save()
 		for _, foreign := range []string{"-A PREROUTING -j KUBE-SERVICES", "--dport 22 -j ACCEPT"} {
 			if !strings.Contains(s, foreign) {
 				t.Errorf("cleanup run %d removed a foreign rule %q", i+1, foreign)
 			}
 		}
+	}
+}
+
+// flushBehindOurBack empties the datapath's rules as a firewall reload might: iptables -t nat -F,
+// or every chain of our nftables table.
+func flushBehindOurBack(t *testing.T, n *harness.Node, dp []string) {
+	t.Helper()
+	if dp[1] == agent.DatapathNftables {
+		nftFlushOurs(t, n.Netns)
+		return
+	}
+	if _, err := n.Netns.Run(t.Context(), "iptables", "-t", "nat", "-F"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -11,7 +11,9 @@ import (
 // TestAgentNodeLocal: two nodes with a producer each; consumers on each node reach their own
 // node's producer over TCP and UDP, the node itself reaches it too, a node without producer
 // refuses at once, and a neighbour on the uplink never gets through.
-func TestAgentNodeLocal(t *testing.T) {
+func TestAgentNodeLocal(t *testing.T) { forEachDatapath(t, testAgentNodeLocal) }
+
+func testAgentNodeLocal(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 3})
 	a, b, empty := c.Nodes[0], c.Nodes[1], c.Nodes[2]
@@ -24,7 +26,7 @@ func TestAgentNodeLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range c.Nodes {
-		startAgent(t, c, n)
+		startAgent(t, c, n, dp...)
 	}
 	eventually(t, 10*time.Second, "consumer on A reaches A's producer", wantTCP(consA.Netns, apmPort, prodA.Name))
 	eventually(t, 10*time.Second, "consumer on B reaches B's producer", wantTCP(consB.Netns, apmPort, prodB.Name))
@@ -60,7 +62,9 @@ func TestAgentNodeLocal(t *testing.T) {
 // TestAgentHostNetworkProducer: a host-network producer (DNAT to the node's address and target
 // port) serves pods and the node itself; the bridge sysctl the agent needs is switched on, and
 // /readyz reports ready after the first sync.
-func TestAgentHostNetworkProducer(t *testing.T) {
+func TestAgentHostNetworkProducer(t *testing.T) { forEachDatapath(t, testAgentHostNetworkProducer) }
+
+func testAgentHostNetworkProducer(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -72,7 +76,7 @@ func TestAgentHostNetworkProducer(t *testing.T) {
 	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n)
+	startAgent(t, c, n, dp...)
 	eventually(t, 10*time.Second, "pod reaches the host-network producer", wantTCP(consumer.Netns, apmPort, prod.Name))
 	eventually(t, 5*time.Second, "UDP too", wantUDP(consumer.Netns, statsPort, prod.Name))
 	eventually(t, 5*time.Second, "the node itself too", wantTCP(n.Netns, apmPort, prod.Name))

@@ -119,3 +119,20 @@ func (n *Netns) Run(ctx context.Context, name string, args ...string) (string, e
 	}
 	return string(out), nil
 }
+
+// TestNetns creates a fresh network namespace named after the test run and name (root required,
+// see RequireRoot), deleted when the test ends.
+func TestNetns(t T, name string) *Netns {
+	t.Helper()
+	RequireRoot(t)
+	ns, err := NewNetns(RunPrefix() + "-" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Delete(); err != nil {
+			t.Errorf("delete netns %s: %v", ns.Name, err)
+		}
+	})
+	return ns
+}

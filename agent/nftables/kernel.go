@@ -1,0 +1,340 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// maxComment bounds a rule's comment (the kernel takes 256 bytes of user data).
+const maxComment = 200
+
+// Kernel writes and reads our table over netlink.
+type Kernel struct {
+	conn  *nftables.Conn
+	table *nftables.Table
+}
+
+// NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
+// namespace of netnsFd.
+func NewKernel(netnsFd int) (*Kernel, error) {
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(roomForAcks)}
+	if netnsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables netlink: %w", err)
+	}
+	return &Kernel{conn: conn, table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}}, nil
+}
+
+// ackBuffer sizes both buffers of our socket. A transaction goes out in one sendmsg, which must
+// fit the send buffer (EMSGSIZE at 100 MagicIPs with the default ~200 KiB), and the kernel
+// acknowledges every message of it at once (google/nftables asks for an ack per message), one
+// small skb each, which must fit the receive buffer (ENOBUFS at 20 MagicIPs). A table of 1,000
+// MagicIPs is some 15,000 messages.
+const ackBuffer = 64 << 20
+
+// roomForAcks makes acks carry no copy of the request (NETLINK_CAP_ACK) and forces a receive
+// buffer that holds them all (SO_RCVBUFFORCE, the agent has CAP_NET_ADMIN).
+func roomForAcks(c *netlink.Conn) error {
+	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+		return fmt.Errorf("netlink NETLINK_CAP_ACK: %w", err)
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, ackBuffer),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, ackBuffer))
+	}); err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink buffers of %d bytes (SO_RCVBUFFORCE, SO_SNDBUFFORCE): %w", ackBuffer, serr)
+	}
+	return nil
+}
+
+// Close closes the netlink socket.
+func (k *Kernel) Close() error { return k.conn.CloseLasting() }
+
+// Write replaces our table with rs in one transaction: the table is created (so that deleting it
+// cannot fail), deleted with all it holds, and written anew. Packets see the old table or the new
+// one, never a mix or none. It costs a few milliseconds whatever the size (the kernel waits for
+// its base chains' hooks to be unregistered): it is for the first sync and drift, WriteChanges for
+// the rest.
+func (k *Kernel) Write(rs Ruleset) error {
+	k.conn.AddTable(k.table)
+	k.conn.DelTable(k.table)
+	k.conn.AddTable(k.table)
+	if err := k.conn.AddSet(k.hairpin(), pairs(rs.Hairpin)); err != nil {
+		return fmt.Errorf("set %s: %w", hairpinSet, err)
+	}
+	chains := make(map[string]*nftables.Chain, len(rs.Chains))
+	for _, c := range rs.Chains {
+		chains[c.Name] = k.conn.AddChain(k.chain(c))
+	}
+	for _, c := range rs.Chains {
+		k.addRules(chains[c.Name], c.Rules)
+	}
+	return k.flush(fmt.Sprintf("writing table ip %s (%d chains)", TableName, len(rs.Chains)))
+}
+
+// WriteChanges turns prev, what the table holds, into rs in one transaction that touches only
+// what changed: new chains are added, changed chains flushed and refilled, chains gone deleted
+// (after the chains that jumped to them were flushed, in the same transaction). Base chains stay
+// in place, so no hook is unregistered. It returns how many chains it wrote (0: nothing changed,
+// nothing sent).
+func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
+	var fill []Chain
+	for _, c := range rs.Chains {
+		old := prev.Chain(c.Name)
+		switch {
+		case old == nil:
+			k.conn.AddChain(k.chain(c))
+		case sameRules(old.Rules, c.Rules):
+			continue
+		default:
+			k.conn.FlushChain(k.chain(c))
+		}
+		fill = append(fill, c)
+	}
+	var stale int
+	for _, c := range prev.Chains {
+		if rs.Chain(c.Name) == nil {
+			k.conn.DelChain(k.chain(c))
+			stale++
+		}
+	}
+	for _, c := range fill {
+		k.addRules(k.chain(c), c.Rules)
+	}
+	gone, added := diffAddrs(prev.Hairpin, rs.Hairpin)
+	if err := k.changeHairpin(gone, added); err != nil {
+		return 0, err
+	}
+	n := len(fill) + stale + len(gone) + len(added)
+	if n == 0 {
+		return 0, nil
+	}
+	return n, k.flush(fmt.Sprintf("changing %d chains and %d hairpin elements of table ip %s", len(fill)+stale, len(gone)+len(added), TableName))
+}
+
+func (k *Kernel) changeHairpin(gone, added []netip.Addr) error {
+	if len(gone) > 0 {
+		if err := k.conn.SetDeleteElements(k.hairpin(), pairs(gone)); err != nil {
+			return fmt.Errorf("set %s: %w", hairpinSet, err)
+		}
+	}
+	if len(added) > 0 {
+		if err := k.conn.SetAddElements(k.hairpin(), pairs(added)); err != nil {
+			return fmt.Errorf("set %s: %w", hairpinSet, err)
+		}
+	}
+	return nil
+}
+
+func (k *Kernel) hairpin() *nftables.Set {
+	return &nftables.Set{Table: k.table, Name: hairpinSet, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)}
+}
+
+// pairs are the set elements "ip . ip" of ips.
+func pairs(ips []netip.Addr) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, nftables.SetElement{Key: append(ip.AsSlice(), ip.AsSlice()...)})
+	}
+	return out
+}
+
+// diffAddrs lists what is in a but not b, and what is in b but not a (both sorted).
+func diffAddrs(a, b []netip.Addr) (onlyA, onlyB []netip.Addr) {
+	for _, x := range a {
+		if _, found := slices.BinarySearchFunc(b, x, netip.Addr.Compare); !found {
+			onlyA = append(onlyA, x)
+		}
+	}
+	for _, x := range b {
+		if _, found := slices.BinarySearchFunc(a, x, netip.Addr.Compare); !found {
+			onlyB = append(onlyB, x)
+		}
+	}
+	return onlyA, onlyB
+}
+
+func (k *Kernel) chain(c Chain) *nftables.Chain {
+	ch := &nftables.Chain{Name: c.Name, Table: k.table, Type: c.Type, Hooknum: c.Hook}
+	if c.Hook != nil {
+		ch.Priority = nftables.ChainPriorityRef(c.Priority)
+	}
+	return ch
+}
+
+func (k *Kernel) addRules(ch *nftables.Chain, rules []Rule) {
+	for _, r := range rules {
+		k.conn.AddRule(&nftables.Rule{Table: k.table, Chain: ch, Exprs: r.Exprs, UserData: comment(r.Comment)})
+	}
+}
+
+func (k *Kernel) flush(what string) error {
+	if err := k.conn.Flush(); err != nil {
+		return fmt.Errorf("nftables transaction %s: %w", what, err)
+	}
+	return nil
+}
+
+func sameRules(a, b []Rule) bool {
+	return slices.EqualFunc(a, b, func(x, y Rule) bool { return x.Text == y.Text && x.Comment == y.Comment })
+}
+
+func comment(c string) []byte {
+	if c == "" {
+		return nil
+	}
+	if len(c) > maxComment {
+		c = c[:maxComment]
+	}
+	return userdata.AppendString(nil, userdata.TypeComment, c)
+}
+
+// Delete removes our table with everything in it; a missing table is fine.
+func (k *Kernel) Delete() error {
+	if _, err := k.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("look up table ip %s: %w", TableName, err)
+	}
+	k.conn.DelTable(k.table)
+	if err := k.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete table ip %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// Observed is what the kernel holds of our table: per chain, the comment and expression count of
+// each rule, in order (nil Chains: no table).
+type Observed struct {
+	Chains map[string][]ObservedRule
+	// Hairpin: the hairpin set's elements (their first address), sorted; nil with no set.
+	Hairpin []netip.Addr
+}
+
+// ObservedRule is one rule as read back.
+type ObservedRule struct {
+	Comment string
+	Exprs   int
+}
+
+// Read lists our table's chains and their rules (one dump for the chains, one per chain).
+func (k *Kernel) Read() (Observed, error) {
+	if _, err := k.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return Observed{}, nil
+		}
+		return Observed{}, fmt.Errorf("look up table ip %s: %w", TableName, err)
+	}
+	chains, err := k.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return Observed{}, fmt.Errorf("list chains of table ip %s: %w", TableName, err)
+	}
+	o := Observed{Chains: map[string][]ObservedRule{}}
+	if o.Hairpin, err = k.readHairpin(); err != nil {
+		return Observed{}, err
+	}
+	for _, c := range chains {
+		if c.Table.Name != TableName {
+			continue
+		}
+		rules, err := k.conn.GetRules(k.table, c)
+		if err != nil {
+			return Observed{}, fmt.Errorf("list rules of chain %s in table ip %s: %w", c.Name, TableName, err)
+		}
+		o.Chains[c.Name] = []ObservedRule{}
+		for _, r := range rules {
+			com, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+			o.Chains[c.Name] = append(o.Chains[c.Name], ObservedRule{Comment: com, Exprs: len(r.Exprs)})
+		}
+	}
+	return o, nil
+}
+
+func (k *Kernel) readHairpin() ([]netip.Addr, error) {
+	elems, err := k.conn.GetSetElements(k.hairpin())
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list set %s of table ip %s: %w", hairpinSet, TableName, err)
+	}
+	ips := []netip.Addr{}
+	for _, e := range elems {
+		if ip, ok := netip.AddrFromSlice(e.Key[:min(4, len(e.Key))]); ok {
+			ips = append(ips, ip)
+		}
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	return ips, nil
+}
+
+// Drift describes how o differs from rs, the ruleset we last wrote: the table or chains missing,
+// chains of ours we did not write, and the first differing rule of each chain. Empty: in place.
+func (o Observed) Drift(rs Ruleset) []string {
+	if o.Chains == nil {
+		return []string{"table ip " + TableName + " missing"}
+	}
+	var diffs []string
+	for _, c := range rs.Chains {
+		got, ok := o.Chains[c.Name]
+		if !ok {
+			diffs = append(diffs, fmt.Sprintf("chain %s missing", c.Name))
+			continue
+		}
+		if d := diffRules(c.Rules, got); d != "" {
+			diffs = append(diffs, fmt.Sprintf("chain %s: %s", c.Name, d))
+		}
+	}
+	for name := range o.Chains {
+		if rs.Chain(name) == nil {
+			diffs = append(diffs, fmt.Sprintf("chain %s stale", name))
+		}
+	}
+	if missing, extra := diffAddrs(rs.Hairpin, o.Hairpin); o.Hairpin == nil || len(missing)+len(extra) > 0 {
+		diffs = append(diffs, fmt.Sprintf("set %s: missing %v, not ours %v (set found: %v)", hairpinSet, missing, extra, o.Hairpin != nil))
+	}
+	slices.Sort(diffs)
+	return diffs
+}
+
+func diffRules(want []Rule, got []ObservedRule) string {
+	for i := range max(len(want), len(got)) {
+		switch {
+		case i >= len(got):
+			return fmt.Sprintf("rule %d (%s) missing, %d rules found of %d", i+1, want[i].Text, len(got), len(want))
+		case i >= len(want):
+			return fmt.Sprintf("rule %d (comment %q) not ours, %d rules found of %d", i+1, got[i].Comment, len(got), len(want))
+		case got[i].Comment != truncated(want[i].Comment) || got[i].Exprs != len(want[i].Exprs):
+			return fmt.Sprintf("rule %d: wrote %q (%d expressions), found comment %q (%d expressions)",
+				i+1, want[i].Text, len(want[i].Exprs), got[i].Comment, got[i].Exprs)
+		}
+	}
+	return ""
+}
+
+func truncated(c string) string {
+	if len(c) > maxComment {
+		return c[:maxComment]
+	}
+	return c
+}

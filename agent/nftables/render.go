@@ -1,0 +1,210 @@
+package nftables
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// Chains of our table. The base chains run just before the usual ones of their hook (kube-proxy's,
+// iptables-nft's), as our iptables jumps are kept first in their built-in chains.
+const (
+	chainPrerouting  = "prerouting"
+	chainOutput      = "output"
+	chainPostrouting = "postrouting"
+	chainInput       = "input"
+	chainServices    = "services"
+	svcChainPrefix   = "svc-"
+)
+
+// Chain is one chain of our table: a base chain (Hook set) or a regular one.
+type Chain struct {
+	Name     string
+	Type     nftables.ChainType
+	Hook     *nftables.ChainHook
+	Priority nftables.ChainPriority
+	Rules    []Rule
+}
+
+// Ruleset is our whole table, chains in the order they are written (regular chains are created
+// before any rule jumps to them: all chains are added before the rules).
+type Ruleset struct {
+	Chains []Chain
+	// Hairpin holds the local producer IPs, sorted: the elements "P . P" of the set hairpinSet,
+	// so a producer change adds or deletes one element, whatever the node serves.
+	Hairpin []netip.Addr
+}
+
+// hairpinSet is our one set: source . destination pairs of a producer reaching itself.
+const hairpinSet = "hairpin"
+
+// Chain returns the named chain (nil if none).
+func (rs Ruleset) Chain(name string) *Chain {
+	i := slices.IndexFunc(rs.Chains, func(c Chain) bool { return c.Name == name })
+	if i < 0 {
+		return nil
+	}
+	return &rs.Chains[i]
+}
+
+// Render turns in into our table. It is pure: the same Input always gives the same Ruleset.
+func Render(in Input) Ruleset {
+	in.Services = slices.DeleteFunc(slices.Clone(in.Services), func(s Service) bool { return !s.Addr.Is4() })
+	addrs := slices.DeleteFunc(slices.Clone(in.Addresses), func(a netip.Addr) bool { return !a.Is4() })
+	rs := Ruleset{Chains: []Chain{
+		{Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: *nftables.ChainPriorityNATDest - 10,
+			Rules: in.Local.prerouting(addrs)},
+		{Name: chainOutput, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookOutput, Priority: *nftables.ChainPriorityNATDest - 10,
+			Rules: toServices(addrs)},
+		{Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource - 10,
+			Rules: postrouting(addrs)},
+		{Name: chainInput, Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: *nftables.ChainPriorityFilter - 10,
+			Rules: refusals(addrs, in.Services)},
+	}}
+	services := Chain{Name: chainServices}
+	var perService []Chain
+	for _, s := range in.Services {
+		if len(s.Endpoints) == 0 {
+			continue
+		}
+		name := svcChain(s)
+		services.Rules = append(services.Rules, newRule().daddr(s.Addr).l4(s.Protocol, s.Port).verdict(expr.VerdictJump, name).rule(s.Key))
+		perService = append(perService, Chain{Name: name, Rules: endpointRules(s)})
+	}
+	rs.Chains = append(append(rs.Chains, services), perService...)
+	rs.Hairpin = hairpinPairs(in.Services)
+	return rs
+}
+
+// prerouting: off-node traffic is never redirected; node-local traffic to a magic address goes
+// on to the services chain.
+func (l Local) prerouting(addrs []netip.Addr) []Rule {
+	var out []Rule
+	for _, ifc := range l.External {
+		out = append(out, newRule().iifname(ifc).verdict(expr.VerdictReturn, "").rule("external interface: not node-local"))
+	}
+	if l.All || len(l.External) > 0 {
+		return append(out, toServices(addrs)...)
+	}
+	for _, a := range addrs {
+		for _, src := range l.Sources {
+			if src.Addr().Is4() {
+				out = append(out, newRule().saddrPrefix(src).daddr(a).verdict(expr.VerdictJump, chainServices).rule("node-local source"))
+			}
+		}
+		for _, ifc := range l.Interfaces {
+			out = append(out, newRule().daddr(a).iifname(ifc).verdict(expr.VerdictJump, chainServices).rule("node-local interface"))
+		}
+	}
+	return out
+}
+
+func toServices(addrs []netip.Addr) []Rule {
+	out := make([]Rule, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, newRule().daddr(a).verdict(expr.VerdictJump, chainServices).rule(""))
+	}
+	return out
+}
+
+// postrouting: a host client keeps the magic address as source, so its redirected connections are
+// masqueraded (the replies would otherwise be martians); a producer reaching itself through a
+// DNAT (its source and destination a pair of the hairpin set) is masqueraded too. Unlike the
+// iptables hairpin chains, the rule does not check that the connection was first sent to the
+// magic address (ct original ip daddr): google/nftables v0.3.0 cannot read back the ct direction
+// that match needs, so drift could not be checked. A producer reaching itself through another
+// DNAT (its ClusterIP) is masqueraded here instead of by kube-proxy's hairpin rule, to the same
+// effect.
+func postrouting(addrs []netip.Addr) []Rule {
+	var out []Rule
+	for _, a := range addrs {
+		out = append(out, newRule().saddr(a).ifname(expr.MetaKeyOIFNAME, "oif", expr.CmpOpNeq, "lo").ctDNAT().masquerade().rule("host client of "+a.String()))
+	}
+	return append(out, newRule().ctDNAT().pairIn(hairpinSet).masquerade().rule("hairpin: a producer reaching itself"))
+}
+
+// hairpinPairs lists the IPs of the local producers (not those of other nodes, which never send
+// from this node), sorted, once each.
+func hairpinPairs(svcs []Service) []netip.Addr {
+	var ips []netip.Addr
+	for _, s := range svcs {
+		for _, ep := range s.Endpoints {
+			if ip := ep.Addr.Addr(); !ep.Remote && !slices.Contains(ips, ip) {
+				ips = append(ips, ip)
+			}
+		}
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	return ips
+}
+
+// refusals: new connections still addressed to a magic address were not redirected: each declared
+// port gets its service's verdict, any other port of the address is rejected.
+func refusals(addrs []netip.Addr, svcs []Service) []Rule {
+	var out []Rule
+	for _, s := range svcs {
+		out = append(out, newRule().daddr(s.Addr).l4(s.Protocol, s.Port).ctNew().counter().refuse(s.Verdict, s.Protocol).rule(s.Key+": not redirected"))
+	}
+	for _, a := range addrs {
+		for _, p := range []string{"tcp", "udp"} {
+			out = append(out, newRule().daddr(a).l4(p, 0).ctNew().counter().refuse(Reject, p).rule(a.String()+": undeclared port"))
+		}
+	}
+	return out
+}
+
+// endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i), the
+// last always.
+func endpointRules(s Service) []Rule {
+	n := len(s.Endpoints)
+	out := make([]Rule, 0, n)
+	for i, ep := range s.Endpoints {
+		comment := s.Key + " -> " + ep.Pod
+		if ep.Note != "" {
+			comment += " (" + ep.Note + ")"
+		}
+		out = append(out, newRule().oneIn(n-i).dnat(ep.Addr).rule(comment))
+	}
+	return out
+}
+
+// svcChain names the chain of one service: prefix + a short hash of what it serves.
+func svcChain(s Service) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", s.Key, s.Addr, s.Port, s.Protocol))
+	return svcChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
+}
+
+// Text renders the ruleset in nft syntax, for tests and logs.
+func (rs Ruleset) Text() string {
+	var pairs []string
+	for _, ip := range rs.Hairpin {
+		pairs = append(pairs, ip.String()+" . "+ip.String())
+	}
+	b := fmt.Appendf(nil, "set %s { %s }\n", hairpinSet, strings.Join(pairs, ", "))
+	for _, c := range rs.Chains {
+		b = fmt.Appendf(b, "chain %s", c.Name)
+		if c.Hook != nil {
+			b = fmt.Appendf(b, " { type %s hook %s priority %d }", c.Type, hookName(*c.Hook), c.Priority)
+		}
+		b = append(b, '\n')
+		for _, r := range c.Rules {
+			b = fmt.Appendf(b, "\t%s", r.Text)
+			if r.Comment != "" {
+				b = fmt.Appendf(b, " comment %q", r.Comment)
+			}
+			b = append(b, '\n')
+		}
+	}
+	return string(b)
+}
+
+func hookName(h nftables.ChainHook) string {
+	return map[nftables.ChainHook]string{*nftables.ChainHookPrerouting: "prerouting", *nftables.ChainHookInput: "input",
+		*nftables.ChainHookOutput: "output", *nftables.ChainHookPostrouting: "postrouting"}[h]
+}

@@ -1,0 +1,152 @@
+package nftables
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+var (
+	magic = netip.MustParseAddr("169.254.210.210")
+	prodA = netip.MustParseAddrPort("10.244.0.5:8126")
+	prodB = netip.MustParseAddrPort("10.244.0.7:8126")
+)
+
+func apm(eps ...Endpoint) Service {
+	return Service{Key: "datadog:apm", Addr: magic, Port: 8126, Protocol: "tcp", Verdict: Reject, Endpoints: eps}
+}
+
+// allLocalHead: the NAT base chains for the magic address when every source is node-local.
+var allLocalHead = []string{
+	"chain prerouting { type nat hook prerouting priority -110 }",
+	"ip daddr 169.254.210.210 jump services",
+	"chain output { type nat hook output priority -110 }",
+	"ip daddr 169.254.210.210 jump services",
+	"chain postrouting { type nat hook postrouting priority 90 }",
+	`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+}
+
+const hairpinRule = `ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`
+
+// TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
+// same builder calls as the expressions).
+func TestRender(t *testing.T) {
+	statsd := Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Drop}
+	two := apm(Endpoint{Pod: "datadog/a", Addr: prodA}, Endpoint{Pod: "datadog/b", Addr: prodB, Note: "terminating"})
+	svc := svcChain(two)
+	for name, tc := range map[string]struct {
+		in   Input
+		want []string // chain name, then its rules
+	}{
+		"two producers, one port without, off-node by uplink": {
+			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{two, statsd}, Local: Local{All: true, External: []string{"eth0"}}},
+			want: []string{
+				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }",
+				"chain prerouting { type nat hook prerouting priority -110 }",
+				`iifname "eth0" return comment "external interface: not node-local"`,
+				"ip daddr 169.254.210.210 jump services",
+				"chain output { type nat hook output priority -110 }",
+				"ip daddr 169.254.210.210 jump services",
+				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+				hairpinRule,
+				"chain input { type filter hook input priority -10 }",
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
+				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter drop comment "datadog:statsd: not redirected"`,
+				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
+				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
+				"chain services",
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svc + ` comment "datadog:apm"`,
+				"chain " + svc,
+				`numgen random mod 2 == 0 dnat to 10.244.0.5:8126 comment "datadog:apm -> datadog/a"`,
+				`dnat to 10.244.0.7:8126 comment "datadog:apm -> datadog/b (terminating)"`,
+			},
+		},
+		"node-local by source and interface prefix; remote producer gets no hairpin; IPv6 left out": {
+			in: Input{
+				Addresses: []netip.Addr{magic, netip.MustParseAddr("fd00::1")},
+				Services: []Service{apm(Endpoint{Pod: "datadog/r", Addr: prodB, Remote: true, Note: "fallback to node n2"}),
+					{Key: "v6:apm", Addr: netip.MustParseAddr("fd00::1"), Port: 1, Protocol: "tcp"}},
+				Local: Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00::/64")}, Interfaces: []string{"veth+"}},
+			},
+			want: []string{
+				"set hairpin {  }",
+				"chain prerouting { type nat hook prerouting priority -110 }",
+				`ip saddr 10.244.0.0/24 ip daddr 169.254.210.210 jump services comment "node-local source"`,
+				`ip daddr 169.254.210.210 iifname "veth*" jump services comment "node-local interface"`,
+				"chain output { type nat hook output priority -110 }",
+				"ip daddr 169.254.210.210 jump services",
+				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+				hairpinRule,
+				"chain input { type filter hook input priority -10 }",
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
+				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
+				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
+				"chain services",
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svcChain(apm()) + ` comment "datadog:apm"`,
+				"chain " + svcChain(apm()),
+				`dnat to 10.244.0.7:8126 comment "datadog:apm -> datadog/r (fallback to node n2)"`,
+			},
+		},
+		"two served ports: both reach the services chain, each its own chain": {
+			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(Endpoint{Pod: "datadog/a", Addr: prodA}),
+				{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "datadog/a", Addr: netip.MustParseAddrPort("10.244.0.5:8125")}}}},
+				Local: Local{All: true}},
+			want: append(append([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }"}, allLocalHead...),
+				hairpinRule,
+				"chain input { type filter hook input priority -10 }",
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
+				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter reject with icmp port-unreachable comment "datadog:statsd: not redirected"`,
+				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
+				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
+				"chain services",
+				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump `+svcChain(apm())+` comment "datadog:apm"`,
+				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 jump `+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"})+` comment "datadog:statsd"`,
+				"chain "+svcChain(apm()),
+				`dnat to 10.244.0.5:8126 comment "datadog:apm -> datadog/a"`,
+				"chain "+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
+				`dnat to 10.244.0.5:8125 comment "datadog:statsd -> datadog/a"`,
+			),
+		},
+		"nothing served: the base chains, empty": {
+			in: Input{Local: Local{All: true}},
+			want: []string{
+				"set hairpin {  }",
+				"chain prerouting { type nat hook prerouting priority -110 }",
+				"chain output { type nat hook output priority -110 }",
+				"chain postrouting { type nat hook postrouting priority 90 }",
+				hairpinRule,
+				"chain input { type filter hook input priority -10 }",
+				"chain services",
+			},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := strings.Split(strings.TrimSuffix(strings.ReplaceAll(Render(tc.in).Text(), "\t", ""), "\n"), "\n")
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("Render:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
+// TestRenderSpread: n producers give n rules where rule i matches one in n-i, so each gets 1/n of
+// the new connections; the last rule always matches.
+func TestRenderSpread(t *testing.T) {
+	var eps []Endpoint
+	for i := range 4 {
+		eps = append(eps, Endpoint{Pod: "p", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 80)})
+	}
+	rs := Render(Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(eps...)}, Local: Local{All: true}})
+	c := rs.Chain(svcChain(apm()))
+	if c == nil {
+		t.Fatal("no service chain")
+	}
+	for i, want := range []string{"numgen random mod 4 == 0 dnat to 10.0.0.1:80", "numgen random mod 3 == 0 dnat to 10.0.0.2:80",
+		"numgen random mod 2 == 0 dnat to 10.0.0.3:80", "dnat to 10.0.0.4:80"} {
+		if c.Rules[i].Text != want {
+			t.Errorf("rule %d: %q, want %q", i, c.Rules[i].Text, want)
+		}
+	}
+}
