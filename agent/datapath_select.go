@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+
 	"errors"
 	"fmt"
 	"slices"
@@ -14,8 +16,8 @@ import (
 // Values of --datapath.
 const (
 	DatapathAuto     = "auto"
-	DatapathIptables = "iptables"
-	DatapathNftables = "nftables"
+	DatapathIptables = v1alpha1.DatapathIPTables
+	DatapathNftables = v1alpha1.DatapathNFTables
 )
 
 // Datapaths are the values --datapath accepts.

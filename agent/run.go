@@ -128,7 +128,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 		return err
 	}
 	node := nodestatus.NewReporter(clients.Core, cfg.NodeName, taint, log)
-	record := nodereport.New(clients.MagicIP, clients.Core, cfg.NodeName, time.Now(), log)
+	record := nodereport.New(clients.MagicIP, clients.Core, cfg.NodeName, syncer.Datapath.Name(), time.Now(), log)
 	addresses, err := cfg.AddressPolicy()
 	if err != nil {
 		return err

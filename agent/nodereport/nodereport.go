@@ -37,7 +37,9 @@ type Reporter struct {
 	core    rest.Interface // v1: the Node, for the owner reference
 	node    string
 	started metav1.Time
-	log     logr.Logger
+	// datapath names the agent's datapath in the record ("iptables" or "nftables").
+	datapath string
+	log      logr.Logger
 
 	mu   sync.Mutex
 	want []v1alpha1.MagicIPOnNode
@@ -52,9 +54,9 @@ type Reporter struct {
 
 // New returns a Reporter for node; started is when the agent started (stored in the record, so
 // that a restarted agent writes it once).
-func New(magicIP, core rest.Interface, node string, started time.Time, log logr.Logger) *Reporter {
+func New(magicIP, core rest.Interface, node, datapath string, started time.Time, log logr.Logger) *Reporter {
 	return &Reporter{
-		magicIP: magicIP, core: core, node: node, started: metav1.NewTime(started.Truncate(time.Second)),
+		magicIP: magicIP, core: core, node: node, datapath: datapath, started: metav1.NewTime(started.Truncate(time.Second)),
 		log: log.WithValues("magicIPNode", node), wake: make(chan struct{}, 1),
 	}
 }
@@ -138,7 +140,7 @@ func (r *Reporter) reconcile(ctx context.Context) error {
 
 // holds reports whether rec already says want (the sync time aside).
 func (r *Reporter) holds(rec *v1alpha1.MagicIPNode, want []v1alpha1.MagicIPOnNode) bool {
-	return rec.Datapath == v1alpha1.DatapathIPTables && rec.AgentStartTime != nil && rec.AgentStartTime.Equal(&r.started) &&
+	return rec.Datapath == r.datapath && rec.AgentStartTime != nil && rec.AgentStartTime.Equal(&r.started) &&
 		equality.Semantic.DeepEqual(normal(rec.MagicIPs), normal(want))
 }
 
@@ -164,7 +166,7 @@ func (r *Reporter) desired(ctx context.Context, want []v1alpha1.MagicIPOnNode) (
 	}
 	next.SetGroupVersionKind(v1alpha1.GroupVersion.WithKind("MagicIPNode"))
 	now := metav1.Now()
-	next.Datapath, next.AgentStartTime, next.LastSyncTime, next.MagicIPs = v1alpha1.DatapathIPTables, &r.started, &now, want
+	next.Datapath, next.AgentStartTime, next.LastSyncTime, next.MagicIPs = r.datapath, &r.started, &now, want
 	return next, nil
 }
 

@@ -4,8 +4,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// DatapathIPTables is the datapath of the agents: iptables NAT rules.
-const DatapathIPTables = "iptables"
+// The agents' datapaths (MagicIPNode.Datapath, the agent's --datapath choice).
+const (
+	// DatapathIPTables: iptables NAT and filter rules, one iptables-restore per sync.
+	DatapathIPTables = "iptables"
+	// DatapathNFTables: the agent's own nftables table, one netlink transaction per sync.
+	DatapathNFTables = "nftables"
+)
 
 // Reasons a MagicIP is (not) programmed on a node (MagicIPOnNode.Reason).
 const (
@@ -34,7 +39,7 @@ type MagicIPNode struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	// Datapath is how the node is programmed: iptables.
+	// Datapath is how the node is programmed: iptables or nftables.
 	// +optional
 	// +kubebuilder:validation:MaxLength=32
 	Datapath string `json:"datapath,omitempty"`

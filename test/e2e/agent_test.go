@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -34,6 +39,17 @@ func testAgentNodeLocal(t *testing.T, dp []string) {
 	eventually(t, 5*time.Second, "UDP on B", wantUDP(consB.Netns, statsPort, prodB.Name))
 	eventually(t, 5*time.Second, "node A itself reaches its producer", wantTCP(a.Netns, apmPort, prodA.Name))
 	eventually(t, 5*time.Second, "node without producer refuses", wantTCP(consE.Netns, apmPort, "refused"))
+	// The node's record names the datapath in use (what `kubectl magic-ip status` shows).
+	eventually(t, 5*time.Second, "node A's record names the datapath "+dp[1], func(ctx context.Context) error {
+		var rec v1alpha1.MagicIPNode
+		if err := cp.Client.Get(ctx, client.ObjectKey{Name: a.Name}, &rec); err != nil {
+			return err
+		}
+		if rec.Datapath != dp[1] {
+			return fmt.Errorf("record datapath %q, want %q", rec.Datapath, dp[1])
+		}
+		return nil
+	})
 
 	// Refused means at once, not after a timeout.
 	start := time.Now()
