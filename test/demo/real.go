@@ -112,13 +112,8 @@ func realUpgrade(t *demoT, rc *harness.RealCluster, p harness.ConsumerProbe) err
 	if err := p.Reset(ctx); err != nil {
 		return err
 	}
-	root, err := harness.RepoRoot()
-	if err != nil {
-		return err
-	}
 	start := time.Now()
-	if _, err := harness.Helm("upgrade", "magic-ip", root+"/"+harness.ChartDir, "-n", harness.WebhookNamespace, "--reuse-values",
-		"--set", "image.tag="+newTag, "--wait", "--timeout", "4m", "--kubeconfig", rc.CP.Kubeconfig); err != nil {
+	if err := rc.UpgradeChart("magic-ip", "image.tag="+newTag); err != nil {
 		return err
 	}
 	if err := rc.WaitProductReady(ctx, "magic-ip"); err != nil {

@@ -43,7 +43,6 @@ func TestRealNodesHelm(t *testing.T) {
 	rc := harness.NewRealCluster(t, 2)
 	cp := rc.CP
 	harness.StartCertManager(t, cp)
-	chart := filepath.Join(repoRoot(t), harness.ChartDir)
 	tag := rc.Images.Tag
 	if err := rc.InstallChart(realRelease); err != nil {
 		t.Fatal(err)
@@ -134,7 +133,9 @@ func TestRealNodesHelm(t *testing.T) {
 		if err := local.Reset(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		helmOn(t, cp, "upgrade", realRelease, chart, "-n", realNS, "--reuse-values", "--set", "image.tag="+newTag, "--wait", "--timeout", "4m")
+		if err := rc.UpgradeChart(realRelease, "image.tag="+newTag); err != nil {
+			t.Fatal(err)
+		}
 		eventually(t, 2*time.Minute, "agent DaemonSet rolled out", func(ctx context.Context) error {
 			return harness.DaemonSetRolledOut(ctx, cp.Client, realNS, realRelease+"-agent")
 		})

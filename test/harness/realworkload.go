@@ -280,13 +280,25 @@ func DeploymentRolledOut(ctx context.Context, c client.Client, namespace, name s
 // --create-namespace --wait` with the cluster's image tags, cni0 as the agent's host interface
 // (this kernel has no dummy link type, the chart's default) and the extra --set values.
 func (rc *RealCluster) InstallChart(release string, set ...string) error {
+	return rc.helmChart("install", release, append([]string{"image.tag=" + rc.Images.Tag,
+		"webhook.image.tag=" + rc.Images.Tag, "config.hostInterface=" + PodBridge}, set...), "--create-namespace")
+}
+
+// UpgradeChart runs `helm upgrade <release> manifests/helm/magic-ip -n magic-ip-system
+// --reuse-values --wait` with the --set values.
+func (rc *RealCluster) UpgradeChart(release string, set ...string) error {
+	return rc.helmChart("upgrade", release, set, "--reuse-values")
+}
+
+// helmChart runs `helm <verb> <release> <chart> -n magic-ip-system --wait` against the cluster
+// with the --set values and extra flags.
+func (rc *RealCluster) helmChart(verb, release string, set []string, extra ...string) error {
 	root, err := RepoRoot()
 	if err != nil {
 		return err
 	}
-	args := []string{"install", release, filepath.Join(root, ChartDir), "-n", WebhookNamespace, "--create-namespace",
-		"--set", "image.tag=" + rc.Images.Tag, "--set", "webhook.image.tag=" + rc.Images.Tag,
-		"--set", "config.hostInterface=" + PodBridge, "--wait", "--timeout", "4m", "--kubeconfig", rc.CP.Kubeconfig}
+	args := append([]string{verb, release, filepath.Join(root, ChartDir), "-n", WebhookNamespace,
+		"--wait", "--timeout", "4m", "--kubeconfig", rc.CP.Kubeconfig}, extra...)
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
