@@ -149,7 +149,13 @@ func openChosen(name string, ipt *Iptables, iptErr error, local *LocalDetector, 
 		if iptErr == nil {
 			retire = append(retire, &IptablesDatapath{Ipt: ipt, Log: log})
 		}
-		return &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}, retire, nil
+		nft := &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}
+		if ck, err := nftables.NewKernel(-1); err != nil {
+			log.Error(err, "no netlink socket for the rule counters: magic_ip_agent_no_producer_connections_total is not served")
+		} else if counters != nil {
+			nft.Counters = nftablesCounters(counters, ck)
+		}
+		return nft, retire, nil
 	}
 	return nil, nil, fmt.Errorf("--datapath %q: want one of %v", name, Datapaths())
 }
