@@ -1,7 +1,9 @@
 package nftables
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 
@@ -58,5 +60,34 @@ func TestKernelVerdictCounts(t *testing.T) {
 	want := []VerdictCount{{"m:tcp", "tcp", Reject, 0}, {"m:none", "tcp", Reject, 3}, {"m:noneudp", "udp", Drop, 3}}
 	if !slices.Equal(got, want) {
 		t.Errorf("VerdictCounts = %+v, want %+v", got, want)
+	}
+}
+
+// BenchmarkVerdictCounts: one read of the verdict rules' counters, with 1 and 100 MagicIPs (two
+// ports each) in our table of a fresh namespace.
+func BenchmarkVerdictCounts(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("magicips=%d", n), func(b *testing.B) {
+			ns := harness.TestNetns(b, fmt.Sprintf("nftcountb%d", n))
+			f, err := os.Open(ns.Path())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			k, err := NewKernel(int(f.Fd()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer k.Close()
+			if err := k.Write(Render(fleetInput(n, 0))); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				if vcs, err := k.VerdictCounts(); err != nil || len(vcs) != 2*n {
+					b.Fatalf("VerdictCounts: %d rules, %v; want %d", len(vcs), err, 2*n)
+				}
+			}
+		})
 	}
 }
