@@ -3,7 +3,9 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -53,22 +55,12 @@ func nftComments(t *testing.T, ns *harness.Netns) (comments string, exists bool)
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	chains, err := c.ListChainsOfTableFamily(gnft.TableFamilyIPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var b strings.Builder
-	for _, ch := range chains {
-		if ch.Table.Name != nftables.TableName {
-			continue
-		}
-		rules, err := c.GetRules(ourTable, ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rules {
+	byChain := tableRules(t, c, ourTable)
+	for _, chain := range slices.Sorted(maps.Keys(byChain)) {
+		for _, r := range byChain[chain] {
 			com, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			fmt.Fprintf(&b, "%s: %s\n", ch.Name, com)
+			fmt.Fprintf(&b, "%s: %s\n", chain, com)
 		}
 	}
 	return b.String(), true
