@@ -5,10 +5,15 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"os"
 	"strings"
+	"testing"
 
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/magic-ip/magic-ip/agent/nftables"
+	"github.com/magic-ip/magic-ip/test/harness"
 )
 
 // nftRuleText renders a rule read back from the kernel in nft syntax, for the expressions our
@@ -103,4 +108,48 @@ func cmpText(subject string, mask []byte, c *expr.Cmp) string {
 		}
 	}
 	return subject + " " + op + value
+}
+
+// TestNftRuleText: every rule of a table with every shape the nftables datapath writes (each
+// --detect-local-mode's matches, a spread over producers, each verdict), written to a fresh netns
+// and read back, renders as the text the renderer gave it: what the datapath tests read from the
+// kernel says what the kernel holds.
+func TestNftRuleText(t *testing.T) {
+	ns := harness.TestNetns(t, "nftruletext")
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	k, err := nftables.NewKernel(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	a := netip.MustParseAddr(magicAddr)
+	eps := []nftables.Endpoint{{Pod: "dd-1", Addr: netip.MustParseAddrPort("10.244.1.10:8126")}, {Pod: "dd-2", Addr: netip.MustParseAddrPort("10.244.1.11:8126")}}
+	rs := nftables.Render(nftables.Input{Addresses: []netip.Addr{a},
+		Local: nftables.Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, Interfaces: []string{"cali+", "cni0"}},
+		Services: []nftables.Service{{Key: "datadog:apm", Addr: a, Port: apmPort, Protocol: "tcp", Verdict: nftables.Reject, Endpoints: eps},
+			{Key: "datadog:dogstatsd", Addr: a, Port: statsPort, Protocol: "udp", Verdict: nftables.Drop}}})
+	rs.Chains[0].Rules = append(nftables.Render(nftables.Input{Addresses: []netip.Addr{a}, Local: nftables.Local{External: []string{"eth0"}}}).Chains[0].Rules, rs.Chains[0].Rules...)
+	if err := k.Write(rs); err != nil {
+		t.Fatal(err)
+	}
+	c, err := nftConn(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseLasting()
+	got, _, err := nftRules(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			if want := fmt.Sprintf("%s: %s comment %q\n", ch.Name, r.Text, r.Comment); !strings.Contains(got, want) {
+				t.Errorf("rule %q not read back as written; read:\n%s", want, got)
+			}
+		}
+	}
 }
