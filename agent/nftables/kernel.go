@@ -17,22 +17,32 @@ const maxComment = 200
 
 // Kernel writes and reads our table over netlink.
 type Kernel struct {
-	conn  *nftables.Conn
-	table *nftables.Table
+	conn    *nftables.Conn
+	table   *nftables.Table
+	netnsFd int
 }
 
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
 // namespace of netnsFd.
 func NewKernel(netnsFd int) (*Kernel, error) {
+	k := &Kernel{table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}, netnsFd: netnsFd}
+	if err := k.dial(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kernel) dial() error {
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(roomForAcks)}
-	if netnsFd >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	if k.netnsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(k.netnsFd))
 	}
 	conn, err := nftables.New(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nftables netlink: %w", err)
+		return fmt.Errorf("nftables netlink: %w", err)
 	}
-	return &Kernel{conn: conn, table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}}, nil
+	k.conn = conn
+	return nil
 }
 
 // ackBuffer sizes both buffers of our socket. A transaction goes out in one sendmsg, which must
@@ -188,10 +198,26 @@ func (k *Kernel) addRules(ch *nftables.Chain, rules []Rule) {
 }
 
 func (k *Kernel) flush(what string) error {
-	if err := k.conn.Flush(); err != nil {
+	if err := k.send(); err != nil {
 		return fmt.Errorf("nftables transaction %s: %w", what, err)
 	}
 	return nil
+}
+
+// send sends the queued transaction. The kernel answers every message of a refused batch, but the
+// library stops reading at an EPERM or ENOBUFS and leaves the rest on the socket, where they would
+// be taken for the answers to the next transaction, refusing it in turn, forever: after a refusal
+// the socket is replaced.
+func (k *Kernel) send() error {
+	err := k.conn.Flush()
+	if err == nil {
+		return nil
+	}
+	_ = k.conn.CloseLasting()
+	if derr := k.dial(); derr != nil {
+		return errors.Join(err, derr)
+	}
+	return err
 }
 
 func sameRules(a, b []Rule) bool {
@@ -217,7 +243,7 @@ func (k *Kernel) Delete() error {
 		return fmt.Errorf("look up table ip %s: %w", TableName, err)
 	}
 	k.conn.DelTable(k.table)
-	if err := k.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := k.send(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete table ip %s: %w", TableName, err)
 	}
 	return nil
@@ -270,11 +296,18 @@ func (k *Kernel) Read() (Observed, error) {
 	return o, nil
 }
 
+// readHairpin reads the hairpin set's elements (nil: no such set). The library's element dump
+// hides the errno of a missing set, so the set is looked up first: its absence is drift, not a
+// failed sync.
 func (k *Kernel) readHairpin() ([]netip.Addr, error) {
-	elems, err := k.conn.GetSetElements(k.hairpin())
-	if errors.Is(err, unix.ENOENT) {
+	sets, err := k.conn.GetSets(k.table)
+	if err != nil {
+		return nil, fmt.Errorf("list sets of table ip %s: %w", TableName, err)
+	}
+	if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == hairpinSet }) {
 		return nil, nil
 	}
+	elems, err := k.conn.GetSetElements(k.hairpin())
 	if err != nil {
 		return nil, fmt.Errorf("list set %s of table ip %s: %w", hairpinSet, TableName, err)
 	}

@@ -88,7 +88,7 @@ func kernelCount(t *testing.T, n *harness.Node, dp, key string) int {
 // table, read over netlink.
 func nftKernelCount(t *testing.T, n *harness.Node, key string) int {
 	t.Helper()
-	rules, err := nftConn(t, n.Netns).GetRules(ourTable, &gnft.Chain{Name: "input", Table: ourTable})
+	rules, err := nftConnT(t, n.Netns).GetRules(ourTable, &gnft.Chain{Name: "input", Table: ourTable})
 	if err != nil {
 		t.Fatal(err)
 	}

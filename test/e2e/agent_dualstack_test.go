@@ -19,7 +19,9 @@ import (
 // the node's record as not programmed (AddressFamilyNotSupported) rather than failing the MagicIP;
 // the IPv6 address is not put on the node, and the record stays as it is over later syncs (no
 // flapping).
-func TestAgentDualStackServesIPv4(t *testing.T) {
+func TestAgentDualStackServesIPv4(t *testing.T) { forEachDatapath(t, testAgentDualStackServesIPv4) }
+
+func testAgentDualStackServesIPv4(t *testing.T, dp []string) {
 	const addr6 = "fd00::a9fe:d2d2"
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
@@ -30,7 +32,7 @@ func TestAgentDualStackServesIPv4(t *testing.T) {
 	if err := cp.Client.Create(ctx, dual); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, node, "--metrics-bind-address", "127.0.0.1:9402")
+	startAgent(t, c, node, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
 	p := addProducer(t, c, node, "dd-1", harness.PodOptions{})
 	eventually(t, 10*time.Second, "IPv4 served", onlyAnswers(consumer.Netns, p.Name))
 

@@ -34,7 +34,7 @@ var kpTable = &gnft.Table{Name: "kube-proxy", Family: gnft.TableFamilyIPv4}
 func kubeProxyRules(t *testing.T, ns *harness.Netns) map[string]int {
 	t.Helper()
 	var out map[string]int
-	for chain, rules := range tableRules(t, nftConn(t, ns), kpTable) {
+	for chain, rules := range tableRules(t, nftConnT(t, ns), kpTable) {
 		if out == nil {
 			out = map[string]int{}
 		}
