@@ -143,27 +143,28 @@ func testWebhookIPv6Aliases(t *testing.T, e *webhookEnv, addr4, addr6 string) {
 	both := map[string][]string{magicAddr: {"datadog.node.local"}, addr4: {"otel.node.local"}, addr6: {"otel.node.local"}}
 	eventually(t, 10*time.Second, "IPv6Programmed=False naming node-b", wantMIPCondition(e.cp.Client, "otel", webhook.ConditionIPv6Programmed,
 		metav1.ConditionFalse, "node node-b programs this MagicIP without its IPv6 address "+addr6, "disable_ipv6=1"))
-	eventually(t, 10*time.Second, "IPv4 entry only: one node leaves the IPv6 address out", podAliases(e, v4Only))
+	eventually(t, 10*time.Second, "IPv4 entry only: one node leaves the IPv6 address out", podAliases(e.cp.Client, v4Only))
 
 	b.MagicIPs = entry(false)
 	if err := e.cp.Client.Update(ctx, b); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "IPv6Programmed=True", wantMIPCondition(e.cp.Client, "otel", webhook.ConditionIPv6Programmed, metav1.ConditionTrue, addr6))
-	eventually(t, 10*time.Second, "a hostAliases entry per family", podAliases(e, both))
+	eventually(t, 10*time.Second, "a hostAliases entry per family", podAliases(e.cp.Client, both))
 
 	a.MagicIPs = entry(true)
 	if err := e.cp.Client.Update(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "IPv4 entry only again", podAliases(e, v4Only))
+	eventually(t, 10*time.Second, "IPv4 entry only again", podAliases(e.cp.Client, v4Only))
 }
 
-// podAliases is a condition: a pod created in namespace apps (dry run) gets hostAliases want.
-func podAliases(e *webhookEnv, want map[string][]string) func(context.Context) error {
+// podAliases is a condition: a pod created in namespace apps (dry run, through the webhook) gets
+// hostAliases want.
+func podAliases(cl client.Client, want map[string][]string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		p := testPod("apps", "aliases")
-		if err := e.cp.Client.Create(ctx, p, client.DryRunAll); err != nil {
+		if err := cl.Create(ctx, p, client.DryRunAll); err != nil {
 			return err
 		}
 		if got := aliasesOf(p); !reflect.DeepEqual(got, want) {
