@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,8 @@ type Datapath interface {
 	Execs() int64
 	// Collectors are the backend's own metrics (the iptables verdict counters).
 	Collectors() []prometheus.Collector
+	// IPv6 says why the backend cannot program IPv6 magic addresses on this node (nil: it can).
+	IPv6() error
 }
 
 // IptablesDatapath renders States into our iptables chains and applies them with one
@@ -48,6 +51,11 @@ func (d *IptablesDatapath) Execs() int64 { return d.Ipt.Execs() }
 
 // Cleanup implements Datapath.
 func (d *IptablesDatapath) Cleanup(ctx context.Context) error { return d.Ipt.Cleanup(ctx) }
+
+// IPv6 implements Datapath.
+func (d *IptablesDatapath) IPv6() error {
+	return errors.New("the iptables datapath programs IPv4 only (use --datapath=nftables)")
+}
 
 // Collectors implements Datapath.
 func (d *IptablesDatapath) Collectors() []prometheus.Collector {

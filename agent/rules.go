@@ -79,7 +79,7 @@ func Render(st State, local *LocalDetector) Ruleset {
 	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !s.Address.Is4() })
 	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainPost: nil, chainServices: nil}
 	filter := map[string][]string{chainInput: nil}
-	addrs := addresses(st)
+	addrs := slices.DeleteFunc(addresses(st), func(a netip.Addr) bool { return !a.Is4() })
 	nat[chainPrerouting] = local.prerouting(addrs)
 	for _, a := range addrs {
 		nat[chainOutput] = append(nat[chainOutput], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
@@ -117,12 +117,12 @@ func Render(st State, local *LocalDetector) Ruleset {
 	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
 }
 
-// addresses are the IPv4 magic addresses of st, sorted: those on its interfaces and those of its
-// services (the same set when st came from Desired).
+// addresses are the magic addresses of st, sorted (IPv4 first): those on its interfaces and those
+// of its services (the same set when st came from Desired).
 func addresses(st State) []netip.Addr {
 	var addrs []netip.Addr
 	add := func(a netip.Addr) {
-		if a.Is4() && !slices.Contains(addrs, a) {
+		if !slices.Contains(addrs, a) {
 			addrs = append(addrs, a)
 		}
 	}

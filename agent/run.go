@@ -59,7 +59,10 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 			}
 		}()
 	}
-	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log}
+	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log, NoIPv6: IPv6Unavailable(Sysctl{Dir: cfg.ProcSysDir}, dp)}
+	if syncer.NoIPv6 != "" {
+		log.Info("IPv6 magic addresses are not programmed on this node; each MagicIP's IPv4 address is", "why", syncer.NoIPv6)
+	}
 	return runController(ctx, cfg, clients, syncer, log)
 }
 

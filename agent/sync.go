@@ -23,6 +23,9 @@ type Syncer struct {
 	Retire []Datapath
 	Links  *Links
 	Log    logr.Logger
+	// NoIPv6 says why this node does not program IPv6 (IPv6Unavailable; empty: it does): the
+	// IPv6 addresses of the States synced are left out and reported in State.Unprogrammed.
+	NoIPv6 string
 
 	lastState *State
 	dirty     bool
@@ -46,6 +49,9 @@ type SyncResult struct {
 // Sync makes the node match st. full re-reads the kernel's rules to repair drift (at start and on
 // every resync); otherwise the last applied rules are trusted and an unchanged State costs nothing.
 func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, error) {
+	if s.NoIPv6 != "" {
+		st = withoutIPv6(st, s.NoIPv6)
+	}
 	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
 	res.State = st

@@ -41,19 +41,19 @@ func nftConn(t *testing.T, ns *harness.Netns) *gnft.Conn {
 	return c
 }
 
-var ourTable = &gnft.Table{Name: nftables.TableName, Family: gnft.TableFamilyIPv4}
+var ourTable = &gnft.Table{Name: nftables.TableName, Family: nftables.TableFamily}
 
 // nftComments lists the comments of the rules in our nftables table in ns, one "chain: comment"
 // per line; exists is false when the table is not there.
 func nftComments(t *testing.T, ns *harness.Netns) (comments string, exists bool) {
 	t.Helper()
 	c := nftConn(t, ns)
-	if _, err := c.ListTableOfFamily(nftables.TableName, gnft.TableFamilyIPv4); errors.Is(err, unix.ENOENT) {
+	if _, err := c.ListTableOfFamily(nftables.TableName, nftables.TableFamily); errors.Is(err, unix.ENOENT) {
 		return "", false
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	chains, err := c.ListChainsOfTableFamily(gnft.TableFamilyIPv4)
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamily)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func nftComments(t *testing.T, ns *harness.Netns) (comments string, exists bool)
 }
 
 // nftFlushOurs flushes every chain of our table in ns behind the agent's back (as
-// `nft flush table ip magic-ip` would).
+// `nft flush table inet magic-ip` would).
 func nftFlushOurs(t *testing.T, ns *harness.Netns) {
 	t.Helper()
 	c := nftConn(t, ns)

@@ -1,0 +1,244 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/magic-ip/magic-ip/agent/nftables"
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/test/harness"
+)
+
+var (
+	magic4 = netip.MustParseAddr("169.254.210.210")
+	magic6 = netip.MustParseAddr("fd00::a9fe:d2d2")
+)
+
+// wireDual links a pod namespace to node with a veth pair, in both families: the node side gets
+// 10.N.0.1/24 and fd00:N::1/64, the pod 10.N.0.2/24 and fd00:N::2/64 (no DAD: usable at once) and
+// default routes through them. Duplicate address detection is off in both namespaces: the
+// link-local addresses of new links would stay tentative for a second or two, and IPv6 with them.
+func wireDual(t *testing.T, node, pod *harness.Netns, ifname string, n int) {
+	t.Helper()
+	for _, ns := range []*harness.Netns{node, pod} {
+		if err := ns.Sysctl("net.ipv6.conf.default.accept_dad", "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gw4, gw6 := fmt.Sprintf("10.%d.0.1", n), fmt.Sprintf("fd00:%d::1", n)
+	steps := []struct {
+		ns   *harness.Netns
+		args []string
+	}{
+		{node, []string{"link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", pod.Name}},
+		{node, []string{"addr", "add", gw4 + "/24", "dev", ifname}},
+		{node, []string{"addr", "add", gw6 + "/64", "dev", ifname, "nodad"}},
+		{node, []string{"link", "set", ifname, "up"}},
+		{pod, []string{"addr", "add", fmt.Sprintf("10.%d.0.2/24", n), "dev", "eth0"}},
+		{pod, []string{"addr", "add", fmt.Sprintf("fd00:%d::2/64", n), "dev", "eth0", "nodad"}},
+		{pod, []string{"link", "set", "eth0", "up"}},
+		{pod, []string{"route", "add", "default", "via", gw4}},
+		{pod, []string{"-6", "route", "add", "default", "via", gw6}},
+	}
+	for _, s := range steps {
+		if out, err := s.ns.Run(t.Context(), "ip", s.args...); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(s.args, " "), err, out)
+		}
+	}
+}
+
+// serveUDP6 answers every IPv6 datagram to port with name (a pod has one address: no
+// IPV6_PKTINFO needed). Stopped in t.Cleanup.
+func serveUDP6(t *testing.T, ns *harness.Netns, port int, name string) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp6", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(name), from)
+		}
+	}()
+}
+
+// dualStackNode is a node namespace with a client pod, a producer pod (10.2.0.2, fd00:2::2,
+// serving TCP 8080 and UDP 8053 in both families) and a neighbour on the external interface ext0.
+type dualStackNode struct {
+	node, client, prod, outside *harness.Netns
+}
+
+func newDualStackNode(t *testing.T, name string) dualStackNode {
+	n := dualStackNode{node: newNetns(t, name), client: harness.TestNetns(t, name+"c"), prod: harness.TestNetns(t, name+"p"), outside: harness.TestNetns(t, name+"o")}
+	wireDual(t, n.node, n.client, "vethc", 1)
+	wireDual(t, n.node, n.prod, "vethp", 2)
+	wireDual(t, n.node, n.outside, "ext0", 3)
+	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
+		if err := n.node.Sysctl(kv[0], kv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.prod.ServeTCP(t, 8080, "producer")
+	n.prod.ServeUDP(t, 8053, "producer")
+	serveUDP6(t, n.prod, 8053, "producer")
+	return n
+}
+
+// dualStackState is one dual-stack MagicIP on bridgeIface: TCP 80 and UDP 53 served by the
+// producer in each family (its address of that family), TCP 81 and UDP 54 without producer.
+func dualStackState() State {
+	st := State{Addresses: map[string][]netip.Addr{bridgeIface: {magic4, magic6}}}
+	for _, a := range []netip.Addr{magic4, magic6} {
+		prod := netip.MustParseAddr("10.2.0.2")
+		if a.Is6() {
+			prod = netip.MustParseAddr("fd00:2::2")
+		}
+		svc := func(port string, p int32, proto v1alpha1.Protocol, target uint16) Service {
+			s := Service{MagicIP: "m", PortName: port, Address: a, Port: p, Protocol: proto, Interface: bridgeIface, WhenNoProducer: v1alpha1.Reject}
+			if target != 0 {
+				s.Endpoints = []Endpoint{{Pod: "ns/prod", Addr: netip.AddrPortFrom(prod, target)}}
+			}
+			return s
+		}
+		st.Services = append(st.Services, svc("tcp", 80, v1alpha1.ProtocolTCP, 8080), svc("udp", 53, v1alpha1.ProtocolUDP, 8053),
+			svc("none", 81, v1alpha1.ProtocolTCP, 0), svc("noneudp", 54, v1alpha1.ProtocolUDP, 0))
+	}
+	return st
+}
+
+// kernelDatapaths open each datapath in the calling thread's namespace (inside inNetns).
+func kernelDatapaths() map[string]func(ipt *Iptables) (Datapath, error) {
+	local := ExternalInterfaces("ext0")
+	return map[string]func(*Iptables) (Datapath, error){
+		DatapathNftables: func(*Iptables) (Datapath, error) {
+			k, err := nftables.NewKernel(-1)
+			if err != nil {
+				return nil, err
+			}
+			return &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}, nil
+		},
+	}
+}
+
+// outcomeOf dials addr (host:port) over proto from ns: the answer, or how it failed.
+func outcomeOf(ctx context.Context, ns *harness.Netns, proto string, addr netip.AddrPort) string {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var got string
+	var err error
+	if proto == "udp" {
+		got, err = ns.ExchangeUDP(ctx, addr.String())
+	} else {
+		got, err = ns.DialTCP(ctx, addr.String())
+	}
+	if err != nil {
+		return harness.Outcome(err)
+	}
+	return got
+}
+
+// TestDualStackTraffic: with each datapath, a dual-stack State synced into a real node namespace
+// (addresses with netlink, rules through the datapath) serves both families: a pod reaches the
+// producer's address of the family it used, over TCP and UDP; a port without producer and an
+// undeclared port are refused at once (TCP reset; ICMP or ICMPv6 port unreachable); a neighbour
+// arriving on the external interface is never redirected.
+func TestDualStackTraffic(t *testing.T) {
+	for name, open := range kernelDatapaths() {
+		t.Run(name, func(t *testing.T) {
+			n := newDualStackNode(t, "ds"+name[:3])
+			inNetns(t, n.node, func(ipt *Iptables, links *Links) error {
+				dp, err := open(ipt)
+				if err != nil {
+					return err
+				}
+				s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
+				if _, err := s.Sync(context.Background(), dualStackState(), true); err != nil {
+					return err
+				}
+				return nil
+			})
+			for _, a := range []netip.Addr{magic4, magic6} {
+				for _, c := range []struct {
+					from  *harness.Netns
+					proto string
+					port  uint16
+					want  string
+				}{
+					{n.client, "tcp", 80, "producer"}, {n.client, "udp", 53, "producer"},
+					{n.client, "tcp", 81, "refused"}, {n.client, "udp", 54, "refused"},
+					{n.client, "tcp", 9999, "refused"}, {n.client, "udp", 9999, "refused"},
+					{n.outside, "tcp", 80, "refused"}, {n.outside, "udp", 53, "refused"},
+				} {
+					dst := netip.AddrPortFrom(a, c.port)
+					if got := outcomeOf(t.Context(), c.from, c.proto, dst); got != c.want {
+						t.Errorf("%s %s from %s: %q, want %q", c.proto, dst, c.from.Name, got, c.want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestLinksIPv6: an IPv6 magic address goes on the interface usable at once (not tentative:
+// no duplicate address detection) and without a prefix route, is found again as ours, and goes
+// when no longer wanted; someone else's IPv6 address on the same interface stays.
+func TestLinksIPv6(t *testing.T) {
+	ns := newNetns(t, "links6")
+	if _, err := ns.Run(t.Context(), "ip", "addr", "add", "fd00::99/128", "dev", bridgeIface); err != nil {
+		t.Fatal(err)
+	}
+	show := func() string {
+		out, err := ns.Run(t.Context(), "ip", "-6", "addr", "show", "dev", bridgeIface)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	inNetns(t, ns, func(_ *Iptables, links *Links) error {
+		if failed := links.Ensure(map[string][]netip.Addr{bridgeIface: {magic4, magic6}}); len(failed) > 0 {
+			return fmt.Errorf("ensure: %v", failed)
+		}
+		owned, err := links.Owned()
+		if err != nil {
+			return err
+		}
+		if got := owned[bridgeIface]; len(got) != 2 || got[0] != magic4 || got[1] != magic6 {
+			t.Errorf("owned on %s: %v, want %s and %s (not fd00::99)", bridgeIface, got, magic4, magic6)
+		}
+		return links.RemoveStale(map[string][]netip.Addr{bridgeIface: {magic4}})
+	})
+	out := show()
+	if strings.Contains(out, magic6.String()) {
+		t.Errorf("%s still on %s after it was no longer wanted:\n%s", magic6, bridgeIface, out)
+	}
+	if !strings.Contains(out, "fd00::99/128") {
+		t.Errorf("someone else's fd00::99 was removed:\n%s", out)
+	}
+	inNetns(t, ns, func(_ *Iptables, links *Links) error {
+		if failed := links.Ensure(map[string][]netip.Addr{bridgeIface: {magic6}}); len(failed) > 0 {
+			return fmt.Errorf("ensure: %v", failed)
+		}
+		return nil
+	})
+	if out := show(); !strings.Contains(out, magic6.String()+"/128 scope global nodad noprefixroute") {
+		t.Errorf("want %s/128 without DAD nor prefix route, usable at once:\n%s", magic6, out)
+	}
+}
