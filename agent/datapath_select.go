@@ -63,7 +63,8 @@ func openDatapath(want string, local *LocalDetector, counters *NoProducerCounter
 		if iptErr != nil {
 			return nil, nil, iptErr
 		}
-		dp = &IptablesDatapath{Ipt: ipt, Local: local, Log: log, Counters: counters}
+		ipt6, noIpt6 := NewIp6tables()
+		dp = &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, NoIpt6: noIpt6, Local: local, Log: log, Counters: counters}
 		if k, err := nftables.NewKernel(-1); err == nil {
 			retire = append(retire, &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}})
 		}
@@ -74,7 +75,8 @@ func openDatapath(want string, local *LocalDetector, counters *NoProducerCounter
 			return nil, nil, err
 		}
 		if iptErr == nil {
-			retire = append(retire, &IptablesDatapath{Ipt: ipt, Log: log})
+			ipt6, _ := NewIp6tables()
+			retire = append(retire, &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Log: log})
 		}
 		return &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}, retire, nil
 	}
@@ -90,7 +92,8 @@ func cleanupDatapaths() ([]Datapath, error) {
 	if ipt, err := NewIptables(); err != nil {
 		errs = append(errs, err)
 	} else {
-		dps = append(dps, &IptablesDatapath{Ipt: ipt, Log: logr.Discard()})
+		ipt6, _ := NewIp6tables() // without it (no IPv6 in the kernel) there are no IPv6 rules to remove
+		dps = append(dps, &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Log: logr.Discard()})
 	}
 	if k, err := nftables.NewKernel(-1); err != nil {
 		errs = append(errs, err)

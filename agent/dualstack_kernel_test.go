@@ -81,7 +81,8 @@ func serveUDP6(t *testing.T, ns *harness.Netns, port int, name string) {
 }
 
 // dualStackNode is a node namespace with a client pod, a producer pod (10.2.0.2, fd00:2::2,
-// serving TCP 8080 and UDP 8053 in both families) and a neighbour on the external interface ext0.
+// serving TCP 8080 and UDP 8053 in both families) and a neighbour on the external interface ext0;
+// the node itself answers "node" on the magic ports.
 type dualStackNode struct {
 	node, client, prod, outside *harness.Netns
 }
@@ -99,6 +100,13 @@ func newDualStackNode(t *testing.T, name string) dualStackNode {
 	n.prod.ServeTCP(t, 8080, "producer")
 	n.prod.ServeUDP(t, 8053, "producer")
 	serveUDP6(t, n.prod, 8053, "producer")
+	// The node's own services on the magic ports, on every address: whatever is not redirected
+	// must be refused by our rules before it reaches them.
+	for _, port := range []int{53, 54, 80, 81, 9999} {
+		n.node.ServeTCP(t, port, "node")
+		n.node.ServeUDP(t, port, "node")
+		serveUDP6(t, n.node, port, "node")
+	}
 	return n
 }
 
@@ -128,6 +136,13 @@ func dualStackState() State {
 func kernelDatapaths() map[string]func(ipt *Iptables) (Datapath, error) {
 	local := ExternalInterfaces("ext0")
 	return map[string]func(*Iptables) (Datapath, error){
+		DatapathIptables: func(ipt *Iptables) (Datapath, error) {
+			ipt6, err := NewIp6tables()
+			if err != nil {
+				return nil, err
+			}
+			return &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Local: local, Log: logr.Discard()}, nil
+		},
 		DatapathNftables: func(*Iptables) (Datapath, error) {
 			k, err := nftables.NewKernel(-1)
 			if err != nil {
@@ -158,8 +173,9 @@ func outcomeOf(ctx context.Context, ns *harness.Netns, proto string, addr netip.
 // TestDualStackTraffic: with each datapath, a dual-stack State synced into a real node namespace
 // (addresses with netlink, rules through the datapath) serves both families: a pod reaches the
 // producer's address of the family it used, over TCP and UDP; a port without producer and an
-// undeclared port are refused at once (TCP reset; ICMP or ICMPv6 port unreachable); a neighbour
-// arriving on the external interface is never redirected.
+// undeclared port are refused at once (TCP reset; ICMP or ICMPv6 port unreachable), before the
+// node's own services on those ports; a neighbour arriving on the external interface is never
+// redirected; and a full resync finds the rules of both families as written (no drift).
 func TestDualStackTraffic(t *testing.T) {
 	for name, open := range kernelDatapaths() {
 		t.Run(name, func(t *testing.T) {
@@ -173,7 +189,12 @@ func TestDualStackTraffic(t *testing.T) {
 				if _, err := s.Sync(context.Background(), dualStackState(), true); err != nil {
 					return err
 				}
-				return nil
+				// Read back, both families' rules are what was written: a resync repairs nothing.
+				res, err := s.Sync(context.Background(), dualStackState(), true)
+				if err == nil && (res.Wrote || len(res.Drift) > 0) {
+					t.Errorf("a full resync of the same State wrote %v, drift %q; want nothing", res.Wrote, res.Drift)
+				}
+				return err
 			})
 			for _, a := range []netip.Addr{magic4, magic6} {
 				for _, c := range []struct {
@@ -241,4 +262,50 @@ func TestLinksIPv6(t *testing.T) {
 	if out := show(); !strings.Contains(out, magic6.String()+"/128 scope global nodad noprefixroute") {
 		t.Errorf("want %s/128 without DAD nor prefix route, usable at once:\n%s", magic6, out)
 	}
+}
+
+// TestIp6tablesDriftAndCleanup: the IPv6 rules are read back and repaired on a full sync like the
+// IPv4 ones (the drift named after ip6tables), and cleanup removes them from ip6tables too,
+// leaving someone else's IPv6 rules alone.
+func TestIp6tablesDriftAndCleanup(t *testing.T) {
+	ns := newNetns(t, "ip6drift")
+	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
+		ctx := context.Background()
+		ipt6, err := NewIp6tables()
+		if err != nil {
+			return err
+		}
+		if _, err := run("ip6tables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"); err != nil {
+			return err
+		}
+		dp := &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}
+		s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
+		if _, err := s.Sync(ctx, dualStackState(), true); err != nil {
+			return err
+		}
+		if _, err := run("ip6tables", "-F", chainInput); err != nil {
+			return err
+		}
+		res, err := s.Sync(ctx, dualStackState(), true)
+		if err != nil {
+			return err
+		}
+		if d := strings.Join(res.Drift, "; "); !res.Wrote || !strings.Contains(d, "ip6tables: ") || !strings.Contains(d, chainInput) {
+			t.Errorf("IPv6 refusals flushed behind our back: wrote %v, drift %q; want %s repaired, named after ip6tables", res.Wrote, d, chainInput)
+		}
+		if save, err := run("ip6tables-save", "-t", "filter"); err != nil || !strings.Contains(save, "icmp6-port-unreachable") {
+			t.Errorf("after repair, ip6tables holds (err %v):\n%s", err, save)
+		}
+		if err := Cleanup(links, dp); err != nil {
+			return err
+		}
+		save, err := run("ip6tables-save")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(save, ChainPrefix) || !strings.Contains(save, "--dport 22 -j ACCEPT") {
+			t.Errorf("after cleanup, want none of ours and the foreign rule kept:\n%s", save)
+		}
+		return nil
+	})
 }

@@ -10,6 +10,17 @@ import (
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
+// Family is an address family the agent programs.
+type Family string
+
+const (
+	IPv4 Family = "IPv4"
+	IPv6 Family = "IPv6"
+)
+
+// has reports whether a is of family f.
+func (f Family) has(a netip.Addr) bool { return a.Is4() == (f == IPv4) }
+
 const sysctlDisableIPv6 = "net.ipv6.conf.all.disable_ipv6"
 
 // IPv6Unavailable says why this node does not program IPv6 magic addresses ("": it does): the
