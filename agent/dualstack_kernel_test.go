@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,9 +25,10 @@ var (
 
 // wireDual links a pod namespace to node with a veth pair, in both families: the node side gets
 // 10.N.0.1/24 and fd00:N::1/64, the pod 10.N.0.2/24 and fd00:N::2/64 (no DAD: usable at once) and
-// default routes through them. Duplicate address detection is off in both namespaces: the
-// link-local addresses of new links would stay tentative for a second or two, and IPv6 with them.
-func wireDual(t *testing.T, node, pod *harness.Netns, ifname string, n int) {
+// default routes through them (IPv4 only without v6). Duplicate address detection is off in both
+// namespaces: the link-local addresses of new links would stay tentative for a second or two, and
+// IPv6 with them.
+func wireDual(t *testing.T, node, pod *harness.Netns, ifname string, n int, v6 bool) {
 	t.Helper()
 	for _, ns := range []*harness.Netns{node, pod} {
 		if err := ns.Sysctl("net.ipv6.conf.default.accept_dad", "0"); err != nil {
@@ -48,6 +51,9 @@ func wireDual(t *testing.T, node, pod *harness.Netns, ifname string, n int) {
 		{pod, []string{"-6", "route", "add", "default", "via", gw6}},
 	}
 	for _, s := range steps {
+		if !v6 && slices.ContainsFunc(s.args, func(a string) bool { return a == "-6" || strings.Contains(a, "fd00:") }) {
+			continue
+		}
 		if out, err := s.ns.Run(t.Context(), "ip", s.args...); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(s.args, " "), err, out)
 		}
@@ -89,9 +95,9 @@ type dualStackNode struct {
 
 func newDualStackNode(t *testing.T, name string) dualStackNode {
 	n := dualStackNode{node: newNetns(t, name), client: harness.TestNetns(t, name+"c"), prod: harness.TestNetns(t, name+"p"), outside: harness.TestNetns(t, name+"o")}
-	wireDual(t, n.node, n.client, "vethc", 1)
-	wireDual(t, n.node, n.prod, "vethp", 2)
-	wireDual(t, n.node, n.outside, "ext0", 3)
+	wireDual(t, n.node, n.client, "vethc", 1, true)
+	wireDual(t, n.node, n.prod, "vethp", 2, true)
+	wireDual(t, n.node, n.outside, "ext0", 3, true)
 	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
 		if err := n.node.Sysctl(kv[0], kv[1]); err != nil {
 			t.Fatal(err)
@@ -308,4 +314,56 @@ func TestIp6tablesDriftAndCleanup(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestNoIPv6Node: on a node with IPv6 disabled (net.ipv6.conf.all.disable_ipv6=1), each datapath
+// programs the IPv4 address of a dual-stack MagicIP — its pods reach the producer — and reports
+// the IPv6 address unprogrammed, with why; the sync does not fail, and resyncs report the same
+// and write nothing (no flapping).
+func TestNoIPv6Node(t *testing.T) {
+	for name, open := range kernelDatapaths() {
+		t.Run(name, func(t *testing.T) {
+			node := newNetns(t, "no6"+name[:3])
+			for _, k := range []string{"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"} {
+				if err := node.Sysctl(k, "1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			client, prod := harness.TestNetns(t, "no6"+name[:3]+"c"), harness.TestNetns(t, "no6"+name[:3]+"p")
+			wireDual(t, node, client, "vethc", 1, false)
+			wireDual(t, node, prod, "vethp", 2, false)
+			if err := node.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+				t.Fatal(err)
+			}
+			prod.ServeTCP(t, 8080, "producer")
+			var first []v1alpha1.UnprogrammedAddress
+			inNetns(t, node, func(ipt *Iptables, links *Links) error {
+				dp, err := open(ipt)
+				if err != nil {
+					return err
+				}
+				s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard(), NoIPv6: IPv6Unavailable(Sysctl{}, dp)}
+				for i := range 3 {
+					res, err := s.Sync(context.Background(), dualStackState(), true)
+					if err != nil {
+						return fmt.Errorf("sync %d: %w", i+1, err)
+					}
+					un := res.State.Unprogrammed["m"]
+					switch {
+					case i == 0:
+						first = un
+					case !reflect.DeepEqual(un, first) || res.Wrote || len(res.Drift) > 0:
+						t.Errorf("resync %d: unprogrammed %+v, wrote %v, drift %q; want %+v again, nothing written", i, un, res.Wrote, res.Drift, first)
+					}
+				}
+				return nil
+			})
+			if len(first) != 1 || first[0].Address != magic6.String() || first[0].Reason != v1alpha1.ReasonAddressFamilyNotSupported || !strings.Contains(first[0].Message, "disable_ipv6=1") {
+				t.Errorf("unprogrammed %+v, want %s AddressFamilyNotSupported naming disable_ipv6=1", first, magic6)
+			}
+			if got := outcomeOf(t.Context(), client, "tcp", netip.AddrPortFrom(magic4, 80)); got != "producer" {
+				t.Errorf("tcp %s:80: %q, want the producer", magic4, got)
+			}
+		})
+	}
 }
