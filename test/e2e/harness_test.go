@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +155,19 @@ func checkPodLifecycle(t *testing.T, ctx context.Context, p *harness.Pod) {
 	}
 }
 
+// harnessNetworks are the simulated clusters' networks, both families.
+func harnessNetworks(t *testing.T) []*net.IPNet {
+	var out []*net.IPNet
+	for _, s := range []string{harness.PodNetwork, harness.UnderlayNetwork, harness.PodNetwork6, harness.UnderlayNetwork6} {
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
 func podReady(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
@@ -163,18 +177,18 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-// checkRootNamespaceUntouched: the root namespace has no route into the simulated networks and no
-// link of the harness.
+// checkRootNamespaceUntouched: the root namespace has no route into the simulated networks (IPv4
+// and IPv6) and no link of the harness.
 func checkRootNamespaceUntouched(t *testing.T) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, pods, _ := net.ParseCIDR("10.244.0.0/16")
-	_, underlay, _ := net.ParseCIDR("172.20.0.0/24")
-	for _, r := range routes {
-		if r.Dst != nil && (pods.Contains(r.Dst.IP) || underlay.Contains(r.Dst.IP)) {
-			t.Errorf("root namespace has a route into the test network: %v", r)
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteList(nil, fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if r.Dst != nil && slices.ContainsFunc(harnessNetworks(t), func(n *net.IPNet) bool { return n.Contains(r.Dst.IP) }) {
+				t.Errorf("root namespace has a route into the test network: %v", r)
+			}
 		}
 	}
 	links, err := netlink.LinkList()

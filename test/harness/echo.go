@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // ServeTCP runs a TCP server inside the namespace on port (all addresses) that greets every
@@ -82,41 +83,73 @@ func serveConns(t T, ln net.Listener, handle func(net.Conn)) {
 	})
 }
 
-// ServeUDP runs a UDP server inside the namespace on port that answers every datagram with
-// "<name>", from the address the datagram was sent to (IP_PKTINFO, as well-behaved UDP servers
-// such as DNS servers do). Stopped in t.Cleanup.
+// ServeUDP runs a UDP server inside the namespace on port, IPv4 and IPv6, that answers every
+// datagram with "<name>", from the address the datagram was sent to (IP_PKTINFO and IPV6_PKTINFO,
+// as well-behaved UDP servers such as DNS servers do). Stopped in t.Cleanup.
 func (n *Netns) ServeUDP(t T, port int, name string) {
 	t.Helper()
-	var pc net.PacketConn
+	var pc4, pc6 net.PacketConn
 	if err := n.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		if pc4, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)); err != nil {
+			return err
+		}
+		pc6, err = net.ListenPacket("udp6", fmt.Sprintf(":%d", port)) // IPV6_V6ONLY: beside pc4
 		return err
 	}); err != nil {
+		if pc4 != nil {
+			pc4.Close()
+		}
 		t.Fatalf("udp server %s on %s:%d: %v", name, n.Name, port, err)
 	}
-	p := ipv4.NewPacketConn(pc)
-	if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
+	p4, p6 := ipv4.NewPacketConn(pc4), ipv6.NewPacketConn(pc6)
+	if err := errors.Join(p4.SetControlMessage(ipv4.FlagDst, true), p6.SetControlMessage(ipv6.FlagDst, true)); err != nil {
 		t.Fatalf("udp server %s: IP_PKTINFO: %v", name, err)
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
-		pc.Close()
+		pc4.Close()
+		pc6.Close()
 		wg.Wait()
 	})
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			_, cm, from, err := p.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var reply *ipv4.ControlMessage
-			if cm != nil {
-				reply = &ipv4.ControlMessage{Src: cm.Dst}
-			}
-			_, _ = p.WriteTo([]byte(name), reply, from)
+	wg.Go(func() { answerUDP(udpFamily{pc4.(*net.UDPConn), dst4, source4}, name) })
+	wg.Go(func() { answerUDP(udpFamily{pc6.(*net.UDPConn), dst6, source6}, name) })
+}
+
+// udpFamily is a UDP socket of one family with that family's packet info codec.
+type udpFamily struct {
+	conn *net.UDPConn
+	// dst is the destination address in a datagram's packet info (nil if none).
+	dst func(oob []byte) net.IP
+	// source is the packet info that sends from src (none for nil).
+	source func(src net.IP) []byte
+}
+
+func dst4(oob []byte) net.IP {
+	var cm ipv4.ControlMessage
+	_ = cm.Parse(oob)
+	return cm.Dst
+}
+
+func dst6(oob []byte) net.IP {
+	var cm ipv6.ControlMessage
+	_ = cm.Parse(oob)
+	return cm.Dst
+}
+
+func source4(src net.IP) []byte { return (&ipv4.ControlMessage{Src: src}).Marshal() }
+func source6(src net.IP) []byte { return (&ipv6.ControlMessage{Src: src}).Marshal() }
+
+// answerUDP answers every datagram read from f with name, from the address it was sent to, until
+// reading fails (the socket closed).
+func answerUDP(f udpFamily, name string) {
+	buf, oob := make([]byte, 2048), make([]byte, 512)
+	for {
+		_, oobn, _, from, err := f.conn.ReadMsgUDP(buf, oob)
+		if err != nil {
+			return
 		}
-	})
+		_, _, _ = f.conn.WriteMsgUDP([]byte(name), f.source(f.dst(oob[:oobn])), from)
+	}
 }
 
 // DialTCP connects from inside the namespace to addr and returns the greeting (the answering

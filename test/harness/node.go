@@ -17,12 +17,20 @@ type Node struct {
 	Name  string
 	Index int
 	Netns *Netns
-	// IP is the node's uplink (InternalIP) address.
+	// Stack is the node's address families (ClusterOptions.Stacks); IPv4Only by default.
+	Stack NodeStack
+	// IP is the node's uplink (first InternalIP) address: 172.20.0.<10+Index>, or IP6 on an
+	// IPv6-only node.
 	IP net.IP
-	// PodCIDR is 10.244.<Index>.0/24; Gateway (.1) sits on cni0 (bridge nodes) or on every
-	// pod's host-side veth (routed nodes).
+	// PodCIDR is 10.244.<Index>.0/24 (PodCIDR6 on an IPv6-only node); Gateway (.1) sits on cni0
+	// (bridge nodes) or on every pod's host-side veth (routed nodes).
 	PodCIDR *net.IPNet
 	Gateway net.IP
+	// IP6, PodCIDR6 and Gateway6 are the IPv6 ones on dual-stack and IPv6-only nodes (nil
+	// otherwise): fd00:172:20::<10+Index>, fd00:10:244:<Index>::/64 and its ::1.
+	IP6      net.IP
+	PodCIDR6 *net.IPNet
+	Gateway6 net.IP
 	// Routed: pods hang off the node on their own veths with /32 routes, no bridge.
 	Routed bool
 
@@ -31,17 +39,64 @@ type Node struct {
 	nextIP  int
 }
 
-func (c *Cluster) addNode(i int, routed bool) (*Node, error) {
-	n := &Node{
-		Name:    fmt.Sprintf("%s-node-%d", c.Name, i),
-		Index:   i,
-		IP:      net.ParseIP(fmt.Sprintf("%s%d", underlayPrefix, 10+i)).To4(),
-		PodCIDR: &net.IPNet{IP: net.IPv4(10, 244, byte(i), 0).To4(), Mask: net.CIDRMask(24, 32)},
-		Gateway: net.IPv4(10, 244, byte(i), 1).To4(),
-		Routed:  routed,
-		cluster: c,
-		nextIP:  10,
+// family is one address family of a node: its uplink address, pod CIDR and pod gateway.
+type family struct {
+	ip      net.IP
+	podCIDR *net.IPNet
+	gateway net.IP
+}
+
+func (f family) v6() bool { return f.ip.To4() == nil }
+
+// newNode lays out node i's addresses for stack.
+func newNode(c *Cluster, i int, routed bool, stack NodeStack) *Node {
+	n := &Node{Name: fmt.Sprintf("%s-node-%d", c.Name, i), Index: i, Stack: stack, Routed: routed, cluster: c, nextIP: 10}
+	if stack.Has6() {
+		n.IP6, n.PodCIDR6 = underlayIP6(10+i), podCIDR6(i)
+		n.Gateway6 = hostIn(n.PodCIDR6, 1)
+		n.IP, n.PodCIDR, n.Gateway = n.IP6, n.PodCIDR6, n.Gateway6
 	}
+	if stack.Has4() {
+		n.IP = net.ParseIP(fmt.Sprintf("%s%d", underlayPrefix, 10+i)).To4()
+		n.PodCIDR = &net.IPNet{IP: net.IPv4(10, 244, byte(i), 0).To4(), Mask: net.CIDRMask(24, 32)}
+		n.Gateway = net.IPv4(10, 244, byte(i), 1).To4()
+	}
+	return n
+}
+
+// families are the node's address families, IPv4 first.
+func (n *Node) families() []family {
+	var out []family
+	if n.PodCIDR != nil && n.PodCIDR.IP.To4() != nil {
+		out = append(out, family{n.IP, n.PodCIDR, n.Gateway})
+	}
+	if n.PodCIDR6 != nil {
+		out = append(out, family{n.IP6, n.PodCIDR6, n.Gateway6})
+	}
+	return out
+}
+
+// familyOf is the node's family v6 (IPv6 or IPv4), if it has it.
+func (n *Node) familyOf(v6 bool) (family, bool) {
+	for _, f := range n.families() {
+		if f.v6() == v6 {
+			return f, true
+		}
+	}
+	return family{}, false
+}
+
+// IPs are the node's uplink addresses, IPv4 first (its InternalIPs).
+func (n *Node) IPs() []net.IP {
+	var out []net.IP
+	for _, f := range n.families() {
+		out = append(out, f.ip)
+	}
+	return out
+}
+
+func (c *Cluster) addNode(i int, routed bool, stack NodeStack) (*Node, error) {
+	n := newNode(c, i, routed, stack)
 	ns, err := NewNetns(c.netnsName(fmt.Sprintf("node%d", i)))
 	if err != nil {
 		return nil, err
@@ -52,14 +107,21 @@ func (c *Cluster) addNode(i int, routed bool) (*Node, error) {
 			c.t.Errorf("node %s: %v", n.Name, err)
 		}
 	})
-	if err := c.plugUplink(ns, fmt.Sprintf("up%d", i), n.IP); err != nil {
+	if err := prepareStack(ns, stack, true); err != nil {
+		return nil, err
+	}
+	if err := c.plugUplink(ns, fmt.Sprintf("up%d", i), n.IPs()...); err != nil {
 		return nil, err
 	}
 	if err := ns.withHandle(func(h *netlink.Handle) error {
 		if routed {
-			return addBridge(h, HostBridge, nil)
+			return addBridge(h, HostBridge)
 		}
-		return addBridge(h, PodBridge, &net.IPNet{IP: n.Gateway, Mask: n.PodCIDR.Mask})
+		var gws []*net.IPNet
+		for _, f := range n.families() {
+			gws = append(gws, &net.IPNet{IP: f.gateway, Mask: f.podCIDR.Mask})
+		}
+		return addBridge(h, PodBridge, gws...)
 	}); err != nil {
 		return nil, err
 	}
@@ -98,15 +160,22 @@ func (n *Node) register(ctx context.Context) error {
 	return nil
 }
 
-// routeToPeers adds a route to every other node's pod CIDR via that node's uplink address.
+// routeToPeers adds a route to every other node's pod CIDR via that node's uplink address, in
+// each family both nodes have.
 func (n *Node) routeToPeers(nodes []*Node) error {
 	return n.Netns.withHandle(func(h *netlink.Handle) error {
 		for _, p := range nodes {
 			if p == n {
 				continue
 			}
-			if err := h.RouteAdd(&netlink.Route{Dst: p.PodCIDR, Gw: p.IP}); err != nil {
-				return fmt.Errorf("node %s: route %s via %s: %w", n.Name, p.PodCIDR, p.IP, err)
+			for _, f := range n.families() {
+				pf, ok := p.familyOf(f.v6())
+				if !ok {
+					continue
+				}
+				if err := h.RouteAdd(&netlink.Route{Dst: pf.podCIDR, Gw: pf.ip}); err != nil {
+					return fmt.Errorf("node %s: route %s via %s: %w", n.Name, pf.podCIDR, pf.ip, err)
+				}
 			}
 		}
 		return nil
@@ -167,17 +236,30 @@ const (
 	cniRangeEnd   = 250
 )
 
-// allocIP hands out the next address for a simulated pod: .10 to .127 of the node's CIDR (a
-// real node's CNI IPAM hands out .128 to .250, see StartKubelet).
+// allocIP hands out the next address for a simulated pod in the node's first family: host .10
+// to .127 of the node's CIDR (a real node's CNI IPAM hands out .128 to .250, see StartKubelet).
 func (n *Node) allocIP() (net.IP, error) {
+	ips, err := n.allocIPs()
+	if err != nil {
+		return nil, err
+	}
+	return ips[0], nil
+}
+
+// allocIPs hands out the next host number k (10 to 127) for a simulated pod: its address in each
+// of the node's families, IPv4 first (10.244.<i>.<k>, fd00:10:244:<i>::<k hex>).
+func (n *Node) allocIPs() ([]net.IP, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.nextIP >= cniRangeStart {
 		return nil, fmt.Errorf("node %s: simulated pod addresses (.10-.%d) exhausted", n.Name, cniRangeStart-1)
 	}
-	ip := net.IPv4(10, 244, byte(n.Index), byte(n.nextIP)).To4()
+	var ips []net.IP
+	for _, f := range n.families() {
+		ips = append(ips, hostIn(f.podCIDR, n.nextIP))
+	}
 	n.nextIP++
-	return ip, nil
+	return ips, nil
 }
 
 // Object returns the node's current Node object.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
@@ -20,8 +21,11 @@ type Pod struct {
 	Namespace, Name string
 	Node            *Node
 	// Netns is the pod's namespace (the node's for host-network pods).
-	Netns       *Netns
+	Netns *Netns
+	// IP is the pod's first address (its status.podIP): IPv4, or IPv6 on an IPv6-only node; IP6
+	// its IPv6 address on a node with IPv6 (nil otherwise). Host-network pods have the node's.
 	IP          net.IP
+	IP6         net.IP
 	HostNetwork bool
 	ownNetns    bool
 }
@@ -46,7 +50,7 @@ func (c *Cluster) AddPod(node *Node, namespace, name string, labels map[string]s
 		c.t.Fatalf("pod %s/%s: %v", namespace, name, err)
 	}
 	if opts.HostNetwork {
-		p.Netns, p.IP = node.Netns, node.IP
+		p.Netns, p.IP, p.IP6 = node.Netns, node.IP, node.IP6
 	} else if err := p.plumb(); err != nil {
 		c.t.Fatalf("pod %s/%s on %s: %v", namespace, name, node.Name, err)
 	}
@@ -67,12 +71,13 @@ func (c *Cluster) AddPod(node *Node, namespace, name string, labels map[string]s
 	return p
 }
 
-// plumb creates the pod namespace and a veth from it to the node, with the pod address and a
-// default route via the node's gateway: the veth joins cni0 in hairpin mode on bridge nodes, and
-// carries the gateway address and a /32 route to the pod on routed nodes.
+// plumb creates the pod namespace and a veth from it to the node, with an address and a default
+// route via the node's gateway in each of the node's families: the veth joins cni0 in hairpin
+// mode on bridge nodes, and carries the gateways and a /32 (/128) route to the pod on routed
+// nodes.
 func (p *Pod) plumb() error {
 	n := p.Node
-	ip, err := n.allocIP()
+	ips, err := n.allocIPs()
 	if err != nil {
 		return err
 	}
@@ -80,37 +85,59 @@ func (p *Pod) plumb() error {
 	if err != nil {
 		return err
 	}
-	p.Netns, p.IP, p.ownNetns = ns, ip, true
+	p.Netns, p.IP, p.ownNetns = ns, ips[0], true
+	if n.PodCIDR6 != nil {
+		p.IP6 = ips[len(ips)-1]
+	}
 	n.cluster.t.Cleanup(func() { _ = p.deleteNetns() })
+	if err := prepareStack(ns, n.Stack, false); err != nil {
+		return err
+	}
 	if err := n.Netns.withHandle(func(h *netlink.Handle) error { return p.plugHostSide(h, ns) }); err != nil {
 		return err
 	}
 	return ns.withHandle(func(h *netlink.Handle) error {
-		mask := n.PodCIDR.Mask
-		if n.Routed {
-			mask = net.CIDRMask(32, 32)
-		}
-		if err := linkUpWithAddr(h, "eth0", &net.IPNet{IP: ip, Mask: mask}); err != nil {
-			return err
-		}
-		if n.Routed { // the gateway is not in the pod's /32: reach it on the link
-			eth0, err := h.LinkByName("eth0")
-			if err != nil {
+		for _, f := range n.families() {
+			if err := p.podSide(h, f, ips); err != nil {
 				return err
 			}
-			gw := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: &net.IPNet{IP: n.Gateway, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}
-			if err := h.RouteAdd(gw); err != nil {
-				return fmt.Errorf("route to gateway %s: %w", n.Gateway, err)
-			}
 		}
-		return h.RouteAdd(&netlink.Route{Gw: n.Gateway})
+		return nil
 	})
+}
+
+// podSide configures the pod's eth0 (namespace h) in family f: the pod's address of the family
+// (of ips) in the node's pod CIDR (alone on routed nodes) and the default route via the gateway,
+// reached on the link on routed nodes.
+func (p *Pod) podSide(h *netlink.Handle, f family, ips []net.IP) error {
+	i := slices.IndexFunc(ips, func(ip net.IP) bool { return (ip.To4() == nil) == f.v6() })
+	ip, mask := ips[i], f.podCIDR.Mask
+	if p.Node.Routed {
+		mask = hostMask(ip)
+	}
+	if err := linkUpWithAddr(h, "eth0", &net.IPNet{IP: ip, Mask: mask}); err != nil {
+		return err
+	}
+	if p.Node.Routed { // the gateway is not in the pod's /32: reach it on the link
+		eth0, err := h.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		gw := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: &net.IPNet{IP: f.gateway, Mask: hostMask(f.gateway)}, Scope: netlink.SCOPE_LINK}
+		if err := h.RouteAdd(gw); err != nil {
+			return fmt.Errorf("route to gateway %s: %w", f.gateway, err)
+		}
+	}
+	if err := h.RouteAdd(&netlink.Route{Gw: f.gateway}); err != nil {
+		return fmt.Errorf("default route via %s: %w", f.gateway, err)
+	}
+	return nil
 }
 
 // plugHostSide creates the pod's veth in the node namespace h and connects its node side: a cni0
 // port with hairpin mode on (so the bridge may send a frame back out of the port it came in on,
 // as a producer reaching itself through its magic IP needs), or, on routed nodes, the gateway
-// address and a /32 route to the pod.
+// addresses and a /32 (/128) route to each of the pod's addresses.
 func (p *Pod) plugHostSide(h *netlink.Handle, ns *Netns) error {
 	n := p.Node
 	veth := &netlink.Veth{
@@ -134,14 +161,29 @@ func (p *Pod) plugHostSide(h *netlink.Handle, ns *Netns) error {
 		}
 		return h.LinkSetUp(veth)
 	}
-	if err := linkUpWithAddr(h, veth.Name, &net.IPNet{IP: n.Gateway, Mask: net.CIDRMask(32, 32)}); err != nil {
+	var gws []*net.IPNet
+	for _, f := range n.families() {
+		gws = append(gws, &net.IPNet{IP: f.gateway, Mask: hostMask(f.gateway)})
+	}
+	if err := linkUpWithAddr(h, veth.Name, gws...); err != nil {
 		return err
 	}
-	route := &netlink.Route{LinkIndex: veth.Attrs().Index, Dst: &net.IPNet{IP: p.IP, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}
-	if err := h.RouteAdd(route); err != nil {
-		return fmt.Errorf("route to pod %s via %s: %w", p.IP, veth.Name, err)
+	for _, ip := range p.IPs() {
+		route := &netlink.Route{LinkIndex: veth.Attrs().Index, Dst: &net.IPNet{IP: ip, Mask: hostMask(ip)}, Scope: netlink.SCOPE_LINK}
+		if err := h.RouteAdd(route); err != nil {
+			return fmt.Errorf("route to pod %s via %s: %w", ip, veth.Name, err)
+		}
 	}
 	return nil
+}
+
+// IPs are the pod's addresses, IPv4 first (its status.podIPs).
+func (p *Pod) IPs() []net.IP {
+	out := []net.IP{p.IP}
+	if p.IP6 != nil && !p.IP6.Equal(p.IP) {
+		out = append(out, p.IP6)
+	}
+	return out
 }
 
 // HostVeth is the node-side veth name: veth + 8 hex digits of a hash of namespace/name.
@@ -197,9 +239,15 @@ func setPodStatus(obj *corev1.Pod, p *Pod, ready bool) {
 	}
 	obj.Status.Phase = corev1.PodRunning
 	obj.Status.HostIP = p.Node.IP.String()
-	obj.Status.HostIPs = []corev1.HostIP{{IP: p.Node.IP.String()}}
+	obj.Status.HostIPs = nil
+	for _, ip := range p.Node.IPs() {
+		obj.Status.HostIPs = append(obj.Status.HostIPs, corev1.HostIP{IP: ip.String()})
+	}
 	obj.Status.PodIP = p.IP.String()
-	obj.Status.PodIPs = []corev1.PodIP{{IP: p.IP.String()}}
+	obj.Status.PodIPs = nil
+	for _, ip := range p.IPs() {
+		obj.Status.PodIPs = append(obj.Status.PodIPs, corev1.PodIP{IP: ip.String()})
+	}
 	obj.Status.Conditions = []corev1.PodCondition{
 		cond(corev1.PodScheduled, corev1.ConditionTrue),
 		cond(corev1.PodInitialized, corev1.ConditionTrue),

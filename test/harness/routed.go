@@ -12,9 +12,12 @@ import (
 // route to the client's address (the next free one of the node's pod CIDR) through it, and a
 // default route via a gateway the node answers for (and proxy ARP on the pod bridge, so bridge
 // pods reach it). It has no Pod object: it is only a source of
-// traffic arriving on hostIf.
+// traffic arriving on hostIf. IPv4 only: node needs IPv4 (any stack but IPv6Only).
 func (c *Cluster) AddRoutedClient(node *Node, hostIf string) *Outside {
 	c.t.Helper()
+	if !node.Stack.Has4() {
+		c.t.Fatalf("routed client on %s: the node is %s, routed clients are IPv4", node.Name, node.Stack)
+	}
 	ip, err := node.allocIP()
 	if err != nil {
 		c.t.Fatalf("routed client: %v", err)
@@ -34,7 +37,7 @@ func (c *Cluster) AddRoutedClient(node *Node, hostIf string) *Outside {
 		if err := h.LinkAdd(veth); err != nil {
 			return fmt.Errorf("add veth %s: %w", hostIf, err)
 		}
-		if err := linkUpWithAddr(h, hostIf, nil); err != nil {
+		if err := linkUpWithAddr(h, hostIf); err != nil {
 			return err
 		}
 		l, err := h.LinkByName(hostIf)
