@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -60,32 +59,6 @@ func wireDual(t *testing.T, node, pod *harness.Netns, ifname string, n int, v6 b
 	}
 }
 
-// serveUDP6 answers every IPv6 datagram to port with name (a pod has one address: no
-// IPV6_PKTINFO needed). Stopped in t.Cleanup.
-func serveUDP6(t *testing.T, ns *harness.Netns, port int, name string) {
-	t.Helper()
-	var pc net.PacketConn
-	if err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp6", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { pc.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo([]byte(name), from)
-		}
-	}()
-}
-
 // dualStackNode is a node namespace with a client pod, a producer pod (10.2.0.2, fd00:2::2,
 // serving TCP 8080 and UDP 8053 in both families) and a neighbour on the external interface ext0;
 // the node itself answers "node" on the magic ports.
@@ -105,13 +78,11 @@ func newDualStackNode(t *testing.T, name string) dualStackNode {
 	}
 	n.prod.ServeTCP(t, 8080, "producer")
 	n.prod.ServeUDP(t, 8053, "producer")
-	serveUDP6(t, n.prod, 8053, "producer")
 	// The node's own services on the magic ports, on every address: whatever is not redirected
 	// must be refused by our rules before it reaches them.
 	for _, port := range []int{53, 54, 80, 81, 9999} {
 		n.node.ServeTCP(t, port, "node")
 		n.node.ServeUDP(t, port, "node")
-		serveUDP6(t, n.node, port, "node")
 	}
 	return n
 }
@@ -342,7 +313,7 @@ func TestNoIPv6Node(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard(), NoIPv6: IPv6Unavailable(Sysctl{}, dp)}
+				s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard(), Unsupported: map[Family]string{IPv6: IPv6Unavailable(Sysctl{}, dp)}}
 				for i := range 3 {
 					res, err := s.Sync(context.Background(), dualStackState(), true)
 					if err != nil {

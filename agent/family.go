@@ -41,29 +41,42 @@ func IPv6Unavailable(s Sysctl, dp Datapath) string {
 	return ""
 }
 
-// withoutIPv6 leaves the IPv6 addresses and services out of st and reports each IPv6 address in
-// st.Unprogrammed, with why (IPv6Unavailable): the IPv4 part of every MagicIP is served as usual.
-func withoutIPv6(st State, why string) State {
+// IPv4Unavailable says why this node does not program IPv4 magic addresses ("": it does): an
+// IPv6-only node, whose addresses (--node-ip, or its Node's InternalIP and ExternalIP: from says
+// which) are all IPv6. Its pods have no IPv4 address to redirect to.
+func IPv4Unavailable(nodeAddrs []netip.Addr, from string) string {
+	if len(nodeAddrs) == 0 || slices.ContainsFunc(nodeAddrs, netip.Addr.Is4) {
+		return ""
+	}
+	return fmt.Sprintf("this node is IPv6-only (%s: %v)", from, nodeAddrs)
+}
+
+// withoutFamily leaves the addresses and services of family fam out of st and reports each such
+// address in st.Unprogrammed, with why: the other family of every MagicIP is served as usual.
+func withoutFamily(st State, fam Family, why string) State {
 	out := st
 	out.Addresses = make(map[string][]netip.Addr, len(st.Addresses))
 	for ifname, addrs := range st.Addresses {
-		if v4 := slices.DeleteFunc(slices.Clone(addrs), netip.Addr.Is6); len(v4) > 0 {
-			out.Addresses[ifname] = v4
+		if kept := slices.DeleteFunc(slices.Clone(addrs), fam.has); len(kept) > 0 {
+			out.Addresses[ifname] = kept
 		}
 	}
-	out.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return s.Address.Is6() })
+	out.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return fam.has(s.Address) })
 	out.Unprogrammed = make(map[string][]v1alpha1.UnprogrammedAddress, len(st.Unprogrammed))
 	for name, un := range st.Unprogrammed {
 		out.Unprogrammed[name] = slices.Clone(un)
 	}
 	for _, s := range st.Services {
 		a := s.Address.String()
-		if s.Address.Is4() || slices.ContainsFunc(out.Unprogrammed[s.MagicIP], func(u v1alpha1.UnprogrammedAddress) bool { return u.Address == a }) {
+		if !fam.has(s.Address) || slices.ContainsFunc(out.Unprogrammed[s.MagicIP], func(u v1alpha1.UnprogrammedAddress) bool { return u.Address == a }) {
 			continue
 		}
+		msg := fmt.Sprintf("address %s is %s and this node does not program %s: %s", a, fam, fam, why)
+		if i := slices.IndexFunc(out.Services, func(o Service) bool { return o.MagicIP == s.MagicIP }); i >= 0 {
+			msg += fmt.Sprintf("; the address %s is served", out.Services[i].Address)
+		}
 		out.Unprogrammed[s.MagicIP] = append(out.Unprogrammed[s.MagicIP], v1alpha1.UnprogrammedAddress{
-			Address: a, Reason: v1alpha1.ReasonAddressFamilyNotSupported,
-			Message: fmt.Sprintf("address %s is IPv6 and this node does not program IPv6: %s; the IPv4 address is served", a, why),
+			Address: a, Reason: v1alpha1.ReasonAddressFamilyNotSupported, Message: msg,
 		})
 	}
 	return out

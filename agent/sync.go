@@ -23,9 +23,10 @@ type Syncer struct {
 	Retire []Datapath
 	Links  *Links
 	Log    logr.Logger
-	// NoIPv6 says why this node does not program IPv6 (IPv6Unavailable; empty: it does): the
-	// IPv6 addresses of the States synced are left out and reported in State.Unprogrammed.
-	NoIPv6 string
+	// Unsupported are the families this node does not program, with why (IPv6Unavailable,
+	// IPv4Unavailable): their addresses in the States synced are left out and reported in
+	// State.Unprogrammed.
+	Unsupported map[Family]string
 
 	lastState *State
 	dirty     bool
@@ -49,8 +50,10 @@ type SyncResult struct {
 // Sync makes the node match st. full re-reads the kernel's rules to repair drift (at start and on
 // every resync); otherwise the last applied rules are trusted and an unchanged State costs nothing.
 func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, error) {
-	if s.NoIPv6 != "" {
-		st = withoutIPv6(st, s.NoIPv6)
+	for _, fam := range []Family{IPv4, IPv6} {
+		if why := s.Unsupported[fam]; why != "" {
+			st = withoutFamily(st, fam, why)
+		}
 	}
 	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
