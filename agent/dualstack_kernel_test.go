@@ -184,6 +184,7 @@ func TestDualStackTraffic(t *testing.T) {
 					{n.client, "tcp", 81, "refused"}, {n.client, "udp", 54, "refused"},
 					{n.client, "tcp", 9999, "refused"}, {n.client, "udp", 9999, "refused"},
 					{n.outside, "tcp", 80, "refused"}, {n.outside, "udp", 53, "refused"},
+					{n.prod, "tcp", 80, "producer"}, {n.prod, "udp", 53, "producer"}, // hairpin
 				} {
 					dst := netip.AddrPortFrom(a, c.port)
 					if got := outcomeOf(t.Context(), c.from, c.proto, dst); got != c.want {
@@ -334,6 +335,56 @@ func TestNoIPv6Node(t *testing.T) {
 			}
 			if got := outcomeOf(t.Context(), client, "tcp", netip.AddrPortFrom(magic4, 80)); got != "producer" {
 				t.Errorf("tcp %s:80: %q, want the producer", magic4, got)
+			}
+		})
+	}
+}
+
+// TestDualStackUDPFlush: with each datapath, a client reusing one UDP socket to the IPv6 magic
+// address follows a producer change at once: the sync deletes the IPv6 conntrack entries of the
+// service whose producers changed (without, the socket's flow would stay with the old producer).
+func TestDualStackUDPFlush(t *testing.T) {
+	for name, open := range kernelDatapaths() {
+		t.Run(name, func(t *testing.T) {
+			n := newDualStackNode(t, "fl"+name[:3])
+			prod2 := harness.TestNetns(t, "fl"+name[:3]+"q")
+			wireDual(t, n.node, prod2, "vethq", 4, true)
+			prod2.ServeUDP(t, 8053, "producer2")
+			st := dualStackState()
+			moved := dualStackState()
+			for i, s := range moved.Services {
+				if s.Address == magic6 && s.PortName == "udp" {
+					moved.Services[i].Endpoints = []Endpoint{{Pod: "ns/prod2", Addr: netip.MustParseAddrPort("[fd00:4::2]:8053")}}
+				}
+			}
+			var s *Syncer
+			sync := func(st State) {
+				t.Helper()
+				inNetns(t, n.node, func(ipt *Iptables, links *Links) error {
+					if s == nil {
+						dp, err := open(ipt)
+						if err != nil {
+							return err
+						}
+						s = &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
+					}
+					s.Links = links
+					_, err := s.Sync(context.Background(), st, false)
+					return err
+				})
+			}
+			sync(st)
+			u, err := n.client.DialUDP(netip.AddrPortFrom(magic6, 53).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			if got, err := u.Exchange(t.Context()); got != "producer" {
+				t.Fatalf("first exchange: %q (%v), want producer", got, err)
+			}
+			sync(moved)
+			if got, err := u.Exchange(t.Context()); got != "producer2" {
+				t.Errorf("same socket after the producer changed: %q (%v), want producer2", got, err)
 			}
 		})
 	}
