@@ -114,3 +114,27 @@ func checkLeftOut(t *testing.T, cp *harness.ControlPlane, node *harness.Node, wa
 	})
 	return rec.ResourceVersion
 }
+
+// TestAgentDualStackNodeCIDR: with --detect-local-mode=NodeCIDR, each family's magic address is
+// redirected for sources in the Node's pod CIDR of that family (spec.podCIDRs lists both): the
+// node's pod reaches its producer over IPv4 and IPv6, a neighbour routing the IPv6 address to the
+// node is refused.
+func TestAgentDualStackNodeCIDR(t *testing.T) { forEachDatapath(t, testAgentDualStackNodeCIDR) }
+
+func testAgentDualStackNodeCIDR(t *testing.T, dp []string) {
+	cp := harness.StartControlPlane(t)
+	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1, Stacks: []harness.NodeStack{harness.DualStack}})
+	n := c.Nodes[0]
+	dual := datadogMagicIP("datadog")
+	dual.Spec.IPv6Address = magicAddr6
+	if err := cp.Client.Create(t.Context(), dual); err != nil {
+		t.Fatal(err)
+	}
+	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
+	p := addProducer(t, c, n, "dd-1", harness.PodOptions{})
+	startAgent(t, c, n, append([]string{"--detect-local-mode=NodeCIDR"}, dp...)...)
+	eventually(t, 10*time.Second, "IPv4 from the producer", answers(consumer.Netns, magicAddr, p.Name))
+	eventually(t, 10*time.Second, "IPv6 from the producer", answers(consumer.Netns, magicAddr6, p.Name))
+	out := c.AddOutside(n, &net.IPNet{IP: net.ParseIP(magicAddr6), Mask: net.CIDRMask(128, 128)})
+	eventually(t, 10*time.Second, "a neighbour routing the IPv6 address: refused", answers(out.Netns, magicAddr6, "refused"))
+}
