@@ -78,7 +78,7 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.Duration(&c.MaxSyncBackoff, "max-sync-backoff", "MAGIC_IP_MAX_SYNC_BACKOFF", DefaultMaxBackoff,
 		"longest wait between retries of a failing sync (the wait doubles from 5ms up to this)")
 	fs.String(&c.Datapath, "datapath", "MAGIC_IP_DATAPATH", DatapathAuto,
-		"how rules are written: iptables (iptables-restore, chains MAGIC-IP-*), nftables (netlink, one table ip magic-ip, no nft binary needed) or auto (nftables when kube-proxy runs in nftables mode or iptables is not usable, else iptables); the log says which was chosen")
+		"how rules are written: iptables (iptables-restore, chains MAGIC-IP-*), nftables (netlink, one table inet magic-ip for IPv4 and IPv6, no nft binary needed) or auto (nftables when kube-proxy runs in nftables mode or iptables is not usable, else iptables); the log says which was chosen")
 	fs.Duration(&c.CountersMinInterval, "counters-min-interval", "MAGIC_IP_COUNTERS_MIN_INTERVAL", DefaultCountersMinInterval,
 		"least `interval` between two reads of the kernel's rule counters behind magic_ip_agent_no_producer_connections_total (one iptables -v -S of one chain each); scrapes in between get the last figures; 0: read at every scrape")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")

@@ -192,8 +192,10 @@ func (c *Controller) sync(ctx context.Context) error {
 
 	mips := kube.List[v1alpha1.MagicIP](c.MagicIPs)
 	allowed, refused := c.Addresses.Admit(mips)
+	allowed, left := c.Addresses.AdmitIPv6(allowed)
 	st := c.desired(ctx, allowed)
 	maps.Copy(st.Invalid, refused)
+	maps.Copy(st.Unprogrammed, left)
 	full := time.Since(c.lastFull) >= c.ResyncPeriod
 	start := time.Now()
 	execsBefore := c.Syncer.Datapath.Execs()

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"errors"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,32 +24,57 @@ type Datapath interface {
 	Execs() int64
 	// Collectors are the backend's own metrics (the iptables verdict counters).
 	Collectors() []prometheus.Collector
+	// IPv6 says why the backend cannot program IPv6 magic addresses on this node (nil: it can).
+	IPv6() error
 }
 
 // IptablesDatapath renders States into our iptables chains and applies them with one
-// iptables-restore (only the chains that changed; every chain after drift).
+// iptables-restore (only the chains that changed; every chain after drift), and the IPv6 part
+// with one ip6tables-restore the same way.
 type IptablesDatapath struct {
 	Ipt *Iptables
+	// Ipt6 writes the IPv6 rules (nil: IPv6 is not programmed, NoIpt6 says why).
+	Ipt6   *Iptables
+	NoIpt6 error
 	// Local tells node-local traffic from off-node traffic, which is never redirected.
 	Local *LocalDetector
 	Log   logr.Logger
-	// Counters, when set, reads the verdict rules' counters before a restore resets them.
+	// Counters, when set, reads the IPv4 verdict rules' counters before a restore resets them.
 	Counters *NoProducerCounters
 
-	lastRules Ruleset
-	// rulesKnown: the kernel held lastRules after our last write (false at first and after a failed
-	// restore, which may have left one table written and the other not).
-	rulesKnown bool
+	// last holds per family the rules the kernel held after our last write (none at first and
+	// after a failed restore, which may have left one table written and the other not).
+	last map[Family]Ruleset
 }
 
 // Name implements Datapath.
 func (d *IptablesDatapath) Name() string { return DatapathIptables }
 
 // Execs implements Datapath.
-func (d *IptablesDatapath) Execs() int64 { return d.Ipt.Execs() }
+func (d *IptablesDatapath) Execs() int64 {
+	n := d.Ipt.Execs()
+	if d.Ipt6 != nil {
+		n += d.Ipt6.Execs()
+	}
+	return n
+}
 
-// Cleanup implements Datapath.
-func (d *IptablesDatapath) Cleanup(ctx context.Context) error { return d.Ipt.Cleanup(ctx) }
+// Cleanup implements Datapath: both families.
+func (d *IptablesDatapath) Cleanup(ctx context.Context) error {
+	err := d.Ipt.Cleanup(ctx)
+	if d.Ipt6 != nil {
+		err = errors.Join(err, d.Ipt6.Cleanup(ctx))
+	}
+	return err
+}
+
+// IPv6 implements Datapath: ip6tables must be usable.
+func (d *IptablesDatapath) IPv6() error {
+	if d.Ipt6 != nil {
+		return nil
+	}
+	return cmp.Or(d.NoIpt6, errors.New("ip6tables not opened"))
+}
 
 // Collectors implements Datapath.
 func (d *IptablesDatapath) Collectors() []prometheus.Collector {
@@ -57,33 +84,51 @@ func (d *IptablesDatapath) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{d.Counters}
 }
 
-// Apply implements Datapath: the incremental restore input from the last rules applied, or, on a
-// full sync, iptables-save read back and compared (see Observed.Resync).
+// Apply implements Datapath: IPv4 with iptables, then IPv6 with ip6tables when it is there; each
+// family's drift is named after its command.
 func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool, []string, error) {
-	rules := Render(st, d.Local)
+	wrote, drift, err := d.apply(ctx, d.Ipt, IPv4, d.Counters, st, full)
+	if err != nil || d.Ipt6 == nil {
+		return wrote, drift, err
+	}
+	wrote6, drift6, err := d.apply(ctx, d.Ipt6, IPv6, nil, st, full)
+	for _, dr := range drift6 {
+		drift = append(drift, "ip6tables: "+dr)
+	}
+	return wrote || wrote6, drift, err
+}
+
+// apply writes the rules of one family: the incremental restore input from the last rules
+// applied, or, on a full sync, what the save reads back compared (see Observed.Resync).
+func (d *IptablesDatapath) apply(ctx context.Context, ipt *Iptables, fam Family, counters *NoProducerCounters, st State, full bool) (bool, []string, error) {
+	if d.last == nil {
+		d.last = map[Family]Ruleset{}
+	}
+	rules := RenderFamily(st, d.Local, fam)
+	prev, known := d.last[fam]
 	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
-	input := rules.RestoreChanges(d.lastRules)
+	input := rules.RestoreChanges(prev)
 	var drift []string
-	if full || !d.rulesKnown {
-		saved, err := d.Ipt.Save(ctx)
+	if full || !known {
+		saved, err := ipt.Save(ctx)
 		if err != nil {
 			return false, nil, err
 		}
 		var applied *Ruleset
-		if d.rulesKnown {
-			applied = &d.lastRules
+		if known {
+			applied = &prev
 		}
 		drift, input = ParseSave(saved).Resync(applied, rules, input)
 	}
 	if input == nil {
-		d.lastRules, d.rulesKnown = rules, true
+		d.last[fam] = rules
 		return false, drift, nil
 	}
-	d.Log.V(9).Info("iptables-restore", "input", string(input))
-	if err := d.Counters.aroundRestore(ctx, input, d.Ipt.Restore); err != nil {
-		d.rulesKnown = false
+	d.Log.V(9).Info(ipt.Name()+"-restore", "input", string(input))
+	if err := counters.aroundRestore(ctx, input, ipt.Restore); err != nil {
+		delete(d.last, fam)
 		return false, drift, err
 	}
-	d.lastRules, d.rulesKnown = rules, true
+	d.last[fam] = rules
 	return true, drift, nil
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
-// NftablesDatapath renders States into our own nftables table (ip magic-ip) and writes it in one
-// netlink transaction per sync.
+// NftablesDatapath renders States into our own nftables table (inet magic-ip: IPv4 and IPv6) and
+// writes it in one netlink transaction per sync.
 type NftablesDatapath struct {
 	NFT   *nftables.Datapath
 	Local *LocalDetector
@@ -34,6 +34,9 @@ func (d *NftablesDatapath) Collectors() []prometheus.Collector {
 	}
 	return []prometheus.Collector{d.Counters}
 }
+
+// IPv6 implements Datapath: the inet table holds both families.
+func (d *NftablesDatapath) IPv6() error { return nil }
 
 // Cleanup implements Datapath: our table goes, nothing else is touched.
 func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup() }
@@ -95,13 +98,10 @@ func nftCounterKey(key, protocol string, v nftables.Verdict) counterKey {
 }
 
 // NftablesInput is what the nftables backend needs of a State and the local-traffic detector
-// (IPv4 only, as the iptables rules).
+// (both families).
 func NftablesInput(st State, local *LocalDetector) nftables.Input {
 	in := nftables.Input{Addresses: addresses(st), Local: nftLocal(local)}
 	for _, s := range st.Services {
-		if !s.Address.Is4() {
-			continue
-		}
 		svc := nftables.Service{Key: s.Key(), Addr: s.Address, Port: uint16(s.Port), Protocol: proto(s.Protocol), Verdict: nftables.Reject}
 		if s.WhenNoProducer == v1alpha1.Drop {
 			svc.Verdict = nftables.Drop

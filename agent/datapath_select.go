@@ -136,7 +136,8 @@ func openChosen(name string, ipt *Iptables, iptErr error, local *LocalDetector, 
 		if iptErr != nil {
 			return nil, nil, iptErr
 		}
-		dp = &IptablesDatapath{Ipt: ipt, Local: local, Log: log, Counters: counters}
+		ipt6, noIpt6 := NewIp6tables()
+		dp = &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, NoIpt6: noIpt6, Local: local, Log: log, Counters: counters}
 		if k, err := nftables.NewKernel(-1); err == nil {
 			retire = append(retire, &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}})
 		}
@@ -147,7 +148,8 @@ func openChosen(name string, ipt *Iptables, iptErr error, local *LocalDetector, 
 			return nil, nil, err
 		}
 		if iptErr == nil {
-			retire = append(retire, &IptablesDatapath{Ipt: ipt, Log: log})
+			ipt6, _ := NewIp6tables()
+			retire = append(retire, &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Log: log})
 		}
 		nft := &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}
 		if ck, err := nftables.NewKernel(-1); err != nil {
@@ -169,7 +171,8 @@ func cleanupDatapaths() ([]Datapath, error) {
 	if ipt, err := NewIptables(); err != nil {
 		errs = append(errs, err)
 	} else {
-		dps = append(dps, &IptablesDatapath{Ipt: ipt, Log: logr.Discard()})
+		ipt6, _ := NewIp6tables() // without it (no IPv6 in the kernel) there are no IPv6 rules to remove
+		dps = append(dps, &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Log: logr.Discard()})
 	}
 	if k, err := nftables.NewKernel(-1); err != nil {
 		errs = append(errs, err)

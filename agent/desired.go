@@ -27,8 +27,8 @@ type State struct {
 	Conflicts map[string]v1alpha1.Conflict
 	// Invalid: MagicIPs ignored because they cannot be programmed, with the reason.
 	Invalid map[string]string
-	// Unprogrammed: the addresses left out of MagicIPs that are otherwise served (the IPv6
-	// address of a dual-stack MagicIP: its IPv4 address is programmed), with why.
+	// Unprogrammed: the addresses left out of MagicIPs that are otherwise served, with why (the
+	// IPv6 address of a dual-stack MagicIP on a node that does not program IPv6).
 	Unprogrammed map[string][]v1alpha1.UnprogrammedAddress
 	// Remote lists the Fallback MagicIPs that have no Ready (non-terminating) producer on this
 	// node: their producers on other nodes must be watched (see RemoteProducers).
@@ -78,30 +78,46 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 		}
 	}
 	for _, m := range accepted {
-		addr := netip.MustParseAddr(m.Spec.Address).Unmap()
 		if err := m.Spec.ProgrammableAddress(); err != nil {
-			// The datapath is IPv4 iptables for now; an IPv6 rule in the same restore would fail
-			// the whole sync and take every other MagicIP down with it. Same words as the status.
+			// An IPv6-only MagicIP (spec.address IPv6) is not programmed: the API reports it
+			// Accepted=False (AddressFamilyNotSupported). Same words as the status.
 			st.Invalid[m.Name] = err.Error()
 			continue
 		}
-		set, err := producers(m, pods, nodeName, addr.Is4())
+		if err := st.add(m, pods, nodeName, cmp.Or(m.Spec.HostInterface, defaultInterface)); err != nil {
+			st.Invalid[m.Name] = err.Error()
+		}
+	}
+	for _, a := range st.Addresses {
+		slices.SortFunc(a, netip.Addr.Compare)
+	}
+	slices.SortFunc(st.Services, func(a, b Service) int {
+		return cmp.Or(a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+	})
+	return st
+}
+
+// add serves m on each of its addresses (IPv4, and IPv6 for a dual-stack MagicIP), each with the
+// producers' addresses of its family, on iface.
+func (st *State) add(m v1alpha1.MagicIP, pods []corev1.Pod, nodeName, iface string) error {
+	addrs := magicAddresses(m.Spec)
+	sets := make([]producerSet, len(addrs))
+	for i, a := range addrs {
+		set, err := producers(m, pods, nodeName, a.Is4())
 		if err != nil {
-			st.Invalid[m.Name] = err.Error()
-			continue
+			return err
 		}
-		if un := m.Spec.UnprogrammedAddresses(); un != nil { // IPv4 served, IPv6 reported
-			st.Unprogrammed[m.Name] = un
-		}
-		fallback := m.Spec.EffectiveWhenNoLocalProducer() == v1alpha1.Fallback
-		if fallback && len(set.ready) == 0 {
-			st.Remote = append(st.Remote, m)
-		}
-		eps := set.serving(fallback)
-		iface := cmp.Or(m.Spec.HostInterface, defaultInterface)
+		sets[i] = set
+	}
+	fallback := m.Spec.EffectiveWhenNoLocalProducer() == v1alpha1.Fallback
+	if fallback && slices.ContainsFunc(sets, func(s producerSet) bool { return len(s.ready) == 0 }) {
+		st.Remote = append(st.Remote, m)
+	}
+	for i, addr := range addrs {
 		if !slices.Contains(st.Addresses[iface], addr) {
 			st.Addresses[iface] = append(st.Addresses[iface], addr)
 		}
+		eps := sets[i].serving(fallback)
 		for _, p := range m.Spec.Ports {
 			svc := Service{
 				MagicIP: m.Name, PortName: p.Name, Address: addr, Port: p.Port, Protocol: p.EffectiveProtocol(),
@@ -113,13 +129,17 @@ func Desired(mips []v1alpha1.MagicIP, pods []corev1.Pod, nodeName, defaultInterf
 			st.Services = append(st.Services, svc)
 		}
 	}
-	for _, a := range st.Addresses {
-		slices.SortFunc(a, netip.Addr.Compare)
+	return nil
+}
+
+// magicAddresses are the addresses of spec to program: address, and ipv6Address when it is a
+// true IPv6 address (the CRD refuses anything else).
+func magicAddresses(spec v1alpha1.MagicIPSpec) []netip.Addr {
+	out := []netip.Addr{netip.MustParseAddr(spec.Address).Unmap()}
+	if a, err := netip.ParseAddr(spec.IPv6Address); err == nil && a.Is6() && !a.Is4In6() {
+		out = append(out, a)
 	}
-	slices.SortFunc(st.Services, func(a, b Service) int {
-		return cmp.Or(a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
-	})
-	return st
+	return out
 }
 
 type producer struct {
@@ -238,6 +258,26 @@ func (p AddressPolicy) Admit(mips []v1alpha1.MagicIP) ([]v1alpha1.MagicIP, map[s
 		ok = append(ok, m)
 	}
 	return ok, refused
+}
+
+// ReasonAddressNotAllowed: an address of a MagicIP left out because this node's
+// --allowed-address-ranges (or the cloud platform list) refuse it; the rest is served.
+const ReasonAddressNotAllowed = "AddressNotAllowed"
+
+// AdmitIPv6 leaves out the ipv6Address of each MagicIP of mips that the policy refuses (the rest
+// of the MagicIP stays served) and reports it, for State.Unprogrammed.
+func (p AddressPolicy) AdmitIPv6(mips []v1alpha1.MagicIP) ([]v1alpha1.MagicIP, map[string][]v1alpha1.UnprogrammedAddress) {
+	out := make([]v1alpha1.MagicIP, 0, len(mips))
+	left := map[string][]v1alpha1.UnprogrammedAddress{}
+	for _, m := range mips {
+		if why := p.refuse(m.Spec.IPv6Address); m.Spec.IPv6Address != "" && why != "" {
+			left[m.Name] = []v1alpha1.UnprogrammedAddress{{Address: m.Spec.IPv6Address, Reason: ReasonAddressNotAllowed, Message: why + "; the IPv4 address " + m.Spec.Address + " is served"}}
+			m = *m.DeepCopy()
+			m.Spec.IPv6Address = ""
+		}
+		out = append(out, m)
+	}
+	return out, left
 }
 
 func (p AddressPolicy) refuse(address string) string {

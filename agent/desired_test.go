@@ -526,26 +526,29 @@ func TestDesiredIPv6Reported(t *testing.T) {
 	}
 }
 
-// A dual-stack MagicIP is served on its IPv4 address as an IPv4 one is (same services, same
-// addresses) and its IPv6 address is reported left out, not the MagicIP invalid.
-func TestDesiredDualStackServesIPv4(t *testing.T) {
+// A dual-stack MagicIP is served on both addresses: its IPv4 address as an IPv4 MagicIP is (same
+// services), its IPv6 address by the producers' IPv6 addresses (status.podIPs), on the same
+// interface; nothing is reported left out, and a producer without IPv6 serves IPv4 only.
+func TestDesiredDualStack(t *testing.T) {
 	const addr6 = "fd00::a9fe:d2d2"
-	pods := []corev1.Pod{readyPod("dual", []string{"10.244.1.5", "fd00:10:244:1::5"})}
+	pods := []corev1.Pod{readyPod("dual", []string{"10.244.1.5", "fd00:10:244:1::5"}), readyPod("v4-only", []string{"10.244.1.6"})}
 	dual := newMagicIP("m", testAddr, 0, func(m *v1alpha1.MagicIP) { m.Spec.IPv6Address = addr6 })
 	got := Desired([]v1alpha1.MagicIP{dual}, pods, testNode, testIface)
-	want := Desired([]v1alpha1.MagicIP{newMagicIP("m", testAddr, 0)}, pods, testNode, testIface)
-	if !reflect.DeepEqual(got.Services, want.Services) || !reflect.DeepEqual(got.Addresses, want.Addresses) {
-		t.Errorf("dual-stack MagicIP: services %+v addresses %v, want its IPv4 part as %+v %v", got.Services, got.Addresses, want.Services, want.Addresses)
+	v4 := Desired([]v1alpha1.MagicIP{newMagicIP("m", testAddr, 0)}, pods, testNode, testIface)
+	if n := len(v4.Services); len(got.Services) != 2*n || !reflect.DeepEqual(got.Services[:n], v4.Services) {
+		t.Fatalf("dual-stack MagicIP: services %+v, want its IPv4 part as %+v, then as many IPv6 ones", got.Services, v4.Services)
 	}
-	if len(got.Invalid) != 0 || len(got.Conflicts) != 0 {
-		t.Errorf("dual-stack MagicIP invalid %v, conflicts %v, want neither", got.Invalid, got.Conflicts)
+	for _, s := range got.Services[len(v4.Services):] {
+		want := []Endpoint{ep("dual", "[fd00:10:244:1::5]:8126")}
+		if s.Address != netip.MustParseAddr(addr6) || !reflect.DeepEqual(s.Endpoints, want) || s.Interface != testIface {
+			t.Errorf("IPv6 service %+v: want address %s on %s, endpoints %+v", s, addr6, testIface, want)
+		}
 	}
-	un := got.Unprogrammed["m"]
-	if len(un) != 1 || un[0].Address != addr6 || un[0].Reason != v1alpha1.ReasonAddressFamilyNotSupported {
-		t.Errorf("Unprogrammed[m] = %+v, want %s AddressFamilyNotSupported", un, addr6)
+	if want := map[string][]netip.Addr{testIface: {netip.MustParseAddr(testAddr), netip.MustParseAddr(addr6)}}; !reflect.DeepEqual(got.Addresses, want) {
+		t.Errorf("addresses: got %v, want %v", got.Addresses, want)
 	}
-	if len(want.Unprogrammed) != 0 {
-		t.Errorf("IPv4 MagicIP: Unprogrammed %+v, want none", want.Unprogrammed)
+	if len(got.Invalid)+len(got.Conflicts)+len(got.Unprogrammed) != 0 {
+		t.Errorf("dual-stack MagicIP invalid %v, conflicts %v, unprogrammed %v, want none", got.Invalid, got.Conflicts, got.Unprogrammed)
 	}
 }
 
@@ -675,5 +678,30 @@ func TestAddressPolicyConflicts(t *testing.T) {
 	st := Desired(ok, nil, testNode, testIface)
 	if len(st.Conflicts) != 0 || len(st.Services) != 1 || st.Services[0].MagicIP != "young" || len(refused) != 2 {
 		t.Errorf("services %v, conflicts %v, refused %v; want young served, the two outside refused", st.Services, st.Conflicts, refused)
+	}
+}
+
+// The ipv6Address of a dual-stack MagicIP is checked against the policy too: refused, it alone is
+// left out and reported (AddressNotAllowed), and the IPv4 address is served.
+func TestAddressPolicyIPv6(t *testing.T) {
+	policy := AddressPolicy{Allowed: []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00:1::/32")}}
+	dual := func(name, v6 string) v1alpha1.MagicIP {
+		return newMagicIP(name, testAddr, 0, func(m *v1alpha1.MagicIP) { m.Spec.IPv6Address = v6 })
+	}
+	mips := []v1alpha1.MagicIP{dual("in", "fd00:1::10"), dual("out", "fd00:2::10"), dual("metadata", "fd00:ec2::254"), newMagicIP("v4", "169.254.20.20", 0)}
+	ok, left := policy.AdmitIPv6(mips)
+	if len(ok) != 4 || ok[0].Spec.IPv6Address != "fd00:1::10" || ok[1].Spec.IPv6Address != "" || ok[2].Spec.IPv6Address != "" {
+		t.Errorf("admitted %+v: want all four, out's and metadata's ipv6Address dropped", ok)
+	}
+	if mips[1].Spec.IPv6Address != "fd00:2::10" {
+		t.Error("AdmitIPv6 changed the MagicIP given")
+	}
+	for name, want := range map[string]string{"out": "outside the agent's --allowed-address-ranges", "metadata": "cloud metadata"} {
+		if u := left[name]; len(u) != 1 || u[0].Reason != ReasonAddressNotAllowed || !strings.Contains(u[0].Message, want) {
+			t.Errorf("left out of %s: %+v, want AddressNotAllowed, %q", name, u, want)
+		}
+	}
+	if len(left) != 2 {
+		t.Errorf("left out: %v, want out and metadata only", left)
 	}
 }

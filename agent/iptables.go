@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,9 +13,12 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// Iptables is the kernel side of the rules: iptables-save and iptables-restore execs, counted.
+// Iptables is the kernel side of the rules of one family: iptables-save and iptables-restore
+// execs (ip6tables-save and ip6tables-restore for IPv6), counted.
 type Iptables struct {
 	execs atomic.Int64
+	// cmd is "iptables" or "ip6tables": the binaries are cmd+"-save" and cmd+"-restore".
+	cmd string
 	// perTable: iptables-save reads only the tables it is given (legacy), so Save names nat and
 	// filter. With nf_tables every iptables-save process dumps the whole ruleset from the kernel
 	// whatever -t says (iptables 1.8.9), so one process for all tables costs less than two.
@@ -26,19 +30,27 @@ var tables = []string{"nat", "filter"}
 
 // NewIptables checks that iptables is usable (go-iptables detects the binary and its version)
 // and which backend iptables-save uses.
-func NewIptables() (*Iptables, error) {
-	if _, err := iptables.New(iptables.Timeout(5)); err != nil {
-		return nil, fmt.Errorf("iptables not usable (install the iptables package): %w", err)
+func NewIptables() (*Iptables, error) { return newIptables(iptables.ProtocolIPv4, "iptables") }
+
+// NewIp6tables is NewIptables for IPv6: ip6tables, ip6tables-save and ip6tables-restore.
+func NewIp6tables() (*Iptables, error) { return newIptables(iptables.ProtocolIPv6, "ip6tables") }
+
+func newIptables(proto iptables.Protocol, cmd string) (*Iptables, error) {
+	if _, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(5)); err != nil {
+		return nil, fmt.Errorf("%s not usable (install the iptables package): %w", cmd, err)
 	}
-	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		return nil, fmt.Errorf("iptables-restore not found (install the iptables package): %w", err)
+	if _, err := exec.LookPath(cmd + "-restore"); err != nil {
+		return nil, fmt.Errorf("%s-restore not found (install the iptables package): %w", cmd, err)
 	}
-	version, err := exec.Command("iptables-save", "--version").Output()
+	version, err := exec.Command(cmd+"-save", "--version").Output()
 	if err != nil {
-		return nil, fmt.Errorf("iptables-save --version (install the iptables package): %w", err)
+		return nil, fmt.Errorf("%s-save --version (install the iptables package): %w", cmd, err)
 	}
-	return &Iptables{perTable: !strings.Contains(string(version), "nf_tables")}, nil
+	return &Iptables{cmd: cmd, perTable: !strings.Contains(string(version), "nf_tables")}, nil
 }
+
+// Name is the command, "iptables" or "ip6tables".
+func (x *Iptables) Name() string { return x.cmd }
 
 // Execs is the number of iptables processes run so far by Save and Restore.
 func (x *Iptables) Execs() int64 { return x.execs.Load() }
@@ -62,10 +74,10 @@ func (x *Iptables) save(ctx context.Context, tables ...string) ([]byte, error) {
 		if table != "" {
 			args = []string{"-t", table}
 		}
-		cmd := exec.CommandContext(ctx, "iptables-save", args...)
+		cmd := exec.CommandContext(ctx, x.cmd+"-save", args...)
 		cmd.Stdout, cmd.Stderr = &out, &stderr
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("iptables-save %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+			return nil, fmt.Errorf("%s-save %s: %w: %s", x.cmd, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 		}
 	}
 	return out.Bytes(), nil
@@ -76,23 +88,24 @@ func (x *Iptables) save(ctx context.Context, tables ...string) ([]byte, error) {
 func (x *Iptables) Restore(ctx context.Context, data []byte) error {
 	x.execs.Add(1)
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--wait", "5")
+	cmd := exec.CommandContext(ctx, x.cmd+"-restore", "--noflush", "--wait", "5")
 	cmd.Stdin, cmd.Stderr = bytes.NewReader(data), &stderr
 	if err := cmd.Run(); err != nil {
-		return &RestoreError{Err: err, Stderr: strings.TrimSpace(stderr.String()), Input: data}
+		return &RestoreError{Cmd: x.cmd + "-restore", Err: err, Stderr: strings.TrimSpace(stderr.String()), Input: data}
 	}
 	return nil
 }
 
 // RestoreError carries what iptables-restore said and the offending input line when it names one.
 type RestoreError struct {
+	Cmd    string // iptables-restore or ip6tables-restore
 	Err    error
 	Stderr string
 	Input  []byte
 }
 
 func (e *RestoreError) Error() string {
-	msg := fmt.Sprintf("iptables-restore: %v: %s", e.Err, e.Stderr)
+	msg := fmt.Sprintf("%s: %v: %s", cmp.Or(e.Cmd, "iptables-restore"), e.Err, e.Stderr)
 	var line int
 	if _, err := fmt.Sscanf(lastField(e.Stderr, "line: "), "%d", &line); err == nil && line > 0 {
 		lines := strings.Split(string(e.Input), "\n")

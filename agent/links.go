@@ -11,13 +11,20 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultDummyInterface is the link the agent creates when --host-interface is left at its default.
 const DefaultDummyInterface = "magic-ip0"
 
-// addrLabel marks the addresses we add to an interface we do not own ("cni0:mip"), so that
-// cleanup finds them without the API. Labels are limited to 15 characters.
+// addrLabel marks the IPv4 addresses we add to an interface we do not own ("cni0:mip"), so that
+// cleanup finds them without the API. Labels are limited to 15 characters. IPv6 addresses have no
+// label: ours carry ownFlags6 instead.
+// ownFlags6 are the flags of the IPv6 magic addresses: no duplicate address detection (usable at
+// once, not "tentative" for a second or two; every node carries the same address on purpose), and
+// no prefix route (a /128 needs none: the local route delivers it). A /128 with both is ours.
+const ownFlags6 = unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE
+
 func addrLabel(ifname string) string {
 	if len(ifname) > 11 {
 		ifname = ifname[:11]
@@ -100,7 +107,10 @@ func (l *Links) addAll(link netlink.Link, addrs []netip.Addr) error {
 			continue
 		}
 		addr := &netlink.Addr{IPNet: hostNet(a)}
-		if a.Is4() && name != l.Dummy {
+		switch {
+		case a.Is6():
+			addr.Flags = ownFlags6
+		case name != l.Dummy:
 			addr.Label = addrLabel(name)
 		}
 		if err := l.h.AddrAdd(link, addr); err != nil && !errors.Is(err, os.ErrExist) {
@@ -126,7 +136,7 @@ func (l *Links) Owned() (map[string][]netip.Addr, error) {
 		for _, a := range addrs {
 			ones, bits := a.Mask.Size()
 			ip, ok := netip.AddrFromSlice(a.IP)
-			if !ok || ones != bits || (name != l.Dummy && a.Label != addrLabel(name)) {
+			if !ok || ones != bits || (name != l.Dummy && !ownAddr(name, ip.Unmap(), a)) {
 				continue
 			}
 			if name == l.Dummy && ip.Unmap().Is6() && ip.IsLinkLocalUnicast() {
@@ -178,6 +188,15 @@ func (l *Links) Cleanup() error {
 		}
 	}
 	return err
+}
+
+// ownAddr reports whether a, on an interface other than the dummy one, is one of ours: its label
+// (IPv4) or its flags (IPv6) say so.
+func ownAddr(ifname string, ip netip.Addr, a netlink.Addr) bool {
+	if ip.Is4() {
+		return a.Label == addrLabel(ifname)
+	}
+	return a.Flags&ownFlags6 == ownFlags6
 }
 
 func hostNet(a netip.Addr) *net.IPNet {

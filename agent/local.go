@@ -90,8 +90,8 @@ func (d *LocalDetector) prerouting(addrs []netip.Addr) []string {
 			continue
 		}
 		for _, m := range d.Local {
-			if m.Source.IsValid() && !m.Source.Addr().Is4() {
-				continue // the rules are IPv4
+			if m.Source.IsValid() && m.Source.Addr().Is4() != a.Is4() {
+				continue // a pod CIDR of the other family
 			}
 			out = append(out, m.dispatch(a, d.Mode))
 		}

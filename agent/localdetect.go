@@ -76,18 +76,20 @@ func byNodeAddresses(cfg Config, node *corev1.Node, links []hostLink) (*LocalDet
 	return ExternalInterfaces(names...), nil
 }
 
-// byNodeCIDR: the Node's IPv4 pod CIDR is node-local.
+// byNodeCIDR: the Node's pod CIDRs are node-local, each for the magic addresses of its family (a
+// dual-stack node has one of each, an IPv6-only node an IPv6 one; a family without one redirects
+// nothing).
 func byNodeCIDR(node *corev1.Node) (*LocalDetector, error) {
 	d := &LocalDetector{Mode: NodeCIDR}
 	for _, s := range append([]string{node.Spec.PodCIDR}, node.Spec.PodCIDRs...) {
 		p, err := netip.ParsePrefix(s)
-		if err != nil || !p.Addr().Is4() || slices.Contains(localSources(d), p.Masked()) {
+		if err != nil || slices.Contains(localSources(d), p.Masked()) {
 			continue
 		}
 		d.Local = append(d.Local, LocalMatch{Source: p.Masked()})
 	}
 	if len(d.Local) == 0 {
-		return nil, fmt.Errorf("--detect-local-mode=NodeCIDR: Node %s has no IPv4 spec.podCIDRs (pod addresses are not allocated by Kubernetes here, e.g. Calico or Cilium IPAM); use --detect-local-mode=InterfaceNamePrefix or BridgeInterface", node.Name)
+		return nil, fmt.Errorf("--detect-local-mode=NodeCIDR: Node %s has no spec.podCIDRs (pod addresses are not allocated by Kubernetes here, e.g. Calico or Cilium IPAM); use --detect-local-mode=InterfaceNamePrefix or BridgeInterface", node.Name)
 	}
 	return d, nil
 }

@@ -86,17 +86,23 @@ func TestResolveLocal(t *testing.T) {
 			cfg: cfgWith(func(c *Config) { c.HostInterface = "eth0" }), node: nodeObj(nil),
 			wantErr: "interface eth0 holds the node's address but is also where this node's pods attach",
 		},
-		"NodeCIDR: the IPv4 pod CIDR, once": {
+		"NodeCIDR: the pod CIDR of each family, once": {
 			cfg: cfgWith(mode(NodeCIDR)), node: nodeObj(nil),
-			want: &LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}}},
+			want: &LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}, {Source: netip.MustParsePrefix("fd10:244:1::/64")}}},
+		},
+		"NodeCIDR on an IPv6-only node": {
+			cfg: cfgWith(mode(NodeCIDR)), node: nodeObj(func(n *corev1.Node) {
+				n.Spec = corev1.NodeSpec{PodCIDR: "fd10:244:1::/64", PodCIDRs: []string{"fd10:244:1::/64"}}
+			}),
+			want: &LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("fd10:244:1::/64")}}},
 		},
 		"NodeCIDR without podCIDRs: refuse, naming InterfaceNamePrefix": {
 			cfg: cfgWith(mode(NodeCIDR)), node: nodeObj(func(n *corev1.Node) { n.Spec = corev1.NodeSpec{} }),
-			wantErr: "Node n1 has no IPv4 spec.podCIDRs (pod addresses are not allocated by Kubernetes here, e.g. Calico or Cilium IPAM); use --detect-local-mode=InterfaceNamePrefix",
+			wantErr: "Node n1 has no spec.podCIDRs (pod addresses are not allocated by Kubernetes here, e.g. Calico or Cilium IPAM); use --detect-local-mode=InterfaceNamePrefix",
 		},
 		"NodeCIDR ignores --node-ip": {
 			cfg: cfgWith(func(c *Config) { c.DetectLocalMode, c.NodeIP = string(NodeCIDR), "192.0.2.1" }), node: nodeObj(nil),
-			want: &LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}}},
+			want: &LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}, {Source: netip.MustParsePrefix("fd10:244:1::/64")}}},
 		},
 		"--external-interfaces with another mode: refuse": {
 			cfg: cfgWith(func(c *Config) { c.DetectLocalMode, c.ExternalInterfaces = string(NodeCIDR), []string{"eth0"} }), node: nodeObj(nil),

@@ -71,15 +71,19 @@ type Ruleset struct {
 // of redirected host clients (addressed to the magic IP again once un-NATed) must pass.
 const newConn = "-m conntrack --ctstate NEW"
 
-// Render turns a State into our (IPv4) chains. local tells traffic from this node's pods from
-// traffic that arrives from outside the node, which is never redirected (nil: every source is
-// node-local). Non-IPv4 services are left out (Desired reports them): one bad line would fail the
-// whole restore.
-func Render(st State, local *LocalDetector) Ruleset {
-	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !s.Address.Is4() })
+// Render turns a State into our IPv4 chains (RenderFamily for IPv4).
+func Render(st State, local *LocalDetector) Ruleset { return RenderFamily(st, local, IPv4) }
+
+// RenderFamily turns the services and addresses of family fam in a State into our chains, for
+// iptables-restore (IPv4) or ip6tables-restore (IPv6): one restore per family, the same rules in
+// each but for the addresses and the ICMP of the refusals. local tells traffic from this node's
+// pods from traffic that arrives from outside the node, which is never redirected (nil: every
+// source is node-local).
+func RenderFamily(st State, local *LocalDetector, fam Family) Ruleset {
+	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !fam.has(s.Address) })
 	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainPost: nil, chainServices: nil}
 	filter := map[string][]string{chainInput: nil}
-	addrs := addresses(st)
+	addrs := slices.DeleteFunc(addresses(st), func(a netip.Addr) bool { return !fam.has(a) })
 	nat[chainPrerouting] = local.prerouting(addrs)
 	for _, a := range addrs {
 		nat[chainOutput] = append(nat[chainOutput], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
@@ -98,7 +102,7 @@ func Render(st State, local *LocalDetector) Ruleset {
 	}
 	for _, s := range st.Services {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
-		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s%s" %s`, match, newConn, s.Key(), notRedirected, verdict(s.WhenNoProducer, s.Protocol)))
+		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s%s" %s`, match, newConn, s.Key(), notRedirected, verdict(s.WhenNoProducer, s.Protocol, fam)))
 		if len(s.Endpoints) == 0 {
 			continue
 		}
@@ -111,18 +115,18 @@ func Render(st State, local *LocalDetector) Ruleset {
 	for _, a := range addrs {
 		for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
 			filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`-d %s -p %s %s -m comment --comment "%s: undeclared port" %s`,
-				hostCIDR(a), proto(p), newConn, a, verdict(v1alpha1.Reject, p)))
+				hostCIDR(a), proto(p), newConn, a, verdict(v1alpha1.Reject, p, fam)))
 		}
 	}
 	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
 }
 
-// addresses are the IPv4 magic addresses of st, sorted: those on its interfaces and those of its
-// services (the same set when st came from Desired).
+// addresses are the magic addresses of st, sorted (IPv4 first): those on its interfaces and those
+// of its services (the same set when st came from Desired).
 func addresses(st State) []netip.Addr {
 	var addrs []netip.Addr
 	add := func(a netip.Addr) {
-		if a.Is4() && !slices.Contains(addrs, a) {
+		if !slices.Contains(addrs, a) {
 			addrs = append(addrs, a)
 		}
 	}
@@ -192,12 +196,14 @@ func endpointRules(s Service) []string {
 	return rules
 }
 
-func verdict(a v1alpha1.NoLocalProducerAction, p v1alpha1.Protocol) string {
+func verdict(a v1alpha1.NoLocalProducerAction, p v1alpha1.Protocol, fam Family) string {
 	switch {
 	case a == v1alpha1.Drop:
 		return "-j DROP"
 	case p == v1alpha1.ProtocolTCP:
 		return "-j REJECT --reject-with tcp-reset"
+	case fam == IPv6:
+		return "-j REJECT --reject-with icmp6-port-unreachable"
 	default:
 		return "-j REJECT --reject-with icmp-port-unreachable"
 	}

@@ -436,9 +436,9 @@ COMMIT
 	}
 }
 
-// Render's output is fed to iptables-restore, the IPv4 tool (see Syncer.Sync): an IPv6 address in
-// it would make the whole nat (or filter) transaction fail and stop every MagicIP of the node.
-// Desired reports IPv6 MagicIPs as invalid; Render must leave such services out all the same.
+// Render's output (IPv4) is fed to iptables-restore, the IPv4 tool: an IPv6 address in it would
+// make the whole nat (or filter) transaction fail and stop every MagicIP of the node. The IPv6
+// services go to ip6tables-restore (RenderFamily); Render must leave them out.
 func TestRenderLeavesIPv6Out(t *testing.T) {
 	st := referenceState()
 	st.Services = append(st.Services, Service{
@@ -453,5 +453,90 @@ func TestRenderLeavesIPv6Out(t *testing.T) {
 	}
 	if !reflect.DeepEqual(st.Services, before) {
 		t.Errorf("Render changed the caller's State")
+	}
+}
+
+// dualReferenceState is referenceState with the same MagicIP on an IPv6 address too, served by the
+// producers' IPv6 addresses.
+func dualReferenceState() State {
+	st := referenceState()
+	a6 := netip.MustParseAddr("fd00::a9fe:d2d2")
+	st.Addresses[testIface] = append(st.Addresses[testIface], a6)
+	for _, s := range referenceState().Services {
+		s.Address = a6
+		for i, ep := range s.Endpoints {
+			s.Endpoints[i].Addr = netip.AddrPortFrom(netip.MustParseAddr("fd00:10:244:1::"+fmt.Sprint(ep.Addr.Addr().As4()[3])), ep.Addr.Port())
+		}
+		st.Services = append(st.Services, s)
+	}
+	return st
+}
+
+// referenceRestore6 is the ip6tables-restore input of dualReferenceState: the same rules as
+// referenceRestore on the IPv6 address and the producers' IPv6 addresses, /128 hosts, DNAT to
+// [address]:port, ICMPv6 port unreachable for UDP.
+const referenceRestore6 = `*nat
+:MAGIC-IP-HP-OL4DFDETI7HW - [0:0]
+:MAGIC-IP-OUTPUT - [0:0]
+:MAGIC-IP-POSTROUTING - [0:0]
+:MAGIC-IP-PREROUTING - [0:0]
+:MAGIC-IP-SERVICES - [0:0]
+:MAGIC-IP-SVC-VGLDFDMB65QZ - [0:0]
+-A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::5/128 -d fd00:10:244:1::5/128 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
+-A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-OUTPUT -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-POSTROUTING -s fd00::a9fe:d2d2/128 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of fd00::a9fe:d2d2" -j MASQUERADE
+-A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst fd00::a9fe:d2d2 -m comment --comment "hairpin through fd00::a9fe:d2d2" -j MAGIC-IP-HP-OL4DFDETI7HW
+-A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
+-A MAGIC-IP-PREROUTING -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-SERVICES -d fd00::a9fe:d2d2/128 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-VGLDFDMB65QZ
+-A MAGIC-IP-SVC-VGLDFDMB65QZ -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination [fd00:10:244:1::5]:8126
+-A MAGIC-IP-SVC-VGLDFDMB65QZ -p tcp -m comment --comment "datadog:apm -> datadog/agent-b" -j DNAT --to-destination [fd00:10:244:1::7]:8126
+COMMIT
+*filter
+:MAGIC-IP-INPUT - [0:0]
+-A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p tcp -m tcp --dport 8126 -m conntrack --ctstate NEW -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset
+-A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p udp -m udp --dport 8125 -m conntrack --ctstate NEW -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp6-port-unreachable
+-A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p tcp -m conntrack --ctstate NEW -m comment --comment "fd00::a9fe:d2d2: undeclared port" -j REJECT --reject-with tcp-reset
+-A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p udp -m conntrack --ctstate NEW -m comment --comment "fd00::a9fe:d2d2: undeclared port" -j REJECT --reject-with icmp6-port-unreachable
+COMMIT
+`
+
+// RenderFamily renders one family of a dual-stack State: the IPv4 rules are exactly those of the
+// IPv4 MagicIP alone, the IPv6 ones the same rules in IPv6; the pod CIDR of the other family never
+// appears in a family's node-local matches.
+func TestRenderFamily(t *testing.T) {
+	cidrs := &LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}, {Source: netip.MustParsePrefix("fd00:10:244:1::/64")}}}
+	for name, tc := range map[string]struct {
+		fam      Family
+		local    *LocalDetector
+		want     string   // the whole restore input, if set
+		has, not []string // lines it must and must not contain
+	}{
+		"IPv4 of a dual-stack State": {fam: IPv4, local: ExternalInterfaces("eth0"), want: referenceRestore},
+		"IPv6 of a dual-stack State": {fam: IPv6, local: ExternalInterfaces("eth0"), want: referenceRestore6},
+		"IPv4, NodeCIDR": {fam: IPv4, local: cidrs,
+			has: []string{`-A MAGIC-IP-PREROUTING -s 10.244.1.0/24 -d 169.254.210.210/32 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`},
+			not: []string{"fd00"}},
+		"IPv6, NodeCIDR": {fam: IPv6, local: cidrs,
+			has: []string{`-A MAGIC-IP-PREROUTING -s fd00:10:244:1::/64 -d fd00::a9fe:d2d2/128 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`},
+			not: []string{"10.244.1.0/24", "169.254"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := string(RenderFamily(dualReferenceState(), tc.local, tc.fam).Restore(nil, nil))
+			if tc.want != "" && got != tc.want {
+				t.Errorf("RenderFamily(%s):\n%s", tc.fam, diffLines(got, tc.want))
+			}
+			for _, l := range tc.has {
+				if !strings.Contains(got, l+"\n") {
+					t.Errorf("RenderFamily(%s) lacks %q:\n%s", tc.fam, l, got)
+				}
+			}
+			for _, l := range tc.not {
+				if strings.Contains(got, l) {
+					t.Errorf("RenderFamily(%s) holds %q:\n%s", tc.fam, l, got)
+				}
+			}
+		})
 	}
 }

@@ -36,7 +36,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	local, err := detectLocal(ctx, cfg, clients, log)
+	local, node, err := detectLocal(ctx, cfg, clients, log)
 	if err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 			}
 		}()
 	}
-	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log}
+	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log, Unsupported: unsupported(cfg, node, dp, log)}
 	return runController(ctx, cfg, clients, syncer, choice, log)
 }
 
@@ -74,28 +74,49 @@ func newClients(cfg Config) (*kube.Clients, error) {
 }
 
 // detectLocal resolves --detect-local-mode from this node's interfaces and, unless the flags say
-// all it needs, its Node object.
-func detectLocal(ctx context.Context, cfg Config, clients *kube.Clients, log logr.Logger) (*LocalDetector, error) {
+// all it needs, its Node object (returned: only its name when not read).
+func detectLocal(ctx context.Context, cfg Config, clients *kube.Clients, log logr.Logger) (*LocalDetector, *corev1.Node, error) {
 	node := &corev1.Node{}
 	node.Name = cfg.NodeName
 	if needsNode(cfg) {
 		var err error
 		if node, err = getNode(ctx, clients.Core, cfg.NodeName); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	links, err := hostLinks()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	local, notes, err := resolveLocal(cfg, node, links)
 	if err != nil {
-		return nil, fmt.Errorf("off-node traffic: %w", err)
+		return nil, nil, fmt.Errorf("off-node traffic: %w", err)
 	}
 	for _, n := range notes {
 		log.Info("warning: "+n, "detectLocalMode", cfg.DetectLocalMode)
 	}
-	return local, nil
+	return local, node, nil
+}
+
+// unsupported are the address families this node does not program, with why (logged): IPv6
+// without IPv6 in the kernel or the datapath, IPv4 on an IPv6-only node (--node-ip, or the Node's
+// addresses when it was read). Decided once, at start: the node's report holds still.
+func unsupported(cfg Config, node *corev1.Node, dp Datapath, log logr.Logger) map[Family]string {
+	out := map[Family]string{}
+	if why := IPv6Unavailable(Sysctl{Dir: cfg.ProcSysDir}, dp); why != "" {
+		out[IPv6] = why
+	}
+	if addrs, from, err := nodeAddresses(cfg, node); err == nil {
+		if why := IPv4Unavailable(addrs, from); why != "" {
+			out[IPv4] = why
+		}
+	}
+	for _, fam := range []Family{IPv4, IPv6} {
+		if why := out[fam]; why != "" {
+			log.Info("magic addresses of this family are not programmed on this node; the MagicIPNode record reports them", "family", fam, "why", why)
+		}
+	}
+	return out
 }
 
 // needsNode reports whether local detection needs the Node object: for its pod CIDRs, or for its

@@ -23,6 +23,10 @@ type Syncer struct {
 	Retire []Datapath
 	Links  *Links
 	Log    logr.Logger
+	// Unsupported are the families this node does not program, with why (IPv6Unavailable,
+	// IPv4Unavailable): their addresses in the States synced are left out and reported in
+	// State.Unprogrammed.
+	Unsupported map[Family]string
 
 	lastState *State
 	dirty     bool
@@ -46,6 +50,11 @@ type SyncResult struct {
 // Sync makes the node match st. full re-reads the kernel's rules to repair drift (at start and on
 // every resync); otherwise the last applied rules are trusted and an unchanged State costs nothing.
 func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, error) {
+	for _, fam := range []Family{IPv4, IPv6} {
+		if why := s.Unsupported[fam]; why != "" {
+			st = withoutFamily(st, fam, why)
+		}
+	}
 	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
 	res.State = st

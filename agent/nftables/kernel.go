@@ -25,7 +25,7 @@ type Kernel struct {
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
 // namespace of netnsFd.
 func NewKernel(netnsFd int) (*Kernel, error) {
-	k := &Kernel{table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}, netnsFd: netnsFd}
+	k := &Kernel{table: &nftables.Table{Name: TableName, Family: TableFamily}, netnsFd: netnsFd}
 	if err := k.dial(); err != nil {
 		return nil, err
 	}
@@ -43,6 +43,12 @@ func (k *Kernel) dial() error {
 	}
 	k.conn = conn
 	return nil
+}
+
+// legacyTable is the table of agents before dual-stack (family ip, IPv4 only): the first write
+// and the cleanup delete it, in the same transaction.
+func legacyTable() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
 }
 
 // ackBuffer sizes both buffers of our socket. A transaction goes out in one sendmsg, which must
@@ -82,13 +88,18 @@ func (k *Kernel) Close() error { return k.conn.CloseLasting() }
 // cannot fail), deleted with all it holds, and written anew. Packets see the old table or the new
 // one, never a mix or none. It costs a few milliseconds whatever the size (the kernel waits for
 // its base chains' hooks to be unregistered): it is for the first sync and drift, WriteChanges for
-// the rest.
+// the rest. The table ip magic-ip of an older agent goes in the same transaction, so an upgrade
+// switches from its rules to ours at once.
 func (k *Kernel) Write(rs Ruleset) error {
+	for _, t := range []*nftables.Table{legacyTable(), k.table} {
+		k.conn.AddTable(t)
+		k.conn.DelTable(t)
+	}
 	k.conn.AddTable(k.table)
-	k.conn.DelTable(k.table)
-	k.conn.AddTable(k.table)
-	if err := k.conn.AddSet(k.hairpin(), pairs(rs.Hairpin)); err != nil {
-		return fmt.Errorf("set %s: %w", hairpinSet, err)
+	for _, f := range []family{ipv4, ipv6} {
+		if err := k.conn.AddSet(k.hairpin(f), pairs(ofFamily(rs.Hairpin, f))); err != nil {
+			return fmt.Errorf("set %s: %w", k.hairpin(f).Name, err)
+		}
 	}
 	chains := make(map[string]*nftables.Chain, len(rs.Chains))
 	for _, c := range rs.Chains {
@@ -97,7 +108,7 @@ func (k *Kernel) Write(rs Ruleset) error {
 	for _, c := range rs.Chains {
 		k.addRules(chains[c.Name], c.Rules)
 	}
-	return k.flush(fmt.Sprintf("writing table ip %s (%d chains)", TableName, len(rs.Chains)))
+	return k.flush(fmt.Sprintf("writing table %s (%d chains)", tableDesc, len(rs.Chains)))
 }
 
 // WriteChanges turns prev, what the table holds, into rs in one transaction that touches only
@@ -137,26 +148,45 @@ func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	return n, k.flush(fmt.Sprintf("changing %d chains and %d hairpin elements of table ip %s", len(fill)+stale, len(gone)+len(added), TableName))
+	return n, k.flush(fmt.Sprintf("changing %d chains and %d hairpin elements of table %s", len(fill)+stale, len(gone)+len(added), tableDesc))
 }
 
 func (k *Kernel) changeHairpin(gone, added []netip.Addr) error {
-	if len(gone) > 0 {
-		if err := k.conn.SetDeleteElements(k.hairpin(), pairs(gone)); err != nil {
-			return fmt.Errorf("set %s: %w", hairpinSet, err)
+	for _, f := range []family{ipv4, ipv6} {
+		set := k.hairpin(f)
+		if g := ofFamily(gone, f); len(g) > 0 {
+			if err := k.conn.SetDeleteElements(set, pairs(g)); err != nil {
+				return fmt.Errorf("set %s: %w", set.Name, err)
+			}
 		}
-	}
-	if len(added) > 0 {
-		if err := k.conn.SetAddElements(k.hairpin(), pairs(added)); err != nil {
-			return fmt.Errorf("set %s: %w", hairpinSet, err)
+		if a := ofFamily(added, f); len(a) > 0 {
+			if err := k.conn.SetAddElements(set, pairs(a)); err != nil {
+				return fmt.Errorf("set %s: %w", set.Name, err)
+			}
 		}
 	}
 	return nil
 }
 
-func (k *Kernel) hairpin() *nftables.Set {
+// hairpin is the hairpin set of family f.
+func (k *Kernel) hairpin(f family) *nftables.Set {
+	if f.nfproto == ipv6.nfproto {
+		return &nftables.Set{Table: k.table, Name: hairpinSet6, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr)}
+	}
 	return &nftables.Set{Table: k.table, Name: hairpinSet, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)}
+}
+
+// ofFamily are the addresses of ips in family f.
+func ofFamily(ips []netip.Addr, f family) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range ips {
+		if familyOf(ip).nfproto == f.nfproto {
+			out = append(out, ip)
+		}
+	}
+	return out
 }
 
 // pairs are the set elements "ip . ip" of ips.
@@ -234,19 +264,36 @@ func comment(c string) []byte {
 	return userdata.AppendString(nil, userdata.TypeComment, c)
 }
 
-// Delete removes our table with everything in it; a missing table is fine.
+// Delete removes our table with everything in it, and the table ip magic-ip an older agent may
+// have left; a missing table is fine.
 func (k *Kernel) Delete() error {
-	if _, err := k.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err != nil {
+	var errs []error
+	for _, t := range []*nftables.Table{k.table, legacyTable()} {
+		errs = append(errs, k.deleteTable(t))
+	}
+	return errors.Join(errs...)
+}
+
+func (k *Kernel) deleteTable(t *nftables.Table) error {
+	desc := fmt.Sprintf("table %s %s", familyName(t.Family), t.Name)
+	if _, err := k.conn.ListTableOfFamily(t.Name, t.Family); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
-		return fmt.Errorf("look up table ip %s: %w", TableName, err)
+		return fmt.Errorf("look up %s: %w", desc, err)
 	}
-	k.conn.DelTable(k.table)
+	k.conn.DelTable(t)
 	if err := k.send(); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("delete table ip %s: %w", TableName, err)
+		return fmt.Errorf("delete %s: %w", desc, err)
 	}
 	return nil
+}
+
+func familyName(f nftables.TableFamily) string {
+	if f == nftables.TableFamilyINet {
+		return "inet"
+	}
+	return "ip"
 }
 
 // Observed is what the kernel holds of our table: per chain, the comment and expression count of
@@ -265,15 +312,15 @@ type ObservedRule struct {
 
 // Read lists our table's chains and their rules (one dump for the chains, one per chain).
 func (k *Kernel) Read() (Observed, error) {
-	if _, err := k.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err != nil {
+	if _, err := k.conn.ListTableOfFamily(TableName, TableFamily); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return Observed{}, nil
 		}
-		return Observed{}, fmt.Errorf("look up table ip %s: %w", TableName, err)
+		return Observed{}, fmt.Errorf("look up table %s: %w", tableDesc, err)
 	}
-	chains, err := k.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	chains, err := k.conn.ListChainsOfTableFamily(TableFamily)
 	if err != nil {
-		return Observed{}, fmt.Errorf("list chains of table ip %s: %w", TableName, err)
+		return Observed{}, fmt.Errorf("list chains of table %s: %w", tableDesc, err)
 	}
 	o := Observed{Chains: map[string][]ObservedRule{}}
 	if o.Hairpin, err = k.readHairpin(); err != nil {
@@ -285,7 +332,7 @@ func (k *Kernel) Read() (Observed, error) {
 		}
 		rules, err := k.conn.GetRules(k.table, c)
 		if err != nil {
-			return Observed{}, fmt.Errorf("list rules of chain %s in table ip %s: %w", c.Name, TableName, err)
+			return Observed{}, fmt.Errorf("list rules of chain %s in table %s: %w", c.Name, tableDesc, err)
 		}
 		o.Chains[c.Name] = []ObservedRule{}
 		for _, r := range rules {
@@ -296,25 +343,28 @@ func (k *Kernel) Read() (Observed, error) {
 	return o, nil
 }
 
-// readHairpin reads the hairpin set's elements (nil: no such set). The library's element dump
-// hides the errno of a missing set, so the set is looked up first: its absence is drift, not a
-// failed sync.
+// readHairpin lists both hairpin sets' elements (their first address), sorted; nil when a set is
+// missing. The library's element dump hides the errno of a missing set, so the sets are looked
+// up first: a missing one is drift, not a failed sync.
 func (k *Kernel) readHairpin() ([]netip.Addr, error) {
 	sets, err := k.conn.GetSets(k.table)
 	if err != nil {
-		return nil, fmt.Errorf("list sets of table ip %s: %w", TableName, err)
-	}
-	if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == hairpinSet }) {
-		return nil, nil
-	}
-	elems, err := k.conn.GetSetElements(k.hairpin())
-	if err != nil {
-		return nil, fmt.Errorf("list set %s of table ip %s: %w", hairpinSet, TableName, err)
+		return nil, fmt.Errorf("list sets of table %s: %w", tableDesc, err)
 	}
 	ips := []netip.Addr{}
-	for _, e := range elems {
-		if ip, ok := netip.AddrFromSlice(e.Key[:min(4, len(e.Key))]); ok {
-			ips = append(ips, ip)
+	for _, f := range []family{ipv4, ipv6} {
+		set := k.hairpin(f)
+		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == set.Name }) {
+			return nil, nil
+		}
+		elems, err := k.conn.GetSetElements(set)
+		if err != nil {
+			return nil, fmt.Errorf("list set %s of table %s: %w", set.Name, tableDesc, err)
+		}
+		for _, e := range elems {
+			if ip, ok := netip.AddrFromSlice(e.Key[:min(int(f.len), len(e.Key))]); ok {
+				ips = append(ips, ip)
+			}
 		}
 	}
 	slices.SortFunc(ips, netip.Addr.Compare)
@@ -325,7 +375,7 @@ func (k *Kernel) readHairpin() ([]netip.Addr, error) {
 // chains of ours we did not write, and the first differing rule of each chain. Empty: in place.
 func (o Observed) Drift(rs Ruleset) []string {
 	if o.Chains == nil {
-		return []string{"table ip " + TableName + " missing"}
+		return []string{"table " + tableDesc + " missing"}
 	}
 	var diffs []string
 	for _, c := range rs.Chains {
@@ -344,7 +394,7 @@ func (o Observed) Drift(rs Ruleset) []string {
 		}
 	}
 	if missing, extra := diffAddrs(rs.Hairpin, o.Hairpin); o.Hairpin == nil || len(missing)+len(extra) > 0 {
-		diffs = append(diffs, fmt.Sprintf("set %s: missing %v, not ours %v (set found: %v)", hairpinSet, missing, extra, o.Hairpin != nil))
+		diffs = append(diffs, fmt.Sprintf("sets %s, %s: missing %v, not ours %v (sets found: %v)", hairpinSet, hairpinSet6, missing, extra, o.Hairpin != nil))
 	}
 	slices.Sort(diffs)
 	return diffs

@@ -68,6 +68,8 @@ func TestKernelApply(t *testing.T) {
 	}
 	foreign := other.AddTable(&gnft.Table{Name: "kube-proxy", Family: gnft.TableFamilyIPv4})
 	other.AddChain(&gnft.Chain{Name: "services", Table: foreign})
+	legacy := other.AddTable(&gnft.Table{Name: TableName, Family: gnft.TableFamilyIPv4}) // an older agent's
+	other.AddChain(&gnft.Chain{Name: chainPrerouting, Table: legacy, Type: gnft.ChainTypeNAT, Hooknum: gnft.ChainHookPrerouting, Priority: gnft.ChainPriorityNATDest})
 	if err := other.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +90,9 @@ func TestKernelApply(t *testing.T) {
 		}
 	}
 	step("first sync", rs, true, true, "")
+	if _, err := other.ListTableOfFamily(TableName, gnft.TableFamilyIPv4); err == nil {
+		t.Error("the first sync left the table ip magic-ip of an older agent")
+	}
 	step("unchanged", rs, false, false, "")
 	step("unchanged, full", rs, true, false, "")
 	step("five MagicIPs gone: their chains deleted with the jumps to them", Render(fleetInput(15, 0)), false, true, "")
@@ -96,7 +101,7 @@ func TestKernelApply(t *testing.T) {
 	step("producers changed", rs2, false, true, "")
 	step("unchanged after a change", rs2, true, false, "")
 
-	input := &gnft.Chain{Name: chainInput, Table: &gnft.Table{Name: TableName, Family: gnft.TableFamilyIPv4}}
+	input := &gnft.Chain{Name: chainInput, Table: &gnft.Table{Name: TableName, Family: TableFamily}}
 	rules, err := other.GetRules(input.Table, input)
 	if err != nil || len(rules) < 2 {
 		t.Fatalf("rules of our input chain: %d, %v", len(rules), err)
@@ -112,12 +117,12 @@ func TestKernelApply(t *testing.T) {
 	if err := other.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	step("the hairpin set emptied behind our back", rs2, true, true, "set hairpin: missing [10.244.0.1")
+	step("the hairpin set emptied behind our back", rs2, true, true, "sets hairpin, hairpin6: missing [10.244.0.1")
 	other.DelTable(input.Table)
 	if err := other.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	step("our table deleted behind our back", rs2, true, true, "table ip magic-ip missing")
+	step("our table deleted behind our back", rs2, true, true, "table inet magic-ip missing")
 
 	bad := Render(fleetInput(20, 2))
 	bad.Chains[0].Rules = append(bad.Chains[0].Rules, Rule{Text: "jump nowhere", Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "nowhere"}}})
@@ -129,12 +134,19 @@ func TestKernelApply(t *testing.T) {
 	}
 	step("after a refused transaction: the next sync writes again", rs2, false, true, "")
 
+	other.AddTable(legacy) // left by an older agent that ran since (a rollback)
+	if err := other.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 2 {
 		if err := d.Cleanup(); err != nil {
 			t.Fatalf("cleanup %d: %v", i+1, err)
 		}
 		if o, err := k.Read(); err != nil || o.Chains != nil {
 			t.Fatalf("cleanup %d: our table still there (%v, err %v)", i+1, o.Chains, err)
+		}
+		if _, err := other.ListTableOfFamily(TableName, gnft.TableFamilyIPv4); err == nil {
+			t.Errorf("cleanup %d left the table ip magic-ip of an older agent", i+1)
 		}
 		if _, err := other.ListTableOfFamily("kube-proxy", gnft.TableFamilyIPv4); err != nil {
 			t.Errorf("cleanup %d removed another table: %v", i+1, err)

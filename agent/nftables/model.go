@@ -1,13 +1,25 @@
 // Package nftables is the agent's native nftables datapath: it renders what the node must hold
-// (Input, built by the agent from its State) into one table of its own, ip magic-ip, and writes
+// (Input, built by the agent from its State) into one table of its own, inet magic-ip, and writes
 // that table in one netlink transaction per sync with github.com/google/nftables (no nft binary).
-// Nothing outside that table is ever read or written.
+// Nothing outside that table is ever read or written (but the table ip magic-ip of older agents,
+// which the first write and the cleanup delete).
 package nftables
 
-import "net/netip"
+import (
+	"net/netip"
 
-// TableName is the name of our table (family ip): everything we write is in it.
+	"github.com/google/nftables"
+)
+
+// TableName is the name of our table: everything we write is in it.
 const TableName = "magic-ip"
+
+// TableFamily is our table's family: inet, so one table and one transaction hold the rules of
+// both address families.
+const TableFamily = nftables.TableFamilyINet
+
+// tableDesc names our table in messages, as nft does.
+const tableDesc = "inet " + TableName
 
 // Verdict is what a new connection to a service port gets when it was not redirected.
 type Verdict string
@@ -19,7 +31,7 @@ const (
 	Drop Verdict = "Drop"
 )
 
-// Input is what the node must hold, IPv4 only (addresses of another family are left out).
+// Input is what the node must hold, IPv4 and IPv6 alike.
 type Input struct {
 	// Addresses are the magic addresses the node carries, sorted: each gets the host-client
 	// masquerade and refusals for undeclared ports.

@@ -41,8 +41,12 @@ type Ruleset struct {
 	Hairpin []netip.Addr
 }
 
-// hairpinSet is our one set: source . destination pairs of a producer reaching itself.
-const hairpinSet = "hairpin"
+// hairpinSet and hairpinSet6 are our sets: source . destination pairs of a producer reaching
+// itself, IPv4 and IPv6 (a set's key has one type).
+const (
+	hairpinSet  = "hairpin"
+	hairpinSet6 = "hairpin6"
+)
 
 // Chain returns the named chain (nil if none).
 func (rs Ruleset) Chain(name string) *Chain {
@@ -55,8 +59,7 @@ func (rs Ruleset) Chain(name string) *Chain {
 
 // Render turns in into our table. It is pure: the same Input always gives the same Ruleset.
 func Render(in Input) Ruleset {
-	in.Services = slices.DeleteFunc(slices.Clone(in.Services), func(s Service) bool { return !s.Addr.Is4() })
-	addrs := slices.DeleteFunc(slices.Clone(in.Addresses), func(a netip.Addr) bool { return !a.Is4() })
+	addrs := in.Addresses
 	rs := Ruleset{Chains: []Chain{
 		{Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: *nftables.ChainPriorityNATDest - 10,
 			Rules: in.Local.prerouting(addrs)},
@@ -94,7 +97,7 @@ func (l Local) prerouting(addrs []netip.Addr) []Rule {
 	}
 	for _, a := range addrs {
 		for _, src := range l.Sources {
-			if src.Addr().Is4() {
+			if src.Addr().Is4() == a.Is4() {
 				out = append(out, newRule().saddrPrefix(src).daddr(a).verdict(expr.VerdictJump, chainServices).rule("node-local source"))
 			}
 		}
@@ -126,7 +129,8 @@ func postrouting(addrs []netip.Addr) []Rule {
 	for _, a := range addrs {
 		out = append(out, newRule().saddr(a).ifname(expr.MetaKeyOIFNAME, "oif", expr.CmpOpNeq, "lo").ctDNAT().masquerade().rule("host client of "+a.String()))
 	}
-	return append(out, newRule().ctDNAT().pairIn(hairpinSet).masquerade().rule("hairpin: a producer reaching itself"))
+	return append(out, newRule().ctDNAT().pairIn(ipv4, hairpinSet).masquerade().rule("hairpin: a producer reaching itself"),
+		newRule().ctDNAT().pairIn(ipv6, hairpinSet6).masquerade().rule("hairpin: a producer reaching itself (IPv6)"))
 }
 
 // hairpinPairs lists the IPs of the local producers (not those of other nodes, which never send
@@ -182,11 +186,15 @@ func svcChain(s Service) string {
 
 // Text renders the ruleset in nft syntax, for tests and logs.
 func (rs Ruleset) Text() string {
-	var pairs []string
+	var pairs, pairs6 []string
 	for _, ip := range rs.Hairpin {
-		pairs = append(pairs, ip.String()+" . "+ip.String())
+		if ip.Is4() {
+			pairs = append(pairs, ip.String()+" . "+ip.String())
+		} else {
+			pairs6 = append(pairs6, ip.String()+" . "+ip.String())
+		}
 	}
-	b := fmt.Appendf(nil, "set %s { %s }\n", hairpinSet, strings.Join(pairs, ", "))
+	b := fmt.Appendf(nil, "set %s { %s }\nset %s { %s }\n", hairpinSet, strings.Join(pairs, ", "), hairpinSet6, strings.Join(pairs6, ", "))
 	for _, c := range rs.Chains {
 		b = fmt.Appendf(b, "chain %s", c.Name)
 		if c.Hook != nil {

@@ -7,9 +7,10 @@ import (
 )
 
 var (
-	magic = netip.MustParseAddr("169.254.210.210")
-	prodA = netip.MustParseAddrPort("10.244.0.5:8126")
-	prodB = netip.MustParseAddrPort("10.244.0.7:8126")
+	magic  = netip.MustParseAddr("169.254.210.210")
+	magic6 = netip.MustParseAddr("fd00::a9fe:d2d2")
+	prodA  = netip.MustParseAddrPort("10.244.0.5:8126")
+	prodB  = netip.MustParseAddrPort("10.244.0.7:8126")
 )
 
 func apm(eps ...Endpoint) Service {
@@ -26,7 +27,11 @@ var allLocalHead = []string{
 	`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
 }
 
-const hairpinRule = `ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`
+const (
+	hairpinRule  = `ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`
+	hairpinRule6 = `ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`
+	noHairpin6   = "set hairpin6 {  }"
+)
 
 // TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
 // same builder calls as the expressions).
@@ -41,7 +46,7 @@ func TestRender(t *testing.T) {
 		"two producers, one port without, off-node by uplink": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{two, statsd}, Local: Local{All: true, External: []string{"eth0"}}},
 			want: []string{
-				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }",
+				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }", noHairpin6,
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`iifname "eth0" return comment "external interface: not node-local"`,
 				"ip daddr 169.254.210.210 jump services",
@@ -49,7 +54,7 @@ func TestRender(t *testing.T) {
 				"ip daddr 169.254.210.210 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-				hairpinRule,
+				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter drop comment "datadog:statsd: not redirected"`,
@@ -62,7 +67,7 @@ func TestRender(t *testing.T) {
 				`dnat to 10.244.0.7:8126 comment "datadog:apm -> datadog/b (terminating)"`,
 			},
 		},
-		"node-local by source and interface prefix; remote producer gets no hairpin; IPv6 left out": {
+		"node-local by source and interface prefix, per family; remote producer gets no hairpin": {
 			in: Input{
 				Addresses: []netip.Addr{magic, netip.MustParseAddr("fd00::1")},
 				Services: []Service{apm(Endpoint{Pod: "datadog/r", Addr: prodB, Remote: true, Note: "fallback to node n2"}),
@@ -70,31 +75,77 @@ func TestRender(t *testing.T) {
 				Local: Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00::/64")}, Interfaces: []string{"veth+"}},
 			},
 			want: []string{
-				"set hairpin {  }",
+				"set hairpin {  }", noHairpin6,
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`ip saddr 10.244.0.0/24 ip daddr 169.254.210.210 jump services comment "node-local source"`,
 				`ip daddr 169.254.210.210 iifname "veth*" jump services comment "node-local interface"`,
+				`ip6 saddr fd00::/64 ip6 daddr fd00::1 jump services comment "node-local source"`,
+				`ip6 daddr fd00::1 iifname "veth*" jump services comment "node-local interface"`,
 				"chain output { type nat hook output priority -110 }",
 				"ip daddr 169.254.210.210 jump services",
+				"ip6 daddr fd00::1 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-				hairpinRule,
+				`ip6 saddr fd00::1 oifname != "lo" ct status dnat masquerade comment "host client of fd00::1"`,
+				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
+				`ip6 daddr fd00::1 meta l4proto tcp th dport 1 ct state new counter reject with tcp reset comment "v6:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
+				`ip6 daddr fd00::1 meta l4proto tcp ct state new counter reject with tcp reset comment "fd00::1: undeclared port"`,
+				`ip6 daddr fd00::1 meta l4proto udp ct state new counter reject with icmpv6 port-unreachable comment "fd00::1: undeclared port"`,
 				"chain services",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svcChain(apm()) + ` comment "datadog:apm"`,
 				"chain " + svcChain(apm()),
 				`dnat to 10.244.0.7:8126 comment "datadog:apm -> datadog/r (fallback to node n2)"`,
 			},
 		},
+		"dual-stack: each family its own producers, hairpin set and ICMP": {
+			in: Input{
+				Addresses: []netip.Addr{magic, magic6},
+				Services: []Service{
+					{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "dns/a", Addr: netip.MustParseAddrPort("10.244.0.5:5353")}}},
+					{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "dns/a", Addr: netip.MustParseAddrPort("[fd00:10:244::5]:5353")}}},
+					{Key: "dns:none", Addr: magic6, Port: 54, Protocol: "udp", Verdict: Reject},
+				},
+				Local: Local{All: true},
+			},
+			want: []string{
+				"set hairpin { 10.244.0.5 . 10.244.0.5 }", "set hairpin6 { fd00:10:244::5 . fd00:10:244::5 }",
+				"chain prerouting { type nat hook prerouting priority -110 }",
+				"ip daddr 169.254.210.210 jump services",
+				"ip6 daddr fd00::a9fe:d2d2 jump services",
+				"chain output { type nat hook output priority -110 }",
+				"ip daddr 169.254.210.210 jump services",
+				"ip6 daddr fd00::a9fe:d2d2 jump services",
+				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+				`ip6 saddr fd00::a9fe:d2d2 oifname != "lo" ct status dnat masquerade comment "host client of fd00::a9fe:d2d2"`,
+				hairpinRule, hairpinRule6,
+				"chain input { type filter hook input priority -10 }",
+				`ip daddr 169.254.210.210 meta l4proto udp th dport 53 ct state new counter reject with icmp port-unreachable comment "dns:udp: not redirected"`,
+				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 53 ct state new counter reject with icmpv6 port-unreachable comment "dns:udp: not redirected"`,
+				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 54 ct state new counter reject with icmpv6 port-unreachable comment "dns:none: not redirected"`,
+				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
+				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
+				`ip6 daddr fd00::a9fe:d2d2 meta l4proto tcp ct state new counter reject with tcp reset comment "fd00::a9fe:d2d2: undeclared port"`,
+				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp ct state new counter reject with icmpv6 port-unreachable comment "fd00::a9fe:d2d2: undeclared port"`,
+				"chain services",
+				`ip daddr 169.254.210.210 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
+				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
+				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}),
+				`dnat to 10.244.0.5:5353 comment "dns:udp -> dns/a"`,
+				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}),
+				`dnat to [fd00:10:244::5]:5353 comment "dns:udp -> dns/a"`,
+			},
+		},
 		"two served ports: both reach the services chain, each its own chain": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(Endpoint{Pod: "datadog/a", Addr: prodA}),
 				{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "datadog/a", Addr: netip.MustParseAddrPort("10.244.0.5:8125")}}}},
 				Local: Local{All: true}},
-			want: append(append([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }"}, allLocalHead...),
-				hairpinRule,
+			want: append(append([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }", noHairpin6}, allLocalHead...),
+				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter reject with icmp port-unreachable comment "datadog:statsd: not redirected"`,
@@ -112,11 +163,11 @@ func TestRender(t *testing.T) {
 		"nothing served: the base chains, empty": {
 			in: Input{Local: Local{All: true}},
 			want: []string{
-				"set hairpin {  }",
+				"set hairpin {  }", noHairpin6,
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				"chain output { type nat hook output priority -110 }",
 				"chain postrouting { type nat hook postrouting priority 90 }",
-				hairpinRule,
+				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
 				"chain services",
 			},

@@ -23,6 +23,9 @@ type Rule struct {
 type builder struct {
 	text  []string
 	exprs []expr.Any
+	// family is the address family matched so far (0: none): in our inet table an address match
+	// needs a meta nfproto check first, written once per rule.
+	family byte
 }
 
 func newRule() *builder { return &builder{} }
@@ -37,37 +40,78 @@ func (b *builder) rule(comment string) Rule {
 	return Rule{Text: strings.Join(b.text, " "), Comment: comment, Exprs: b.exprs}
 }
 
-// IPv4 header offsets, and kernel constants golang.org/x/sys lacks.
+// Header offsets per family, and kernel constants golang.org/x/sys lacks.
 const (
-	ipsDstNAT           = 1 << 5 // IPS_DST_NAT (linux/netfilter/nf_conntrack_common.h)
-	icmpPortUnreachable = 3      // ICMP_PORT_UNREACH
+	ipsDstNAT             = 1 << 5 // IPS_DST_NAT (linux/netfilter/nf_conntrack_common.h)
+	icmpPortUnreachable   = 3      // ICMP_PORT_UNREACH
+	icmpv6PortUnreachable = 4      // ICMPV6_PORT_UNREACH
 	// reg32After1 is NFT_REG32_01, the 32-bit register right after the first four bytes of
-	// NFT_REG_1 (NFT_REG32_00 is 8): where a concatenation's second field goes.
+	// NFT_REG_1 (NFT_REG32_00 is 8): where a concatenation's second IPv4 field goes. The second
+	// IPv6 field (after 16 bytes) goes in NFT_REG_2.
 	reg32After1 = 9
 
-	offSaddr = 12
-	offDaddr = 16
+	offSaddr4, offDaddr4 = 12, 16
+	offSaddr6, offDaddr6 = 8, 24
 )
 
-func (b *builder) ipAddr(field string, off uint32, a netip.Addr) *builder {
-	return b.add(fmt.Sprintf("ip %s %s", field, a),
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+// family is what an address's family is called in nft syntax and its header offsets.
+type family struct {
+	name         string // "ip" or "ip6"
+	nfproto      byte
+	saddr, daddr uint32
+	len          uint32
+}
+
+var (
+	ipv4 = family{name: "ip", nfproto: unix.NFPROTO_IPV4, saddr: offSaddr4, daddr: offDaddr4, len: 4}
+	ipv6 = family{name: "ip6", nfproto: unix.NFPROTO_IPV6, saddr: offSaddr6, daddr: offDaddr6, len: 16}
+)
+
+func familyOf(a netip.Addr) family {
+	if a.Is4() {
+		return ipv4
+	}
+	return ipv6
+}
+
+// nfproto restricts the rule to one family (once): the payload offsets of an address differ.
+func (b *builder) nfproto(f family) *builder {
+	if b.family == f.nfproto {
+		return b
+	}
+	b.family = f.nfproto
+	b.exprs = append(b.exprs, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}})
+	return b
+}
+
+func (b *builder) ipAddr(field string, a netip.Addr) *builder {
+	f := familyOf(a)
+	off := f.daddr
+	if field == "saddr" {
+		off = f.saddr
+	}
+	return b.nfproto(f).add(fmt.Sprintf("%s %s %s", f.name, field, a),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.len},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()})
 }
 
-func (b *builder) daddr(a netip.Addr) *builder { return b.ipAddr("daddr", offDaddr, a) }
-func (b *builder) saddr(a netip.Addr) *builder { return b.ipAddr("saddr", offSaddr, a) }
+func (b *builder) daddr(a netip.Addr) *builder { return b.ipAddr("daddr", a) }
+func (b *builder) saddr(a netip.Addr) *builder { return b.ipAddr("saddr", a) }
 
-// saddrPrefix matches a source prefix (an exact address for a /32).
+// saddrPrefix matches a source prefix (an exact address for a /32 or /128).
 func (b *builder) saddrPrefix(p netip.Prefix) *builder {
 	p = p.Masked()
-	if p.Bits() == 32 {
+	if p.IsSingleIP() {
 		return b.saddr(p.Addr())
 	}
-	m := binary.BigEndian.AppendUint32(nil, ^uint32(0)<<(32-p.Bits()))
-	return b.add("ip saddr "+p.String(),
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: make([]byte, 4)},
+	f := familyOf(p.Addr())
+	mask := make([]byte, f.len)
+	for i := range p.Bits() {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return b.nfproto(f).add(f.name+" saddr "+p.String(),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.len},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: f.len, Mask: mask, Xor: make([]byte, f.len)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Addr().AsSlice()})
 }
 
@@ -120,12 +164,16 @@ func (b *builder) ctNew() *builder {
 // ctDNAT matches connections whose destination was translated.
 func (b *builder) ctDNAT() *builder { return b.ctBits("ct status dnat", expr.CtKeySTATUS, ipsDstNAT) }
 
-// pairIn matches when the packet's source . destination is in the named set (of ipv4_addr .
-// ipv4_addr: the source in the first 32-bit register, the destination in the next).
-func (b *builder) pairIn(set string) *builder {
-	return b.add("ip saddr . ip daddr @"+set,
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4},
-		&expr.Payload{DestRegister: reg32After1, Base: expr.PayloadBaseNetworkHeader, Offset: offDaddr, Len: 4},
+// pairIn matches when the packet's source . destination is in the named set of f's address pairs
+// (the source from the first register on, the destination right after it).
+func (b *builder) pairIn(f family, set string) *builder {
+	second := uint32(reg32After1)
+	if f.len == 16 {
+		second = unix.NFT_REG_2
+	}
+	return b.nfproto(f).add(fmt.Sprintf("%s saddr . %[1]s daddr @%s", f.name, set),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.len},
+		&expr.Payload{DestRegister: second, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.len},
 		&expr.Lookup{SourceRegister: 1, SetName: set})
 }
 
@@ -150,18 +198,21 @@ func (b *builder) dnat(to netip.AddrPort) *builder {
 	return b.add("dnat to "+to.String(),
 		&expr.Immediate{Register: 1, Data: to.Addr().AsSlice()},
 		&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, to.Port())},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(familyOf(to.Addr()).nfproto), RegAddrMin: 1, RegProtoMin: 2, Specified: true})
 }
 
 func (b *builder) masquerade() *builder { return b.add("masquerade", &expr.Masq{}) }
 
-// refuse renders a verdict for proto: drop, a TCP reset, or ICMP port unreachable.
+// refuse renders a verdict for proto: drop, a TCP reset, or port unreachable in the ICMP of the
+// rule's family (ICMPv6 for an IPv6 address).
 func (b *builder) refuse(v Verdict, proto string) *builder {
 	switch {
 	case v == Drop:
 		return b.verdict(expr.VerdictDrop, "")
 	case proto == "tcp":
 		return b.add("reject with tcp reset", &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+	case b.family == unix.NFPROTO_IPV6:
+		return b.add("reject with icmpv6 port-unreachable", &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: icmpv6PortUnreachable})
 	default:
 		return b.add("reject with icmp port-unreachable", &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: icmpPortUnreachable})
 	}

@@ -28,7 +28,7 @@ func forEachDatapath(t *testing.T, f func(t *testing.T, dp []string)) {
 	}
 }
 
-var ourTable = &gnft.Table{Name: nftables.TableName, Family: gnft.TableFamilyIPv4}
+var ourTable = &gnft.Table{Name: nftables.TableName, Family: nftables.TableFamily}
 
 // ruleView reads and disturbs one datapath's rules in a node's kernel: the tests check the same
 // properties for both datapaths, only how the kernel is read and disturbed differs.
@@ -111,7 +111,7 @@ func (nftView) redirect(ep string) string { return "dnat to " + ep }
 
 func (nftView) failure() string { return "nftables transaction" }
 
-// flush flushes every chain of our table (as `nft flush table ip magic-ip` would).
+// flush flushes every chain of our table (as `nft flush table inet magic-ip` would).
 func (nftView) flush(t *testing.T, ns *harness.Netns) {
 	t.Helper()
 	c, err := nftConn(ns)
@@ -142,12 +142,12 @@ func nftConn(ns *harness.Netns) (*gnft.Conn, error) {
 // nftRules lists the rules of our nftables table, one "chain: rule comment" per line, read back
 // over c; exists is false when the table is not there.
 func nftRules(c *gnft.Conn) (text string, exists bool, err error) {
-	if _, err := c.ListTableOfFamily(nftables.TableName, gnft.TableFamilyIPv4); errors.Is(err, unix.ENOENT) {
+	if _, err := c.ListTableOfFamily(nftables.TableName, nftables.TableFamily); errors.Is(err, unix.ENOENT) {
 		return "", false, nil
 	} else if err != nil {
 		return "", false, err
 	}
-	chains, err := c.ListChainsOfTableFamily(gnft.TableFamilyIPv4)
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamily)
 	if err != nil {
 		return "", true, err
 	}

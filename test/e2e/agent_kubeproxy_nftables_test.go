@@ -125,7 +125,7 @@ func testBesideKubeProxyNftables(t *testing.T, datapath, reason string) {
 	eventually(t, 5*time.Second, "the datapath chosen in the metrics", wantMetric(e.node, info, 1))
 	ours, ok := nftComments(t, ns)
 	if !ok {
-		t.Fatal("table ip magic-ip missing while the magic address answers")
+		t.Fatal("table inet magic-ip missing while the magic address answers")
 	}
 
 	// kube-proxy's syncs (a Service added) and its restart leave our table alone.
@@ -174,7 +174,7 @@ func testBesideKubeProxyNftables(t *testing.T, datapath, reason string) {
 		t.Fatalf("magic-ip-agent cleanup: %v\n%s", err, out)
 	}
 	if _, ok := nftComments(t, ns); ok {
-		t.Error("table ip magic-ip still there after cleanup")
+		t.Error("table inet magic-ip still there after cleanup")
 	}
 	if got := kubeProxyRules(t, ns); !maps.Equal(got, theirs) {
 		t.Errorf("after our cleanup kube-proxy's chains hold %v rules, want %v", got, theirs)

@@ -125,7 +125,7 @@ func testAgentLocalDetectionRefusals(t *testing.T, dp []string) {
 		{"node address on the pod bridge", []string{"--node-name", node("ip-on-bridge", n.PodCIDR.String(), n.Gateway.String())},
 			"interface cni0 holds the node's address but is also where this node's pods attach (the pod bridge): counting it as external would leave every pod unserved; use --detect-local-mode=NodeCIDR"},
 		{"NodeCIDR without podCIDRs", []string{"--node-name", node("no-podcidr", "", n.IP.String()), "--detect-local-mode=NodeCIDR"},
-			"Node no-podcidr has no IPv4 spec.podCIDRs"},
+			"Node no-podcidr has no spec.podCIDRs"},
 		{"prefix matching the uplink", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes=veth,eth"},
 			"interface eth0 counts as node-local (--detect-local-mode=InterfaceNamePrefix) but holds the node's address"},
 		{"unknown mode", []string{"--detect-local-mode=ClusterCIDR"}, `--detect-local-mode "ClusterCIDR": want one of`},
