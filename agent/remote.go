@@ -150,10 +150,13 @@ func (c *Controller) desired(ctx context.Context, mips []v1alpha1.MagicIP) State
 	if len(started) == 0 {
 		return st
 	}
+	start := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, remoteListTimeout)
 	defer cancel()
 	if !cache.WaitFor(wctx, "", started...) {
 		c.Log.Info("producers on other nodes not listed in time; Fallback MagicIPs refuse until they are", "timeout", remoteListTimeout)
+		return compute()
 	}
+	c.Log.V(2).Info("listed producers on other nodes", "watches", len(started), "took", time.Since(start))
 	return compute()
 }
