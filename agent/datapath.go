@@ -16,6 +16,9 @@ type Datapath interface {
 	// which it reports; otherwise what the last successful Apply wrote is trusted, and an
 	// unchanged State writes nothing. wrote: the kernel was written.
 	Apply(ctx context.Context, st State, full bool) (wrote bool, drift []string, err error)
+	// Prepare readies what the next Apply's write needs ahead of its State, while the caller waits
+	// for something slower (a list from the API server). The next Apply uses it or lets it go.
+	Prepare(ctx context.Context)
 	// Cleanup removes every rule of this backend, and nothing else.
 	Cleanup(ctx context.Context) error
 	// Execs counts the processes run so far (0 for a backend that only uses netlink).
@@ -57,9 +60,14 @@ func (d *IptablesDatapath) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{d.Counters}
 }
 
+// Prepare implements Datapath: the next write's iptables-restore is started now (Iptables.Prestart).
+func (d *IptablesDatapath) Prepare(ctx context.Context) { d.Ipt.Prestart(ctx) }
+
 // Apply implements Datapath: the incremental restore input from the last rules applied, or, on a
-// full sync, iptables-save read back and compared (see Observed.Resync).
+// full sync, iptables-save read back and compared (see Observed.Resync). An iptables-restore that
+// Prepare started is used, or ended unused.
 func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool, []string, error) {
+	defer d.Ipt.Release()
 	rules := Render(st, d.Local)
 	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
 	input := rules.RestoreChanges(d.lastRules)

@@ -25,6 +25,9 @@ func (d *NftablesDatapath) Execs() int64 { return 0 }
 // Collectors implements Datapath: the verdict counters are not read from nftables yet.
 func (d *NftablesDatapath) Collectors() []prometheus.Collector { return nil }
 
+// Prepare implements Datapath: a write is one netlink transaction, with nothing to start ahead.
+func (d *NftablesDatapath) Prepare(context.Context) {}
+
 // Cleanup implements Datapath: our table goes, nothing else is touched.
 func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup() }
 

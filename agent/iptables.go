@@ -15,6 +15,8 @@ import (
 // Iptables is the kernel side of the rules: iptables-save and iptables-restore execs, counted.
 type Iptables struct {
 	execs atomic.Int64
+	// spare is an iptables-restore started ahead of the Restore that uses it (Prestart).
+	spare spareRestore
 	// perTable: iptables-save reads only the tables it is given (legacy), so Save names nat and
 	// filter. With nf_tables every iptables-save process dumps the whole ruleset from the kernel
 	// whatever -t says (iptables 1.8.9), so one process for all tables costs less than two.
@@ -69,19 +71,6 @@ func (x *Iptables) save(ctx context.Context, tables ...string) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
-}
-
-// Restore applies data with iptables-restore --noflush (one exec): only the chains and rules
-// named in data change, atomically per table.
-func (x *Iptables) Restore(ctx context.Context, data []byte) error {
-	x.execs.Add(1)
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--wait", "5")
-	cmd.Stdin, cmd.Stderr = bytes.NewReader(data), &stderr
-	if err := cmd.Run(); err != nil {
-		return &RestoreError{Err: err, Stderr: strings.TrimSpace(stderr.String()), Input: data}
-	}
-	return nil
 }
 
 // RestoreError carries what iptables-restore said and the offending input line when it names one.
