@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -28,17 +26,8 @@ import (
 func TestAgentRemoteWatchListsFromCache(t *testing.T) {
 	cp := harness.StartControlPlane(t)
 	ctx := t.Context()
-	if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apm"}}); err != nil {
+	if err := cp.CreatePodObjects(ctx, "apm", map[string]string{"app": "apm"}, map[string]string{"here": "node-1", "there": "node-2"}); err != nil {
 		t.Fatal(err)
-	}
-	for _, p := range []struct{ name, node string }{{"here", "node-1"}, {"there", "node-2"}} {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "apm", Name: p.name, Labels: map[string]string{"app": "apm"}},
-			Spec:       corev1.PodSpec{NodeName: p.node, Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/magic-ip-test:1"}}},
-		}
-		if err := cp.Client.Create(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
 	}
 	rec := &podRequests{}
 	cfg := rest.CopyConfig(cp.Config)
