@@ -183,6 +183,13 @@ func setupFallback(b *testing.B, datapath string, kubeProxyPeers []string) *fbEn
 	for _, n := range c.Nodes {
 		harness.StartAgent(b, c, n, agentBin, args...)
 	}
+	// Probing starts only once the rules exist: connects refused or unreachable before the agent's
+	// first sync are no rollout's doing (they were counted as failed before).
+	for _, n := range c.Nodes {
+		if err := harness.WaitAgentReady(ctx, n.Netns, 30*time.Second); err != nil {
+			b.Fatalf("agent on %s: %v", n.Name, err)
+		}
+	}
 	client := func(name string) *nsDialer {
 		return newNSDialer(b, c.AddPod(n1, "app", name, nil, harness.PodOptions{}).Netns, 100)
 	}
