@@ -97,7 +97,7 @@ func wantNodesDatapath(t *testing.T, rc *harness.RealCluster, datapath, reason s
 			}
 			_, table := nftComments(t, n.Netns)
 			if (len(rules) > 0) != (datapath == agent.DatapathIptables) || table != (datapath == agent.DatapathNftables) {
-				return fmt.Errorf("iptables rules of ours %q, table ip magic-ip present %t", rules, table)
+				return fmt.Errorf("iptables rules of ours %q, table inet magic-ip present %t", rules, table)
 			}
 			return nil
 		})
