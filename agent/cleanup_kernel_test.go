@@ -94,6 +94,13 @@ func checkCleaned(t *testing.T, ns *harness.Netns, kept ...string) {
 			t.Errorf("foreign rule removed: %s", l)
 		}
 	}
+	checkUnaddressed(t, ns)
+}
+
+// checkUnaddressed checks that no magic address is left in ns, nor a UDP conntrack entry to one
+// (TCP ones stay: established connections keep their producer).
+func checkUnaddressed(t *testing.T, ns *harness.Netns) {
+	t.Helper()
 	if addrs, err := ns.Run(t.Context(), "ip", "-o", "addr", "show", "dev", bridgeIface); err != nil || strings.Contains(addrs, "169.254.") {
 		t.Errorf("magic addresses left on %s (err %v):\n%s", bridgeIface, err, addrs)
 	}

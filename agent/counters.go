@@ -18,14 +18,16 @@ const counterReadTimeout = 10 * time.Second
 
 // NoProducerCounters is the Prometheus collector of the connections refused or dropped on this
 // node because no local producer took them, per MagicIP, port, protocol and action: the packet
-// counters of the verdict rules of MAGIC-IP-INPUT (one per port, matching only the first packet
-// of a connection). They are read at scrape time, at most once per MinInterval, and just before
-// a restore that rewrites that chain (which sets its counters back to 0); the collector adds up
-// what each read found since the previous one, so its counters only go up. The series are those
-// of the rules last written: a MagicIP or port that goes away takes its series along.
+// counters of the verdict rules (one per port, matching only the first packet of a connection:
+// in MAGIC-IP-INPUT with iptables, in chain input of table ip magic-ip with nftables). They are
+// read at scrape time, at most once per MinInterval, and just before a write that rewrites that
+// chain (which sets its counters back to 0); the collector adds up what each read found since the
+// previous one, so its counters only go up. The series are those of the rules last written: a
+// MagicIP or port that goes away takes its series along.
 type NoProducerCounters struct {
-	// Read lists the chain with its counters (listVerdictRules).
-	Read func(context.Context) ([]byte, error)
+	// Read lists the verdict rules' packet counters (iptables: readIptablesCounters; nftables:
+	// the datapath's netlink read).
+	Read func(context.Context) (map[counterKey]uint64, error)
 	// MinInterval: scrapes read the kernel at most this often (0: at every scrape).
 	MinInterval time.Duration
 	Now         func() time.Time
@@ -42,13 +44,13 @@ type NoProducerCounters struct {
 // NewNoProducerCounters reads the node's kernel counters at most once per minInterval at scrape
 // time.
 func NewNoProducerCounters(minInterval time.Duration, log logr.Logger) *NoProducerCounters {
-	return &NoProducerCounters{Read: listVerdictRules, MinInterval: minInterval, Now: time.Now, Log: log,
+	return &NoProducerCounters{Read: readIptablesCounters, MinInterval: minInterval, Now: time.Now, Log: log,
 		desc: prometheus.NewDesc("magic_ip_agent_no_producer_connections_total",
 			"New connections to a MagicIP port that no local producer took, refused or dropped by its whenNoLocalProducer verdict "+
 				"(each TCP SYN and each UDP datagram that would open a flow; a dropped SYN the client sends again counts again).",
 			[]string{"magicip", "port", "protocol", "action"}, nil),
 		readsDesc: prometheus.NewDesc("magic_ip_agent_rule_counter_reads_total",
-			"Reads of the kernel's rule counters (one `iptables -v -S` of the verdict chain each), at scrape time and before a rewrite of that chain.", nil, nil),
+			"Reads of the kernel's rule counters (one `iptables -v -S` of the verdict chain each, or one netlink dump of it with nftables), at scrape time and before a rewrite of that chain.", nil, nil),
 	}
 }
 
@@ -78,20 +80,17 @@ func (c *NoProducerCounters) Collect(ch chan<- prometheus.Metric) {
 // (the next scrape tries again).
 func (c *NoProducerCounters) read(ctx context.Context) {
 	c.reads++
-	out, err := c.Read(ctx)
+	counts, err := c.Read(ctx)
 	if err != nil {
 		c.Log.Error(err, "reading the rule counters failed: no_producer_connections_total stays as it was")
 		return
 	}
-	counts, _ := verdictRules(out)
 	c.tally.read(counts)
 	c.lastRead = c.Now()
 }
 
-// aroundRestore runs restore(ctx, input). When input rewrites MAGIC-IP-INPUT it first reads the
-// counters (what they hold would otherwise be lost with the rewrite), and once the restore
-// succeeded the series become those of the rules written, from 0 in the kernel. Scrapes wait
-// meanwhile, so none reads between the rewrite and the new baseline. A nil c only restores.
+// aroundRestore runs restore(ctx, input). When input rewrites MAGIC-IP-INPUT it does so within
+// aroundRewrite. A nil c only restores.
 func (c *NoProducerCounters) aroundRestore(ctx context.Context, input []byte, restore func(context.Context, []byte) error) error {
 	if c == nil {
 		return restore(ctx, input)
@@ -100,15 +99,28 @@ func (c *NoProducerCounters) aroundRestore(ctx context.Context, input []byte, re
 	if !declared {
 		return restore(ctx, input)
 	}
+	return c.aroundRewrite(ctx, func() (map[counterKey]uint64, error) { return written, restore(ctx, input) })
+}
+
+// aroundRewrite runs write, which may rewrite the verdict rules, and says so by returning the
+// rules it wrote (nil: none rewritten). It first reads the counters (what they hold would
+// otherwise be lost with the rewrite), and once write succeeded with rules written, the series
+// become those rules, from 0 in the kernel. Scrapes wait meanwhile, so none reads between the
+// rewrite and the new baseline. A failed write leaves the rules as they were (one transaction),
+// so the baseline stays.
+func (c *NoProducerCounters) aroundRewrite(ctx context.Context, write func() (map[counterKey]uint64, error)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.tally.known() {
 		c.read(ctx)
 	}
-	if err := restore(ctx, input); err != nil {
-		return err // the chain is as it was (its table's transaction failed): so is the baseline
+	written, err := write()
+	if err != nil {
+		return err
 	}
-	c.tally.written(written)
+	if written != nil {
+		c.tally.written(written)
+	}
 	return nil
 }
 

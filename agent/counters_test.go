@@ -116,9 +116,10 @@ type fakeKernel struct {
 	fail       error
 }
 
-func (k *fakeKernel) read(context.Context) ([]byte, error) {
+func (k *fakeKernel) read(context.Context) (map[counterKey]uint64, error) {
 	k.reads++
-	return listing(k.apm, k.stats, "REJECT --reject-with icmp-port-unreachable"), k.fail
+	counts, _ := verdictRules(listing(k.apm, k.stats, "REJECT --reject-with icmp-port-unreachable"))
+	return counts, k.fail
 }
 
 // collect gathers c's series by their labels (magicip/port/protocol/action) and its read count.

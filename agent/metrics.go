@@ -19,6 +19,7 @@ type Metrics struct {
 	DriftRepairs   prometheus.Counter
 	Producers      *prometheus.GaugeVec
 	Problems       *prometheus.GaugeVec
+	DatapathInfo   *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics (unregistered).
@@ -45,17 +46,25 @@ func NewMetrics() *Metrics {
 			Name: "magic_ip_agent_programmed_producers", Help: "Local producers programmed per MagicIP and port."}, []string{"magicip", "port"}),
 		Problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "magic_ip_agent_magicip_problems", Help: "1 when a MagicIP is not served on this node, by reason (Conflict, Invalid, InterfaceUnavailable)."}, []string{"magicip", "reason"}),
+		DatapathInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "magic_ip_agent_datapath_info", Help: "1 for the datapath in use and why it was chosen (reason: flag, kube-proxy-nftables, iptables-unusable, iptables-hint, no-hint)."}, []string{"datapath", "reason"}),
 	}
 }
 
 // Register adds the metrics to reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.SyncFailing, m.LastSuccess, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems} {
+	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.SyncFailing, m.LastSuccess, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems, m.DatapathInfo} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// setDatapath records the datapath chosen at start-up.
+func (m *Metrics) setDatapath(c DatapathChoice) {
+	m.DatapathInfo.Reset()
+	m.DatapathInfo.WithLabelValues(c.Datapath, c.Reason).Set(1)
 }
 
 func (m *Metrics) observeSync(d time.Duration, execs int64, wrote bool) {

@@ -40,7 +40,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	dp, retire, err := openDatapath(cfg.Datapath, local, NewNoProducerCounters(cfg.CountersMinInterval, log), log)
+	dp, retire, choice, err := openDatapath(ctx, cfg.Datapath, local, NewNoProducerCounters(cfg.CountersMinInterval, log), log)
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 		}()
 	}
 	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log, Unsupported: unsupported(cfg, node, dp, log)}
-	return runController(ctx, cfg, clients, syncer, log)
+	return runController(ctx, cfg, clients, syncer, choice, log)
 }
 
 // newClients builds the API clients from --kubeconfig or the in-cluster config.
@@ -134,7 +134,7 @@ func needsNode(cfg Config) bool {
 
 // runController watches the API, serves the probes and metrics, and syncs the node until ctx
 // ends or one of them fails.
-func runController(ctx context.Context, cfg Config, clients *kube.Clients, syncer *Syncer, log logr.Logger) error {
+func runController(ctx context.Context, cfg Config, clients *kube.Clients, syncer *Syncer, choice DatapathChoice, log logr.Logger) error {
 	pods, err := kube.PodInformer(clients.Core, cfg.NodeName)
 	if err != nil {
 		return err
@@ -155,6 +155,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 		return err
 	}
 	m := NewMetrics()
+	m.setDatapath(choice)
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
 		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Node: node, Record: record, Metrics: m, Log: log,

@@ -5,6 +5,9 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables-restore >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
+# kube-proxy --proxy-mode=nftables (test/harness/kubeproxy.go) runs the nft binary (knftables
+# wants v1.0.1 or later; bookworm ships 1.0.6). The agent itself needs none: it uses netlink.
+command -v nft >/dev/null || need+=(nftables)
 command -v make >/dev/null || need+=(make)
 # Real nodes (test/harness/realnode.go): Debian's runc runs their containers; nsenter and unshare
 # start them in the node's network namespace and a private mount namespace.

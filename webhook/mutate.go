@@ -41,9 +41,10 @@ func envName(s string) string {
 type Endpoint struct {
 	Name    string
 	Address string
-	// Address6 is the IPv6 address of a dual-stack MagicIP (spec.ipv6Address) that agents
-	// program, or empty: hostnames get an entry for it only then (a resolver that prefers the IPv6
-	// entry must not be handed an address nothing serves).
+	// Address6 is the IPv6 address of a dual-stack MagicIP (spec.ipv6Address) whose status says
+	// it is served on every node that programs the MagicIP (ConditionIPv6Programmed), or empty:
+	// hostnames get an entry for it only then (a resolver that prefers the IPv6 entry must not be
+	// handed an address nothing serves).
 	Address6  string
 	Env       []corev1.EnvVar
 	Hostnames []string
@@ -52,7 +53,7 @@ type Endpoint struct {
 // EndpointOf resolves what m injects.
 func EndpointOf(m v1alpha1.MagicIP) Endpoint {
 	e := Endpoint{Name: m.Name, Address: m.Spec.Address, Env: Env(m), Hostnames: m.Spec.Inject.Hostnames}
-	if a := m.Spec.IPv6Address; a != "" && !slices.ContainsFunc(m.Spec.UnprogrammedAddresses(), func(u v1alpha1.UnprogrammedAddress) bool { return u.Address == a }) {
+	if a := m.Spec.IPv6Address; a != "" && ipv6Programmed(m) {
 		e.Address6 = a
 	}
 	return e

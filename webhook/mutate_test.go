@@ -70,6 +70,18 @@ func withAccepted(status metav1.ConditionStatus, gen, observed int64) func(*v1al
 	}
 }
 
+// withIPv6Programmed sets the MagicIP's generation and an IPv6Programmed condition (the status
+// controller's word that its IPv6 address is served wherever it is programmed).
+func withIPv6Programmed(status metav1.ConditionStatus, gen, observed int64) func(*v1alpha1.MagicIP) {
+	return func(m *v1alpha1.MagicIP) {
+		m.Generation = gen
+		m.Status.Conditions = append(m.Status.Conditions, metav1.Condition{
+			Type: ConditionIPv6Programmed, Status: status, ObservedGeneration: observed,
+			Reason: "Test", LastTransitionTime: metav1.NewTime(testEpoch),
+		})
+	}
+}
+
 func val(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: name, Value: value} }
 
 func fieldRef(name, path string) corev1.EnvVar {
@@ -370,6 +382,11 @@ func withAnnotation(k, v string) func(*corev1.Pod) {
 func TestMutate(t *testing.T) {
 	injected := func(names string) func(*corev1.Pod) { return withAnnotation(InjectedAnnotation, names) }
 	ddAlias := corev1.HostAlias{IP: testAddr, Hostnames: []string{"dd.local"}}
+	// ddDual is testPod() with ddMIP(dualStack) injected (HOST_IPV6 too), its names and aliases.
+	ddDual := func(names string, aliases ...corev1.HostAlias) *corev1.Pod {
+		e := slices.Insert(slices.Clone(ddEnv), 1, val("DD_MAGIC_HOST_IPV6", testAddr6))
+		return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...), withAliases(aliases...), injected(names))
+	}
 	apmOnly := withInject(v1alpha1.Inject{Env: ptr.To(false), Hostnames: []string{"apm.local"}})
 	tests := map[string]struct {
 		pod         *corev1.Pod
@@ -448,14 +465,26 @@ func TestMutate(t *testing.T) {
 			}(),
 			wantChanged: true,
 		},
-		"dual-stack: HOST_IPV6 in the env; hostAliases for IPv4 only while agents do not program IPv6": {
-			pod:  testPod(),
-			mips: []v1alpha1.MagicIP{ddMIP(dualStack)},
-			want: func() *corev1.Pod {
-				e := slices.Insert(slices.Clone(ddEnv), 1, val("DD_MAGIC_HOST_IPV6", testAddr6))
-				return testPod(withEnv("init", e...), withEnv("app", e...), withEnv("sidecar", e...),
-					withAliases(ddAlias), injected("dd"))
-			}(),
+		"dual-stack: HOST_IPV6 in the env; hostAliases for IPv4 only without IPv6Programmed": {
+			pod:         testPod(),
+			mips:        []v1alpha1.MagicIP{ddMIP(dualStack)},
+			want:        ddDual("dd", ddAlias),
+			wantChanged: true,
+		},
+		"dual-stack, IPv6Programmed for this generation: a hostAliases entry per family": {
+			pod:         testPod(),
+			mips:        []v1alpha1.MagicIP{ddMIP(dualStack, withIPv6Programmed(metav1.ConditionTrue, 2, 2))},
+			want:        ddDual("dd", ddAlias, corev1.HostAlias{IP: testAddr6, Hostnames: []string{"dd.local"}}),
+			wantChanged: true,
+		},
+		"dual-stack, IPv6Programmed for an older generation or False: IPv4 entry only": {
+			pod: testPod(),
+			mips: []v1alpha1.MagicIP{
+				ddMIP(dualStack, withIPv6Programmed(metav1.ConditionTrue, 3, 2)),
+				newMIP("ee", testAddr2, 0, dualStack, withInject(v1alpha1.Inject{Env: ptr.To(false), Hostnames: []string{"ee.local"}}),
+					func(m *v1alpha1.MagicIP) { m.Spec.IPv6Address = "fd00::ee" }, withIPv6Programmed(metav1.ConditionFalse, 1, 1)),
+			},
+			want:        ddDual("dd,ee", ddAlias, corev1.HostAlias{IP: testAddr2, Hostnames: []string{"ee.local"}}),
 			wantChanged: true,
 		},
 		"dual-stack: merged into the pod's own IPv4 entry, its IPv6 entry left alone; the pod's HOST_IPV6 kept": {

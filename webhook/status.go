@@ -26,7 +26,8 @@ import (
 const ConditionProducerNamespace = "ProducerNamespaceFound"
 
 // StatusReconciler keeps every MagicIP's conditions (Accepted, Conflict, InjectionConflict,
-// ProducerNamespaceFound), observedGeneration and portSummary true. Everything is decided by
+// ProducerNamespaceFound, and IPv6Programmed on dual-stack ones), observedGeneration and
+// portSummary true. Everything is decided by
 // Resolve, which the webhook injects by: address claims by v1alpha1.ResolveClaims (the function
 // the agents use), the address family by the rule the agents apply (IPv4 only, for now), variable
 // names and hostnames by age. So status, datapath and injection agree. One work item covers all
@@ -78,6 +79,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 		return reconcile.Result{}, fmt.Errorf("list MagicIPNodes: %w", err)
 	}
 	counts := NodeCounts(records.Items)
+	v6 := IPv6Reports(list.Items, records.Items)
 	res := Resolve(list.Items)
 	r.throttle.interval = cmp.Or(r.NodeCountsInterval, DefaultNodeCountsInterval)
 	var errs []error
@@ -86,6 +88,7 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (
 		m := &list.Items[i]
 		want := m.Status.DeepCopy()
 		DesiredStatus(want, m, res, exists[m.Spec.Producer.Namespace])
+		SetIPv6Condition(want, m, v6[m.Name])
 		c := counts[m.Name]
 		want.Nodes = &c
 		if equality.Semantic.DeepEqual(*want, m.Status) {
@@ -146,8 +149,8 @@ func DesiredStatus(st *v1alpha1.MagicIPStatus, m *v1alpha1.MagicIP, res Resoluti
 				claims = append(claims, c.String())
 			}
 			msg := "owns " + strings.Join(claims, ", ")
-			for _, u := range m.Spec.UnprogrammedAddresses() {
-				msg += "; not programmed by agents yet (" + u.Reason + "): " + u.Message
+			if m.Spec.IPv6Address != "" {
+				msg += "; where the IPv6 address is served: see IPv6Programmed"
 			}
 			set(v1alpha1.ConditionAccepted, true, "Accepted", msg)
 		}

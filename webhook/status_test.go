@@ -107,15 +107,13 @@ func TestDesiredStatus(t *testing.T) {
 				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
-		"dual-stack: accepted for both claims, the IPv6 address reported not programmed yet": {
+		"dual-stack: accepted for both claims, where the IPv6 address is served told by IPv6Programmed": {
 			mips:        []v1alpha1.MagicIP{newMIP("dual", testAddr, 0, dualStack, gen(2))},
 			nsExists:    true,
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
 				v1alpha1.ConditionAccepted: {metav1.ConditionTrue, "Accepted", []string{
-					"owns " + testAddr + ":8126/TCP, [" + testAddr6 + "]:8126/TCP",
-					"not programmed by agents yet (AddressFamilyNotSupported): address " + testAddr6 + " is IPv6",
-					"the IPv4 address " + testAddr + " is served"}},
+					"owns " + testAddr + ":8126/TCP, [" + testAddr6 + "]:8126/TCP", "see IPv6Programmed"}},
 				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
 				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NoConflict", nil},
 				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
@@ -276,5 +274,63 @@ func TestStatusReconciler(t *testing.T) {
 		if m.Status.PortSummary != "8126/TCP" {
 			t.Errorf("%s: portSummary %q", name, m.Status.PortSummary)
 		}
+	}
+}
+
+// TestIPv6Condition: IPv6Programmed is True only when every node that programs a dual-stack
+// MagicIP serves its IPv6 address, and there is such a node.
+func TestIPv6Condition(t *testing.T) {
+	entry := func(programmed bool, unprogrammed ...string) v1alpha1.MagicIPOnNode {
+		e := v1alpha1.MagicIPOnNode{Name: "dual", Programmed: programmed}
+		for _, a := range unprogrammed {
+			e.UnprogrammedAddresses = append(e.UnprogrammedAddresses, v1alpha1.UnprogrammedAddress{
+				Address: a, Reason: v1alpha1.ReasonAddressFamilyNotSupported, Message: "no IPv6 here"})
+		}
+		return e
+	}
+	record := func(node string, e v1alpha1.MagicIPOnNode) v1alpha1.MagicIPNode {
+		return v1alpha1.MagicIPNode{ObjectMeta: metav1.ObjectMeta{Name: node}, MagicIPs: []v1alpha1.MagicIPOnNode{e}}
+	}
+	dual := newMIP("dual", testAddr, 0, dualStack, func(m *v1alpha1.MagicIP) { m.Generation = 3 })
+	tests := map[string]struct {
+		mip     v1alpha1.MagicIP
+		records []v1alpha1.MagicIPNode
+		want    *wantCondition // nil: no IPv6Programmed condition
+	}{
+		"IPv4 MagicIP: no condition": {mip: newMIP("dual", testAddr, 0), records: []v1alpha1.MagicIPNode{record("n1", entry(true))}},
+		"no record yet":              {mip: dual, want: &wantCondition{metav1.ConditionFalse, "NoNodeProgrammed", []string{"IPv4 address only"}}},
+		"programmed nowhere (failing) counts neither way": {mip: dual, records: []v1alpha1.MagicIPNode{record("n1", entry(false))},
+			want: &wantCondition{metav1.ConditionFalse, "NoNodeProgrammed", nil}},
+		"served on every node that programs it": {mip: dual, records: []v1alpha1.MagicIPNode{record("n1", entry(true)), record("n2", entry(true)), record("n3", entry(false))},
+			want: &wantCondition{metav1.ConditionTrue, "Programmed", []string{testAddr6, "both addresses"}}},
+		"left out on one node: False, that node named with its reason": {
+			mip:     dual,
+			records: []v1alpha1.MagicIPNode{record("n2", entry(true, testAddr6)), record("n1", entry(true)), record("n3", entry(true, testAddr6))},
+			want: &wantCondition{metav1.ConditionFalse, v1alpha1.ReasonAddressFamilyNotSupported,
+				[]string{"node n2 programs this MagicIP without its IPv6 address " + testAddr6 + ": no IPv6 here", "(other nodes too)", "IPv4 address only"}},
+		},
+		"another address left out is not this one": {mip: dual, records: []v1alpha1.MagicIPNode{record("n1", entry(true, "fd00::99"))},
+			want: &wantCondition{metav1.ConditionTrue, "Programmed", nil}},
+		"not accepted: no condition": {mip: newMIP("dual", testAddr, 0, dualStack, withAccepted(metav1.ConditionFalse, 1, 1)),
+			records: []v1alpha1.MagicIPNode{record("n1", entry(true))}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			st := *tc.mip.Status.DeepCopy()
+			if len(st.Conditions) == 0 {
+				DesiredStatus(&st, &tc.mip, Resolve([]v1alpha1.MagicIP{tc.mip}), true)
+			}
+			SetIPv6Condition(&st, &tc.mip, IPv6Reports([]v1alpha1.MagicIP{tc.mip}, tc.records)[tc.mip.Name])
+			c := meta.FindStatusCondition(st.Conditions, ConditionIPv6Programmed)
+			switch {
+			case tc.want == nil && c != nil:
+				t.Errorf("condition %+v, want none", *c)
+			case tc.want == nil:
+			case c == nil:
+				t.Errorf("no %s condition, want %s (%s)", ConditionIPv6Programmed, tc.want.status, tc.want.reason)
+			default:
+				checkConditions(t, v1alpha1.MagicIPStatus{Conditions: []metav1.Condition{*c}}, tc.mip.Generation, map[string]wantCondition{ConditionIPv6Programmed: *tc.want})
+			}
+		})
 	}
 }

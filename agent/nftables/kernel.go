@@ -17,22 +17,32 @@ const maxComment = 200
 
 // Kernel writes and reads our table over netlink.
 type Kernel struct {
-	conn  *nftables.Conn
-	table *nftables.Table
+	conn    *nftables.Conn
+	table   *nftables.Table
+	netnsFd int
 }
 
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
 // namespace of netnsFd.
 func NewKernel(netnsFd int) (*Kernel, error) {
+	k := &Kernel{table: &nftables.Table{Name: TableName, Family: TableFamily}, netnsFd: netnsFd}
+	if err := k.dial(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kernel) dial() error {
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(roomForAcks)}
-	if netnsFd >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	if k.netnsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(k.netnsFd))
 	}
 	conn, err := nftables.New(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nftables netlink: %w", err)
+		return fmt.Errorf("nftables netlink: %w", err)
 	}
-	return &Kernel{conn: conn, table: &nftables.Table{Name: TableName, Family: TableFamily}}, nil
+	k.conn = conn
+	return nil
 }
 
 // legacyTable is the table of agents before dual-stack (family ip, IPv4 only): the first write
@@ -218,10 +228,26 @@ func (k *Kernel) addRules(ch *nftables.Chain, rules []Rule) {
 }
 
 func (k *Kernel) flush(what string) error {
-	if err := k.conn.Flush(); err != nil {
+	if err := k.send(); err != nil {
 		return fmt.Errorf("nftables transaction %s: %w", what, err)
 	}
 	return nil
+}
+
+// send sends the queued transaction. The kernel answers every message of a refused batch, but the
+// library stops reading at an EPERM or ENOBUFS and leaves the rest on the socket, where they would
+// be taken for the answers to the next transaction, refusing it in turn, forever: after a refusal
+// the socket is replaced.
+func (k *Kernel) send() error {
+	err := k.conn.Flush()
+	if err == nil {
+		return nil
+	}
+	_ = k.conn.CloseLasting()
+	if derr := k.dial(); derr != nil {
+		return errors.Join(err, derr)
+	}
+	return err
 }
 
 func sameRules(a, b []Rule) bool {
@@ -257,7 +283,7 @@ func (k *Kernel) deleteTable(t *nftables.Table) error {
 		return fmt.Errorf("look up %s: %w", desc, err)
 	}
 	k.conn.DelTable(t)
-	if err := k.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := k.send(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete %s: %w", desc, err)
 	}
 	return nil
@@ -318,15 +344,20 @@ func (k *Kernel) Read() (Observed, error) {
 }
 
 // readHairpin lists both hairpin sets' elements (their first address), sorted; nil when a set is
-// missing.
+// missing. The library's element dump hides the errno of a missing set, so the sets are looked
+// up first: a missing one is drift, not a failed sync.
 func (k *Kernel) readHairpin() ([]netip.Addr, error) {
+	sets, err := k.conn.GetSets(k.table)
+	if err != nil {
+		return nil, fmt.Errorf("list sets of table %s: %w", tableDesc, err)
+	}
 	ips := []netip.Addr{}
 	for _, f := range []family{ipv4, ipv6} {
 		set := k.hairpin(f)
-		elems, err := k.conn.GetSetElements(set)
-		if errors.Is(err, unix.ENOENT) {
+		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == set.Name }) {
 			return nil, nil
 		}
+		elems, err := k.conn.GetSetElements(set)
 		if err != nil {
 			return nil, fmt.Errorf("list set %s of table %s: %w", set.Name, tableDesc, err)
 		}

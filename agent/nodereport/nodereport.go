@@ -7,7 +7,6 @@ package nodereport
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
+	"github.com/magic-ip/magic-ip/internal/latest"
 )
 
 // Timing of writes.
@@ -41,10 +41,7 @@ type Reporter struct {
 	datapath string
 	log      logr.Logger
 
-	mu   sync.Mutex
-	want []v1alpha1.MagicIPOnNode
-	set  bool
-	wake chan struct{}
+	want *latest.Value[[]v1alpha1.MagicIPOnNode]
 
 	// Run's own state: the record as the API server holds it (nil: none), once known.
 	known     bool
@@ -57,61 +54,30 @@ type Reporter struct {
 func New(magicIP, core rest.Interface, node, datapath string, started time.Time, log logr.Logger) *Reporter {
 	return &Reporter{
 		magicIP: magicIP, core: core, node: node, datapath: datapath, started: metav1.NewTime(started.Truncate(time.Second)),
-		log: log.WithValues("magicIPNode", node), wake: make(chan struct{}, 1),
+		log: log.WithValues("magicIPNode", node), want: latest.New[[]v1alpha1.MagicIPOnNode](),
 	}
 }
 
 // Set records the node's latest state, one entry per MagicIP sorted by name. It never blocks.
-func (r *Reporter) Set(entries []v1alpha1.MagicIPOnNode) {
-	r.mu.Lock()
-	r.want, r.set = entries, true
-	r.mu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (r *Reporter) latest() ([]v1alpha1.MagicIPOnNode, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.want, r.set
-}
+func (r *Reporter) Set(entries []v1alpha1.MagicIPOnNode) { r.want.Set(entries) }
 
 // Run writes until ctx ends: after each Set, no sooner than MinGap after the last write, and again
 // with backoff after a failure.
 func (r *Reporter) Run(ctx context.Context) {
-	delay := minRetry
-	var timer <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.wake:
-		case <-timer:
-		}
-		if wait := MinGap - time.Since(r.lastWrite); wait > 0 {
-			timer = time.After(wait)
-			continue
-		}
-		timer = nil
-		if err := r.reconcile(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
+	latest.Loop{
+		Reconcile: r.reconcile,
+		OnError: func(err error, in time.Duration) {
 			r.known = false // read it again: it may have changed or gone
-			r.log.Error(err, "could not write the node's MagicIPNode record; retrying", "in", delay)
-			timer = time.After(delay)
-			delay = min(2*delay, maxRetry)
-			continue
-		}
-		delay = minRetry
-	}
+			r.log.Error(err, "could not write the node's MagicIPNode record; retrying", "in", in)
+		},
+		Wait:     func() time.Duration { return MinGap - time.Since(r.lastWrite) },
+		MinRetry: minRetry, MaxRetry: maxRetry,
+	}.Run(ctx, r.want.Wake())
 }
 
 // reconcile writes the latest content if the record does not hold it already.
 func (r *Reporter) reconcile(ctx context.Context) error {
-	want, ok := r.latest()
+	want, ok := r.want.Get()
 	if !ok {
 		return nil
 	}

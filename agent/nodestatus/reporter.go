@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -12,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/magic-ip/magic-ip/internal/latest"
 )
 
 // Retry delays of a failed write: doubling from minRetry up to maxRetry.
@@ -31,9 +32,7 @@ type Reporter struct {
 	taint  *corev1.Taint
 	log    logr.Logger
 
-	mu   sync.Mutex
-	want *Status
-	wake chan struct{}
+	want *latest.Value[Status]
 
 	// Run's own state. current is our condition as the Node holds it (nil: none), known once read.
 	known     bool
@@ -44,57 +43,27 @@ type Reporter struct {
 // NewReporter reports on node through client (core/v1); taint is the startup taint to remove
 // (nil: none).
 func NewReporter(client rest.Interface, node string, taint *corev1.Taint, log logr.Logger) *Reporter {
-	return &Reporter{client: client, node: node, taint: taint, log: log.WithValues("condition", ConditionType), wake: make(chan struct{}, 1)}
+	return &Reporter{client: client, node: node, taint: taint, log: log.WithValues("condition", ConditionType), want: latest.New[Status]()}
 }
 
 // Set records the node's latest status for Run to report. It never blocks.
-func (r *Reporter) Set(s Status) {
-	r.mu.Lock()
-	r.want = &s
-	r.mu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (r *Reporter) latest() (Status, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.want == nil {
-		return Status{}, false
-	}
-	return *r.want, true
-}
+func (r *Reporter) Set(s Status) { r.want.Set(s) }
 
 // Run reports until ctx ends.
 func (r *Reporter) Run(ctx context.Context) {
-	delay := minRetry
-	var retryC <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.wake:
-		case <-retryC:
-		}
-		if err := r.reconcile(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			r.log.Error(err, "could not report the node's status; retrying", "node", r.node, "in", delay)
-			retryC = time.After(delay)
-			delay = min(2*delay, maxRetry)
-			continue
-		}
-		delay, retryC = minRetry, nil
-	}
+	latest.Loop{
+		Reconcile: r.reconcile,
+		OnError: func(err error, in time.Duration) {
+			r.log.Error(err, "could not report the node's status; retrying", "node", r.node, "in", in)
+		},
+		MinRetry: minRetry, MaxRetry: maxRetry,
+	}.Run(ctx, r.want.Wake())
 }
 
 // reconcile writes the latest status if the Node does not say it already, then removes the
 // startup taint if the node is programmed and the taint was not removed yet.
 func (r *Reporter) reconcile(ctx context.Context) error {
-	s, ok := r.latest()
+	s, ok := r.want.Get()
 	if !ok {
 		return nil
 	}

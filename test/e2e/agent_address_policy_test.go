@@ -16,8 +16,10 @@ import (
 // --allowed-address-ranges (here a ClusterIP-like 10.96.0.50) is not programmed — no address on
 // the host interface, no rule — and a Warning Event and the problems metric say why; the MagicIP
 // beside it is served as before.
-func TestAgentAllowedAddressRanges(t *testing.T) {
-	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402")
+func TestAgentAllowedAddressRanges(t *testing.T) { forEachDatapath(t, testAgentAllowedAddressRanges) }
+
+func testAgentAllowedAddressRanges(t *testing.T, dp []string) {
+	e := newOneNode(t, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	outside := datadogMagicIP("cluster-ip")
@@ -32,7 +34,7 @@ func TestAgentAllowedAddressRanges(t *testing.T) {
 	if v, err := metric(ctx, e.node, problem); err != nil || v != 1 {
 		t.Errorf("%s = %v (err %v), want 1", problem, v, err)
 	}
-	out, err := e.node.Netns.Run(ctx, "sh", "-c", "iptables-save; ip -o addr show")
+	out, err := nodeState(ctx, viewOf(dp), e.node.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,9 +9,14 @@ import (
 	"testing"
 	"time"
 
+	gnft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/magic-ip/magic-ip/agent"
+	"github.com/magic-ip/magic-ip/agent/nftables"
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
@@ -60,9 +65,13 @@ func dialN(t *testing.T, e *oneNode, n int, protocol string, port int, budget ti
 	}
 }
 
-// kernelCount is the packet counter of the verdict rule of magicIP:port in the node's kernel.
-func kernelCount(t *testing.T, n *harness.Node, key string) int {
+// kernelCount is the packet counter of the verdict rule of magicIP:port in the node's kernel, in
+// the rules of datapath dp.
+func kernelCount(t *testing.T, n *harness.Node, dp, key string) int {
 	t.Helper()
+	if dp == agent.DatapathNftables {
+		return nftKernelCount(t, n, key)
+	}
 	out, err := n.Netns.Run(t.Context(), "iptables", "-t", "filter", "-v", "-S", "MAGIC-IP-INPUT")
 	if err != nil {
 		t.Fatal(err)
@@ -75,14 +84,41 @@ func kernelCount(t *testing.T, n *harness.Node, key string) int {
 	return c
 }
 
+// nftKernelCount is the packet counter of the verdict rule of key in chain input of our nftables
+// table, read over netlink.
+func nftKernelCount(t *testing.T, n *harness.Node, key string) int {
+	t.Helper()
+	rules, err := nftConnT(t, n.Netns).GetRules(ourTable, &gnft.Chain{Name: "input", Table: ourTable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if com, _ := userdata.GetString(r.UserData, userdata.TypeComment); com != key+": not redirected" {
+			continue
+		}
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				return int(c.Packets)
+			}
+		}
+	}
+	t.Fatalf("no verdict rule with a counter for %s in table ip %s", key, nftables.TableName)
+	return 0
+}
+
 // TestAgentNoProducerCounters: a consumer connecting N times to a MagicIP without a producer on
 // its node is counted N times per port, by action, on the agent's /metrics: refused (Reject: TCP
 // reset, ICMP port unreachable), then dropped (Drop). Another MagicIP appearing rewrites the
 // verdict chain, which sets the kernel's counters back to 0: the metric keeps what it counted.
 // A MagicIP that goes away takes its series along.
+// Run once per datapath.
 func TestAgentNoProducerCounters(t *testing.T) {
+	forEachDatapath(t, func(t *testing.T, dp []string) { testNoProducerCounters(t, dp[1], dp) })
+}
+
+func testNoProducerCounters(t *testing.T, datapath string, dp []string) {
 	const n = 5
-	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402", "--counters-min-interval", "1s")
+	e := newOneNode(t, append(dp, "--metrics-bind-address", "127.0.0.1:9402", "--counters-min-interval", "1s")...)
 	cp := e.c.CP
 	// Each UDP refusal is an ICMP error to the same consumer: lift the rate limit (see TestAgentUDPSwitch).
 	if err := e.node.Netns.Sysctl("net.ipv4.icmp_ratelimit", "0"); err != nil {
@@ -108,7 +144,7 @@ func TestAgentNoProducerCounters(t *testing.T) {
 	}
 	otherSeries := noProducer("other", "apm", "TCP", "refused")
 	eventually(t, 10*time.Second, "the other MagicIP's series", wantMetric(e.node, otherSeries, 0))
-	if c := kernelCount(t, e.node, "datadog:apm"); c != 0 {
+	if c := kernelCount(t, e.node, datapath, "datadog:apm"); c != 0 {
 		t.Fatalf("the kernel's counter of datadog:apm is %d after the rewrite, want 0 (reset)", c)
 	}
 	eventually(t, 5*time.Second, "connections made before the rewrite counted", wantMetric(e.node, apm, 2*n))

@@ -155,7 +155,9 @@ func testAgentHostClientRefused(t *testing.T, dp []string) {
 // gone within a second even before the fix); before the fix only services that still existed were
 // flushed, and the stale conntrack entry kept the flow going to the old producer as long as it was
 // used.
-func TestAgentUDPFlushOnRemoval(t *testing.T) {
+func TestAgentUDPFlushOnRemoval(t *testing.T) { forEachDatapath(t, testAgentUDPFlushOnRemoval) }
+
+func testAgentUDPFlushOnRemoval(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -170,7 +172,7 @@ func TestAgentUDPFlushOnRemoval(t *testing.T) {
 	if err := cp.Client.Create(t.Context(), keeper); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n)
+	startAgent(t, c, n, dp...)
 	steps := []struct {
 		name   string
 		remove func(ctx context.Context, m *v1alpha1.MagicIP) error
@@ -252,6 +254,10 @@ func deleteMagicIP(t *testing.T, cp *harness.ControlPlane, name string) {
 // is refused like any undeclared port (the address stays on cni0 and never without its verdicts),
 // and the second is reported.
 func TestAgentInterfaceFailureIsolated(t *testing.T) {
+	forEachDatapath(t, testAgentInterfaceFailureIsolated)
+}
+
+func testAgentInterfaceFailureIsolated(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -267,7 +273,7 @@ func TestAgentInterfaceFailureIsolated(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	startAgent(t, c, n)
+	startAgent(t, c, n, dp...)
 	eventually(t, 10*time.Second, "the MagicIP on the working interface is served", wantTCP(consumer.Netns, apmPort, prod.Name))
 	eventually(t, 5*time.Second, "the one on the missing interface is refused", wantUDP(consumer.Netns, statsPort, "refused"))
 	if got := tcpOutcome(t.Context(), consumer.Netns, magicAddr, 9999); got != "refused" {

@@ -55,8 +55,10 @@ func onlyAnswers(ns *harness.Netns, want string) func(context.Context) error {
 // TestAgentFailover: traffic follows readiness. Two Ready producers both get connections; NotReady
 // and deleted producers get none; a terminating producer still Ready serves only while no Ready one
 // is left; with none left clients are refused; back to Ready, served again.
-func TestAgentFailover(t *testing.T) {
-	e := newOneNode(t)
+func TestAgentFailover(t *testing.T) { forEachDatapath(t, testAgentFailover) }
+
+func testAgentFailover(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "no producer yet: refused", onlyAnswers(e.consumer.Netns, "refused"))
 
@@ -90,7 +92,9 @@ func TestAgentFailover(t *testing.T) {
 
 // TestAgentUDPSwitch: a client that keeps one UDP socket follows the producer it is redirected to
 // — after a switch, and when it began sending before the node was programmed at all.
-func TestAgentUDPSwitch(t *testing.T) {
+func TestAgentUDPSwitch(t *testing.T) { forEachDatapath(t, testAgentUDPSwitch) }
+
+func testAgentUDPSwitch(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -121,7 +125,7 @@ func TestAgentUDPSwitch(t *testing.T) {
 	if got := exchange(t.Context()); got == p1.Name {
 		t.Fatalf("answered by %s before any agent ran", got)
 	}
-	startAgent(t, c, n)
+	startAgent(t, c, n, dp...)
 	wantReused := func(want string) func(context.Context) error {
 		return func(ctx context.Context) error {
 			if got := exchange(ctx); got != want {
@@ -150,6 +154,8 @@ func TestAgentUDPSwitch(t *testing.T) {
 			out, err := x.ns.Run(context.Background(), x.cmd[0], x.cmd[1:]...)
 			t.Logf("%s: %s (err %v):\n%s", x.ns.Name, strings.Join(x.cmd, " "), err, out)
 		}
+		rules, _, err := viewOf(dp).rules(context.Background(), n.Netns)
+		t.Logf("%s: rules of --datapath=%s (err %v):\n%s", n.Netns.Name, dp[1], err, rules)
 	})
 	if err := p2.SetReady(t.Context(), true); err != nil {
 		t.Fatal(err)
@@ -209,8 +215,10 @@ func (p *prober) count(outcome string) int {
 
 // TestAgentNoGapDuringSwitches: a client dialing every 2 ms through none → producer → none and
 // producer A → B only ever sees an answer or a refusal: never a timeout or "no route to host".
-func TestAgentNoGapDuringSwitches(t *testing.T) {
-	e := newOneNode(t)
+func TestAgentNoGapDuringSwitches(t *testing.T) { forEachDatapath(t, testAgentNoGapDuringSwitches) }
+
+func testAgentNoGapDuringSwitches(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "refused before any producer", onlyAnswers(e.consumer.Netns, "refused"))
 	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
@@ -253,15 +261,17 @@ func TestAgentNoGapDuringSwitches(t *testing.T) {
 
 // TestAgentRestartLosesNothing: the agent is stopped (SIGTERM) and killed (SIGKILL) and restarted
 // while a client opens connections continuously: not one fails. The rules stay in place.
-func TestAgentRestartLosesNothing(t *testing.T) {
-	e := newOneNode(t)
+func TestAgentRestartLosesNothing(t *testing.T) { forEachDatapath(t, testAgentRestartLosesNothing) }
+
+func testAgentRestartLosesNothing(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
 	pr := startProber(t.Context(), e.consumer.Netns, 5*time.Millisecond)
 	for _, stop := range []func(){func() { _ = e.agent.Stop() }, e.agent.Kill} {
 		before := pr.count(p.Name)
 		stop()
-		e.agent = startAgent(t, e.c, e.node)
+		e.agent = startAgent(t, e.c, e.node, dp...)
 		eventually(t, 10*time.Second, "new agent synced and traffic flowing", func(context.Context) error {
 			if pr.count(p.Name) < before+50 {
 				return fmt.Errorf("%d answers since the restart", pr.count(p.Name)-before)

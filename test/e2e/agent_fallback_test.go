@@ -23,16 +23,17 @@ type fallbackEnv struct {
 	consumer *harness.Pod
 	local    *harness.Pod
 	remote   *harness.Pod
+	rules    ruleView
 }
 
-func newFallbackEnv(t *testing.T, action v1alpha1.NoLocalProducerAction) *fallbackEnv {
+func newFallbackEnv(t *testing.T, action v1alpha1.NoLocalProducerAction, dp []string) *fallbackEnv {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2})
 	cs, err := kubernetes.NewForConfig(cp.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &fallbackEnv{c: c, cs: cs, n1: c.Nodes[0], n2: c.Nodes[1]}
+	e := &fallbackEnv{c: c, cs: cs, n1: c.Nodes[0], n2: c.Nodes[1], rules: viewOf(dp)}
 	e.consumer = c.AddPod(e.n1, "app", "consumer", nil, harness.PodOptions{})
 	e.local = addProducer(t, c, e.n1, "dd-old", harness.PodOptions{})
 	e.remote = addProducer(t, c, e.n2, "dd-remote", harness.PodOptions{})
@@ -41,7 +42,7 @@ func newFallbackEnv(t *testing.T, action v1alpha1.NoLocalProducerAction) *fallba
 	if err := cp.Client.Create(t.Context(), mip); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, e.n1, "--metrics-bind-address", "127.0.0.1:9402")
+	startAgent(t, c, e.n1, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
 	eventually(t, 10*time.Second, "served by the local producer", onlyAnswers(e.consumer.Netns, e.local.Name))
 	return e
 }
@@ -58,14 +59,14 @@ func (e *fallbackEnv) roll(t *testing.T, whileTerminating string, before, betwee
 	if err := old.MarkTerminating(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "new connections go to "+whileTerminating+" while the old producer terminates", ruleMentions(e.n1, whileTerminating))
+	eventually(t, 5*time.Second, "new connections go to "+whileTerminating+" while the old producer terminates", ruleMentions(e.rules, e.n1, whileTerminating))
 	before()
 	if err := old.SetReady(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	between()
 	eventually(t, 5*time.Second, "no new connection goes to the old producer", func(ctx context.Context) error {
-		if ruleMentions(e.n1, old.Name)(ctx) == nil {
+		if ruleMentions(e.rules, e.n1, old.Name)(ctx) == nil {
 			return fmt.Errorf("node 1's rules still mention %s", old.Name)
 		}
 		return nil
@@ -96,8 +97,10 @@ func atLeast(pr *prober, outcome string, before, n int) func(context.Context) er
 // moment node 1's starts terminating until node 1 has a Ready one again, then the new local one; the same when the new one's readiness fails for a while. The watch of node 2's
 // producers exists only meanwhile (namespaced), and while nothing changes the agent makes no pod
 // request at all, whether it falls back or not.
-func TestAgentFallbackRollout(t *testing.T) {
-	e := newFallbackEnv(t, v1alpha1.Fallback)
+func TestAgentFallbackRollout(t *testing.T) { forEachDatapath(t, testAgentFallbackRollout) }
+
+func testAgentFallbackRollout(t *testing.T, dp []string) {
+	e := newFallbackEnv(t, v1alpha1.Fallback, dp)
 	ctx := t.Context()
 	if w := producerWatches(t, e.cs); w != 0 {
 		t.Errorf("namespaced pod watches with a Ready local producer: %v, want 0", w)
@@ -145,8 +148,10 @@ func TestAgentFallbackRollout(t *testing.T) {
 
 // TestAgentRejectRollout: the same rollout with whenNoLocalProducer: Reject: refusals only while
 // node 1 has no usable producer, never a hang, and node 2's producer is never used nor watched.
-func TestAgentRejectRollout(t *testing.T) {
-	e := newFallbackEnv(t, v1alpha1.Reject)
+func TestAgentRejectRollout(t *testing.T) { forEachDatapath(t, testAgentRejectRollout) }
+
+func testAgentRejectRollout(t *testing.T, dp []string) {
+	e := newFallbackEnv(t, v1alpha1.Reject, dp)
 	ctx := t.Context()
 	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
 	old := e.local

@@ -31,7 +31,9 @@ const (
 // in the node at the moment the watch shows the taint gone) and reports True. At idle it writes
 // nothing to the Node; the condition flips False when the interface goes and True when it comes
 // back. `cleanup` with --node-name removes the condition and a startup taint put back meanwhile.
-func TestAgentNodeGating(t *testing.T) {
+func TestAgentNodeGating(t *testing.T) { forEachDatapath(t, testAgentNodeGating) }
+
+func testAgentNodeGating(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1, Routed: true})
 	n := c.Nodes[0]
@@ -50,7 +52,7 @@ func TestAgentNodeGating(t *testing.T) {
 	if err := cp.Client.Create(ctx, datadogMagicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n, "--startup-taint", startupTaint, "--metrics-bind-address", "127.0.0.1:9402")
+	startAgent(t, c, n, append([]string{"--startup-taint", startupTaint, "--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
 
 	eventually(t, 10*time.Second, "Programmed=False while the host interface is missing",
 		wantProgrammed(cs, n.Name, corev1.ConditionFalse, "InterfaceUnavailable", hostIf))
@@ -58,7 +60,7 @@ func TestAgentNodeGating(t *testing.T) {
 		t.Fatalf("startup taint removed while the node is not programmed: %v", node.Spec.Taints)
 	}
 
-	rulesAtRemoval := watchTaintRemoval(t, cs, n, p)
+	rulesAtRemoval := watchTaintRemoval(t, cs, viewOf(dp), n, p)
 	addHostInterface(t, n)
 	select {
 	case got := <-rulesAtRemoval:
@@ -88,8 +90,10 @@ func TestAgentNodeGating(t *testing.T) {
 // TestAgentCleanupLeavesNoGate: `cleanup` (as the DaemonSet's container runs it: NODE_NAME and the
 // agent's service account) removes the agent's Node condition and a startup taint still there, and
 // never adds the taint; without --node-name it does not touch the API.
-func TestAgentCleanupLeavesNoGate(t *testing.T) {
-	e := newOneNode(t, "--startup-taint", startupTaint)
+func TestAgentCleanupLeavesNoGate(t *testing.T) { forEachDatapath(t, testAgentCleanupLeavesNoGate) }
+
+func testAgentCleanupLeavesNoGate(t *testing.T, dp []string) {
+	e := newOneNode(t, append([]string{"--startup-taint", startupTaint}, dp...)...)
 	cs, err := kubernetes.NewForConfig(e.c.CP.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +129,7 @@ func TestAgentCleanupLeavesNoGate(t *testing.T) {
 // watchTaintRemoval watches n's Node; on the first update without the startup taint it checks,
 // in the node, that the address is on the host interface and the DNAT rule to p exists, and sends
 // nil (or what was missing).
-func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, n *harness.Node, p *harness.Pod) <-chan error {
+func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, v ruleView, n *harness.Node, p *harness.Pod) <-chan error {
 	t.Helper()
 	ctx := t.Context()
 	node := getNode(t, cs, n.Name)
@@ -140,7 +144,7 @@ func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, n *harness.Node, p
 	go func() {
 		for ev := range w.ResultChan() {
 			if node, ok := ev.Object.(*corev1.Node); ok && !hasStartupTaint(node) {
-				out <- programmedInNode(ctx, n, p)
+				out <- programmedInNode(ctx, v, n, p)
 				return
 			}
 		}
@@ -148,15 +152,15 @@ func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, n *harness.Node, p
 	return out
 }
 
-// programmedInNode checks the node's kernel: the magic address on the host interface and the DNAT
-// rule to the producer.
-func programmedInNode(ctx context.Context, n *harness.Node, p *harness.Pod) error {
-	out, err := n.Netns.Run(ctx, "sh", "-c", "iptables-save -t nat; ip -o addr show dev "+n.HostInterface())
+// programmedInNode checks the node's kernel (its rules as v reads them): the magic address on the
+// host interface and the DNAT rule to the producer.
+func programmedInNode(ctx context.Context, v ruleView, n *harness.Node, p *harness.Pod) error {
+	out, err := nodeState(ctx, v, n.Netns, "dev", n.HostInterface())
 	if err != nil {
 		return fmt.Errorf("read the node: %w: %s", err, out)
 	}
 	var missing []string
-	for _, want := range []string{"--to-destination " + net.JoinHostPort(p.IP.String(), strconv.Itoa(apmPort)), "inet " + magicAddr + "/32"} {
+	for _, want := range []string{v.redirect(net.JoinHostPort(p.IP.String(), strconv.Itoa(apmPort))), "inet " + magicAddr + "/32"} {
 		if !strings.Contains(out, want) {
 			missing = append(missing, want)
 		}

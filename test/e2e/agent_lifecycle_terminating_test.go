@@ -19,7 +19,11 @@ import (
 // connections keep going to it; a replacement takes them as soon as it is Ready; a connection
 // established to the terminating producer is not cut by the switch; then the old one goes away.
 func TestAgentTerminatingProducerKeepsServing(t *testing.T) {
-	e := newOneNode(t)
+	forEachDatapath(t, testAgentTerminatingProducerKeepsServing)
+}
+
+func testAgentTerminatingProducerKeepsServing(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	ctx := t.Context()
 	old := addProducer(t, e.c, e.node, "dd-old", harness.PodOptions{})
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, old.Name))
@@ -43,7 +47,7 @@ func TestAgentTerminatingProducerKeepsServing(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 5*time.Second, "the agent programs dd-old as terminating", ruleMentions(e.node, old.Name+" (terminating"))
+	eventually(t, 5*time.Second, "the agent programs dd-old as terminating", ruleMentions(viewOf(dp), e.node, old.Name+" (terminating"))
 
 	repl := addProducer(t, e.c, e.node, "dd-new", harness.PodOptions{NotReady: true})
 	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[old.Name] {
@@ -61,8 +65,8 @@ func TestAgentTerminatingProducerKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "dd-old's rules gone", func(ctx context.Context) error {
-		if err := ruleMentions(e.node, old.Name)(ctx); err == nil {
-			return fmt.Errorf("iptables still mentions %s", old.Name)
+		if err := ruleMentions(viewOf(dp), e.node, old.Name)(ctx); err == nil {
+			return fmt.Errorf("rules still mention %s", old.Name)
 		}
 		return nil
 	})
@@ -89,15 +93,15 @@ func (p *prober) snapshot() map[string]int {
 	return maps.Clone(p.outcomes)
 }
 
-// ruleMentions is a condition: the node's iptables-save contains s.
-func ruleMentions(n *harness.Node, s string) func(context.Context) error {
+// ruleMentions is a condition: the node's rules (as v reads them) contain s.
+func ruleMentions(v ruleView, n *harness.Node, s string) func(context.Context) error {
 	return func(ctx context.Context) error {
-		out, err := n.Netns.Run(ctx, "iptables-save", "-t", "nat")
+		out, _, err := v.rules(ctx, n.Netns)
 		if err != nil {
 			return err
 		}
 		if !strings.Contains(out, s) {
-			return fmt.Errorf("nat rules do not mention %q", s)
+			return fmt.Errorf("rules do not mention %q", s)
 		}
 		return nil
 	}

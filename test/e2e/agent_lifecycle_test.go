@@ -64,7 +64,7 @@ func testAgentDriftRepair(t *testing.T, dp []string) {
 		t.Errorf("idle resyncs wrote rules: writes %v → %v", writes, now)
 	}
 
-	flushBehindOurBack(t, e.node, dp)
+	viewOf(dp).flush(t, e.node.Netns)
 	if got := tcpOutcome(ctx, e.consumer.Netns, magicAddr, apmPort); got == p.Name {
 		t.Fatalf("still answered right after flushing nat: the flush did not take")
 	}
@@ -112,11 +112,11 @@ func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
 		return out
 	}
 	ours := func() (string, bool) {
-		if dp[1] == agent.DatapathNftables {
-			return nftComments(t, e.node.Netns)
+		s, present, err := viewOf(dp).rules(ctx, e.node.Netns)
+		if err != nil {
+			t.Fatal(err)
 		}
-		s := save()
-		return s, strings.Contains(s, "MAGIC-IP-")
+		return s, present
 	}
 	// The foreign jump was inserted first after the agent's first sync: its next resync (every 2 s)
 	// puts ours first again. (nftables: our table has chains of its own on each hook.)
@@ -164,19 +164,6 @@ func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
 	}
 }
 
-// flushBehindOurBack empties the datapath's rules as a firewall reload might: iptables -t nat -F,
-// or every chain of our nftables table.
-func flushBehindOurBack(t *testing.T, n *harness.Node, dp []string) {
-	t.Helper()
-	if dp[1] == agent.DatapathNftables {
-		nftFlushOurs(t, n.Netns)
-		return
-	}
-	if _, err := n.Netns.Run(t.Context(), "iptables", "-t", "nat", "-F"); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func firstRule(save, chain string) string {
 	for _, line := range strings.Split(save, "\n") {
 		if strings.HasPrefix(line, "-A "+chain+" ") {
@@ -190,7 +177,11 @@ func firstRule(save, chain string) string {
 // ignored and reported with an Event; one naming an interface the node lacks is reported; the
 // original keeps working throughout.
 func TestAgentConflictsAndBadInterface(t *testing.T) {
-	e := newOneNode(t)
+	forEachDatapath(t, testAgentConflictsAndBadInterface)
+}
+
+func testAgentConflictsAndBadInterface(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
@@ -221,8 +212,10 @@ func TestAgentConflictsAndBadInterface(t *testing.T) {
 
 // TestAgentStartCleansLeftovers: a MagicIP deleted while the agent was down leaves rules and an
 // address behind; the next agent, with nothing at all to watch, removes them and becomes ready.
-func TestAgentStartCleansLeftovers(t *testing.T) {
-	e := newOneNode(t)
+func TestAgentStartCleansLeftovers(t *testing.T) { forEachDatapath(t, testAgentStartCleansLeftovers) }
+
+func testAgentStartCleansLeftovers(t *testing.T, dp []string) {
+	e := newOneNode(t, dp...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
@@ -238,9 +231,9 @@ func TestAgentStartCleansLeftovers(t *testing.T) {
 	if err := e.consumer.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, e.c, e.node)
+	startAgent(t, e.c, e.node, dp...)
 	eventually(t, 10*time.Second, "leftovers removed by the new agent", func(ctx context.Context) error {
-		out, err := e.node.Netns.Run(ctx, "sh", "-c", "iptables-save; ip -o addr show dev cni0")
+		out, err := nodeState(ctx, viewOf(dp), e.node.Netns)
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/magic-ip/magic-ip/agent"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
@@ -19,7 +20,9 @@ import (
 // the magic IP through the node; so does each --detect-local-mode, one agent after the other on
 // the same node (each one's rules checked in iptables-save), with a bridge pod and a pod plugged
 // as routed CNIs plug them served or refused as the mode says.
-func TestAgentLocalDetection(t *testing.T) {
+func TestAgentLocalDetection(t *testing.T) { forEachDatapath(t, testAgentLocalDetection) }
+
+func testAgentLocalDetection(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -32,26 +35,36 @@ func TestAgentLocalDetection(t *testing.T) {
 	// A client plugged as Calico plugs pods (its own cali* link, no bridge), from the pod CIDR.
 	routed := c.AddRoutedClient(n, "calie2e0")
 	clients := func(nss ...*harness.Netns) []*harness.Netns { return nss }
+	// rule: per datapath, this mode's rule in MAGIC-IP-PREROUTING or in the chain prerouting of
+	// our nftables table.
+	rule := func(ipt, nft string) map[string]string {
+		return map[string]string{agent.DatapathIptables: ipt, agent.DatapathNftables: nft}
+	}
+	toServices := fmt.Sprintf("ip daddr %s iifname %%q jump services comment \"node-local interface\"", magicAddr)
 	for _, tc := range []struct {
 		name            string
 		flags           []string
-		rule            string // in MAGIC-IP-PREROUTING
+		rule            map[string]string
 		served, refused []*harness.Netns
 	}{
-		{"defaults", nil, fmt.Sprintf(`-A MAGIC-IP-PREROUTING -i %s -m comment --comment "external interface: not node-local" -j RETURN`, harness.UplinkName),
+		{"defaults", nil, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -i %s -m comment --comment "external interface: not node-local" -j RETURN`, harness.UplinkName),
+			fmt.Sprintf(`prerouting: iifname %q return comment "external interface: not node-local"`, harness.UplinkName)),
 			clients(consumer.Netns, routed.Netns), nil},
-		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -d %s/32 -m comment --comment "node-local (NodeCIDR)"`, n.PodCIDR, magicAddr),
+		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -d %s/32 -m comment --comment "node-local (NodeCIDR)"`, n.PodCIDR, magicAddr),
+			fmt.Sprintf(`prerouting: ip saddr %s ip daddr %s jump services comment "node-local source"`, n.PodCIDR, magicAddr)),
 			clients(consumer.Netns, routed.Netns), nil},
-		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, fmt.Sprintf(`-d %s/32 -i %s -m comment --comment "node-local (BridgeInterface)"`, magicAddr, harness.PodBridge),
+		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, rule(fmt.Sprintf(`-d %s/32 -i %s -m comment --comment "node-local (BridgeInterface)"`, magicAddr, harness.PodBridge),
+			"prerouting: "+fmt.Sprintf(toServices, harness.PodBridge)),
 			clients(consumer.Netns), clients(routed.Netns)},
 		// The bridge's pods arrive on cni0 (the veth is a bridge port): not a cali* interface.
-		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, fmt.Sprintf(`-d %s/32 -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`, magicAddr),
+		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, rule(fmt.Sprintf(`-d %s/32 -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`, magicAddr),
+			"prerouting: "+fmt.Sprintf(toServices, "cali*")),
 			clients(routed.Netns), clients(consumer.Netns)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			agent := harness.StartAgentBare(t, c, n, agentBin, tc.flags...)
+			proc := harness.StartAgentBare(t, c, n, agentBin, append(tc.flags, dp...)...)
 			if err := harness.WaitAgentReady(t.Context(), n.Netns, 15*time.Second); err != nil {
-				t.Fatalf("agent not ready: %v\n%s", err, agent.Output())
+				t.Fatalf("agent not ready: %v\n%s", err, proc.Output())
 			}
 			for _, ns := range tc.served {
 				eventually(t, 5*time.Second, ns.Name+" reaches the producer", wantTCP(ns, apmPort, prod.Name))
@@ -65,10 +78,10 @@ func TestAgentLocalDetection(t *testing.T) {
 				}
 			}
 			// Ready means the first full sync applied this agent's rules: no wait needed.
-			if err := wantRule(n.Netns, tc.rule)(t.Context()); err != nil {
-				t.Errorf("MAGIC-IP-PREROUTING of this mode: %v", err)
+			if err := wantRule(viewOf(dp), n.Netns, tc.rule[dp[1]])(t.Context()); err != nil {
+				t.Errorf("prerouting rule of this mode: %v", err)
 			}
-			if err := agent.Stop(); err != nil {
+			if err := proc.Stop(); err != nil {
 				t.Errorf("agent stop: %v", err)
 			}
 		})
@@ -79,6 +92,10 @@ func TestAgentLocalDetection(t *testing.T) {
 // would exempt every pod, the agent exits non-zero at start with a message naming a better mode.
 // The Node objects are extra ones the agent is pointed at (--node-name), in a real node's netns.
 func TestAgentLocalDetectionRefusals(t *testing.T) {
+	forEachDatapath(t, testAgentLocalDetectionRefusals)
+}
+
+func testAgentLocalDetectionRefusals(t *testing.T, dp []string) {
 	cp := harness.StartControlPlane(t)
 	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
@@ -114,22 +131,22 @@ func TestAgentLocalDetectionRefusals(t *testing.T) {
 		{"unknown mode", []string{"--detect-local-mode=ClusterCIDR"}, `--detect-local-mode "ClusterCIDR": want one of`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			agent := harness.StartAgentBare(t, c, n, agentBin, tc.flags...)
-			exited, err := agent.WaitExit(15 * time.Second)
+			proc := harness.StartAgentBare(t, c, n, agentBin, append(tc.flags, dp...)...)
+			exited, err := proc.WaitExit(15 * time.Second)
 			if !exited || err == nil {
-				t.Fatalf("agent exited=%v err=%v, want a non-zero exit at start\n%s", exited, err, agent.Output())
+				t.Fatalf("agent exited=%v err=%v, want a non-zero exit at start\n%s", exited, err, proc.Output())
 			}
-			if !strings.Contains(agent.Output(), tc.want) {
-				t.Errorf("agent output does not say %q:\n%s", tc.want, agent.Output())
+			if !strings.Contains(proc.Output(), tc.want) {
+				t.Errorf("agent output does not say %q:\n%s", tc.want, proc.Output())
 			}
 		})
 	}
 }
 
-// wantRule is a condition that iptables-save -t nat in ns has a line containing rule.
-func wantRule(ns *harness.Netns, rule string) func(context.Context) error {
+// wantRule is a condition that the rules in ns (as v reads them) have a line containing rule.
+func wantRule(v ruleView, ns *harness.Netns, rule string) func(context.Context) error {
 	return func(ctx context.Context) error {
-		out, err := ns.Run(ctx, "iptables-save", "-t", "nat")
+		out, _, err := v.rules(ctx, ns)
 		if err != nil {
 			return err
 		}

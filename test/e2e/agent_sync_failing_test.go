@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -17,14 +16,17 @@ import (
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
-// TestAgentSyncFailingReadyz: a real failure — a foreign rule that jumps to one of our service
-// chains, so iptables-restore cannot delete it once its producer goes away — makes every sync
-// fail. /readyz then answers 500 with the error and magic_ip_agent_sync_failing is 1. Once the
+// TestAgentSyncFailingReadyz: a real failure makes every sync fail — iptables: a foreign rule that
+// jumps to one of our service chains, so iptables-restore cannot delete it once its producer goes
+// away; nftables: our table taken over by another process that owns it, so every transaction is
+// refused. /readyz then answers 500 with the error and magic_ip_agent_sync_failing is 1. Once the
 // syncs have failed long enough for the backoff to reach its cap (12 failures: client-go's default
-// limiter would wait 20 s before the next retry, and twice that after), the rule is removed: the
+// limiter would wait 20 s before the next retry, and twice that after), the blocker is removed: the
 // agent is ready again within the 10 s cap.
-func TestAgentSyncFailingReadyz(t *testing.T) {
-	e := newOneNode(t, "--metrics-bind-address", "127.0.0.1:9402")
+func TestAgentSyncFailingReadyz(t *testing.T) { forEachDatapath(t, testAgentSyncFailingReadyz) }
+
+func testAgentSyncFailingReadyz(t *testing.T, dp []string) {
+	e := newOneNode(t, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
@@ -35,18 +37,8 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 		}
 		return nil
 	})
-	save, err := e.node.Netns.Run(ctx, "iptables-save", "-t", "nat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`--comment "?datadog:apm"? -j (MAGIC-IP-SVC-\S+)`).FindStringSubmatch(save)
-	if m == nil {
-		t.Fatalf("no service chain for datadog:apm in:\n%s", save)
-	}
-	foreign := []string{"OUTPUT", "-p", "tcp", "--dport", "9", "-m", "comment", "--comment", "foreign rule", "-j", m[1]}
-	if _, err := e.node.Netns.Run(ctx, "iptables", append([]string{"-t", "nat", "-A"}, foreign...)...); err != nil {
-		t.Fatal(err)
-	}
+	v := viewOf(dp)
+	unblock := v.block(t, e.node.Netns, "datadog:apm")
 	if err := p.SetReady(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +55,7 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "Node condition Programmed=False, SyncFailed", wantProgrammed(cs, e.node.Name, corev1.ConditionFalse, "SyncFailed", "iptables-restore"))
+	eventually(t, 5*time.Second, "Node condition Programmed=False, SyncFailed", wantProgrammed(cs, e.node.Name, corev1.ConditionFalse, "SyncFailed", v.failure()))
 	// The first failures may still reword the condition (the first failed sync and the retries
 	// that follow can fail at different steps); from the third retry on, the failure repeats.
 	eventually(t, 20*time.Second, "3 failed syncs", func(ctx context.Context) error {
@@ -87,9 +79,7 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 		t.Errorf("retries of the same failure wrote the Node %v times (err %v); condition message before %q, after %q: want 0",
 			now-writes, err, before, programmedMessage(ctx, cs, e.node.Name))
 	}
-	if _, err := e.node.Netns.Run(ctx, "iptables", append([]string{"-t", "nat", "-D"}, foreign...)...); err != nil {
-		t.Fatal(err)
-	}
+	unblock()
 	removed := time.Now()
 	eventually(t, 13*time.Second, "ready again within the backoff cap", func(ctx context.Context) error {
 		if code, body := readyz(ctx, e.node); code != http.StatusOK {
@@ -97,7 +87,7 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("ready again %s after the foreign rule was removed", time.Since(removed).Round(time.Millisecond))
+	t.Logf("ready again %s after the blocker was removed", time.Since(removed).Round(time.Millisecond))
 	eventually(t, 5*time.Second, "Node condition Programmed=True again", wantProgrammed(cs, e.node.Name, corev1.ConditionTrue, "Programmed", ""))
 	if v, err := metric(ctx, e.node, "magic_ip_agent_sync_failing"); err != nil || v != 0 {
 		t.Errorf("magic_ip_agent_sync_failing = %v (err %v) after recovery, want 0", v, err)
@@ -105,9 +95,9 @@ func TestAgentSyncFailingReadyz(t *testing.T) {
 	if v, err := metric(ctx, e.node, "magic_ip_agent_last_successful_sync_timestamp_seconds"); err != nil || v < float64(removed.Unix()) {
 		t.Errorf("last successful sync at %v (err %v), want after %d", v, err, removed.Unix())
 	}
-	eventually(t, 5*time.Second, "the producer's service chain is gone", func(ctx context.Context) error {
-		if out, err := e.node.Netns.Run(ctx, "iptables-save", "-t", "nat"); err != nil || strings.Contains(out, m[1]) {
-			return fmt.Errorf("%s still there (err %v)", m[1], err)
+	eventually(t, 5*time.Second, "the redirect to the NotReady producer is gone", func(ctx context.Context) error {
+		if out, _, err := v.rules(ctx, e.node.Netns); err != nil || strings.Contains(out, "-> "+p.Name) {
+			return fmt.Errorf("rules still send to %s (err %v):\n%s", p.Name, err, out)
 		}
 		return nil
 	})

@@ -35,7 +35,7 @@ type statusCluster struct {
 	producer  *harness.Pod
 }
 
-func newStatusCluster(t *testing.T) *statusCluster {
+func newStatusCluster(t *testing.T, agentArgs ...string) *statusCluster {
 	cp := harness.StartControlPlane(t)
 	e := &statusCluster{c: harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 3, Routed: true})}
 	var err error
@@ -58,7 +58,7 @@ func newStatusCluster(t *testing.T) *statusCluster {
 	}
 	for i, n := range e.c.Nodes {
 		e.agentPods = append(e.agentPods, e.c.AddPod(n, harness.WebhookNamespace, "magic-ip-agent-"+strconv.Itoa(i), agentPodLabels, harness.PodOptions{HostNetwork: true}))
-		e.agents = append(e.agents, startAgent(t, e.c, n, "--metrics-bind-address", "127.0.0.1:9402"))
+		e.agents = append(e.agents, startAgent(t, e.c, n, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, agentArgs...)...))
 	}
 	return e
 }
@@ -67,8 +67,14 @@ func newStatusCluster(t *testing.T) *statusCluster {
 // what it programmed; the status controller sums them up into the MagicIP's status.nodes, which
 // `kubectl get mip` shows. At idle neither is written (0 writes per node per hour); a producer
 // rollout on one node costs that node a write per step and the MagicIP a bounded number.
+//
+// Run once per datapath.
 func TestNodeRecordsAndCounts(t *testing.T) {
-	e := newStatusCluster(t)
+	forEachDatapath(t, func(t *testing.T, dp []string) { testNodeRecordsAndCounts(t, dp[1], dp) })
+}
+
+func testNodeRecordsAndCounts(t *testing.T, datapath string, dp []string) {
+	e := newStatusCluster(t, dp...)
 	cp, ctx := e.c.CP, t.Context()
 	n0, n1, n2 := e.c.Nodes[0], e.c.Nodes[1], e.c.Nodes[2]
 	eventually(t, 15*time.Second, "the three records", func(ctx context.Context) error {
@@ -82,9 +88,9 @@ func TestNodeRecordsAndCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := getNode(t, e.cs, n0.Name)
-	if len(rec.OwnerReferences) != 1 || rec.OwnerReferences[0].UID != node.UID || rec.Datapath != "iptables" || rec.LastSyncTime == nil || rec.AgentStartTime == nil {
-		t.Errorf("record %s: owners %+v (want Node uid %s), datapath %q, lastSyncTime %v, agentStartTime %v",
-			rec.Name, rec.OwnerReferences, node.UID, rec.Datapath, rec.LastSyncTime, rec.AgentStartTime)
+	if len(rec.OwnerReferences) != 1 || rec.OwnerReferences[0].UID != node.UID || rec.Datapath != datapath || rec.LastSyncTime == nil || rec.AgentStartTime == nil {
+		t.Errorf("record %s: owners %+v (want Node uid %s), datapath %q (want %s), lastSyncTime %v, agentStartTime %v",
+			rec.Name, rec.OwnerReferences, node.UID, rec.Datapath, datapath, rec.LastSyncTime, rec.AgentStartTime)
 	}
 	eventually(t, 15*time.Second, "status.nodes", wantCounts(cp.Client, v1alpha1.NodeCounts{Programmed: 2, LocalProducers: 1, Failing: 1}))
 	out, err := cp.Kubectl("get", "mip", "datadog")

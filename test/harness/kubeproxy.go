@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -137,7 +138,7 @@ type KubeProxy struct {
 	hc   *http.Client
 }
 
-// StartKubeProxy runs kube-proxy in iptables mode inside n's namespace, as the node's DaemonSet
+// StartKubeProxy runs kube-proxy in iptables mode (StartKubeProxyMode: another) inside n's namespace, as the node's DaemonSet
 // pod would (host network): the admin kubeconfig (the node's API forwarder listens on the same
 // 127.0.0.1 port), --hostname-override=<node name> (the Node object carries its InternalIP),
 // --cluster-cidr=10.244.0.0/16, and --conntrack-max-per-core=0 so that it leaves the host-global
@@ -158,9 +159,29 @@ type KubeProxy struct {
 // metrics). Stopped in t.Cleanup, or earlier with Stop (its rules stay, as on a real node).
 func StartKubeProxy(t T, c *Cluster, n *Node, extra ...string) *KubeProxy {
 	t.Helper()
+	return StartKubeProxyMode(t, c, n, KubeProxyIptables, extra...)
+}
+
+// kube-proxy's --proxy-mode values StartKubeProxyMode runs.
+const (
+	KubeProxyIptables = "iptables"
+	// KubeProxyNftables writes table ip kube-proxy (and ip6 kube-proxy) through the nft binary
+	// (knftables: nft v1.0.1 or later; Debian's nftables package, installed by hack/prereqs.sh).
+	KubeProxyNftables = "nftables"
+)
+
+// StartKubeProxyMode is StartKubeProxy with kube-proxy in mode (KubeProxyIptables or
+// KubeProxyNftables).
+func StartKubeProxyMode(t T, c *Cluster, n *Node, mode string, extra ...string) *KubeProxy {
+	t.Helper()
 	dir, err := PeerAssetsDir(c.CP.AssetsDir)
 	if err != nil {
 		t.Fatalf("kube-proxy: %v", err)
+	}
+	if mode == KubeProxyNftables {
+		if _, err := exec.LookPath("nft"); err != nil {
+			t.Fatalf("kube-proxy --proxy-mode=nftables runs the nft binary: %v (make prereqs installs Debian's nftables)", err)
+		}
 	}
 	if err := PrepareNodeForPeers(t.Context(), n); err != nil {
 		t.Fatalf("kube-proxy on %s: %v", n.Name, err)
@@ -168,7 +189,7 @@ func StartKubeProxy(t T, c *Cluster, n *Node, extra ...string) *KubeProxy {
 	args := append([]string{
 		"--kubeconfig=" + c.CP.Kubeconfig,
 		"--hostname-override=" + n.Name,
-		"--proxy-mode=iptables",
+		"--proxy-mode=" + mode,
 		"--cluster-cidr=" + ClusterCIDR,
 		"--conntrack-max-per-core=0",
 	}, extra...)

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"net"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -60,5 +61,40 @@ func TestParseCRILog(t *testing.T) {
 	want := "{\"msg\":\"echo serving\"}\nfirst half second half\n\n"
 	if got := parseCRILog(in); got != want {
 		t.Errorf("parseCRILog = %q, want %q", got, want)
+	}
+}
+
+// Each stack's addressing: IPv4 first; an IPv6-only node's primary fields are its IPv6 ones; pods
+// get host number k in each family.
+func TestNodeStackAddressing(t *testing.T) {
+	c := &Cluster{Name: "c"}
+	for _, tc := range []struct {
+		stack           NodeStack
+		ips, pod, cidrs []string
+		bridgeMAC       string
+	}{
+		{IPv4Only, []string{"172.20.0.12"}, []string{"10.244.2.10"}, []string{"10.244.2.0/24"}, "0a:58:0a:f4:02:01"},
+		{NoIPv6, []string{"172.20.0.12"}, []string{"10.244.2.10"}, []string{"10.244.2.0/24"}, "0a:58:0a:f4:02:01"},
+		{DualStack, []string{"172.20.0.12", "fd00:172:20::c"}, []string{"10.244.2.10", "fd00:10:244:2::a"}, []string{"10.244.2.0/24", "fd00:10:244:2::/64"}, "0a:58:0a:f4:02:01"},
+		{IPv6Only, []string{"fd00:172:20::c"}, []string{"fd00:10:244:2::a"}, []string{"fd00:10:244:2::/64"}, "0a:58:00:02:00:01"},
+	} {
+		n := newNode(c, 2, false, tc.stack)
+		var ips, pod []string
+		for _, ip := range n.IPs() {
+			ips = append(ips, ip.String())
+		}
+		got, err := n.allocIPs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ip := range got {
+			pod = append(pod, ip.String())
+		}
+		if !slices.Equal(ips, tc.ips) || !slices.Equal(pod, tc.pod) || !slices.Equal(podCIDRs(n), tc.cidrs) || !n.IP.Equal(net.ParseIP(tc.ips[0])) {
+			t.Errorf("%q node: IPs %v (IP %s), pod %v, podCIDRs %v; want %v, %v, %v", tc.stack, ips, n.IP, pod, podCIDRs(n), tc.ips, tc.pod, tc.cidrs)
+		}
+		if mac := BridgeMAC(n.Gateway).String(); mac != tc.bridgeMAC {
+			t.Errorf("%q node: bridge MAC %s, want %s", tc.stack, mac, tc.bridgeMAC)
+		}
 	}
 }

@@ -1,0 +1,39 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/magic-ip/magic-ip/agent"
+)
+
+// TestAgentDatapathAutoHints: --datapath=auto on a node with no hint of its mode keeps iptables
+// and says so (reason no-hint); restarted after kubelet's KUBE-IPTABLES-HINT chain appeared in the
+// mangle table, it keeps iptables for that reason (iptables-hint). The choice is in the agent's
+// metrics, and its rules are in iptables.
+func TestAgentDatapathAutoHints(t *testing.T) {
+	args := []string{"--datapath", agent.DatapathAuto, "--metrics-bind-address", "127.0.0.1:9402"}
+	e := newOneNode(t, args...)
+	ns := e.node.Netns
+	info := func(reason string) string {
+		return fmt.Sprintf(`magic_ip_agent_datapath_info{datapath=%q,reason=%q}`, agent.DatapathIptables, reason)
+	}
+	eventually(t, 10*time.Second, "auto without hints", wantMetric(e.node, info(agent.ReasonNoHint), 1))
+	if err := e.agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ns.Run(t.Context(), "iptables", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"); err != nil {
+		t.Fatalf("create kubelet's hint chain: %v\n%s", err, out)
+	}
+	e.agent = startAgent(t, e.c, e.node, args...)
+	eventually(t, 10*time.Second, "auto with kubelet's hint", wantMetric(e.node, info(agent.ReasonIptablesHint), 1))
+	save, err := ns.Run(t.Context(), "iptables-save", "-t", "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(save, "MAGIC-IP-") {
+		t.Errorf("auto chose iptables but the nat table has no chain of ours:\n%s", save)
+	}
+}
