@@ -4,6 +4,9 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +51,8 @@ type IptablesDatapath struct {
 	// last holds per family the rules the kernel held after our last write (none at first and
 	// after a failed restore, which may have left one table written and the other not).
 	last map[Family]Ruleset
+	// no6: ip6tables holds nothing of ours, and the State no IPv6 address: IPv6 costs nothing.
+	no6 bool
 }
 
 // Name implements Datapath.
@@ -88,17 +93,18 @@ func (d *IptablesDatapath) Collectors() []prometheus.Collector {
 }
 
 // Prepare implements Datapath: the next write's restore processes are started now
-// (Iptables.Prestart), for each family.
+// (Iptables.Prestart), for each family in use.
 func (d *IptablesDatapath) Prepare(ctx context.Context) {
 	d.Ipt.Prestart(ctx)
-	if d.Ipt6 != nil {
+	if d.Ipt6 != nil && !d.no6 {
 		d.Ipt6.Prestart(ctx)
 	}
 }
 
 // Apply implements Datapath: IPv4 with iptables, then IPv6 with ip6tables when it is there; each
-// family's drift is named after its command. A restore process that Prepare started is used, or
-// ended unused.
+// family's drift is named after its command. While no MagicIP has an IPv6 address, ip6tables is
+// emptied of our rules once and then left alone: an IPv4-only node pays no ip6tables process. A
+// restore process that Prepare started is used, or ended unused.
 func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool, []string, error) {
 	defer d.Ipt.Release()
 	if d.Ipt6 != nil {
@@ -108,11 +114,28 @@ func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool
 	if err != nil || d.Ipt6 == nil {
 		return wrote, drift, err
 	}
+	if !slices.ContainsFunc(addresses(st), netip.Addr.Is6) {
+		return wrote, drift, d.without6(ctx)
+	}
+	d.no6 = false
 	wrote6, drift6, err := d.apply(ctx, d.Ipt6, IPv6, nil, st, full)
 	for _, dr := range drift6 {
 		drift = append(drift, "ip6tables: "+dr)
 	}
 	return wrote || wrote6, drift, err
+}
+
+// without6 removes our ip6tables rules, unless they are known gone.
+func (d *IptablesDatapath) without6(ctx context.Context) error {
+	if d.no6 {
+		return nil
+	}
+	if err := d.Ipt6.Cleanup(ctx); err != nil {
+		return fmt.Errorf("removing the IPv6 rules no MagicIP needs: %w", err)
+	}
+	delete(d.last, IPv6)
+	d.no6 = true
+	return nil
 }
 
 // apply writes the rules of one family: the incremental restore input from the last rules

@@ -389,3 +389,44 @@ func TestDualStackUDPFlush(t *testing.T) {
 		})
 	}
 }
+
+// TestIp6tablesOnlyWhenNeeded: while no MagicIP has an IPv6 address, the iptables datapath runs no
+// ip6tables process after its first sync (which removes IPv6 rules an earlier run left), however
+// many full syncs follow; a dual-stack MagicIP writes them, and its going removes them again.
+func TestIp6tablesOnlyWhenNeeded(t *testing.T) {
+	ns := newNetns(t, "ip6need")
+	inNetns(t, ns, func(ipt *Iptables, links *Links) error {
+		ctx := context.Background()
+		ipt6, err := NewIp6tables()
+		if err != nil {
+			return err
+		}
+		dp := &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Local: ExternalInterfaces("eth0"), Log: logr.Discard()}
+		s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
+		v4 := withoutFamily(dualStackState(), IPv6, "test")
+		ours := func() bool {
+			save, err := run("ip6tables-save")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.Contains(save, ChainPrefix)
+		}
+		steps := []struct {
+			st        State
+			wantRules bool
+		}{{dualStackState(), true}, {v4, false}, {v4, false}, {v4, false}, {dualStackState(), true}, {v4, false}}
+		for i, step := range steps {
+			before := ipt6.Execs()
+			if _, err := s.Sync(ctx, step.st, true); err != nil {
+				return fmt.Errorf("step %d: %w", i, err)
+			}
+			if got := ours(); got != step.wantRules {
+				t.Errorf("step %d: rules of ours in ip6tables %v, want %v", i, got, step.wantRules)
+			}
+			if i > 0 && !steps[i-1].wantRules && !step.wantRules && ipt6.Execs() != before {
+				t.Errorf("step %d: %d ip6tables processes for an IPv4-only State already synced, want 0", i, ipt6.Execs()-before)
+			}
+		}
+		return nil
+	})
+}

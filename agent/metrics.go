@@ -35,7 +35,7 @@ func NewMetrics() *Metrics {
 		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "magic_ip_agent_last_successful_sync_timestamp_seconds", Help: "Unix time of the last sync that succeeded (0: none yet)."}),
 		IptablesExecs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "magic_ip_agent_iptables_execs_total", Help: "iptables-save and iptables-restore processes run."}),
+			Name: "magic_ip_agent_iptables_execs_total", Help: "iptables-save and iptables-restore processes run (ip6tables ones included)."}),
 		RuleWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "magic_ip_agent_rule_writes_total", Help: "Syncs that wrote rules (iptables-restore); a sync with nothing changed writes nothing."}),
 		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{
