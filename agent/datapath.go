@@ -34,6 +34,7 @@ type IptablesDatapath struct {
 	// Counters, when set, reads the verdict rules' counters before a restore resets them.
 	Counters *NoProducerCounters
 
+	render    Renderer
 	lastRules Ruleset
 	// rulesKnown: the kernel held lastRules after our last write (false at first and after a failed
 	// restore, which may have left one table written and the other not).
@@ -60,7 +61,7 @@ func (d *IptablesDatapath) Collectors() []prometheus.Collector {
 // Apply implements Datapath: the incremental restore input from the last rules applied, or, on a
 // full sync, iptables-save read back and compared (see Observed.Resync).
 func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool, []string, error) {
-	rules := Render(st, d.Local)
+	rules := d.render.Render(st, d.Local)
 	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
 	input := rules.RestoreChanges(d.lastRules)
 	var drift []string
