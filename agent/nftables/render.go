@@ -53,6 +53,17 @@ func (rs Ruleset) Chain(name string) *Chain {
 	return &rs.Chains[i]
 }
 
+// byName indexes the chains by name: looking each chain of one ruleset up in another with Chain
+// is quadratic (some 27 ms of CPU per sync at 1,000 MagicIPs × 3 ports, 3,000 chains, on the
+// busy 2-core VM).
+func (rs Ruleset) byName() map[string]*Chain {
+	m := make(map[string]*Chain, len(rs.Chains))
+	for i := range rs.Chains {
+		m[rs.Chains[i].Name] = &rs.Chains[i]
+	}
+	return m
+}
+
 // Render turns in into our table. It is pure: the same Input always gives the same Ruleset.
 func Render(in Input) Ruleset {
 	in.Services = slices.DeleteFunc(slices.Clone(in.Services), func(s Service) bool { return !s.Addr.Is4() })
