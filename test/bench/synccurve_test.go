@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +45,65 @@ func BenchmarkSyncCurve(b *testing.B) {
 			c.rows(dp, n, at1)
 		}
 	}
+	if err := restoreVsTable(b, trials(20, 3)); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// restoreVsTable: what one iptables-restore (iptables-nft) of a one-chain change costs against
+// what the table already holds, in one namespace: nothing, then 30,000 more rules in one foreign
+// chain, then 4,000 more foreign chains of one rule (as many chains as 1,000 MagicIPs × 3 ports
+// give us: one per port, one hairpin chain per address).
+func restoreVsTable(b *testing.B, reps int) error {
+	ns, err := harness.NewNetns(harness.RunPrefix() + "-restorefloor")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ns.Delete() }()
+	change := []byte("*nat\n:MAGIC-IP-T - [0:0]\n-A MAGIC-IP-T -p tcp -j DNAT --to-destination 10.1.1.1:80\nCOMMIT\n")
+	var rules, chains strings.Builder
+	rules.WriteString("*nat\n:BENCH-MANY - [0:0]\n")
+	for i := range 30000 {
+		fmt.Fprintf(&rules, "-A BENCH-MANY -d 10.%d.%d.%d/32 -p tcp -m tcp --dport 80 -j RETURN\n", 96+i/62500, (i/250)%250, 1+i%250)
+	}
+	rules.WriteString("COMMIT\n")
+	chains.WriteString("*nat\n")
+	for i := range 4000 {
+		fmt.Fprintf(&chains, ":BENCH-C%04d - [0:0]\n-A BENCH-C%04d -p tcp -j DNAT --to-destination 10.2.%d.%d:80\n", i, i, i/250, 1+i%250)
+	}
+	chains.WriteString("COMMIT\n")
+	var p50 []float64
+	err = ns.Do(func() error {
+		ipt, err := agent.NewIptables()
+		if err != nil {
+			return err
+		}
+		for i, load := range []string{"", rules.String(), chains.String()} {
+			if load != "" {
+				if err := ipt.Restore(b.Context(), []byte(load)); err != nil {
+					return fmt.Errorf("load step %d: %w", i, err)
+				}
+			}
+			var ds []time.Duration
+			for range reps {
+				t0 := time.Now()
+				if err := ipt.Restore(b.Context(), change); err != nil {
+					return err
+				}
+				ds = append(ds, time.Since(t0))
+			}
+			p50 = append(p50, percentile(ds, 50))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	const sc = "sync cost vs size: iptables-restore (iptables-nft) of a one-chain change against what nat holds"
+	record(row{Scenario: sc, Figure: fmt.Sprintf("nat empty, p50 of %d", reps), Value: p50[0], Unit: "ms"})
+	record(row{Scenario: sc, Figure: fmt.Sprintf("+ 30,000 rules in one chain: p50 (%s µs per rule)", trim(1000*(p50[1]-p50[0])/30000)), Value: p50[1], Unit: "ms"})
+	record(row{Scenario: sc, Figure: fmt.Sprintf("+ 4,000 chains of one rule: p50 (%s µs per chain)", trim(1000*(p50[2]-p50[1])/4000)), Value: p50[2], Unit: "ms"})
+	return nil
 }
 
 // curve holds one datapath's samples at one size.
@@ -55,13 +115,17 @@ type curve struct {
 	render, start, restore []time.Duration
 	save, parse            []time.Duration
 	inputLines             int
+	// renderer renders as the datapath does (lines of unchanged services reused); rendered is its
+	// last output.
+	renderer agent.Renderer
+	rendered agent.Ruleset
 }
 
 // rows records one size's figures; at1 is the change p50 at 1 MagicIP (the goal's base).
 func (c curve) rows(dp string, n int, at1 float64) {
 	sc := fmt.Sprintf("sync cost vs size, %s datapath, beside 10,000 foreign nat rules", dp)
 	size := fmt.Sprintf("%d × 3 ports × 2 producers", n)
-	record(row{Scenario: sc, Figure: fmt.Sprintf("%s: first sync (the datapath's Apply %s ms; the rest: addresses, a conntrack flush per UDP port)", size, trim(ms(c.firstApply))), Value: ms(c.first), Unit: "ms"})
+	record(row{Scenario: sc, Figure: fmt.Sprintf("%s: first sync (the datapath's Apply %s ms; the rest: addresses, the UDP conntrack flush)", size, trim(ms(c.firstApply))), Value: ms(c.first), Unit: "ms"})
 	change := percentile(c.change, 50)
 	record(row{Scenario: sc, Figure: fmt.Sprintf("%s: one producer changed, p50 of %d (p99 %s ms; the datapath's Apply p50 %s ms)", size, len(c.change),
 		trim(percentile(c.change, 99)), trim(percentile(c.changeApply, 50))), Value: change, Unit: "ms"})
@@ -69,7 +133,8 @@ func (c curve) rows(dp string, n int, at1 float64) {
 	if n > 1 && at1 > 0 {
 		goal(sc, fmt.Sprintf("%s: one producer changed ÷ the same at 1 MagicIP (p50s)", size), change/at1, "×", "≤ 2×", change/at1 <= 2)
 	}
-	if len(c.render) == 0 {
+	if len(c.start) == 0 {
+		record(row{Scenario: sc, Figure: size + ": change sync, its render alone (nftables.Render of the whole table, every sync), p50", Value: percentile(c.render, 50), Unit: "ms"})
 		return
 	}
 	parts := fmt.Sprintf("%s: change sync, parts timed alone, p50s: render + diff %s ms, process start (iptables-restore --version) %s ms, the restore of its %d lines",
@@ -152,6 +217,10 @@ func measureCurve(s *agent.Syncer, ipt *agent.Iptables, parts bool, n, rounds in
 			if err := c.changeParts(ctx, ipt, local, prev, next); err != nil {
 				return c, err
 			}
+		} else {
+			t0 := time.Now()
+			nftables.Render(agent.NftablesInput(next, local))
+			c.render = append(c.render, time.Since(t0))
 		}
 		prev = next
 		if d, err = timed(func() error { _, err := s.Sync(ctx, next, true); return err }); err != nil {
@@ -185,9 +254,13 @@ func (t *timedDatapath) Apply(ctx context.Context, st agent.State, full bool) (b
 // iptables-restore process, and the restore of the same input (it rewrites the chains that
 // changed with what they already hold: the kernel does the same work).
 func (c *curve) changeParts(ctx context.Context, ipt *agent.Iptables, local *agent.LocalDetector, prev, next agent.State) error {
+	if c.rendered.Chains == nil {
+		c.rendered = c.renderer.Render(prev, local)
+	}
 	t0 := time.Now()
-	input := agent.Render(next, local).RestoreChanges(agent.Render(prev, local))
-	c.render = append(c.render, time.Since(t0))
+	rules := c.renderer.Render(next, local)
+	input := rules.RestoreChanges(c.rendered)
+	c.render, c.rendered = append(c.render, time.Since(t0)), rules
 	c.inputLines = bytesLines(input)
 	t0 = time.Now()
 	if err := exec.CommandContext(ctx, "iptables-restore", "--version").Run(); err != nil {
@@ -212,7 +285,7 @@ func (c *curve) resyncParts(ctx context.Context, ipt *agent.Iptables, local *age
 	}
 	c.save = append(c.save, time.Since(t0))
 	t0 = time.Now()
-	rules := agent.Render(st, local)
+	rules := c.renderer.Render(st, local)
 	_, _ = agent.ParseSave(saved).Resync(&rules, rules, nil)
 	c.parse = append(c.parse, time.Since(t0))
 	c.savedLines = bytesLines(saved)
