@@ -14,6 +14,8 @@ import (
 type NftablesDatapath struct {
 	NFT   *nftables.Datapath
 	Local *LocalDetector
+
+	render nftables.Renderer
 }
 
 // Name implements Datapath.
@@ -30,7 +32,7 @@ func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup
 
 // Apply implements Datapath.
 func (d *NftablesDatapath) Apply(_ context.Context, st State, full bool) (bool, []string, error) {
-	return d.NFT.Apply(nftables.Render(NftablesInput(st, d.Local)), full)
+	return d.NFT.Apply(d.render.Render(NftablesInput(st, d.Local)), full)
 }
 
 // NftablesInput is what the nftables backend needs of a State and the local-traffic detector

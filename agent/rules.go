@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/magic-ip/magic-ip/agent/memo"
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
@@ -102,8 +103,7 @@ type serviceID struct {
 
 type serviceLines struct {
 	chain, dispatch, verdict string
-	endpoints                []Endpoint
-	rules                    []string
+	rules                    memo.Built[Endpoint, []string]
 }
 
 type addressLines struct {
@@ -152,7 +152,7 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 			continue
 		}
 		nat[chainServices] = append(nat[chainServices], l.dispatch)
-		nat[l.chain] = l.rules
+		nat[l.chain] = l.rules.Get(s.Endpoints, func() []string { return endpointRules(s) })
 	}
 	// Any other port on a magic address is refused too: the address serves only its declared
 	// ports. Every address the node carries gets these, so none is ever left without a verdict.
@@ -179,8 +179,8 @@ func renderAddress(a netip.Addr, local *LocalDetector) *addressLines {
 	return l
 }
 
-// service returns the lines of s: those of the last call when s is the same, its endpoint rules
-// re-formatted when only its endpoints changed.
+// service returns the lines of s kept from the last call (its endpoint rules are formatted again
+// by Render when its endpoints changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceLines) *serviceLines {
 	id := serviceID{s.MagicIP, s.PortName, s.Address, s.Port, s.Protocol, s.WhenNoProducer}
 	l := prev[id]
@@ -189,11 +189,6 @@ func (r *Renderer) service(s Service, prev map[serviceID]*serviceLines) *service
 		l = &serviceLines{chain: svcChain(s),
 			verdict: fmt.Sprintf(`%s %s -m comment --comment "%s%s" %s`, match, newConn, s.Key(), notRedirected, verdict(s.WhenNoProducer, s.Protocol))}
 		l.dispatch = fmt.Sprintf(`%s -m comment --comment "%s" -j %s`, match, s.Key(), l.chain)
-	} else if !slices.Equal(l.endpoints, s.Endpoints) {
-		l = &serviceLines{chain: l.chain, verdict: l.verdict, dispatch: l.dispatch}
-	}
-	if l.rules == nil && len(s.Endpoints) > 0 {
-		l.endpoints, l.rules = slices.Clone(s.Endpoints), endpointRules(s)
 	}
 	r.services[id] = l
 	return l
