@@ -20,19 +20,15 @@ func cleanupLinks(links *Links) error {
 // flushUDPTo deletes the UDP conntrack entries sent to any of the addresses (per interface, as
 // Links.Owned lists them), on any port, once per address; it returns how many went and every error.
 func flushUDPTo(h *netlink.Handle, addrs map[string][]netip.Addr) (uint, error) {
-	var total uint
-	var errs []error
+	var targets []netip.AddrPort
 	flushed := map[netip.Addr]bool{}
 	for _, ifname := range sortedKeys(addrs) {
 		for _, a := range addrs[ifname] {
-			if flushed[a] {
-				continue
+			if !flushed[a] {
+				flushed[a] = true
+				targets = append(targets, netip.AddrPortFrom(a, 0))
 			}
-			flushed[a] = true
-			n, err := FlushConntrack(h, a, 0)
-			total += n
-			errs = append(errs, err)
 		}
 	}
-	return total, errors.Join(errs...)
+	return flushConntrackTo(h, targets)
 }

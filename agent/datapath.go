@@ -53,6 +53,8 @@ type IptablesDatapath struct {
 	last map[Family]Ruleset
 	// no6: ip6tables holds nothing of ours, and the State no IPv6 address: IPv6 costs nothing.
 	no6 bool
+	// render keeps, per family, the lines rendered last (see Renderer).
+	render map[Family]*Renderer
 }
 
 // Name implements Datapath.
@@ -144,7 +146,15 @@ func (d *IptablesDatapath) apply(ctx context.Context, ipt *Iptables, fam Family,
 	if d.last == nil {
 		d.last = map[Family]Ruleset{}
 	}
-	rules := RenderFamily(st, d.Local, fam)
+	r := d.render[fam]
+	if r == nil {
+		if d.render == nil {
+			d.render = map[Family]*Renderer{}
+		}
+		r = &Renderer{Family: fam}
+		d.render[fam] = r
+	}
+	rules := r.Render(st, d.Local)
 	prev, known := d.last[fam]
 	// The kernel is trusted to hold what we last applied, unless a full sync finds otherwise.
 	input := rules.RestoreChanges(prev)

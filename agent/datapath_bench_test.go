@@ -18,7 +18,7 @@ import (
 // nftables rewrites its table in one netlink transaction.
 func BenchmarkSyncOneChange(b *testing.B) {
 	for _, dp := range []string{DatapathIptables, DatapathNftables} {
-		for _, n := range []int{1, 100} {
+		for _, n := range []int{1, 100, 1000} {
 			b.Run(fmt.Sprintf("%s/%d", dp, n), func(b *testing.B) {
 				ns := newNetns(b, fmt.Sprintf("bench%s%d", dp[:3], n))
 				inNetns(b, ns, func(ipt *Iptables, links *Links) error {

@@ -19,6 +19,9 @@ type NftablesDatapath struct {
 	// Its Read must use a netlink socket of its own (scrapes run beside syncs): see
 	// nftablesCounters.
 	Counters *NoProducerCounters
+
+	// render keeps the rules rendered last (see nftables.Renderer).
+	render nftables.Renderer
 }
 
 // Name implements Datapath.
@@ -49,7 +52,7 @@ func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup
 // counted is kept; the series restart from the rules written only when they were rewritten.
 func (d *NftablesDatapath) Apply(ctx context.Context, st State, full bool) (wrote bool, drift []string, err error) {
 	in := NftablesInput(st, d.Local)
-	rs := nftables.Render(in)
+	rs := d.render.Render(in)
 	changes := d.NFT.VerdictsChange(rs)
 	if d.Counters == nil || !(changes || full) {
 		return d.NFT.Apply(rs, full)

@@ -67,21 +67,42 @@ func EnsureNodeSysctls(s Sysctl) (changed []string, problems []error) {
 // port), so that clients reusing a socket are redirected afresh (to the new producer, or refused)
 // instead of following a stale entry forever.
 func FlushConntrack(h *netlink.Handle, addr netip.Addr, port int32) (uint, error) {
-	f := &netlink.ConntrackFilter{}
-	family := netlink.InetFamily(unix.AF_INET)
-	if addr.Is6() {
-		family = unix.AF_INET6
+	return flushConntrackTo(h, []netip.AddrPort{netip.AddrPortFrom(addr, uint16(port))})
+}
+
+// flushConntrackTo deletes the UDP conntrack entries sent to any of targets (port 0: any port)
+// with one dump of the conntrack table per address family. A dump walks the kernel's whole
+// conntrack hash table, which every namespace shares: some milliseconds on a busy node, so one
+// dump per port made a first sync of 1,000 MagicIPs cost seconds.
+func flushConntrackTo(h *netlink.Handle, targets []netip.AddrPort) (uint, error) {
+	byFamily := map[netlink.InetFamily][]netlink.CustomConntrackFilter{}
+	var errs []error
+	for _, t := range targets {
+		f := &netlink.ConntrackFilter{}
+		family := netlink.InetFamily(unix.AF_INET)
+		if t.Addr().Is6() {
+			family = unix.AF_INET6
+		}
+		ferrs := []error{f.AddProtocol(unix.IPPROTO_UDP), f.AddIP(netlink.ConntrackOrigDstIP, t.Addr().AsSlice())}
+		if t.Port() != 0 {
+			ferrs = append(ferrs, f.AddPort(netlink.ConntrackOrigDstPort, t.Port()))
+		}
+		if err := errors.Join(ferrs...); err != nil {
+			errs = append(errs, fmt.Errorf("conntrack filter for %s/UDP: %w", t, err))
+			continue
+		}
+		byFamily[family] = append(byFamily[family], f)
 	}
-	errs := []error{f.AddProtocol(unix.IPPROTO_UDP), f.AddIP(netlink.ConntrackOrigDstIP, addr.AsSlice())}
-	if port != 0 {
-		errs = append(errs, f.AddPort(netlink.ConntrackOrigDstPort, uint16(port)))
+	var total uint
+	for _, family := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		if len(byFamily[family]) == 0 {
+			continue
+		}
+		n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, byFamily[family]...)
+		total += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("delete conntrack entries for %d UDP destinations (%v, …): %w", len(byFamily[family]), targets[0], err))
+		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return 0, err
-	}
-	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)
-	if err != nil {
-		return n, fmt.Errorf("delete conntrack entries for %s port %d/UDP: %w", addr, port, err)
-	}
-	return n, nil
+	return total, errors.Join(errs...)
 }

@@ -85,16 +85,22 @@ func (d *LocalDetector) prerouting(addrs []netip.Addr) []string {
 		}
 	}
 	for _, a := range addrs {
-		if d == nil || d.Mode == NodeAddresses {
-			out = append(out, fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
-			continue
+		out = append(out, d.dispatchTo(a)...)
+	}
+	return out
+}
+
+// dispatchTo is the part of prerouting for one magic address.
+func (d *LocalDetector) dispatchTo(a netip.Addr) []string {
+	if d == nil || d.Mode == NodeAddresses {
+		return []string{fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices)}
+	}
+	var out []string
+	for _, m := range d.Local {
+		if m.Source.IsValid() && m.Source.Addr().Is4() != a.Is4() {
+			continue // a pod CIDR of the other family
 		}
-		for _, m := range d.Local {
-			if m.Source.IsValid() && m.Source.Addr().Is4() != a.Is4() {
-				continue // a pod CIDR of the other family
-			}
-			out = append(out, m.dispatch(a, d.Mode))
-		}
+		out = append(out, m.dispatch(a, d.Mode))
 	}
 	return out
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/magic-ip/magic-ip/agent/memo"
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
@@ -80,66 +81,142 @@ func Render(st State, local *LocalDetector) Ruleset { return RenderFamily(st, lo
 // pods from traffic that arrives from outside the node, which is never redirected (nil: every
 // source is node-local).
 func RenderFamily(st State, local *LocalDetector, fam Family) Ruleset {
+	return (&Renderer{Family: fam}).Render(st, local)
+}
+
+// Renderer renders as Render does, reusing the lines of every service, address and hairpin
+// producer that are the same as in its previous call: a sync that changes one producer formats
+// that producer's lines only, so its cost does not grow with what else the node serves (at 1,000
+// MagicIPs × 3 ports, formatting every line took 60–100 ms on the 2-core VM). The zero value is
+// ready (IPv4); the lines kept are those of the last call.
+type Renderer struct {
+	// Family is the family rendered (the zero value: IPv4).
+	Family Family
+
+	local    *LocalDetector
+	services map[serviceID]*serviceLines
+	addrs    map[netip.Addr]*addressLines
+	hairpins map[Endpoint]string
+}
+
+// serviceID is what a service's match lines depend on (its endpoints are compared apart).
+type serviceID struct {
+	MagicIP, PortName string
+	Address           netip.Addr
+	Port              int32
+	Protocol          v1alpha1.Protocol
+	WhenNoProducer    v1alpha1.NoLocalProducerAction
+}
+
+type serviceLines struct {
+	chain, dispatch, verdict string
+	rules                    memo.Built[Endpoint, []string]
+}
+
+type addressLines struct {
+	prerouting               []string
+	output, masquerade, jump string
+	hairpinChain             string
+	undeclared               []string
+}
+
+// Render implements Render with the lines of the last call reused where their inputs are equal.
+func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
+	if r.Family == "" {
+		r.Family = IPv4
+	}
+	if r.local != local {
+		*r = Renderer{Family: r.Family, local: local}
+	}
+	prevSvcs, prevAddrs, prevHP := r.services, r.addrs, r.hairpins
+	r.services, r.addrs = make(map[serviceID]*serviceLines, len(st.Services)), make(map[netip.Addr]*addressLines, len(prevAddrs))
+	r.hairpins = make(map[Endpoint]string, len(prevHP))
+	fam := r.Family
 	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !fam.has(s.Address) })
-	nat := map[string][]string{chainPrerouting: nil, chainOutput: nil, chainPost: nil, chainServices: nil}
+	nat := make(map[string][]string, 4+len(st.Services)+len(prevAddrs))
+	for _, c := range []string{chainPrerouting, chainOutput, chainPost, chainServices} {
+		nat[c] = nil
+	}
 	filter := map[string][]string{chainInput: nil}
 	addrs := slices.DeleteFunc(addresses(st), func(a netip.Addr) bool { return !fam.has(a) })
-	nat[chainPrerouting] = local.prerouting(addrs)
-	for _, a := range addrs {
-		nat[chainOutput] = append(nat[chainOutput], fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices))
-		// A host client talking to a local address gets that address as its source. Once its
-		// packets are redirected to a pod, the pod's replies would come back with the node's own
-		// address as destination *and* (un-NATed) as source: dropped as martians. Masquerade them.
-		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
-			`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a))
+	nat[chainPrerouting] = local.prerouting(nil) // the external interfaces' RETURNs, if any
+	lines := make([]*addressLines, len(addrs))
+	for i, a := range addrs {
+		l := prevAddrs[a]
+		if l == nil {
+			l = renderAddress(a, local, fam)
+		}
+		r.addrs[a], lines[i] = l, l
+		nat[chainPrerouting] = append(nat[chainPrerouting], l.prerouting...)
+		nat[chainOutput] = append(nat[chainOutput], l.output)
+		nat[chainPost] = append(nat[chainPost], l.masquerade)
 	}
-	hairpin := hairpinRules(st.Services)
-	for _, a := range addrs {
-		hp := hairpinChain(a)
-		nat[chainPost] = append(nat[chainPost], fmt.Sprintf(
-			`-m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin through %s" -j %s`, a, a, hp))
-		nat[hp] = hairpin[a]
+	hairpin := r.hairpinRules(st.Services, prevHP)
+	for i, a := range addrs {
+		nat[chainPost] = append(nat[chainPost], lines[i].jump)
+		nat[lines[i].hairpinChain] = hairpin[a]
 	}
 	for _, s := range st.Services {
-		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
-		filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`%s %s -m comment --comment "%s%s" %s`, match, newConn, s.Key(), notRedirected, verdict(s.WhenNoProducer, s.Protocol, fam)))
+		l := r.service(s, prevSvcs)
+		filter[chainInput] = append(filter[chainInput], l.verdict)
 		if len(s.Endpoints) == 0 {
 			continue
 		}
-		chain := svcChain(s)
-		nat[chainServices] = append(nat[chainServices], fmt.Sprintf(`%s -m comment --comment "%s" -j %s`, match, s.Key(), chain))
-		nat[chain] = endpointRules(s)
+		nat[chainServices] = append(nat[chainServices], l.dispatch)
+		nat[l.chain] = l.rules.Get(s.Endpoints, func() []string { return endpointRules(s) })
 	}
 	// Any other port on a magic address is refused too: the address serves only its declared
 	// ports. Every address the node carries gets these, so none is ever left without a verdict.
-	for _, a := range addrs {
-		for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
-			filter[chainInput] = append(filter[chainInput], fmt.Sprintf(`-d %s -p %s %s -m comment --comment "%s: undeclared port" %s`,
-				hostCIDR(a), proto(p), newConn, a, verdict(v1alpha1.Reject, p, fam)))
-		}
+	for _, l := range lines {
+		filter[chainInput] = append(filter[chainInput], l.undeclared...)
 	}
 	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
+}
+
+// renderAddress formats the lines of one magic address.
+func renderAddress(a netip.Addr, local *LocalDetector, fam Family) *addressLines {
+	l := &addressLines{hairpinChain: hairpinChain(a)}
+	l.prerouting = local.dispatchTo(a)
+	l.output = fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices)
+	// A host client talking to a local address gets that address as its source. Once its
+	// packets are redirected to a pod, the pod's replies would come back with the node's own
+	// address as destination *and* (un-NATed) as source: dropped as martians. Masquerade them.
+	l.masquerade = fmt.Sprintf(`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a)
+	l.jump = fmt.Sprintf(`-m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin through %s" -j %s`, a, a, l.hairpinChain)
+	for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
+		l.undeclared = append(l.undeclared, fmt.Sprintf(`-d %s -p %s %s -m comment --comment "%s: undeclared port" %s`,
+			hostCIDR(a), proto(p), newConn, a, verdict(v1alpha1.Reject, p, fam)))
+	}
+	return l
+}
+
+// service returns the lines of s kept from the last call (its endpoint rules are formatted again
+// by Render when its endpoints changed), or new ones.
+func (r *Renderer) service(s Service, prev map[serviceID]*serviceLines) *serviceLines {
+	id := serviceID{s.MagicIP, s.PortName, s.Address, s.Port, s.Protocol, s.WhenNoProducer}
+	l := prev[id]
+	if l == nil {
+		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
+		l = &serviceLines{chain: svcChain(s),
+			verdict: fmt.Sprintf(`%s %s -m comment --comment "%s%s" %s`, match, newConn, s.Key(), notRedirected, verdict(s.WhenNoProducer, s.Protocol, r.Family))}
+		l.dispatch = fmt.Sprintf(`%s -m comment --comment "%s" -j %s`, match, s.Key(), l.chain)
+	}
+	r.services[id] = l
+	return l
 }
 
 // addresses are the magic addresses of st, sorted (IPv4 first): those on its interfaces and those
 // of its services (the same set when st came from Desired).
 func addresses(st State) []netip.Addr {
 	var addrs []netip.Addr
-	add := func(a netip.Addr) {
-		if !slices.Contains(addrs, a) {
-			addrs = append(addrs, a)
-		}
-	}
 	for _, as := range st.Addresses {
-		for _, a := range as {
-			add(a)
-		}
+		addrs = append(addrs, as...)
 	}
 	for _, s := range st.Services {
-		add(s.Address)
+		addrs = append(addrs, s.Address)
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
-	return addrs
+	return slices.Compact(addrs)
 }
 
 // hairpinRules masquerade a producer's connections to its own magic IP that were redirected to
@@ -149,7 +226,7 @@ func addresses(st State) []netip.Addr {
 // their source address. The rules of each magic address fill its hairpin chain (reached from
 // MAGIC-IP-POSTROUTING by connections first sent to that address), one rule per producer IP in IP
 // order, so a producer change rewrites only that small chain. One pass over the services.
-func hairpinRules(svcs []Service) map[netip.Addr][]string {
+func (r *Renderer) hairpinRules(svcs []Service, prev map[Endpoint]string) map[netip.Addr][]string {
 	eps := map[netip.Addr][]Endpoint{}
 	for _, s := range svcs {
 		for _, ep := range s.Endpoints {
@@ -166,8 +243,13 @@ func hairpinRules(svcs []Service) map[netip.Addr][]string {
 			if i > 0 && list[i-1].Addr == ep.Addr {
 				continue // two pods with one IP (host-network producers), or one producer of two ports: one rule
 			}
-			ip := hostCIDR(ep.Addr.Addr())
-			out[a] = append(out[a], fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod))
+			rule, ok := prev[ep]
+			if !ok {
+				ip := hostCIDR(ep.Addr.Addr())
+				rule = fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod)
+			}
+			r.hairpins[ep] = rule
+			out[a] = append(out[a], rule)
 		}
 	}
 	return out
@@ -245,17 +327,20 @@ func (rs Ruleset) Restore(existing map[string][]string, jumps []JumpFix) []byte 
 func (rs Ruleset) RestoreChanges(prev Ruleset) []byte {
 	var b bytes.Buffer
 	for _, table := range []string{"nat", "filter"} {
+		// Only the chains that differ are sorted: thousands of chains, a few changed.
 		var changed, stale []string
-		for _, c := range sortedKeys(rs.Chains[table]) {
-			if old, ok := prev.Chains[table][c]; !ok || !slices.Equal(old, rs.Chains[table][c]) {
+		for c, rules := range rs.Chains[table] {
+			if old, ok := prev.Chains[table][c]; !ok || !slices.Equal(old, rules) {
 				changed = append(changed, c)
 			}
 		}
-		for _, c := range sortedKeys(prev.Chains[table]) {
+		for c := range prev.Chains[table] {
 			if _, keep := rs.Chains[table][c]; !keep {
 				stale = append(stale, c)
 			}
 		}
+		slices.Sort(changed)
+		slices.Sort(stale)
 		if len(changed)+len(stale) > 0 {
 			writeTable(&b, table, rs.Chains[table], changed, stale, nil)
 		}

@@ -97,16 +97,21 @@ func (s *Syncer) retire(ctx context.Context) {
 // protocol changed, lost to a conflict, invalid, or its interface failed), so that a client
 // reusing its socket is redirected afresh or refused instead of following a stale entry. On the
 // first sync every UDP service is flushed: flows may predate the agent.
+// All of them in one pass over the conntrack table (see flushConntrackTo).
 func (s *Syncer) flushConntrack(st State) uint {
-	var total uint
-	for _, svc := range udpChanges(s.lastState, st) {
-		n, err := FlushConntrack(s.Links.h, svc.Address, svc.Port)
-		if err != nil {
-			s.Log.Error(err, "conntrack flush failed", "magicIP", svc.MagicIP, "port", svc.PortName)
-		}
-		total += n
+	changes := udpChanges(s.lastState, st)
+	if len(changes) == 0 {
+		return 0
 	}
-	return total
+	targets := make([]netip.AddrPort, 0, len(changes))
+	for _, svc := range changes {
+		targets = append(targets, netip.AddrPortFrom(svc.Address, uint16(svc.Port)))
+	}
+	n, err := flushConntrackTo(s.Links.h, targets)
+	if err != nil {
+		s.Log.Error(err, "conntrack flush failed", "udpPorts", len(changes), "first", changes[0].Key())
+	}
+	return n
 }
 
 // flushOwned deletes the UDP conntrack entries of every address the node carries for us, all ports.

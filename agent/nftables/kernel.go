@@ -118,8 +118,9 @@ func (k *Kernel) Write(rs Ruleset) error {
 // nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
 	var fill []Chain
+	before, after := prev.byName(), rs.byName()
 	for _, c := range rs.Chains {
-		old := prev.Chain(c.Name)
+		old := before[c.Name]
 		switch {
 		case old == nil:
 			k.conn.AddChain(k.chain(c))
@@ -132,7 +133,7 @@ func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
 	}
 	var stale int
 	for _, c := range prev.Chains {
-		if rs.Chain(c.Name) == nil {
+		if after[c.Name] == nil {
 			k.conn.DelChain(k.chain(c))
 			stale++
 		}
@@ -388,8 +389,9 @@ func (o Observed) Drift(rs Ruleset) []string {
 			diffs = append(diffs, fmt.Sprintf("chain %s: %s", c.Name, d))
 		}
 	}
+	written := rs.byName()
 	for name := range o.Chains {
-		if rs.Chain(name) == nil {
+		if written[name] == nil {
 			diffs = append(diffs, fmt.Sprintf("chain %s stale", name))
 		}
 	}

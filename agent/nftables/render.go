@@ -57,44 +57,54 @@ func (rs Ruleset) Chain(name string) *Chain {
 	return &rs.Chains[i]
 }
 
-// Render turns in into our table. It is pure: the same Input always gives the same Ruleset.
-func Render(in Input) Ruleset {
-	addrs := in.Addresses
-	rs := Ruleset{Chains: []Chain{
-		{Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: *nftables.ChainPriorityNATDest - 10,
-			Rules: in.Local.prerouting(addrs)},
-		{Name: chainOutput, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookOutput, Priority: *nftables.ChainPriorityNATDest - 10,
-			Rules: toServices(addrs)},
-		{Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource - 10,
-			Rules: postrouting(addrs)},
-		{Name: chainInput, Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: *nftables.ChainPriorityFilter - 10,
-			Rules: refusals(addrs, in.Services)},
-	}}
-	services := Chain{Name: chainServices}
-	var perService []Chain
-	for _, s := range in.Services {
-		if len(s.Endpoints) == 0 {
-			continue
-		}
-		name := svcChain(s)
-		services.Rules = append(services.Rules, newRule().daddr(s.Addr).l4(s.Protocol, s.Port).verdict(expr.VerdictJump, name).rule(s.Key))
-		perService = append(perService, Chain{Name: name, Rules: endpointRules(s)})
+// byName indexes the chains by name: looking each chain of one ruleset up in another with Chain
+// is quadratic (some 27 ms of CPU per sync at 1,000 MagicIPs × 3 ports, 3,000 chains, on the
+// busy 2-core VM).
+func (rs Ruleset) byName() map[string]*Chain {
+	m := make(map[string]*Chain, len(rs.Chains))
+	for i := range rs.Chains {
+		m[rs.Chains[i].Name] = &rs.Chains[i]
 	}
-	rs.Chains = append(append(rs.Chains, services), perService...)
-	rs.Hairpin = hairpinPairs(in.Services)
-	return rs
+	return m
 }
 
-// prerouting: off-node traffic is never redirected; node-local traffic to a magic address goes
-// on to the services chain.
-func (l Local) prerouting(addrs []netip.Addr) []Rule {
+// Render turns in into our table. It is pure: the same Input always gives the same Ruleset.
+func Render(in Input) Ruleset {
+	return new(Renderer).Render(in)
+}
+
+// baseChains are our base chains with their rules.
+func baseChains(prerouting, output, postrouting, input []Rule) []Chain {
+	return []Chain{
+		{Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: *nftables.ChainPriorityNATDest - 10,
+			Rules: prerouting},
+		{Name: chainOutput, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookOutput, Priority: *nftables.ChainPriorityNATDest - 10,
+			Rules: output},
+		{Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource - 10,
+			Rules: postrouting},
+		{Name: chainInput, Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: *nftables.ChainPriorityFilter - 10,
+			Rules: input},
+	}
+}
+
+// Off-node traffic is never redirected (external); node-local traffic to a magic address goes on
+// to the services chain (dispatch).
+
+// external: traffic arriving on an external interface returns unredirected.
+func (l Local) external() []Rule {
 	var out []Rule
 	for _, ifc := range l.External {
 		out = append(out, newRule().iifname(ifc).verdict(expr.VerdictReturn, "").rule("external interface: not node-local"))
 	}
+	return out
+}
+
+// dispatch: node-local traffic to one of addrs jumps to the services chain.
+func (l Local) dispatch(addrs []netip.Addr) []Rule {
 	if l.All || len(l.External) > 0 {
-		return append(out, toServices(addrs)...)
+		return toServices(addrs)
 	}
+	var out []Rule
 	for _, a := range addrs {
 		for _, src := range l.Sources {
 			if src.Addr().Is4() == a.Is4() {
@@ -116,21 +126,21 @@ func toServices(addrs []netip.Addr) []Rule {
 	return out
 }
 
-// postrouting: a host client keeps the magic address as source, so its redirected connections are
-// masqueraded (the replies would otherwise be martians); a producer reaching itself through a
+// hostClient and hairpinMasquerade fill postrouting: a host client keeps the magic address as
+// source, so its redirected connections are masqueraded (the replies would otherwise be martians); a producer reaching itself through a
 // DNAT (its source and destination a pair of the hairpin set) is masqueraded too. Unlike the
 // iptables hairpin chains, the rule does not check that the connection was first sent to the
 // magic address (ct original ip daddr): google/nftables v0.3.0 cannot read back the ct direction
 // that match needs, so drift could not be checked. A producer reaching itself through another
 // DNAT (its ClusterIP) is masqueraded here instead of by kube-proxy's hairpin rule, to the same
 // effect.
-func postrouting(addrs []netip.Addr) []Rule {
-	var out []Rule
-	for _, a := range addrs {
-		out = append(out, newRule().saddr(a).ifname(expr.MetaKeyOIFNAME, "oif", expr.CmpOpNeq, "lo").ctDNAT().masquerade().rule("host client of "+a.String()))
-	}
-	return append(out, newRule().ctDNAT().pairIn(ipv4, hairpinSet).masquerade().rule("hairpin: a producer reaching itself"),
-		newRule().ctDNAT().pairIn(ipv6, hairpinSet6).masquerade().rule("hairpin: a producer reaching itself (IPv6)"))
+func hostClient(a netip.Addr) Rule {
+	return newRule().saddr(a).ifname(expr.MetaKeyOIFNAME, "oif", expr.CmpOpNeq, "lo").ctDNAT().masquerade().rule("host client of " + a.String())
+}
+
+func hairpinMasquerade() []Rule {
+	return []Rule{newRule().ctDNAT().pairIn(ipv4, hairpinSet).masquerade().rule("hairpin: a producer reaching itself"),
+		newRule().ctDNAT().pairIn(ipv6, hairpinSet6).masquerade().rule("hairpin: a producer reaching itself (IPv6)")}
 }
 
 // hairpinPairs lists the IPs of the local producers (not those of other nodes, which never send
@@ -139,26 +149,25 @@ func hairpinPairs(svcs []Service) []netip.Addr {
 	var ips []netip.Addr
 	for _, s := range svcs {
 		for _, ep := range s.Endpoints {
-			if ip := ep.Addr.Addr(); !ep.Remote && !slices.Contains(ips, ip) {
-				ips = append(ips, ip)
+			if !ep.Remote {
+				ips = append(ips, ep.Addr.Addr())
 			}
 		}
 	}
 	slices.SortFunc(ips, netip.Addr.Compare)
-	return ips
+	return slices.Compact(ips)
 }
 
-// refusals: new connections still addressed to a magic address were not redirected: each declared
-// port gets its service's verdict, any other port of the address is rejected.
-func refusals(addrs []netip.Addr, svcs []Service) []Rule {
+// refusal: a new connection still addressed to a magic address was not redirected: each declared
+// port gets its service's verdict (undeclared: any other port of the address is rejected).
+func refusal(s Service) Rule {
+	return newRule().daddr(s.Addr).l4(s.Protocol, s.Port).ctNew().counter().refuse(s.Verdict, s.Protocol).rule(s.Key + ": not redirected")
+}
+
+func undeclared(a netip.Addr) []Rule {
 	var out []Rule
-	for _, s := range svcs {
-		out = append(out, newRule().daddr(s.Addr).l4(s.Protocol, s.Port).ctNew().counter().refuse(s.Verdict, s.Protocol).rule(s.Key+": not redirected"))
-	}
-	for _, a := range addrs {
-		for _, p := range []string{"tcp", "udp"} {
-			out = append(out, newRule().daddr(a).l4(p, 0).ctNew().counter().refuse(Reject, p).rule(a.String()+": undeclared port"))
-		}
+	for _, p := range []string{"tcp", "udp"} {
+		out = append(out, newRule().daddr(a).l4(p, 0).ctNew().counter().refuse(Reject, p).rule(a.String()+": undeclared port"))
 	}
 	return out
 }

@@ -73,13 +73,6 @@ func BenchmarkConvergence(b *testing.B) {
 // each trial, so that a periodic peer's phase is random rather than locked to the trials.
 func measure(b *testing.B, n int, prod *harness.Pod, from *harness.Netns, addr string, jitter time.Duration) []time.Duration {
 	ctx := b.Context()
-	target := net.JoinHostPort(addr, fmt.Sprint(port))
-	answered := func() bool {
-		dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-		defer cancel()
-		got, err := from.DialTCP(dctx, target)
-		return err == nil && got == prod.Name
-	}
 	var out, writes []time.Duration
 	for range n {
 		if jitter > 0 {
@@ -89,29 +82,47 @@ func measure(b *testing.B, n int, prod *harness.Pod, from *harness.Netns, addr s
 				b.Fatal(ctx.Err())
 			}
 		}
-		begin := time.Now()
-		if err := prod.SetReady(ctx, true); err != nil {
+		d, w, err := convergeOnce(ctx, prod, from, addr)
+		if err != nil {
 			b.Fatal(err)
 		}
-		start := time.Now() // the Ready condition is written: the clock starts
-		writes = append(writes, start.Sub(begin))
-		for !answered() {
-			if time.Since(start) > 30*time.Second {
-				b.Fatalf("%s not answered 30 s after Ready", addr)
-			}
-		}
-		out = append(out, time.Since(start))
-		if err := prod.SetReady(ctx, false); err != nil {
-			b.Fatal(err)
-		}
-		for answered() {
-			if time.Since(start) > 60*time.Second {
-				b.Fatalf("%s still answered long after NotReady", addr)
-			}
-		}
+		out, writes = append(out, d), append(writes, w)
 	}
 	b.Logf("%s: API status write p50 %.1f ms p99 %.1f ms (not counted)", addr, percentile(writes, 50), percentile(writes, 99))
 	return out
+}
+
+// convergeOnce is one trial: prod's Ready written (write: how long the API took to acknowledge
+// it) → the first connection from from to addr answered by prod (d); then NotReady, and it waits
+// until prod no longer answers (not timed).
+func convergeOnce(ctx context.Context, prod *harness.Pod, from *harness.Netns, addr string) (d, write time.Duration, err error) {
+	target := net.JoinHostPort(addr, fmt.Sprint(port))
+	answered := func() bool {
+		dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		got, err := from.DialTCP(dctx, target)
+		return err == nil && got == prod.Name
+	}
+	begin := time.Now()
+	if err := prod.SetReady(ctx, true); err != nil {
+		return 0, 0, err
+	}
+	start := time.Now() // the Ready condition is written: the clock starts
+	for !answered() {
+		if time.Since(start) > 30*time.Second {
+			return 0, 0, fmt.Errorf("%s not answered by %s 30 s after Ready", addr, prod.Name)
+		}
+	}
+	d, write = time.Since(start), start.Sub(begin)
+	if err := prod.SetReady(ctx, false); err != nil {
+		return 0, 0, err
+	}
+	for answered() {
+		if time.Since(start) > 60*time.Second {
+			return 0, 0, fmt.Errorf("%s still answered by %s long after NotReady", addr, prod.Name)
+		}
+	}
+	return d, write, nil
 }
 
 // poller is the baseline: every 5 s it lists all producer pods (no node filter, as the original

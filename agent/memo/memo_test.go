@@ -1,0 +1,28 @@
+package memo
+
+import "testing"
+
+func TestBuilt(t *testing.T) {
+	var b Built[int, string]
+	builds := 0
+	build := func(s string) func() string { return func() string { builds++; return s } }
+	steps := []struct {
+		list       []int
+		value      string
+		want       string
+		wantBuilds int
+	}{
+		{nil, "empty", "empty", 1}, // nothing kept yet: built
+		{nil, "again", "empty", 1}, // equal (empty) list: kept
+		{[]int{1, 2}, "a", "a", 2}, // changed: built
+		{[]int{1, 2}, "b", "a", 2}, // equal: kept
+		{[]int{2, 1}, "c", "c", 3}, // order matters
+		{[]int{2}, "d", "d", 4},    // shorter
+		{[]int{}, "e", "e", 5},     // emptied
+	}
+	for i, s := range steps {
+		if got := b.Get(s.list, build(s.value)); got != s.want || builds != s.wantBuilds {
+			t.Errorf("step %d: got %q after %d builds, want %q after %d", i, got, builds, s.want, s.wantBuilds)
+		}
+	}
+}
