@@ -104,7 +104,7 @@ func TestNftablesSyncRepairsEditedRule(t *testing.T) {
 	svc := slices.IndexFunc(rs.Chains, func(c nftables.Chain) bool {
 		return len(c.Rules) > 0 && strings.HasPrefix(c.Rules[0].Comment, "datadog:apm -> ")
 	})
-	table := &gnft.Table{Name: nftables.TableName, Family: gnft.TableFamilyIPv4}
+	table := &gnft.Table{Name: nftables.TableName, Family: nftables.TableFamily}
 	edits := []struct {
 		name  string
 		chain string
@@ -183,7 +183,7 @@ func TestCleanupKeepsGoingNftables(t *testing.T) {
 	plantConntrack(t, ns)
 	release := ns.TakeNftTable(t, nftables.TableName)
 	inNetns(t, ns, func(_ *Iptables, links *Links) error {
-		if err := Cleanup(links, d.Datapath); err == nil || !strings.Contains(err.Error(), "table ip magic-ip") || !errors.Is(err, os.ErrPermission) {
+		if err := Cleanup(links, d.Datapath); err == nil || !strings.Contains(err.Error(), "table inet magic-ip") || !errors.Is(err, os.ErrPermission) {
 			t.Errorf("cleanup with the table held: %v; want our table's deletion refused (EPERM)", err)
 		}
 		return nil

@@ -47,14 +47,14 @@ func TestKernelSetDeletedIsDrift(t *testing.T) {
 	if _, _, err := d.Apply(rs, true); err != nil {
 		t.Fatal(err)
 	}
-	table := &gnft.Table{Name: TableName, Family: gnft.TableFamilyIPv4}
+	table := &gnft.Table{Name: TableName, Family: TableFamily}
 	other.FlushChain(&gnft.Chain{Name: chainPostrouting, Table: table})
 	other.DelSet(&gnft.Set{Table: table, Name: hairpinSet})
 	if err := other.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	wrote, drift, err := d.Apply(rs, true)
-	if err != nil || !wrote || !strings.Contains(strings.Join(drift, "; "), "set hairpin: missing") {
+	if err != nil || !wrote || !strings.Contains(strings.Join(drift, "; "), "sets hairpin, hairpin6: missing") {
 		t.Fatalf("full sync after the set was deleted: wrote %v, drift %q, err %v; want the set reported and written again", wrote, drift, err)
 	}
 	if o, err := k.Read(); err != nil || len(o.Drift(rs)) > 0 {

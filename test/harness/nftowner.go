@@ -14,7 +14,8 @@ import (
 // which alone may change it, and goes with that socket.
 const nftTableOwner = 2
 
-// TakeNftTable replaces the IPv4 nftables table name in n, in one transaction, by an empty one
+// TakeNftTable replaces the inet nftables table name in n (the agent's family), in one
+// transaction, by an empty one
 // owned by a socket of the caller's, as another tool holding the name would: every transaction of
 // anyone else that touches the table is refused (EPERM) until release closes the socket, which
 // takes the table with it. The table must exist.
@@ -36,12 +37,12 @@ func (n *Netns) TakeNftTable(t T, name string) (release func()) {
 	owner := netlink.Attribute{Type: unix.NFTA_TABLE_FLAGS, Data: binary.BigEndian.AppendUint32(nil, nftTableOwner)}
 	msgs := []netlink.Message{
 		nfMsg(unix.NFNL_MSG_BATCH_BEGIN, 0, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES),
-		nfMsg(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_DELTABLE, netlink.Acknowledge, unix.NFPROTO_IPV4, 0, tableName),
-		nfMsg(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWTABLE, netlink.Acknowledge|netlink.Create|netlink.Excl, unix.NFPROTO_IPV4, 0, tableName, owner),
+		nfMsg(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_DELTABLE, netlink.Acknowledge, unix.NFPROTO_INET, 0, tableName),
+		nfMsg(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWTABLE, netlink.Acknowledge|netlink.Create|netlink.Excl, unix.NFPROTO_INET, 0, tableName, owner),
 		nfMsg(unix.NFNL_MSG_BATCH_END, 0, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES),
 	}
 	if err := takeTable(c, msgs); err != nil {
-		t.Fatalf("taking over table ip %s in %s: %v", name, n.Name, err)
+		t.Fatalf("taking over table inet %s in %s: %v", name, n.Name, err)
 	}
 	return release
 }
