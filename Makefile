@@ -91,8 +91,9 @@ test: prereqs envtest-assets peer-assets certmanager-assets helm node-assets tes
 DEMO_STATE ?= $(CACHE)/demo
 .PHONY: demo
 NODES ?= simulated
-DEMO_ARGS := $(if $(filter real,$(NODES)),-real)
-demo: prereqs envtest-assets $(if $(filter real,$(NODES)),peer-assets node-assets test-images certmanager-assets helm) ## Run magic-ip on a local simulated cluster (root); NODES=real: on two real nodes from our images and chart. KEEP=1 leaves it up until `make demo-down`.
+KUBE_PROXY ?= iptables
+DEMO_ARGS := $(if $(filter real,$(NODES)),-real -kube-proxy-mode=$(KUBE_PROXY))
+demo: prereqs envtest-assets $(if $(filter real,$(NODES)),peer-assets node-assets test-images certmanager-assets helm) ## Run magic-ip on a local simulated cluster (root); NODES=real: on two real nodes from our images and chart (KUBE_PROXY=nftables: kube-proxy in nftables mode there). KEEP=1 leaves it up until `make demo-down`.
 	@mkdir -p bin $(DEMO_STATE)
 	go build -o bin/demo ./test/demo
 ifdef KEEP

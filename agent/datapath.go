@@ -21,6 +21,9 @@ type Datapath interface {
 	// which it reports; otherwise what the last successful Apply wrote is trusted, and an
 	// unchanged State writes nothing. wrote: the kernel was written.
 	Apply(ctx context.Context, st State, full bool) (wrote bool, drift []string, err error)
+	// Prepare readies what the next Apply's write needs ahead of its State, while the caller waits
+	// for something slower (a list from the API server). The next Apply uses it or lets it go.
+	Prepare(ctx context.Context)
 	// Cleanup removes every rule of this backend, and nothing else.
 	Cleanup(ctx context.Context) error
 	// Execs counts the processes run so far (0 for a backend that only uses netlink).
@@ -89,10 +92,24 @@ func (d *IptablesDatapath) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{d.Counters}
 }
 
+// Prepare implements Datapath: the next write's restore processes are started now
+// (Iptables.Prestart), for each family in use.
+func (d *IptablesDatapath) Prepare(ctx context.Context) {
+	d.Ipt.Prestart(ctx)
+	if d.Ipt6 != nil && !d.no6 {
+		d.Ipt6.Prestart(ctx)
+	}
+}
+
 // Apply implements Datapath: IPv4 with iptables, then IPv6 with ip6tables when it is there; each
 // family's drift is named after its command. While no MagicIP has an IPv6 address, ip6tables is
-// emptied of our rules once and then left alone: an IPv4-only node pays no ip6tables process.
+// emptied of our rules once and then left alone: an IPv4-only node pays no ip6tables process. A
+// restore process that Prepare started is used, or ended unused.
 func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool, []string, error) {
+	defer d.Ipt.Release()
+	if d.Ipt6 != nil {
+		defer d.Ipt6.Release()
+	}
 	wrote, drift, err := d.apply(ctx, d.Ipt, IPv4, d.Counters, st, full)
 	if err != nil || d.Ipt6 == nil {
 		return wrote, drift, err

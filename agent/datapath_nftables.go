@@ -38,6 +38,9 @@ func (d *NftablesDatapath) Collectors() []prometheus.Collector {
 // IPv6 implements Datapath: the inet table holds both families.
 func (d *NftablesDatapath) IPv6() error { return nil }
 
+// Prepare implements Datapath: a write is one netlink transaction, with nothing to start ahead.
+func (d *NftablesDatapath) Prepare(context.Context) {}
+
 // Cleanup implements Datapath: our table goes, nothing else is touched.
 func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup() }
 

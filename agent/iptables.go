@@ -19,6 +19,8 @@ type Iptables struct {
 	execs atomic.Int64
 	// cmd is "iptables" or "ip6tables": the binaries are cmd+"-save" and cmd+"-restore".
 	cmd string
+	// spare is a restore process started ahead of the Restore that uses it (Prestart).
+	spare spareRestore
 	// perTable: iptables-save reads only the tables it is given (legacy), so Save names nat and
 	// filter. With nf_tables every iptables-save process dumps the whole ruleset from the kernel
 	// whatever -t says (iptables 1.8.9), so one process for all tables costs less than two.
@@ -81,19 +83,6 @@ func (x *Iptables) save(ctx context.Context, tables ...string) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
-}
-
-// Restore applies data with iptables-restore --noflush (one exec): only the chains and rules
-// named in data change, atomically per table.
-func (x *Iptables) Restore(ctx context.Context, data []byte) error {
-	x.execs.Add(1)
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, x.cmd+"-restore", "--noflush", "--wait", "5")
-	cmd.Stdin, cmd.Stderr = bytes.NewReader(data), &stderr
-	if err := cmd.Run(); err != nil {
-		return &RestoreError{Cmd: x.cmd + "-restore", Err: err, Stderr: strings.TrimSpace(stderr.String()), Input: data}
-	}
-	return nil
 }
 
 // RestoreError carries what iptables-restore said and the offending input line when it names one.

@@ -134,9 +134,9 @@ const remoteListTimeout = time.Second
 
 // desired computes the node's State from the stores, with the producers of other nodes that the
 // running remote watches hold, and starts or stops those watches as the State asks. When it
-// starts one, it waits (at most remoteListTimeout) for its first list and computes again: the
-// rules then go straight from the last local producer to the remote ones, instead of refusing
-// for the time a list takes.
+// starts one, it waits (at most remoteListTimeout) for its first list, with the datapath's write
+// prepared meanwhile, and computes again: the rules then go straight from the last local
+// producer to the remote ones, instead of refusing for the time a list takes.
 func (c *Controller) desired(ctx context.Context, mips []v1alpha1.MagicIP) State {
 	compute := func() State {
 		pods := append(kube.List[corev1.Pod](c.Pods), c.remote.Pods()...)
@@ -150,10 +150,16 @@ func (c *Controller) desired(ctx context.Context, mips []v1alpha1.MagicIP) State
 	if len(started) == 0 {
 		return st
 	}
+	// The rules will change once the list is in: whatever the write needs that the list does not
+	// decide is readied meanwhile.
+	c.Syncer.Datapath.Prepare(ctx)
+	start := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, remoteListTimeout)
 	defer cancel()
 	if !cache.WaitFor(wctx, "", started...) {
 		c.Log.Info("producers on other nodes not listed in time; Fallback MagicIPs refuse until they are", "timeout", remoteListTimeout)
+		return compute()
 	}
+	c.Log.V(2).Info("listed producers on other nodes", "watches", len(started), "took", time.Since(start))
 	return compute()
 }

@@ -39,13 +39,14 @@ func main() {
 	keep := flag.Bool("keep", false, "stay up after the show until SIGTERM or Ctrl-C, printing how to use kubectl")
 	readyFile := flag.String("ready-file", "", "with -keep: write the kubeconfig path here once up")
 	realNodes := flag.Bool("real", false, "run on two real nodes (kubelet + containerd) with our images, installed by helm (make demo NODES=real)")
+	kubeProxyMode := flag.String("kube-proxy-mode", harness.KubeProxyIptables, "with -real: kube-proxy's --proxy-mode on the nodes, iptables or nftables (make demo NODES=real KUBE_PROXY=nftables); the agent's datapath (auto) follows it")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d := newDemoT(ctx)
 	err := d.run(func() error {
 		if *realNodes {
-			return showReal(d, *keep, *readyFile)
+			return showReal(d, *kubeProxyMode, *keep, *readyFile)
 		}
 		return show(d, *keep, *readyFile)
 	})

@@ -8,13 +8,20 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
 // showReal is `make demo NODES=real`: the chart installed by helm on two real nodes (kubelet +
 // containerd + runc + CNI bridge, our images built from our Dockerfiles), a producer DaemonSet on
-// node 1 and a consumer Deployment on both, then an agent upgrade under load.
-func showReal(t *demoT, keep bool, readyFile string) error {
+// node 1 and a consumer Deployment on both, then an agent upgrade under load. kubeProxyMode is
+// kube-proxy's mode on the nodes (the agent's datapath follows it).
+func showReal(t *demoT, kubeProxyMode string, keep bool, readyFile string) error {
+	if kubeProxyMode != harness.KubeProxyIptables && kubeProxyMode != harness.KubeProxyNftables {
+		return fmt.Errorf("-kube-proxy-mode %q: want %s or %s", kubeProxyMode, harness.KubeProxyIptables, harness.KubeProxyNftables)
+	}
 	if err := prerequisites(); err != nil {
 		return err
 	}
@@ -29,8 +36,8 @@ func showReal(t *demoT, keep bool, readyFile string) error {
 	if err := os.Setenv("KUBEBUILDER_ASSETS", assets); err != nil {
 		return err
 	}
-	done := step("images from Dockerfile.agent, Dockerfile.webhook and the test image (buildah, cached), a control plane with controllers and scheduler, 2 real nodes (containerd + kubelet + kube-proxy)")
-	rc := harness.NewRealCluster(t, 2)
+	done := step("images from Dockerfile.agent, Dockerfile.webhook and the test image (buildah, cached), a control plane with controllers and scheduler, 2 real nodes (containerd + kubelet + kube-proxy in %s mode)", kubeProxyMode)
+	rc := harness.NewRealClusterWith(t, harness.RealClusterOptions{Nodes: 2, KubeProxyMode: kubeProxyMode})
 	harness.StartCertManager(t, rc.CP)
 	done()
 	ctx := t.Context()
@@ -48,7 +55,7 @@ func showReal(t *demoT, keep bool, readyFile string) error {
 		return err
 	}
 	done()
-	if err := realTable(t, probes); err != nil {
+	if err := realTable(t, rc, probes); err != nil {
 		return err
 	}
 	if err := realUpgrade(t, rc, probes[0]); err != nil {
@@ -61,9 +68,10 @@ func showReal(t *demoT, keep bool, readyFile string) error {
 	return nil
 }
 
-// realTable prints, per node, what the consumer container holds and who answers it, after a
-// second of probing; it fails unless node 1's consumer is answered locally and node 2's refused.
-func realTable(t *demoT, probes []harness.ConsumerProbe) error {
+// realTable prints, per node, the datapath its agent chose (its MagicIPNode), what the consumer
+// container holds and who answers it, after a second of probing; it fails unless every node
+// reports its datapath, node 1's consumer is answered locally and node 2's refused.
+func realTable(t *demoT, rc *harness.RealCluster, probes []harness.ConsumerProbe) error {
 	ctx := t.Context()
 	for _, p := range probes {
 		if err := p.Reset(ctx); err != nil {
@@ -77,7 +85,7 @@ func realTable(t *demoT, probes []harness.ConsumerProbe) error {
 	}
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tCONSUMER POD\tENV IN THE CONTAINER\tLAST SECOND\tANSWERED BY (pod node, as seen: consumer IP and UID)")
+	fmt.Fprintln(w, "NODE\tDATAPATH\tCONSUMER POD\tENV IN THE CONTAINER\tLAST SECOND\tANSWERED BY (pod node, as seen: consumer IP and UID)")
 	var problems []error
 	for i, p := range probes {
 		env, err := p.Env(ctx)
@@ -88,8 +96,12 @@ func realTable(t *demoT, probes []harness.ConsumerProbe) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "%s\t%s\tAPM_MAGIC_HOST=%s APM_MAGIC_PORT_APM=%s DD_ENTITY_ID=%.8s…\t%d answered, %d refused, %d timeouts\t%s\n",
-			p.Node.Name, p.Pod.Name, env["APM_MAGIC_HOST"], env["APM_MAGIC_PORT_APM"], env["DD_ENTITY_ID"],
+		var rec v1alpha1.MagicIPNode
+		if err := rc.CP.Client.Get(ctx, client.ObjectKey{Name: p.Node.Name}, &rec); err != nil || rec.Datapath == "" {
+			problems = append(problems, fmt.Errorf("%s: no datapath in its MagicIPNode (%v)", p.Node.Name, err))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\tAPM_MAGIC_HOST=%s APM_MAGIC_PORT_APM=%s DD_ENTITY_ID=%.8s…\t%d answered, %d refused, %d timeouts\t%s\n",
+			p.Node.Name, rec.Datapath, p.Pod.Name, env["APM_MAGIC_HOST"], env["APM_MAGIC_PORT_APM"], env["DD_ENTITY_ID"],
 			s.OK, s.Refused, s.Timeouts, strings.TrimSpace(s.LastAnswer))
 		switch {
 		case i == 0 && (s.OK == 0 || s.Failed() != 0 || !strings.Contains(s.LastAnswer, " "+p.Pod.Status.PodIP+" "+string(p.Pod.UID))):

@@ -18,7 +18,12 @@ import (
 
 // metric reads one sample of the agent's Prometheus metrics from inside the node.
 func metric(ctx context.Context, n *harness.Node, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9402/metrics", nil)
+	return metricAt(ctx, n, "127.0.0.1:9402", name)
+}
+
+// metricAt is metric for an agent whose /metrics listens on addr in n's namespace.
+func metricAt(ctx context.Context, n *harness.Node, addr, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
 		return 0, err
 	}

@@ -23,21 +23,26 @@ func nftRuleText(exprs []expr.Any) string {
 	var out []string
 	var subject string // what the next cmp (or lookup) compares
 	var mask []byte
+	family := "ip" // set by a meta nfproto match, which the rule's text leaves implicit
 	imm := map[uint32][]byte{}
 	for _, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Payload:
-			subject, mask = payloadName(e, subject), nil
+			subject, mask = payloadName(e, family, subject), nil
 		case *expr.Meta:
-			subject, mask = map[expr.MetaKey]string{expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname", expr.MetaKeyL4PROTO: "meta l4proto"}[e.Key], nil
+			subject, mask = map[expr.MetaKey]string{expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname", expr.MetaKeyL4PROTO: "meta l4proto", expr.MetaKeyNFPROTO: "meta nfproto"}[e.Key], nil
+		case *expr.Cmp:
+			if subject == "meta nfproto" {
+				family = map[byte]string{unix.NFPROTO_IPV4: "ip", unix.NFPROTO_IPV6: "ip6"}[e.Data[0]]
+				continue
+			}
+			out = append(out, cmpText(subject, mask, e))
 		case *expr.Ct:
 			subject, mask = map[expr.CtKey]string{expr.CtKeySTATE: "ct state", expr.CtKeySTATUS: "ct status"}[e.Key], nil
 		case *expr.Numgen:
 			subject, mask = fmt.Sprintf("numgen random mod %d", e.Modulus), nil
 		case *expr.Bitwise:
 			mask = e.Mask
-		case *expr.Cmp:
-			out = append(out, cmpText(subject, mask, e))
 		case *expr.Lookup:
 			out = append(out, subject+" @"+e.SetName)
 		case *expr.Immediate:
@@ -52,7 +57,7 @@ func nftRuleText(exprs []expr.Any) string {
 		case *expr.Masq:
 			out = append(out, "masquerade")
 		case *expr.Reject:
-			out = append(out, map[uint32]string{unix.NFT_REJECT_TCP_RST: "reject with tcp reset", unix.NFT_REJECT_ICMP_UNREACH: "reject with icmp port-unreachable"}[e.Type])
+			out = append(out, rejectText(e))
 		default:
 			out = append(out, fmt.Sprintf("%T", e))
 		}
@@ -60,10 +65,11 @@ func nftRuleText(exprs []expr.Any) string {
 	return strings.Join(out, " ")
 }
 
-// payloadName names an IPv4 address or transport port load; a second load (a concatenation) joins
-// the first with " . ".
-func payloadName(p *expr.Payload, prev string) string {
-	name := map[[2]uint32]string{{uint32(expr.PayloadBaseNetworkHeader), 12}: "ip saddr", {uint32(expr.PayloadBaseNetworkHeader), 16}: "ip daddr",
+// payloadName names an address of family (ip or ip6) or a transport port load; a second load (a
+// concatenation) joins the first with " . ".
+func payloadName(p *expr.Payload, family, prev string) string {
+	offsets := map[string][2]uint32{"ip": {12, 16}, "ip6": {8, 24}}[family]
+	name := map[[2]uint32]string{{uint32(expr.PayloadBaseNetworkHeader), offsets[0]}: family + " saddr", {uint32(expr.PayloadBaseNetworkHeader), offsets[1]}: family + " daddr",
 		{uint32(expr.PayloadBaseTransportHeader), 2}: "th dport"}[[2]uint32{uint32(p.Base), p.Offset}]
 	if name == "" {
 		name = fmt.Sprintf("payload base %d offset %d", p.Base, p.Offset)
@@ -74,6 +80,18 @@ func payloadName(p *expr.Payload, prev string) string {
 	return name
 }
 
+// rejectText renders a reject: a TCP reset, or ICMP port unreachable (code 3) in an IPv4 rule,
+// ICMPv6 port unreachable (code 4) in an IPv6 one.
+func rejectText(r *expr.Reject) string {
+	switch r.Type {
+	case unix.NFT_REJECT_TCP_RST:
+		return "reject with tcp reset"
+	case unix.NFT_REJECT_ICMP_UNREACH:
+		return map[uint8]string{3: "reject with icmp port-unreachable", 4: "reject with icmpv6 port-unreachable"}[r.Code]
+	}
+	return fmt.Sprintf("reject type %d code %d", r.Type, r.Code)
+}
+
 // cmpText renders one comparison of subject (masked by mask, if any) with the cmp's data.
 func cmpText(subject string, mask []byte, c *expr.Cmp) string {
 	op := ""
@@ -82,11 +100,15 @@ func cmpText(subject string, mask []byte, c *expr.Cmp) string {
 	}
 	var value string
 	switch subject {
-	case "ip saddr", "ip daddr":
+	case "ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr":
 		a, _ := netip.AddrFromSlice(c.Data)
 		value = a.String()
 		if mask != nil {
-			value = netip.PrefixFrom(a, bits.OnesCount32(binary.BigEndian.Uint32(mask))).String()
+			ones := 0
+			for _, b := range mask {
+				ones += bits.OnesCount8(b)
+			}
+			value = netip.PrefixFrom(a, ones).String()
 		}
 	case "iifname", "oifname":
 		if name, whole := strings.CutSuffix(string(c.Data), "\x00"); whole {
@@ -111,7 +133,7 @@ func cmpText(subject string, mask []byte, c *expr.Cmp) string {
 }
 
 // TestNftRuleText: every rule of a table with every shape the nftables datapath writes (each
-// --detect-local-mode's matches, a spread over producers, each verdict), written to a fresh netns
+// --detect-local-mode's matches, a spread over producers, each verdict, both families), written to a fresh netns
 // and read back, renders as the text the renderer gave it: what the datapath tests read from the
 // kernel says what the kernel holds.
 func TestNftRuleText(t *testing.T) {
@@ -128,10 +150,14 @@ func TestNftRuleText(t *testing.T) {
 	defer k.Close()
 	a := netip.MustParseAddr(magicAddr)
 	eps := []nftables.Endpoint{{Pod: "dd-1", Addr: netip.MustParseAddrPort("10.244.1.10:8126")}, {Pod: "dd-2", Addr: netip.MustParseAddrPort("10.244.1.11:8126")}}
-	rs := nftables.Render(nftables.Input{Addresses: []netip.Addr{a},
-		Local: nftables.Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, Interfaces: []string{"cali+", "cni0"}},
+	a6 := netip.MustParseAddr(magicAddr6)
+	eps6 := []nftables.Endpoint{{Pod: "dd-1", Addr: netip.MustParseAddrPort("[fd00:10:244:1::a]:8126")}}
+	rs := nftables.Render(nftables.Input{Addresses: []netip.Addr{a, a6},
+		Local: nftables.Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}, Interfaces: []string{"cali+", "cni0"}},
 		Services: []nftables.Service{{Key: "datadog:apm", Addr: a, Port: apmPort, Protocol: "tcp", Verdict: nftables.Reject, Endpoints: eps},
-			{Key: "datadog:dogstatsd", Addr: a, Port: statsPort, Protocol: "udp", Verdict: nftables.Drop}}})
+			{Key: "datadog:dogstatsd", Addr: a, Port: statsPort, Protocol: "udp", Verdict: nftables.Drop},
+			{Key: "datadog:apm6", Addr: a6, Port: apmPort, Protocol: "tcp", Verdict: nftables.Reject, Endpoints: eps6},
+			{Key: "datadog:dogstatsd6", Addr: a6, Port: statsPort, Protocol: "udp", Verdict: nftables.Reject}}})
 	rs.Chains[0].Rules = append(nftables.Render(nftables.Input{Addresses: []netip.Addr{a}, Local: nftables.Local{External: []string{"eth0"}}}).Chains[0].Rules, rs.Chains[0].Rules...)
 	if err := k.Write(rs); err != nil {
 		t.Fatal(err)

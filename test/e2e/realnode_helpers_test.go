@@ -5,17 +5,19 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/magic-ip/magic-ip/agent"
 	"github.com/magic-ip/magic-ip/test/harness"
 )
 
-// magicState is what a node holds of magic-ip: our iptables lines and our addresses.
+// magicState is what a node holds of magic-ip: our iptables lines (each names one of our
+// chains; kube-proxy's rules for Services in magic-ip-system say "magic-ip" too) and our addresses.
 func magicState(ctx context.Context, n *harness.Node) (rules []string, addrs []string, err error) {
 	save, err := n.Netns.Run(ctx, "iptables-save")
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, l := range strings.Split(save, "\n") {
-		if strings.Contains(l, "MAGIC-IP") || strings.Contains(strings.ToLower(l), "magic-ip") {
+		if strings.Contains(l, agent.ChainPrefix) {
 			rules = append(rules, l)
 		}
 	}

@@ -564,3 +564,29 @@ func readRepoFile(t *testing.T, path ...string) []byte {
 	}
 	return b
 }
+
+// TestHelmAgentDatapath: agent.datapath reaches the agent as MAGIC_IP_DATAPATH (auto by default,
+// as kustomize's), and a value the agent would refuse fails the rendering instead of a crash-looping
+// DaemonSet.
+func TestHelmAgentDatapath(t *testing.T) {
+	for _, tc := range []struct {
+		set  []string
+		want string
+	}{
+		{nil, "auto"},
+		{seedSet, "auto"},
+		{[]string{"agent.datapath=iptables"}, "iptables"},
+		{[]string{"agent.datapath=nftables"}, "nftables"},
+	} {
+		_, c := helmAgentPod(t, tc.set...)
+		if got := helmEnv(c, "MAGIC_IP_DATAPATH"); got != tc.want {
+			t.Errorf("--set %v: MAGIC_IP_DATAPATH %v, want %s", tc.set, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"agent.datapath=nft", "agent.datapath=", "agent.datapath=IPTABLES"} {
+		_, err := HelmTemplate("magic-ip", "mip", bad)
+		if err == nil || !strings.Contains(err.Error(), "want auto, iptables or nftables") {
+			t.Errorf("--set %s: error %v, want one naming auto, iptables or nftables", bad, err)
+		}
+	}
+}

@@ -14,8 +14,7 @@ import (
 // which alone may change it, and goes with that socket.
 const nftTableOwner = 2
 
-// TakeNftTable replaces the inet nftables table name in n (the agent's family), in one
-// transaction, by an empty one
+// TakeNftTable replaces the inet nftables table name in n, in one transaction, by an empty one
 // owned by a socket of the caller's, as another tool holding the name would: every transaction of
 // anyone else that touches the table is refused (EPERM) until release closes the socket, which
 // takes the table with it. The table must exist.

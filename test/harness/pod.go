@@ -287,3 +287,23 @@ func (c *Cluster) EnsureNamespace(ctx context.Context, name string, labels map[s
 	}
 	return nil
 }
+
+// CreatePodObjects creates, in namespace (created if missing), one Pod object with labels per
+// entry of nodes (pod name → node name), bound to that node, with nothing behind it (no network
+// namespace, no status): for what only the API server sees.
+func (cp *ControlPlane) CreatePodObjects(ctx context.Context, namespace string, labels, nodes map[string]string) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
+	if err := cp.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", namespace, err)
+	}
+	for name, node := range nodes {
+		obj := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/magic-ip-test:1"}}},
+		}
+		if err := cp.Client.Create(ctx, obj); err != nil {
+			return fmt.Errorf("create Pod %s/%s: %w", namespace, name, err)
+		}
+	}
+	return nil
+}

@@ -13,8 +13,8 @@ import (
 )
 
 // RealCluster is a cluster of real nodes: each node namespace runs containerd, a kubelet
-// (system:node:<name>, Node-authorized) and kube-proxy; the control plane runs
-// kube-controller-manager and kube-scheduler. Manifests are reconciled as in any cluster and
+// (system:node:<name>, Node-authorized) and kube-proxy (iptables or nftables mode); the control
+// plane runs kube-controller-manager and kube-scheduler. Manifests are reconciled as in any cluster and
 // pods are containers started from local images (Images; no registry).
 type RealCluster struct {
 	*Cluster
@@ -23,10 +23,28 @@ type RealCluster struct {
 	Images     *Images
 }
 
+// RealClusterOptions shape a RealCluster.
+type RealClusterOptions struct {
+	// Nodes is the number of real nodes.
+	Nodes int
+	// KubeProxyMode is kube-proxy's --proxy-mode on every node: KubeProxyIptables (default) or
+	// KubeProxyNftables.
+	KubeProxyMode string
+}
+
 // NewRealCluster starts a control plane for real nodes and a cluster of n of them, and returns
 // once every kubelet has made its Node Ready. Everything stops in t.Cleanup.
 func NewRealCluster(t T, n int) *RealCluster {
 	t.Helper()
+	return NewRealClusterWith(t, RealClusterOptions{Nodes: n})
+}
+
+// NewRealClusterWith is NewRealCluster with options.
+func NewRealClusterWith(t T, o RealClusterOptions) *RealCluster {
+	t.Helper()
+	if o.KubeProxyMode == "" {
+		o.KubeProxyMode = KubeProxyIptables
+	}
 	RequireRoot(t)
 	images, err := BuildImages("all")
 	if err != nil {
@@ -36,7 +54,7 @@ func NewRealCluster(t T, n int) *RealCluster {
 		t.Fatalf("images in %s: %+v, want agent, webhook, testbin and pause", images.Dir, images.List)
 	}
 	cp := StartRealControlPlane(t)
-	rc := &RealCluster{Cluster: NewCluster(t, cp, ClusterOptions{Nodes: n}), Images: images}
+	rc := &RealCluster{Cluster: NewCluster(t, cp, ClusterOptions{Nodes: o.Nodes}), Images: images}
 	for _, node := range rc.Nodes {
 		kubeconfig, err := cp.NodeKubeconfig(node.Name)
 		if err != nil {
@@ -62,7 +80,7 @@ func NewRealCluster(t T, n int) *RealCluster {
 	// After the kubelets: kube-proxy reads the Node's addresses at start (which the kubelet
 	// reports) and exits when they change, expecting its DaemonSet to restart it.
 	for _, node := range rc.Nodes {
-		rc.KubeProxys = append(rc.KubeProxys, StartKubeProxy(t, rc.Cluster, node))
+		rc.KubeProxys = append(rc.KubeProxys, StartKubeProxyMode(t, rc.Cluster, node, o.KubeProxyMode))
 	}
 	return rc
 }
