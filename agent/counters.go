@@ -19,7 +19,7 @@ const counterReadTimeout = 10 * time.Second
 // NoProducerCounters is the Prometheus collector of the connections refused or dropped on this
 // node because no local producer took them, per MagicIP, port, protocol and action: the packet
 // counters of the verdict rules (one per port, matching only the first packet of a connection:
-// in MAGIC-IP-INPUT with iptables, in chain input of table ip magic-ip with nftables). They are
+// in MAGIC-IP-INPUT with iptables, in chain input of table inet magic-ip with nftables). They are
 // read at scrape time, at most once per MinInterval, and just before a write that rewrites that
 // chain (which sets its counters back to 0); the collector adds up what each read found since the
 // previous one, so its counters only go up. The series are those of the rules last written: a

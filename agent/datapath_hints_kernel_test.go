@@ -42,3 +42,18 @@ func TestDetectHints(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDetectHintsIPv6Only: on an IPv6-only node kube-proxy in nftables mode writes table ip6
+// kube-proxy alone; auto finds it and chooses nftables.
+func TestDetectHintsIPv6Only(t *testing.T) {
+	ns := newNetns(t, "hints6")
+	inNetns(t, ns, func(*Iptables, *Links) error {
+		if _, err := run("nft", "add", "table", "ip6", "kube-proxy"); err != nil {
+			return err
+		}
+		if got := detectHints(context.Background(), nil, logr.Discard()); !got.KubeProxyNftables {
+			t.Errorf("detectHints = %+v with table ip6 kube-proxy, want KubeProxyNftables", got)
+		}
+		return nil
+	})
+}

@@ -65,7 +65,7 @@ func chooseDatapath(want string, h NodeHints, iptErr error) DatapathChoice {
 	case want != DatapathAuto:
 		return DatapathChoice{want, ReasonFlag, "--datapath=" + want}
 	case h.KubeProxyNftables:
-		return DatapathChoice{DatapathNftables, ReasonKubeProxyNftables, "auto: kube-proxy runs in nftables mode here (table ip " + kubeProxyTable + " exists)"}
+		return DatapathChoice{DatapathNftables, ReasonKubeProxyNftables, "auto: kube-proxy runs in nftables mode here (table ip or ip6 " + kubeProxyTable + " exists)"}
 	case iptErr != nil:
 		return DatapathChoice{DatapathNftables, ReasonIptablesUnusable, fmt.Sprintf("auto: iptables is not usable (%v)", iptErr)}
 	case h.IptablesHint != "":
@@ -105,14 +105,17 @@ func iptablesHint(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-// kubeProxyUsesNftables reports whether kube-proxy's nftables table exists in this namespace.
+// kubeProxyUsesNftables reports whether one of kube-proxy's nftables tables exists in this
+// namespace: ip kube-proxy, or ip6 kube-proxy alone on an IPv6-only node.
 func kubeProxyUsesNftables() bool {
 	conn, err := gnft.New()
 	if err != nil {
 		return false
 	}
-	tables, err := conn.ListTablesOfFamily(gnft.TableFamilyIPv4)
-	return err == nil && slices.ContainsFunc(tables, func(t *gnft.Table) bool { return t.Name == kubeProxyTable })
+	tables, err := conn.ListTables()
+	return err == nil && slices.ContainsFunc(tables, func(t *gnft.Table) bool {
+		return t.Name == kubeProxyTable && (t.Family == gnft.TableFamilyIPv4 || t.Family == gnft.TableFamilyIPv6)
+	})
 }
 
 // openDatapath opens the datapath --datapath names (auto: see chooseDatapath) and logs the

@@ -739,7 +739,7 @@ func TestCatalog(t *testing.T) {
 			mips: []v1alpha1.MagicIP{other("a", testAddr, 0, terminating), other("b", "not-an-ip", 0), other("c", testAddr2, 0)},
 			want: []string{"c"},
 		},
-		"IPv6: excluded, whatever its status (agents program IPv4 only)": {
+		"IPv6 alone: excluded, whatever its status (agents do not program it)": {
 			mips: []v1alpha1.MagicIP{other("v6", "fd00::10", 0), other("v6-accepted", "fe80::a9fe:d2d2", 0, withAccepted(metav1.ConditionTrue, 1, 1)), other("b", testAddr2, 0)},
 			want: []string{"b"},
 		},

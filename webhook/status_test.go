@@ -95,13 +95,13 @@ func TestDesiredStatus(t *testing.T) {
 				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},
 			},
 		},
-		"IPv6: not accepted, the agents program IPv4 only (as they report it Invalid)": {
+		"IPv6 alone: not accepted, the agents do not program it (as they report it Invalid)": {
 			mips:        []v1alpha1.MagicIP{newMIP("v6", "fd00::10", 0, gen(2))},
 			nsExists:    true,
 			wantSummary: "8126/TCP",
 			want: map[string]wantCondition{
 				v1alpha1.ConditionAccepted: {metav1.ConditionFalse, v1alpha1.ReasonAddressFamilyNotSupported,
-					[]string{"address fd00::10 is IPv6", "IPv4 magic addresses only", "neither programmed nor injected"}},
+					[]string{"address fd00::10 is IPv6", "IPv6 spec.address alone", "neither programmed nor injected"}},
 				v1alpha1.ConditionConflict:          {metav1.ConditionFalse, "NoConflict", nil},
 				v1alpha1.ConditionInjectionConflict: {metav1.ConditionFalse, "NotInjected", nil},
 				ConditionProducerNamespace:          {metav1.ConditionTrue, "Found", nil},

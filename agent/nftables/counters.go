@@ -34,7 +34,7 @@ func (k *Kernel) VerdictCounts() ([]VerdictCount, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list rules of chain %s in table ip %s: %w", chainInput, TableName, err)
+		return nil, fmt.Errorf("list rules of chain %s in table %s: %w", chainInput, tableDesc, err)
 	}
 	var out []VerdictCount
 	for _, r := range rules {

@@ -104,25 +104,14 @@ func (s MagicIPSpec) ipv6() (netip.Addr, bool) {
 	return a, err == nil && a.Is6() && !a.Is4In6()
 }
 
-// UnprogrammedAddresses lists the addresses of s that agents leave out while they program the
-// rest, with why: the ipv6Address of a dual-stack MagicIP, until agents program IPv6. The agent
-// reports them in its MagicIPNode record and the status controller in the Accepted message.
-func (s MagicIPSpec) UnprogrammedAddresses() []UnprogrammedAddress {
-	if s.IPv6Address == "" {
-		return nil
-	}
-	return []UnprogrammedAddress{{
-		Address: s.IPv6Address, Reason: ReasonAddressFamilyNotSupported,
-		Message: fmt.Sprintf("address %s is IPv6: %v; the IPv4 address %s is served", s.IPv6Address, ErrAddressFamilyNotSupported, s.Address),
-	}}
-}
-
 // ReasonAddressFamilyNotSupported is the Accepted=False reason of a MagicIP whose address no agent
-// programs yet (IPv6, until dual-stack).
+// programs (an IPv6 spec.address alone), and the reason agents give in their records for an
+// address of a family their node does not program.
 const ReasonAddressFamilyNotSupported = "AddressFamilyNotSupported"
 
-// ErrAddressFamilyNotSupported: the address is IPv6, and agents program IPv4 addresses only.
-var ErrAddressFamilyNotSupported = errors.New("agents program IPv4 magic addresses only for now (dual-stack is not supported yet)")
+// ErrAddressFamilyNotSupported: spec.address is IPv6; agents program IPv6 as the ipv6Address of a
+// dual-stack MagicIP only.
+var ErrAddressFamilyNotSupported = errors.New("agents do not program an IPv6 spec.address alone yet: put an IPv4 address in spec.address and this one in spec.ipv6Address (dual-stack, served on both)")
 
 // ProgrammableAddress reports whether agents program the address of s: it must parse, and be
 // IPv4 for now (an IPv4-mapped IPv6 address counts as IPv4, as in Claims). The status controller

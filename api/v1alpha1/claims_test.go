@@ -434,7 +434,7 @@ func TestProgrammableAddress(t *testing.T) {
 	}{
 		"IPv4 link-local":     {addr: ip1},
 		"IPv4-mapped IPv6":    {addr: "::ffff:169.254.210.210"},
-		"IPv6 ULA":            {addr: "fd00::10", wantFamily: true, wantErr: "address fd00::10 is IPv6: agents program IPv4 magic addresses only for now"},
+		"IPv6 ULA":            {addr: "fd00::10", wantFamily: true, wantErr: "address fd00::10 is IPv6: agents do not program an IPv6 spec.address alone yet"},
 		"IPv6 link-local":     {addr: "fe80::a9fe:d2d2", wantFamily: true, wantErr: "is IPv6"},
 		"not an IP (not API)": {addr: "nope", wantErr: `address "nope"`},
 	}
@@ -450,16 +450,5 @@ func TestProgrammableAddress(t *testing.T) {
 				t.Errorf("ProgrammableAddress(%s) = %v: errors.Is(ErrAddressFamilyNotSupported) = %v, want %v", tc.addr, err, !tc.wantFamily, tc.wantFamily)
 			}
 		})
-	}
-}
-
-func TestUnprogrammedAddresses(t *testing.T) {
-	if got := mip("v4", ip1, 0, port(53, udp)).Spec.UnprogrammedAddresses(); got != nil {
-		t.Errorf("IPv4 MagicIP: %+v, want none", got)
-	}
-	got := dual(mip("dual", ip1, 0, port(53, udp)), ip6).Spec.UnprogrammedAddresses()
-	if len(got) != 1 || got[0].Address != ip6 || got[0].Reason != v1alpha1.ReasonAddressFamilyNotSupported ||
-		!strings.Contains(got[0].Message, "IPv4 magic addresses only") || !strings.Contains(got[0].Message, "the IPv4 address "+ip1+" is served") {
-		t.Errorf("dual-stack MagicIP: %+v, want %s AddressFamilyNotSupported, %s served", got, ip6, ip1)
 	}
 }

@@ -48,9 +48,9 @@ type MagicIPSpec struct {
 	// Address is the well-known IP that pods connect to, for example 169.254.210.210 (link-local
 	// addresses are the usual choice). It must be in canonical form and must not be loopback,
 	// unspecified, multicast, broadcast, or a cloud platform's address (169.254.169.254 and the
-	// others listed in the README). IPv6 is accepted but not served yet: agents program IPv4
-	// addresses only, and an IPv6 MagicIP is reported Accepted=False (AddressFamilyNotSupported).
-	// A dual-stack MagicIP has its IPv4 address here and its IPv6 address in ipv6Address.
+	// others listed in the README). An IPv6 address here alone is accepted but not served yet
+	// (Accepted=False, AddressFamilyNotSupported): a dual-stack MagicIP, served on both, has its
+	// IPv4 address here and its IPv6 address in ipv6Address.
 	// +required
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address such as 169.254.210.210"
@@ -73,9 +73,10 @@ type MagicIPSpec struct {
 	// in address (which must then be IPv4), for example fd00::a9fe:d2d2. It must be in canonical
 	// form, in fe80::/10 (link-local) or fd00::/8 (the locally assigned unique-local half: the
 	// agent's default --allowed-address-ranges), and not a cloud platform's address (listed under
-	// address). It claims the same ports as address. Agents do not program it yet: they program
-	// address and report this one not programmed (AddressFamilyNotSupported); the webhook injects
-	// it as <NAME>_MAGIC_HOST_IPV6, {address6} and a hostAliases entry.
+	// address). It claims the same ports as address. Agents program it next to address, to the
+	// producers' IPv6 addresses; a node that cannot (no IPv6) programs address and reports this one
+	// not programmed (AddressFamilyNotSupported). The webhook injects it as
+	// <NAME>_MAGIC_HOST_IPV6, {address6} and a hostAliases entry.
 	// +optional
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 6",message="must be an IPv6 address such as fd00::a9fe:d2d2 (the IPv4 address goes in spec.address)"

@@ -84,8 +84,9 @@ type MagicIPOnNode struct {
 	Message string `json:"message,omitempty"`
 
 	// UnprogrammedAddresses are the MagicIP's addresses left out on the node while the rest of it
-	// is programmed, with why: today the IPv6 address of a dual-stack MagicIP
-	// (AddressFamilyNotSupported), its IPv4 address being served.
+	// is programmed, with why: the address of a family the node does not program
+	// (AddressFamilyNotSupported: the IPv6 one without IPv6, the IPv4 one on an IPv6-only node),
+	// or an ipv6Address its --allowed-address-ranges refuse (AddressNotAllowed).
 	// +optional
 	// +listType=map
 	// +listMapKey=address
@@ -106,7 +107,7 @@ type UnprogrammedAddress struct {
 	// +required
 	// +kubebuilder:validation:MaxLength=45
 	Address string `json:"address"`
-	// Reason is AddressFamilyNotSupported.
+	// Reason is AddressFamilyNotSupported or AddressNotAllowed.
 	// +required
 	// +kubebuilder:validation:MaxLength=64
 	Reason string `json:"reason"`

@@ -102,7 +102,7 @@ func nftKernelCount(t *testing.T, n *harness.Node, key string) int {
 			}
 		}
 	}
-	t.Fatalf("no verdict rule with a counter for %s in table ip %s", key, nftables.TableName)
+	t.Fatalf("no verdict rule with a counter for %s in table inet %s", key, nftables.TableName)
 	return 0
 }
 

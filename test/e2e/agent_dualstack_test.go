@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 	"github.com/magic-ip/magic-ip/test/harness"
+	"github.com/magic-ip/magic-ip/webhook"
 )
 
 // magicAddr6 is the IPv6 address of the dual-stack MagicIPs of these tests.
@@ -137,4 +139,32 @@ func testAgentDualStackNodeCIDR(t *testing.T, dp []string) {
 	eventually(t, 10*time.Second, "IPv6 from the producer", answers(consumer.Netns, magicAddr6, p.Name))
 	out := c.AddOutside(n, &net.IPNet{IP: net.ParseIP(magicAddr6), Mask: net.CIDRMask(128, 128)})
 	eventually(t, 10*time.Second, "a neighbour routing the IPv6 address: refused", answers(out.Netns, magicAddr6, "refused"))
+}
+
+// TestAgentDualStackWebhook: the real agents' records drive the webhook's view of a dual-stack
+// MagicIP. With an agent on a dual-stack node only, its status says IPv6Programmed=True and a new
+// pod gets a hostAliases entry per family; once the agent of a node without IPv6 programs it too
+// (IPv4 only), IPv6Programmed=False names that node and why, and new pods get the IPv4 entry only.
+func TestAgentDualStackWebhook(t *testing.T) {
+	cp := harness.StartControlPlane(t)
+	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2, Stacks: []harness.NodeStack{harness.DualStack, harness.NoIPv6}})
+	harness.StartWebhook(t, cp, webhookBin)
+	ctx := t.Context()
+	if err := c.EnsureNamespace(ctx, "apps", map[string]string{"magic-ip.dev/inject": "enabled"}); err != nil {
+		t.Fatal(err)
+	}
+	dual := datadogMagicIP("datadog")
+	dual.Spec.IPv6Address = magicAddr6
+	dual.Spec.Inject.Hostnames = []string{"datadog.node.local"}
+	if err := cp.Client.Create(ctx, dual); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, c, c.Nodes[0])
+	eventually(t, 20*time.Second, "IPv6Programmed=True", wantMIPCondition(cp.Client, "datadog", webhook.ConditionIPv6Programmed, metav1.ConditionTrue, magicAddr6))
+	eventually(t, 10*time.Second, "a hostAliases entry per family", podAliases(cp.Client, map[string][]string{magicAddr: {"datadog.node.local"}, magicAddr6: {"datadog.node.local"}}))
+
+	startAgent(t, c, c.Nodes[1])
+	eventually(t, 20*time.Second, "IPv6Programmed=False naming the node without IPv6", wantMIPCondition(cp.Client, "datadog", webhook.ConditionIPv6Programmed,
+		metav1.ConditionFalse, c.Nodes[1].Name, magicAddr6, "disable_ipv6=1"))
+	eventually(t, 10*time.Second, "the IPv4 entry only", podAliases(cp.Client, map[string][]string{magicAddr: {"datadog.node.local"}}))
 }

@@ -235,8 +235,8 @@ func TestWebhookConflictAndSelect(t *testing.T) {
 	}
 }
 
-// TestWebhookIPv6NotProgrammable: agents program IPv4 magic addresses only for now, so an IPv6
-// MagicIP, which the CRD accepts, is reported Accepted=False (AddressFamilyNotSupported) and never
+// TestWebhookIPv6NotProgrammable: agents do not program an IPv6 spec.address alone (only as the
+// ipv6Address of a dual-stack MagicIP), so an IPv6-only MagicIP, which the CRD accepts, is reported Accepted=False (AddressFamilyNotSupported) and never
 // injected: no variables, no hostAlias, not in the injected annotation, even when a pod selects it.
 func TestWebhookIPv6NotProgrammable(t *testing.T) {
 	e := newWebhookEnv(t)
@@ -259,7 +259,7 @@ func TestWebhookIPv6NotProgrammable(t *testing.T) {
 		}
 		c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionAccepted)
 		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonAddressFamilyNotSupported ||
-			!strings.Contains(c.Message, "IPv4 magic addresses only") || c.ObservedGeneration != m.Generation {
+			!strings.Contains(c.Message, "IPv6 spec.address alone") || c.ObservedGeneration != m.Generation {
 			return fmt.Errorf("Accepted condition %+v", c)
 		}
 		return nil
