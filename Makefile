@@ -120,7 +120,7 @@ demo-down: ## Stop a demo started with `make demo KEEP=1` and clean everything u
 BENCH_OUT ?= bench-results
 .PHONY: bench
 bench: prereqs envtest-assets peer-assets ## Measure convergence, sync cost and memory; QUICK=1 for a short run. Writes $(BENCH_OUT)/results.{md,json}.
-	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 30m ./test/bench -run '^$$' -bench . -benchtime 1x \
+	KUBEBUILDER_ASSETS=$$(hack/envtest-assets.sh) go test -count=1 -timeout 60m ./test/bench -run '^$$' -bench . -benchtime 1x \
 		-args -out $(abspath $(BENCH_OUT)) $(if $(QUICK),-quick)
 	@echo "--- the webhook's cost per admission request in process (magic-ip vs a no-op handler, no TLS or network)"
 	go test -count=1 ./webhook -run '^$$' -bench ServeHTTP -benchmem $(if $(QUICK),-benchtime 200x)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func BenchmarkBackends(b *testing.B) {
 	beside := e.convergence(trials(40, 3))
 	paths := e.dataPath(trials(100, 5), trials(200, 50))
 	convRows("backends: convergence (Ready → first answer), alone", alone)
-	convRows("backends: convergence (Ready → first answer), beside kube-proxy (iptables mode)", beside)
+	convRows("backends: convergence (Ready → first answer), beside kube-proxy (iptables mode beside the iptables datapath, nftables mode beside the nftables one)", beside)
 	for i, n := range e.nodes {
 		dataPathRows(n.dp, paths[i])
 	}
@@ -53,8 +54,8 @@ type backendNode struct {
 	agent *harness.Process
 	prod  *harness.Pod
 	// conv is the convergence client; direct, magic and service the data path's, one per target
-	// (see setupPeers for why targets do not share a client).
-	conv, direct, magic, service *harness.Pod
+	// (see setupPeers for why targets do not share a client); direct6 and magic6 the IPv6 ones.
+	conv, direct, magic, service, direct6, magic6 *harness.Pod
 }
 
 type backendsEnv struct {
@@ -65,7 +66,10 @@ type backendsEnv struct {
 }
 
 func setupBackends(b *testing.B) *backendsEnv {
-	cp, c := twoNodes(b)
+	// Dual-stack nodes: the data path is measured per family.
+	cp := harness.StartControlPlane(b)
+	c := harness.NewCluster(b, cp, harness.ClusterOptions{Nodes: 2, Stacks: []harness.NodeStack{harness.DualStack, harness.DualStack}})
+	harness.StartEndpointSliceController(b, cp)
 	ctx := b.Context()
 	e := &backendsEnv{b: b, c: c}
 	labels := map[string]string{"app": "apm"}
@@ -84,6 +88,7 @@ func setupBackends(b *testing.B) *backendsEnv {
 			return p
 		}
 		bn.conv, bn.direct, bn.magic, bn.service = client("conv"), client("direct"), client("magic"), client("service")
+		bn.direct6, bn.magic6 = client("direct6"), client("magic6")
 		e.nodes = append(e.nodes, bn)
 	}
 	local := corev1.ServiceInternalTrafficPolicyLocal
@@ -94,7 +99,7 @@ func setupBackends(b *testing.B) *backendsEnv {
 		b.Fatal(err)
 	}
 	e.clusterIP = svc.Spec.ClusterIP
-	mip := &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: "apm"}, Spec: v1alpha1.MagicIPSpec{Address: magicAddr,
+	mip := &v1alpha1.MagicIP{ObjectMeta: metav1.ObjectMeta{Name: "apm"}, Spec: v1alpha1.MagicIPSpec{Address: magicAddr, IPv6Address: magicAddr6,
 		Ports:    []v1alpha1.MagicIPPort{{Name: "apm", Port: port}},
 		Producer: v1alpha1.Producer{Namespace: "apm", Selector: v1alpha1.LabelSelector{MatchLabels: labels}}}}
 	if err := cp.Client.Create(ctx, mip); err != nil {
@@ -111,10 +116,15 @@ func setupBackends(b *testing.B) *backendsEnv {
 	return e
 }
 
-// startKubeProxy starts kube-proxy on both nodes.
+// startKubeProxy starts kube-proxy on both nodes, in the mode of the node's datapath: iptables
+// beside the iptables datapath, nftables beside the nftables one.
 func (e *backendsEnv) startKubeProxy() {
-	for _, n := range e.c.Nodes {
-		harness.StartKubeProxy(e.b, e.c, n)
+	for _, bn := range e.nodes {
+		mode := harness.KubeProxyIptables
+		if bn.dp == agent.DatapathNftables {
+			mode = harness.KubeProxyNftables
+		}
+		harness.StartKubeProxyMode(e.b, e.c, bn.node, mode)
 	}
 }
 
@@ -156,6 +166,9 @@ func convRows(sc string, ds map[string][]time.Duration) {
 type pathTarget struct {
 	name, addr string
 	from       *harness.Pod
+	// base is the index of the target this one is compared with (the pod IP of its family); a
+	// target that is its own base is a baseline.
+	base int
 }
 
 // pathSamples are one node's data path figures: per target, per batch, the time and the client
@@ -178,8 +191,8 @@ type batch struct {
 // datapath's cost, not the VM's noise (a 2-core machine shared with other work moves rates by
 // ±50 % from one 0.5 s round to the next). Request/response (1 B each way on one connection) and
 // connect (connect, greeting, close) operations. Each target's client is an OS thread of its own
-// in its pod's namespace (see pathWorker), which times its operations and its own CPU time. IPv6
-// targets join here once the agent programs IPv6: [magic IPv6]:port beside an IPv6 pod IP.
+// in its pod's namespace (see pathWorker), which times its operations and its own CPU time. Each family
+// is compared with its own pod IP: [magic IPv6]:port with the producer's IPv6 address.
 func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 	out := make([]pathSamples, len(e.nodes))
 	for i, bn := range e.nodes {
@@ -187,8 +200,9 @@ func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 			e.b.Fatal(err)
 		}
 		hostPort := func(ip string) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
-		out[i].targets = []pathTarget{{"direct pod IP", hostPort(bn.prod.IP.String()), bn.direct},
-			{"magic IP", hostPort(magicAddr), bn.magic}, {"ClusterIP (kube-proxy, iTP Local)", hostPort(e.clusterIP), bn.service}}
+		out[i].targets = []pathTarget{{"direct pod IP", hostPort(bn.prod.IP.String()), bn.direct, 0},
+			{"magic IP", hostPort(magicAddr), bn.magic, 0}, {"ClusterIP (kube-proxy, iTP Local)", hostPort(e.clusterIP), bn.service, 0},
+			{"direct pod IPv6", hostPort(bn.prod.IP6.String()), bn.direct6, 3}, {"magic IPv6", hostPort(magicAddr6), bn.magic6, 3}}
 		for _, t := range out[i].targets {
 			if err := waitAnswer(e.b, t, bn.prod.Name); err != nil {
 				e.b.Fatalf("%s datapath: %v", bn.dp, err)
@@ -203,8 +217,10 @@ func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 			}
 		}
 		got := lockstep(e.b, workers, batches, perBatch)
+		first := 0
 		for i := range out {
-			per := got[i*3 : i*3+3]
+			per := got[first : first+len(out[i].targets)]
+			first += len(out[i].targets)
 			if crr {
 				out[i].crr = per
 			} else {
@@ -352,16 +368,20 @@ func dataPathRows(dp string, s pathSamples) {
 		what string
 		v    [][]batch
 	}{{"request/response", s.rr}, {"connect", s.crr}} {
-		for j := 1; j < len(s.targets); j++ {
+		for j, t := range s.targets {
+			if t.base == j {
+				continue // a baseline
+			}
 			var rate, cpu []float64
 			for r := range n {
-				base, x := kind.v[0][r], kind.v[j][r]
+				base, x := kind.v[t.base][r], kind.v[j][r]
 				rate = append(rate, 100*float64(base.wall)/float64(x.wall))
 				cpu = append(cpu, 100*float64(x.cpu)/float64(base.cpu))
 			}
-			fig := fmt.Sprintf("%s %s rate, %% of the pod IP's (IQR %s %%; client CPU time per op %s %% of the pod IP's, IQR %s %%)",
-				s.targets[j].name, kind.what, iqr(rate), trim(median(cpu)), iqr(cpu))
-			if j == 1 {
+			base := s.targets[t.base].name
+			fig := fmt.Sprintf("%s %s rate, %% of the %s's (IQR %s %%; client CPU time per op %s %% of the %s's, IQR %s %%)",
+				t.name, kind.what, base, iqr(rate), trim(median(cpu)), base, iqr(cpu))
+			if strings.HasPrefix(t.name, "magic") {
 				goal(sc, fig, median(rate), "%", "≥ 95 %", median(rate) >= 95)
 			} else {
 				record(row{Scenario: sc, Figure: fig, Value: median(rate), Unit: "%"})

@@ -19,6 +19,7 @@ import (
 
 const (
 	magicAddr  = "169.254.210.210"
+	magicAddr6 = "fd00::a9fe:d2d2" // the dual-stack MagicIP's IPv6 address (BenchmarkBackends)
 	pollerAddr = "169.254.210.211" // the poller's own address, so both run on one node
 	port       = 8126
 )
