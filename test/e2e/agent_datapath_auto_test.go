@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -29,11 +30,15 @@ func TestAgentDatapathAutoHints(t *testing.T) {
 	}
 	e.agent = startAgent(t, e.c, e.node, args...)
 	eventually(t, 10*time.Second, "auto with kubelet's hint", wantMetric(e.node, info(agent.ReasonIptablesHint), 1))
-	save, err := ns.Run(t.Context(), "iptables-save", "-t", "nat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(save, "MAGIC-IP-") {
-		t.Errorf("auto chose iptables but the nat table has no chain of ours:\n%s", save)
-	}
+	// The metric is served from the start; the rules come with the first sync.
+	eventually(t, 10*time.Second, "auto chose iptables: our chains in the nat table", func(ctx context.Context) error {
+		save, err := ns.Run(ctx, "iptables-save", "-t", "nat")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(save, "MAGIC-IP-") {
+			return fmt.Errorf("no chain of ours:\n%s", save)
+		}
+		return nil
+	})
 }
