@@ -49,6 +49,14 @@ func BenchmarkPeersAPILoad(b *testing.B) {
 		b.Fatal(err)
 	}
 	nodeName := func(i int) string { return fmt.Sprintf("load-node-%02d", i) }
+	// Each agent's Node exists, as in a cluster: the agent writes its Programmed condition to it and
+	// owns its MagicIPNode record through it (without one, both writes fail and are retried with
+	// backoff, requests a real node never makes).
+	for i := range nodes {
+		if err := cp.Client.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName(i)}}); err != nil {
+			b.Fatal(err)
+		}
+	}
 	if err := createLoadPods(ctx, cp, nodes, podsPerNode, nodeName); err != nil {
 		b.Fatal(err)
 	}
@@ -87,7 +95,7 @@ func BenchmarkPeersAPILoad(b *testing.B) {
 		kc := writeKubeconfig(b, dir, fmt.Sprintf("agent%02d", i), ln.Addr().String())
 		ns.StartProcess(b, "agent "+nodeName(i), agentBin, "--node-name", nodeName(i), "--kubeconfig", kc,
 			"--host-interface", "cni0", "--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:9403", "-v", "0",
-			// No uplink and no Node object here: naming the uplink spares the agent its Node lookup.
+			// No uplink here (the Node has no address): naming it spares the agent its Node lookup.
 			"--external-interfaces", "eth0")
 		wg.Go(func() { errs <- harness.WaitAgentReady(ctx, ns, 90*time.Second) })
 	}
