@@ -14,6 +14,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -167,12 +168,32 @@ func TestRealNodesHelm(t *testing.T) {
 		if len(webhooks) == 0 {
 			t.Fatal("no Ready webhook pod")
 		}
+		var killed string
 		for _, p := range webhooks {
 			if err := cp.Client.Delete(t.Context(), &p, client.GracePeriodSeconds(0)); err != nil {
 				t.Fatal(err)
 			}
+			killed = p.Name
 			break
 		}
+		// With failurePolicy Ignore (the default), a call the API server sends to the killed
+		// replica before the endpoints drop it fails and the pod is admitted uninjected: that
+		// window is the endpoint update's. Once the Service's endpoints no longer list the killed
+		// replica, every pod must be injected by the other one.
+		eventually(t, 30*time.Second, "the webhook Service's endpoints drop the killed replica", func(ctx context.Context) error {
+			var eps discoveryv1.EndpointSliceList
+			if err := cp.Client.List(ctx, &eps, client.InNamespace(realNS)); err != nil {
+				return err
+			}
+			for _, s := range eps.Items {
+				for _, ep := range s.Endpoints {
+					if ep.TargetRef != nil && ep.TargetRef.Name == killed {
+						return fmt.Errorf("EndpointSlice %s still lists %s", s.Name, killed)
+					}
+				}
+			}
+			return nil
+		})
 		for i := range 20 {
 			pod := &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: fmt.Sprintf("after-kill-%d", i)},
