@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
-	"slices"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,7 +114,7 @@ func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool
 	if err != nil || d.Ipt6 == nil {
 		return wrote, drift, err
 	}
-	if !slices.ContainsFunc(addresses(st), netip.Addr.Is6) {
+	if !IPv6.inState(st) {
 		return wrote, drift, d.without6(ctx)
 	}
 	d.no6 = false

@@ -155,10 +155,12 @@ func openChosen(name string, ipt *Iptables, iptErr error, local *LocalDetector, 
 			retire = append(retire, &IptablesDatapath{Ipt: ipt, Ipt6: ipt6, Log: log})
 		}
 		nft := &NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}
-		if ck, err := nftables.NewKernel(-1); err != nil {
-			log.Error(err, "no netlink socket for the rule counters: magic_ip_agent_no_producer_connections_total is not served")
-		} else if counters != nil {
-			nft.Counters = nftablesCounters(counters, ck)
+		if counters != nil {
+			if ck, err := nftables.NewKernel(-1); err != nil {
+				log.Error(err, "no netlink socket for the rule counters: magic_ip_agent_no_producer_connections_total is not served")
+			} else {
+				nft.Counters = nftablesCounters(counters, ck)
+			}
 		}
 		return nft, retire, nil
 	}

@@ -21,6 +21,16 @@ const (
 // has reports whether a is of family f.
 func (f Family) has(a netip.Addr) bool { return a.Is4() == (f == IPv4) }
 
+// inState reports whether st has an address of family f, on an interface or of a service.
+func (f Family) inState(st State) bool {
+	for _, as := range st.Addresses {
+		if slices.ContainsFunc(as, f.has) {
+			return true
+		}
+	}
+	return slices.ContainsFunc(st.Services, func(s Service) bool { return f.has(s.Address) })
+}
+
 const sysctlDisableIPv6 = "net.ipv6.conf.all.disable_ipv6"
 
 // IPv6Unavailable says why this node does not program IPv6 magic addresses ("": it does): the

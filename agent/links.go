@@ -17,14 +17,14 @@ import (
 // DefaultDummyInterface is the link the agent creates when --host-interface is left at its default.
 const DefaultDummyInterface = "magic-ip0"
 
-// addrLabel marks the IPv4 addresses we add to an interface we do not own ("cni0:mip"), so that
-// cleanup finds them without the API. Labels are limited to 15 characters. IPv6 addresses have no
-// label: ours carry ownFlags6 instead.
 // ownFlags6 are the flags of the IPv6 magic addresses: no duplicate address detection (usable at
 // once, not "tentative" for a second or two; every node carries the same address on purpose), and
 // no prefix route (a /128 needs none: the local route delivers it). A /128 with both is ours.
 const ownFlags6 = unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE
 
+// addrLabel marks the IPv4 addresses we add to an interface we do not own ("cni0:mip"), so that
+// cleanup finds them without the API. Labels are limited to 15 characters. IPv6 addresses have no
+// label: ours carry ownFlags6 instead.
 func addrLabel(ifname string) string {
 	if len(ifname) > 11 {
 		ifname = ifname[:11]

@@ -29,7 +29,7 @@ const ConditionProducerNamespace = "ProducerNamespaceFound"
 // ProducerNamespaceFound, and IPv6Programmed on dual-stack ones), observedGeneration and
 // portSummary true. Everything is decided by
 // Resolve, which the webhook injects by: address claims by v1alpha1.ResolveClaims (the function
-// the agents use), the address family by the rule the agents apply (IPv4 only, for now), variable
+// the agents use), the address family by the rule the agents apply, variable
 // names and hostnames by age. So status, datapath and injection agree. One work item covers all
 // MagicIPs: a change to one can change who wins for the others.
 type StatusReconciler struct {
