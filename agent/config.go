@@ -80,7 +80,7 @@ func (c *Config) BindFlags(fs *flagenv.Set) {
 	fs.String(&c.Datapath, "datapath", "MAGIC_IP_DATAPATH", DatapathAuto,
 		"how rules are written: iptables (iptables-restore, chains MAGIC-IP-*), nftables (netlink, one table inet magic-ip for IPv4 and IPv6, no nft binary needed) or auto (nftables when kube-proxy runs in nftables mode or iptables is not usable, else iptables); the log says which was chosen")
 	fs.Duration(&c.CountersMinInterval, "counters-min-interval", "MAGIC_IP_COUNTERS_MIN_INTERVAL", DefaultCountersMinInterval,
-		"least `interval` between two reads of the kernel's rule counters behind magic_ip_agent_no_producer_connections_total (one iptables -v -S of one chain each); scrapes in between get the last figures; 0: read at every scrape")
+		"least `interval` between two reads of the kernel's rule counters behind magic_ip_agent_no_producer_connections_total (one iptables -v -S of one chain each, and one ip6tables -v -S while a MagicIP has an IPv6 address; one netlink dump with nftables); scrapes in between get the last figures; 0: read at every scrape")
 	fs.Bool(&c.CleanupOnExit, "cleanup-on-exit", "MAGIC_IP_CLEANUP_ON_EXIT", false, "remove rules and addresses on exit; by default they stay so an agent restart never interrupts traffic")
 	fs.String(&c.StartupTaint, "startup-taint", "MAGIC_IP_STARTUP_TAINT", "",
 		"taint (key[=value]:Effect, e.g. magic-ip.dev/agent-not-ready:NoSchedule) that node provisioning puts on new nodes (kubelet --register-with-taints): the agent removes it from its Node once every MagicIP of the node is programmed, so consumers never start before their magic IPs answer; the cleanup command removes it too (with --node-name). Empty: no taint is removed")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -54,6 +55,8 @@ func TestVerdictRules(t *testing.T) {
 		{"listing, drop", listing(0, 12, "DROP"), map[counterKey]uint64{apmRefused: 0, statsDropped: 12}, false},
 		{"full restore", Render(st, nil).Restore(nil, nil), map[counterKey]uint64{apmRefused: 0, statsDropped: 0}, true},
 		{"incremental restore", incremental, map[counterKey]uint64{apmRefused: 0, statsDropped: 0}, true},
+		{"ip6tables-restore input", RenderFamily(dualReferenceState(), nil, IPv6).Restore(nil, nil), map[counterKey]uint64{apmRefused: 0, statsRefused: 0}, true},
+		{"ip6tables listing", []byte(`-A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p udp -m udp --dport 8125 -m conntrack --ctstate NEW -m comment --comment "datadog:dogstatsd: not redirected" -c 6 300 -j REJECT --reject-with icmp6-port-unreachable` + "\n"), map[counterKey]uint64{statsRefused: 6}, false},
 		{"restore without the filter table", onlyNat.Restore(nil, nil), map[counterKey]uint64{}, false},
 		{"chain deleted", []byte("*filter\n:MAGIC-IP-INPUT - [0:0]\n-X MAGIC-IP-INPUT\nCOMMIT\n"), map[counterKey]uint64{}, true},
 		{"same rule twice: summed", []byte(strings.Repeat(`-A MAGIC-IP-INPUT -p tcp -m comment --comment "datadog:apm: not redirected" -c 2 0 -j REJECT`+"\n", 2)), map[counterKey]uint64{apmRefused: 4}, false},
@@ -99,9 +102,9 @@ func TestTally(t *testing.T) {
 		{name: "MagicIP gone", written: map[counterKey]uint64{}, want: map[counterKey]uint64{}},
 	} {
 		if s.written != nil {
-			tl.written(s.written)
+			tl.written("iptables", s.written)
 		} else {
-			tl.read(s.counts)
+			tl.read("iptables", s.counts)
 		}
 		if !maps.Equal(tl.totals, s.want) || (s.want == nil) != (tl.totals == nil) {
 			t.Fatalf("%s: totals %v, want %v", s.name, tl.totals, s.want)
@@ -116,7 +119,7 @@ type fakeKernel struct {
 	fail       error
 }
 
-func (k *fakeKernel) read(context.Context) (map[counterKey]uint64, error) {
+func (k *fakeKernel) read(context.Context, string) (map[counterKey]uint64, error) {
 	k.reads++
 	counts, _ := verdictRules(listing(k.apm, k.stats, "REJECT --reject-with icmp-port-unreachable"))
 	return counts, k.fail
@@ -174,7 +177,7 @@ func TestNoProducerCountersScrape(t *testing.T) {
 		}
 	}
 	check("before the first write", map[string]float64{}, 0)
-	if err := c.aroundRestore(t.Context(), full, restore); err != nil || restored != 1 || k.reads != 0 {
+	if err := c.aroundRestore(t.Context(), "iptables", full, restore); err != nil || restored != 1 || k.reads != 0 {
 		t.Fatalf("first restore: err %v, restored %d, reads %d; want the restore alone", err, restored, k.reads)
 	}
 	k.apm, k.stats = 4, 1
@@ -188,15 +191,15 @@ func TestNoProducerCountersScrape(t *testing.T) {
 	// Producers change: nat only, the verdicts keep their counters.
 	prev := Render(st, nil)
 	st.Services[0].Endpoints = st.Services[0].Endpoints[:1]
-	if err := c.aroundRestore(t.Context(), Render(st, nil).RestoreChanges(prev), restore); err != nil || k.reads != 2 {
+	if err := c.aroundRestore(t.Context(), "iptables", Render(st, nil).RestoreChanges(prev), restore); err != nil || k.reads != 2 {
 		t.Fatalf("nat-only restore: err %v, reads %d; want no read", err, k.reads)
 	}
 	k.apm = 9
-	if err := c.aroundRestore(t.Context(), full, func(context.Context, []byte) error { return errors.New("boom") }); err == nil || k.reads != 3 {
+	if err := c.aroundRestore(t.Context(), "iptables", full, func(context.Context, []byte) error { return errors.New("boom") }); err == nil || k.reads != 3 {
 		t.Fatalf("failed restore: err %v, reads %d; want its error, after a read", err, k.reads)
 	}
 	k.apm = 10
-	if err := c.aroundRestore(t.Context(), full, restore); err != nil || k.reads != 4 {
+	if err := c.aroundRestore(t.Context(), "iptables", full, restore); err != nil || k.reads != 4 {
 		t.Fatalf("rewrite: err %v, reads %d; want a read first", err, k.reads)
 	}
 	k.apm, k.stats = 2, 0 // from 0 again after the rewrite
@@ -209,11 +212,72 @@ func TestNoProducerCountersScrape(t *testing.T) {
 	check("failed read: tried again at the next scrape", map[string]float64{"datadog/apm/TCP/refused": 12, "datadog/dogstatsd/UDP/refused": 1}, 7)
 }
 
+// kernels stands for iptables and ip6tables: the counts each lists, and the sources read in turn.
+type kernels struct {
+	counts map[string]map[counterKey]uint64
+	reads  []string
+}
+
+func (k *kernels) read(_ context.Context, src string) (map[counterKey]uint64, error) {
+	k.reads = append(k.reads, src)
+	return maps.Clone(k.counts[src]), nil
+}
+
+// TestNoProducerCountersFamilies: the IPv4 and IPv6 verdict rules of a port count in one series.
+// ip6tables is read only once rules were written there, and no longer once they are gone; a
+// rewrite of one family's chain reads that family alone and leaves the other's baseline; the
+// series of a rule only one family held goes with it, the others keep their totals.
+func TestNoProducerCountersFamilies(t *testing.T) {
+	now := time.Unix(1000, 0)
+	k := &kernels{counts: map[string]map[counterKey]uint64{}}
+	c := NewNoProducerCounters(5*time.Second, logr.Discard())
+	c.Read, c.Now = k.read, func() time.Time { return now }
+	st := dualReferenceState()
+	v4, v6 := RenderFamily(st, nil, IPv4).Restore(nil, nil), RenderFamily(st, nil, IPv6).Restore(nil, nil)
+	restore := func(context.Context, []byte) error { return nil }
+	step := func(what string, wantReads []string, want map[string]float64) {
+		t.Helper()
+		got, _ := collect(t, c)
+		if !slices.Equal(k.reads, wantReads) || !maps.Equal(got, want) {
+			t.Fatalf("%s: reads %v, series %v; want %v, %v", what, k.reads, got, wantReads, want)
+		}
+		k.reads, now = nil, now.Add(5*time.Second)
+	}
+	if err := c.aroundRestore(t.Context(), "iptables", v4, restore); err != nil {
+		t.Fatal(err)
+	}
+	step("IPv4 written: only iptables read", []string{"iptables"}, map[string]float64{"datadog/apm/TCP/refused": 0, "datadog/dogstatsd/UDP/refused": 0})
+	v6only := counterKey{MagicIP: "six", Port: "apm", Protocol: "TCP", Action: "refused"}
+	if err := c.aroundRestore(t.Context(), "ip6tables", v6, restore); err != nil {
+		t.Fatal(err)
+	}
+	// An IPv6-only MagicIP appears: ip6tables rewritten, read first.
+	k.counts["iptables"] = map[counterKey]uint64{apmRefused: 3}
+	k.counts["ip6tables"] = map[counterKey]uint64{apmRefused: 4, statsRefused: 1}
+	err := c.aroundRewrite(t.Context(), "ip6tables", func() (map[counterKey]uint64, error) {
+		k.counts["ip6tables"] = map[counterKey]uint64{}
+		return map[counterKey]uint64{apmRefused: 0, statsRefused: 0, v6only: 0}, nil
+	})
+	if err != nil || !slices.Equal(k.reads, []string{"ip6tables"}) {
+		t.Fatalf("IPv6 rewrite: err %v, reads %v; want ip6tables read alone", err, k.reads)
+	}
+	k.reads, now = nil, now.Add(5*time.Second) // the read before the rewrite was a read
+	k.counts["ip6tables"] = map[counterKey]uint64{apmRefused: 2, v6only: 5}
+	step("both families summed", []string{"ip6tables", "iptables"}, map[string]float64{"datadog/apm/TCP/refused": 9, "datadog/dogstatsd/UDP/refused": 1, "six/apm/TCP/refused": 5})
+	k.counts["ip6tables"] = map[counterKey]uint64{apmRefused: 3, v6only: 6}
+	err = c.aroundRewrite(t.Context(), "ip6tables", func() (map[counterKey]uint64, error) { return map[counterKey]uint64{}, nil })
+	if err != nil || !slices.Equal(k.reads, []string{"ip6tables"}) {
+		t.Fatalf("IPv6 rules removed: err %v, reads %v; want ip6tables read first", err, k.reads)
+	}
+	k.reads, now = nil, now.Add(5*time.Second)
+	step("IPv6 gone: its counts kept, ip6tables no longer read", []string{"iptables"}, map[string]float64{"datadog/apm/TCP/refused": 10, "datadog/dogstatsd/UDP/refused": 1})
+}
+
 // TestNoProducerCountersNil: a Syncer without counters only restores.
 func TestNoProducerCountersNil(t *testing.T) {
 	var c *NoProducerCounters
 	var got []byte
-	err := c.aroundRestore(t.Context(), []byte("x"), func(_ context.Context, in []byte) error { got = in; return nil })
+	err := c.aroundRestore(t.Context(), "iptables", []byte("x"), func(_ context.Context, in []byte) error { got = in; return nil })
 	if err != nil || !reflect.DeepEqual(got, []byte("x")) {
 		t.Errorf("nil counters: err %v, restored %q", err, got)
 	}

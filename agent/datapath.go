@@ -43,7 +43,8 @@ type IptablesDatapath struct {
 	// Local tells node-local traffic from off-node traffic, which is never redirected.
 	Local *LocalDetector
 	Log   logr.Logger
-	// Counters, when set, reads the IPv4 verdict rules' counters before a restore resets them.
+	// Counters, when set, reads a family's verdict rules' counters before a restore resets them
+	// (the source is the command: iptables or ip6tables).
 	Counters *NoProducerCounters
 
 	// last holds per family the rules the kernel held after our last write (none at first and
@@ -118,19 +119,23 @@ func (d *IptablesDatapath) Apply(ctx context.Context, st State, full bool) (bool
 		return wrote, drift, d.without6(ctx)
 	}
 	d.no6 = false
-	wrote6, drift6, err := d.apply(ctx, d.Ipt6, IPv6, nil, st, full)
+	wrote6, drift6, err := d.apply(ctx, d.Ipt6, IPv6, d.Counters, st, full)
 	for _, dr := range drift6 {
 		drift = append(drift, "ip6tables: "+dr)
 	}
 	return wrote || wrote6, drift, err
 }
 
-// without6 removes our ip6tables rules, unless they are known gone.
+// without6 removes our ip6tables rules, unless they are known gone; the counters of their verdict
+// rules are read first and no longer after.
 func (d *IptablesDatapath) without6(ctx context.Context) error {
 	if d.no6 {
 		return nil
 	}
-	if err := d.Ipt6.Cleanup(ctx); err != nil {
+	err := d.Counters.aroundRewrite(ctx, d.Ipt6.Name(), func() (map[counterKey]uint64, error) {
+		return map[counterKey]uint64{}, d.Ipt6.Cleanup(ctx)
+	})
+	if err != nil {
 		return fmt.Errorf("removing the IPv6 rules no MagicIP needs: %w", err)
 	}
 	delete(d.last, IPv6)
@@ -173,7 +178,7 @@ func (d *IptablesDatapath) apply(ctx context.Context, ipt *Iptables, fam Family,
 		return false, drift, nil
 	}
 	d.Log.V(9).Info(ipt.Name()+"-restore", "input", string(input))
-	if err := counters.aroundRestore(ctx, input, ipt.Restore); err != nil {
+	if err := counters.aroundRestore(ctx, ipt.Name(), input, ipt.Restore); err != nil {
 		delete(d.last, fam)
 		return false, drift, err
 	}

@@ -57,7 +57,7 @@ func (d *NftablesDatapath) Apply(ctx context.Context, st State, full bool) (wrot
 	if d.Counters == nil || !(changes || full) {
 		return d.NFT.Apply(rs, full)
 	}
-	err = d.Counters.aroundRewrite(ctx, func() (map[counterKey]uint64, error) {
+	err = d.Counters.aroundRewrite(ctx, DatapathNftables, func() (map[counterKey]uint64, error) {
 		wrote, drift, err = d.NFT.Apply(rs, full)
 		if err != nil || !(changes || len(drift) > 0) {
 			return nil, err
@@ -70,7 +70,7 @@ func (d *NftablesDatapath) Apply(ctx context.Context, st State, full bool) (wrot
 // nftablesCounters makes c read the verdict rules of our table through k (a netlink socket of
 // its own).
 func nftablesCounters(c *NoProducerCounters, k *nftables.Kernel) *NoProducerCounters {
-	c.Read = func(context.Context) (map[counterKey]uint64, error) {
+	c.Read = func(context.Context, string) (map[counterKey]uint64, error) { // one source: the table
 		vcs, err := k.VerdictCounts()
 		if err != nil {
 			return nil, err
