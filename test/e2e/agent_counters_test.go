@@ -12,8 +12,6 @@ import (
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"k8s.io/client-go/util/retry"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/magic-ip/magic-ip/agent"
 	"github.com/magic-ip/magic-ip/agent/nftables"
@@ -171,15 +169,5 @@ func testNoProducerCounters(t *testing.T, datapath string, dp []string) {
 // setWhenNoProducer sets a MagicIP's whenNoLocalProducer.
 func setWhenNoProducer(t *testing.T, cp *harness.ControlPlane, name string, action v1alpha1.NoLocalProducerAction) {
 	t.Helper()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		m := &v1alpha1.MagicIP{}
-		if err := cp.Client.Get(t.Context(), client.ObjectKey{Name: name}, m); err != nil {
-			return err
-		}
-		m.Spec.WhenNoLocalProducer = action
-		return cp.Client.Update(t.Context(), m)
-	})
-	if err != nil {
-		t.Fatalf("set whenNoLocalProducer of MagicIP %s: %v", name, err)
-	}
+	updateMagicIP(t, cp, name, func(m *v1alpha1.MagicIP) { m.Spec.WhenNoLocalProducer = action })
 }
