@@ -78,7 +78,7 @@ func TestUDPChanges(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var got []string
 			for _, s := range udpChanges(tc.prev, tc.next) {
-				got = append(got, udpKey(s))
+				got = append(got, udpKey(s).String())
 			}
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("flushed %q, want %q", got, tc.want)
