@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-
 	"testing"
 
 	"github.com/go-logr/logr"

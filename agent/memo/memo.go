@@ -20,3 +20,13 @@ func (b *Built[E, V]) Get(list []E, build func() V) V {
 	}
 	return b.value
 }
+
+// Same reports whether a and b are the same list: the same length and the same first element
+// (one slice kept and handed on), whose elements need no comparing.
+func Same[E any](a, b []E) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// Equal reports whether a and b hold equal elements, without comparing them when they are the
+// same list.
+func Equal[E comparable](a, b []E) bool { return Same(a, b) || slices.Equal(a, b) }

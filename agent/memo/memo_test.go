@@ -1,6 +1,9 @@
 package memo
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestBuilt(t *testing.T) {
 	var b Built[int, string]
@@ -23,6 +26,30 @@ func TestBuilt(t *testing.T) {
 	for i, s := range steps {
 		if got := b.Get(s.list, build(s.value)); got != s.want || builds != s.wantBuilds {
 			t.Errorf("step %d: got %q after %d builds, want %q after %d", i, got, builds, s.want, s.wantBuilds)
+		}
+	}
+}
+
+func TestSameAndEqual(t *testing.T) {
+	a := []int{1, 2, 3}
+	b := slices.Clone(a)
+	tests := []struct {
+		name        string
+		x, y        []int
+		same, equal bool
+	}{
+		{"the same list", a, a, true, true},
+		{"a copy", a, b, false, true},
+		{"a shorter view", a, a[:2], false, false},
+		{"both empty", nil, []int{}, true, true},
+		{"another value", a, []int{1, 2, 4}, false, false},
+	}
+	for _, tc := range tests {
+		if got := Same(tc.x, tc.y); got != tc.same {
+			t.Errorf("%s: Same = %v, want %v", tc.name, got, tc.same)
+		}
+		if got := Equal(tc.x, tc.y); got != tc.equal {
+			t.Errorf("%s: Equal = %v, want %v", tc.name, got, tc.equal)
 		}
 	}
 }
