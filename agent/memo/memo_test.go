@@ -53,3 +53,33 @@ func TestSameAndEqual(t *testing.T) {
 		}
 	}
 }
+
+func TestChanged(t *testing.T) {
+	type svc struct {
+		id   string
+		list []int
+	}
+	id := func(s svc) string { return s.id }
+	list := func(s svc) []int { return s.list }
+	shared := []int{1, 2}
+	last := []svc{{"a", shared}, {"b", []int{3}}, {"c", nil}}
+	tests := []struct {
+		name    string
+		next    []svc
+		changed []int
+		ok      bool
+	}{
+		{"the same", []svc{{"a", shared}, {"b", []int{3}}, {"c", nil}}, nil, true},
+		{"one list changed", []svc{{"a", shared}, {"b", []int{4}}, {"c", nil}}, []int{1}, true},
+		{"an element more", append(slices.Clone(last), svc{"d", nil}), nil, false},
+		{"another id", []svc{{"a", shared}, {"x", []int{3}}, {"c", nil}}, nil, false},
+		{"a list emptied", []svc{{"a", nil}, {"b", []int{3}}, {"c", nil}}, nil, false},
+		{"a list filled", []svc{{"a", shared}, {"b", []int{3}}, {"c", []int{5}}}, nil, false},
+	}
+	for _, tc := range tests {
+		changed, ok := Changed(tc.next, last, id, list)
+		if ok != tc.ok || !slices.Equal(changed, tc.changed) {
+			t.Errorf("%s: Changed = %v, %v; want %v, %v", tc.name, changed, ok, tc.changed, tc.ok)
+		}
+	}
+}

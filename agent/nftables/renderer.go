@@ -116,18 +116,12 @@ const firstServiceChain = 5
 // ok is false when in differs more (Render assembles every chain).
 func (r *Renderer) update(in Input) (Ruleset, bool) {
 	last := r.last.Services
-	if r.out.Chains == nil || len(in.Services) != len(last) || !memo.Equal(in.Addresses, r.last.Addresses) {
+	if r.out.Chains == nil || !memo.Equal(in.Addresses, r.last.Addresses) {
 		return Ruleset{}, false
 	}
-	var changed []int
-	for i, s := range in.Services {
-		p := last[i]
-		if s.id() != p.id() || (len(s.Endpoints) == 0) != (len(p.Endpoints) == 0) {
-			return Ruleset{}, false
-		}
-		if !memo.Equal(s.Endpoints, p.Endpoints) {
-			changed = append(changed, i)
-		}
+	changed, ok := memo.Changed(in.Services, last, Service.id, func(s Service) []Endpoint { return s.Endpoints })
+	if !ok {
+		return Ruleset{}, false
 	}
 	rs := r.out
 	if len(changed) > 0 {
