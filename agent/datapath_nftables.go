@@ -23,7 +23,7 @@ type NftablesDatapath struct {
 
 	// render keeps the rules rendered last (see nftables.Renderer); convert, the Input.
 	render  nftables.Renderer
-	convert nftConverter
+	convert NftablesConverter
 }
 
 // Name implements Datapath.
@@ -53,7 +53,7 @@ func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup
 // sync may repair drift by rewriting the table) runs within Counters.aroundRewrite, so what they
 // counted is kept; the series restart from the rules written only when they were rewritten.
 func (d *NftablesDatapath) Apply(ctx context.Context, st State, full bool) (wrote bool, drift []string, err error) {
-	in := d.convert.input(st, d.Local)
+	in := d.convert.Input(st, d.Local)
 	rs := d.render.Render(in)
 	changes := d.NFT.VerdictsChange(rs)
 	if d.Counters == nil || !(changes || full) {
@@ -134,16 +134,16 @@ func nftService(s Service) nftables.Service {
 	return svc
 }
 
-// nftConverter converts as NftablesInput does, reusing what it converted last: each service equal
-// to the one at the same place in the last State (its endpoints the same slice, which the Renderer
-// then compares without reading), and the addresses while the State's and its services' are
-// unchanged. A sync that changes one producer converts one service.
-type nftConverter struct {
+// NftablesConverter converts as NftablesInput does, reusing what it converted last: each service
+// equal to the one at the same place in the last State (its endpoints the same slice, which the
+// Renderer then compares without reading), and the addresses while the State's and its services'
+// are unchanged. A sync that changes one producer converts one service. The zero value is ready.
+type NftablesConverter struct {
 	from State
 	last nftables.Input
 }
 
-func (c *nftConverter) input(st State, local *LocalDetector) nftables.Input {
+func (c *NftablesConverter) Input(st State, local *LocalDetector) nftables.Input {
 	in := nftables.Input{Local: nftLocal(local), Services: make([]nftables.Service, len(st.Services))}
 	sameAddrs := len(st.Services) == len(c.from.Services) && sameAddresses(st.Addresses, c.from.Addresses)
 	for i, s := range st.Services {
