@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/magic-ip/magic-ip/agent/memo"
 	"github.com/magic-ip/magic-ip/agent/nftables"
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
@@ -20,8 +21,9 @@ type NftablesDatapath struct {
 	// nftablesCounters.
 	Counters *NoProducerCounters
 
-	// render keeps the rules rendered last (see nftables.Renderer).
-	render nftables.Renderer
+	// render keeps the rules rendered last (see nftables.Renderer); convert, the Input.
+	render  nftables.Renderer
+	convert NftablesConverter
 }
 
 // Name implements Datapath.
@@ -51,7 +53,7 @@ func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup
 // sync may repair drift by rewriting the table) runs within Counters.aroundRewrite, so what they
 // counted is kept; the series restart from the rules written only when they were rewritten.
 func (d *NftablesDatapath) Apply(ctx context.Context, st State, full bool) (wrote bool, drift []string, err error) {
-	in := NftablesInput(st, d.Local)
+	in := d.convert.Input(st, d.Local)
 	rs := d.render.Render(in)
 	changes := d.NFT.VerdictsChange(rs)
 	if d.Counters == nil || !(changes || full) {
@@ -106,25 +108,66 @@ func nftCounterKey(key, protocol string, v nftables.Verdict) counterKey {
 // NftablesInput is what the nftables backend needs of a State and the local-traffic detector
 // (both families).
 func NftablesInput(st State, local *LocalDetector) nftables.Input {
-	in := nftables.Input{Addresses: addresses(st), Local: nftLocal(local)}
+	in := nftables.Input{Addresses: addresses(st), Local: nftLocal(local), Services: make([]nftables.Service, 0, len(st.Services))}
 	for _, s := range st.Services {
-		svc := nftables.Service{Key: s.Key(), Addr: s.Address, Port: uint16(s.Port), Protocol: proto(s.Protocol), Verdict: nftables.Reject}
-		if s.WhenNoProducer == v1alpha1.Drop {
-			svc.Verdict = nftables.Drop
-		}
-		for _, ep := range s.Endpoints {
-			e := nftables.Endpoint{Pod: ep.Pod, Addr: ep.Addr, Remote: ep.Node != ""}
-			switch {
-			case ep.Terminating:
-				e.Note = "terminating, no Ready producer"
-			case ep.Node != "":
-				e.Note = "fallback to node " + ep.Node
-			}
-			svc.Endpoints = append(svc.Endpoints, e)
-		}
-		in.Services = append(in.Services, svc)
+		in.Services = append(in.Services, nftService(s))
 	}
 	return in
+}
+
+// nftService is what the nftables backend needs of one service.
+func nftService(s Service) nftables.Service {
+	svc := nftables.Service{Key: s.Key(), Addr: s.Address, Port: uint16(s.Port), Protocol: proto(s.Protocol), Verdict: nftables.Reject}
+	if s.WhenNoProducer == v1alpha1.Drop {
+		svc.Verdict = nftables.Drop
+	}
+	for _, ep := range s.Endpoints {
+		e := nftables.Endpoint{Pod: ep.Pod, Addr: ep.Addr, Remote: ep.Node != ""}
+		switch {
+		case ep.Terminating:
+			e.Note = "terminating, no Ready producer"
+		case ep.Node != "":
+			e.Note = "fallback to node " + ep.Node
+		}
+		svc.Endpoints = append(svc.Endpoints, e)
+	}
+	return svc
+}
+
+// NftablesConverter converts as NftablesInput does, reusing what it converted last: each service
+// equal to the one at the same place in the last State (its endpoints the same slice, which the
+// Renderer then compares without reading), and the addresses while the State's and its services'
+// are unchanged. A sync that changes one producer converts one service. The zero value is ready.
+type NftablesConverter struct {
+	from State
+	last nftables.Input
+}
+
+func (c *NftablesConverter) Input(st State, local *LocalDetector) nftables.Input {
+	in := nftables.Input{Local: nftLocal(local), Services: make([]nftables.Service, len(st.Services))}
+	sameAddrs := len(st.Services) == len(c.from.Services) && sameAddresses(st.Addresses, c.from.Addresses)
+	for i, s := range st.Services {
+		if i < len(c.from.Services) && sameService(s, c.from.Services[i]) {
+			in.Services[i] = c.last.Services[i]
+			continue
+		}
+		in.Services[i] = nftService(s)
+		sameAddrs = sameAddrs && i < len(c.from.Services) && s.Address == c.from.Services[i].Address
+	}
+	if sameAddrs {
+		in.Addresses = c.last.Addresses
+	} else {
+		in.Addresses = addresses(st)
+	}
+	c.from, c.last = st, in
+	return in
+}
+
+// sameService reports whether a and b render alike in the nftables backend (its interface
+// aside, which only the addresses use).
+func sameService(a, b Service) bool {
+	return a.MagicIP == b.MagicIP && a.PortName == b.PortName && a.Address == b.Address && a.Port == b.Port &&
+		a.Protocol == b.Protocol && a.WhenNoProducer == b.WhenNoProducer && memo.Equal(a.Endpoints, b.Endpoints)
 }
 
 func nftLocal(d *LocalDetector) nftables.Local {

@@ -102,8 +102,14 @@ func (l *Links) addAll(link netlink.Link, addrs []netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", name, err)
 	}
+	on := make(map[netip.Addr]bool, len(have))
+	for _, h := range have {
+		if ip, ok := netip.AddrFromSlice(h.IP); ok {
+			on[ip.Unmap()] = true
+		}
+	}
 	for _, a := range addrs {
-		if slices.ContainsFunc(have, func(h netlink.Addr) bool { return ipEqual(h.IP, a) }) {
+		if on[a] {
 			continue
 		}
 		addr := &netlink.Addr{IPNet: hostNet(a)}
@@ -201,9 +207,4 @@ func ownAddr(ifname string, ip netip.Addr, a netlink.Addr) bool {
 
 func hostNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
-}
-
-func ipEqual(ip net.IP, a netip.Addr) bool {
-	b, ok := netip.AddrFromSlice(ip)
-	return ok && b.Unmap() == a
 }

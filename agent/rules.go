@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -97,6 +98,12 @@ type Renderer struct {
 	services map[serviceID]*serviceLines
 	addrs    map[netip.Addr]*addressLines
 	hairpins map[Endpoint]string
+
+	// last and out are the State (its services of Family) and the Ruleset of the last call;
+	// byAddr lists the indices of last's services per address. See update.
+	last   State
+	out    Ruleset
+	byAddr map[netip.Addr][]int
 }
 
 // serviceID is what a service's match lines depend on (its endpoints are compared apart).
@@ -106,6 +113,10 @@ type serviceID struct {
 	Port              int32
 	Protocol          v1alpha1.Protocol
 	WhenNoProducer    v1alpha1.NoLocalProducerAction
+}
+
+func (s Service) id() serviceID {
+	return serviceID{s.MagicIP, s.PortName, s.Address, s.Port, s.Protocol, s.WhenNoProducer}
 }
 
 type serviceLines struct {
@@ -125,14 +136,18 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 	if r.Family == "" {
 		r.Family = IPv4
 	}
+	fam := r.Family
+	if slices.ContainsFunc(st.Services, func(s Service) bool { return !fam.has(s.Address) }) {
+		st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !fam.has(s.Address) })
+	}
 	if r.local != local {
 		*r = Renderer{Family: r.Family, local: local}
+	} else if rs, ok := r.update(st); ok {
+		return rs
 	}
 	prevSvcs, prevAddrs, prevHP := r.services, r.addrs, r.hairpins
 	r.services, r.addrs = make(map[serviceID]*serviceLines, len(st.Services)), make(map[netip.Addr]*addressLines, len(prevAddrs))
 	r.hairpins = make(map[Endpoint]string, len(prevHP))
-	fam := r.Family
-	st.Services = slices.DeleteFunc(slices.Clone(st.Services), func(s Service) bool { return !fam.has(s.Address) })
 	nat := make(map[string][]string, 4+len(st.Services)+len(prevAddrs))
 	for _, c := range []string{chainPrerouting, chainOutput, chainPost, chainServices} {
 		nat[c] = nil
@@ -151,7 +166,7 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 		nat[chainOutput] = append(nat[chainOutput], l.output)
 		nat[chainPost] = append(nat[chainPost], l.masquerade)
 	}
-	hairpin := r.hairpinRules(st.Services, prevHP)
+	hairpin := hairpinRules(st.Services, prevHP, r.hairpins)
 	for i, a := range addrs {
 		nat[chainPost] = append(nat[chainPost], lines[i].jump)
 		nat[lines[i].hairpinChain] = hairpin[a]
@@ -170,7 +185,50 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 	for _, l := range lines {
 		filter[chainInput] = append(filter[chainInput], l.undeclared...)
 	}
-	return Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
+	r.byAddr = map[netip.Addr][]int{}
+	for i, s := range st.Services {
+		r.byAddr[s.Address] = append(r.byAddr[s.Address], i)
+	}
+	r.last, r.out = st, Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
+	return r.out
+}
+
+// update renders st from the last call's Ruleset when st has the same addresses and services as
+// the last State, each with producers or without as before: only the chains of the services whose
+// producers changed, and the hairpin chains of their addresses, are built again (from their kept
+// lines when these producers were seen last). Every other chain of the result is the last one's,
+// the same slice: RestoreChanges finds them unchanged without comparing their lines. ok is false
+// when st differs more (Render assembles every chain).
+func (r *Renderer) update(st State) (Ruleset, bool) {
+	last := r.last.Services
+	if r.out.Chains == nil || !sameAddresses(st.Addresses, r.last.Addresses) {
+		return Ruleset{}, false
+	}
+	changed, ok := memo.Changed(st.Services, last, Service.id, func(s Service) []Endpoint { return s.Endpoints })
+	if !ok {
+		return Ruleset{}, false
+	}
+	rs := r.out
+	if len(changed) > 0 {
+		nat := maps.Clone(rs.Chains["nat"])
+		addrs := map[netip.Addr]bool{}
+		for _, i := range changed {
+			s := st.Services[i]
+			l := r.services[s.id()]
+			nat[l.chain] = l.rules.Get(s.Endpoints, func() []string { return endpointRules(s) })
+			addrs[s.Address] = true
+		}
+		for a := range addrs {
+			var svcs []Service
+			for _, i := range r.byAddr[a] {
+				svcs = append(svcs, st.Services[i])
+			}
+			nat[r.addrs[a].hairpinChain] = hairpinRules(svcs, r.hairpins, nil)[a]
+		}
+		rs = Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": rs.Chains["filter"]}}
+	}
+	r.last, r.out = st, rs
+	return rs, true
 }
 
 // renderAddress formats the lines of one magic address.
@@ -193,7 +251,7 @@ func renderAddress(a netip.Addr, local *LocalDetector, fam Family) *addressLines
 // service returns the lines of s kept from the last call (its endpoint rules are formatted again
 // by Render when its endpoints changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceLines) *serviceLines {
-	id := serviceID{s.MagicIP, s.PortName, s.Address, s.Port, s.Protocol, s.WhenNoProducer}
+	id := s.id()
 	l := prev[id]
 	if l == nil {
 		match := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostCIDR(s.Address), proto(s.Protocol), proto(s.Protocol), s.Port)
@@ -225,8 +283,9 @@ func addresses(st State) []netip.Addr {
 // kube-proxy does for hairpin traffic; consumers, and producers sent to another producer, keep
 // their source address. The rules of each magic address fill its hairpin chain (reached from
 // MAGIC-IP-POSTROUTING by connections first sent to that address), one rule per producer IP in IP
-// order, so a producer change rewrites only that small chain. One pass over the services.
-func (r *Renderer) hairpinRules(svcs []Service, prev map[Endpoint]string) map[netip.Addr][]string {
+// order, so a producer change rewrites only that small chain. One pass over the services. The
+// rules are taken from prev where there, and each rule is kept in keep (unless nil).
+func hairpinRules(svcs []Service, prev, keep map[Endpoint]string) map[netip.Addr][]string {
 	eps := map[netip.Addr][]Endpoint{}
 	for _, s := range svcs {
 		for _, ep := range s.Endpoints {
@@ -248,7 +307,9 @@ func (r *Renderer) hairpinRules(svcs []Service, prev map[Endpoint]string) map[ne
 				ip := hostCIDR(ep.Addr.Addr())
 				rule = fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod)
 			}
-			r.hairpins[ep] = rule
+			if keep != nil {
+				keep[ep] = rule
+			}
 			out[a] = append(out[a], rule)
 		}
 	}
@@ -330,7 +391,7 @@ func (rs Ruleset) RestoreChanges(prev Ruleset) []byte {
 		// Only the chains that differ are sorted: thousands of chains, a few changed.
 		var changed, stale []string
 		for c, rules := range rs.Chains[table] {
-			if old, ok := prev.Chains[table][c]; !ok || !slices.Equal(old, rules) {
+			if old, ok := prev.Chains[table][c]; !ok || !memo.Equal(old, rules) {
 				changed = append(changed, c)
 			}
 		}

@@ -78,7 +78,7 @@ func TestUDPChanges(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var got []string
 			for _, s := range udpChanges(tc.prev, tc.next) {
-				got = append(got, udpKey(s))
+				got = append(got, udpKey(s).String())
 			}
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("flushed %q, want %q", got, tc.want)
@@ -171,7 +171,7 @@ func TestHairpinRules(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := (&Renderer{hairpins: map[Endpoint]string{}}).hairpinRules(tc.svcs, nil)[a]; !slices.Equal(got, tc.want) {
+			if got := hairpinRules(tc.svcs, nil, nil)[a]; !slices.Equal(got, tc.want) {
 				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
 			}
 		})

@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/magic-ip/magic-ip/agent/memo"
 )
 
 // maxComment bounds a rule's comment (the kernel takes 256 bytes of user data).
@@ -117,39 +119,30 @@ func (k *Kernel) Write(rs Ruleset) error {
 // in place, so no hook is unregistered. It returns how many chains it wrote (0: nothing changed,
 // nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
-	var fill []Chain
-	before, after := prev.byName(), rs.byName()
-	for _, c := range rs.Chains {
-		old := before[c.Name]
-		switch {
-		case old == nil:
-			k.conn.AddChain(k.chain(c))
-		case sameRules(old.Rules, c.Rules):
-			continue
-		default:
-			k.conn.FlushChain(k.chain(c))
-		}
-		fill = append(fill, c)
+	added, changed, gone := chainChanges(prev, rs)
+	for _, c := range added {
+		k.conn.AddChain(k.chain(c))
 	}
-	var stale int
-	for _, c := range prev.Chains {
-		if after[c.Name] == nil {
-			k.conn.DelChain(k.chain(c))
-			stale++
-		}
+	for _, c := range changed {
+		k.conn.FlushChain(k.chain(c))
 	}
+	stale := len(gone)
+	for _, c := range gone {
+		k.conn.DelChain(k.chain(c))
+	}
+	fill := append(added, changed...)
 	for _, c := range fill {
 		k.addRules(k.chain(c), c.Rules)
 	}
-	gone, added := diffAddrs(prev.Hairpin, rs.Hairpin)
-	if err := k.changeHairpin(gone, added); err != nil {
+	unpaired, paired := diffAddrs(prev.Hairpin, rs.Hairpin)
+	if err := k.changeHairpin(unpaired, paired); err != nil {
 		return 0, err
 	}
-	n := len(fill) + stale + len(gone) + len(added)
+	n := len(fill) + stale + len(unpaired) + len(paired)
 	if n == 0 {
 		return 0, nil
 	}
-	return n, k.flush(fmt.Sprintf("changing %d chains and %d hairpin elements of table %s", len(fill)+stale, len(gone)+len(added), tableDesc))
+	return n, k.flush(fmt.Sprintf("changing %d chains and %d hairpin elements of table %s", len(fill)+stale, len(unpaired)+len(paired), tableDesc))
 }
 
 func (k *Kernel) changeHairpin(gone, added []netip.Addr) error {
@@ -199,19 +192,34 @@ func pairs(ips []netip.Addr) []nftables.SetElement {
 	return out
 }
 
-// diffAddrs lists what is in a but not b, and what is in b but not a (both sorted).
+// diffAddrs lists what is in a but not b, and what is in b but not a (both sorted), in one pass
+// (none when a and b are the same list).
 func diffAddrs(a, b []netip.Addr) (onlyA, onlyB []netip.Addr) {
-	for _, x := range a {
-		if _, found := slices.BinarySearchFunc(b, x, netip.Addr.Compare); !found {
-			onlyA = append(onlyA, x)
-		}
+	if memo.Same(a, b) {
+		return nil, nil
 	}
-	for _, x := range b {
-		if _, found := slices.BinarySearchFunc(a, x, netip.Addr.Compare); !found {
-			onlyB = append(onlyB, x)
+	for len(a) > 0 || len(b) > 0 {
+		switch c := cmpHead(a, b); {
+		case c < 0:
+			onlyA, a = append(onlyA, a[0]), a[1:]
+		case c > 0:
+			onlyB, b = append(onlyB, b[0]), b[1:]
+		default:
+			a, b = a[1:], b[1:]
 		}
 	}
 	return onlyA, onlyB
+}
+
+// cmpHead compares the first addresses of a and b; an empty list sorts after any address.
+func cmpHead(a, b []netip.Addr) int {
+	switch {
+	case len(a) == 0:
+		return 1
+	case len(b) == 0:
+		return -1
+	}
+	return a[0].Compare(b[0])
 }
 
 func (k *Kernel) chain(c Chain) *nftables.Chain {
@@ -251,8 +259,48 @@ func (k *Kernel) send() error {
 	return err
 }
 
+// chainChanges lists the chains of rs that prev lacks (added), those whose rules differ
+// (changed), and those of prev that rs lacks (gone). When both hold the same chains in the same
+// order (a sync that changed producers only) they are compared in place, without indexing them.
+func chainChanges(prev, rs Ruleset) (added, changed, gone []Chain) {
+	if len(prev.Chains) == len(rs.Chains) {
+		inPlace := true
+		for i := range rs.Chains {
+			if prev.Chains[i].Name != rs.Chains[i].Name {
+				inPlace = false
+				break
+			}
+		}
+		if inPlace {
+			for i, c := range rs.Chains {
+				if !sameRules(prev.Chains[i].Rules, c.Rules) {
+					changed = append(changed, c)
+				}
+			}
+			return nil, changed, nil
+		}
+	}
+	before, after := prev.byName(), rs.byName()
+	for _, c := range rs.Chains {
+		switch old := before[c.Name]; {
+		case old == nil:
+			added = append(added, c)
+		case !sameRules(old.Rules, c.Rules):
+			changed = append(changed, c)
+		}
+	}
+	for _, c := range prev.Chains {
+		if after[c.Name] == nil {
+			gone = append(gone, c)
+		}
+	}
+	return added, changed, gone
+}
+
+// sameRules compares rules by text and comment; a list handed on as is (the same slice) is not
+// compared rule by rule.
 func sameRules(a, b []Rule) bool {
-	return slices.EqualFunc(a, b, func(x, y Rule) bool { return x.Text == y.Text && x.Comment == y.Comment })
+	return memo.Same(a, b) || slices.EqualFunc(a, b, func(x, y Rule) bool { return x.Text == y.Text && x.Comment == y.Comment })
 }
 
 func comment(c string) []byte {

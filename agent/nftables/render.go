@@ -143,21 +143,6 @@ func hairpinMasquerade() []Rule {
 		newRule().ctDNAT().pairIn(ipv6, hairpinSet6).masquerade().rule("hairpin: a producer reaching itself (IPv6)")}
 }
 
-// hairpinPairs lists the IPs of the local producers (not those of other nodes, which never send
-// from this node), sorted, once each.
-func hairpinPairs(svcs []Service) []netip.Addr {
-	var ips []netip.Addr
-	for _, s := range svcs {
-		for _, ep := range s.Endpoints {
-			if !ep.Remote {
-				ips = append(ips, ep.Addr.Addr())
-			}
-		}
-	}
-	slices.SortFunc(ips, netip.Addr.Compare)
-	return slices.Compact(ips)
-}
-
 // refusal: a new connection still addressed to a magic address was not redirected: each declared
 // port gets its service's verdict (undeclared: any other port of the address is rejected).
 func refusal(s Service) Rule {

@@ -2,7 +2,9 @@ package nftables
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables/expr"
 
@@ -18,6 +20,14 @@ type Renderer struct {
 	local    string // the Local the kept rules were built for (its %v form)
 	services map[serviceID]*serviceRules
 	addrs    map[netip.Addr]*addressRules
+
+	// last and out are the Input and Ruleset of the last call; chainOf gives, per service of
+	// last, the index of its chain in out.Chains (-1: none); hairpin counts the endpoints of
+	// last's services per local producer IP. See update.
+	last    Input
+	out     Ruleset
+	chainOf []int
+	hairpin map[netip.Addr]int
 }
 
 // serviceID is what a service's dispatch and refusal rules depend on (its endpoints are compared
@@ -29,6 +39,8 @@ type serviceID struct {
 	Protocol string
 	Verdict  Verdict
 }
+
+func (s Service) id() serviceID { return serviceID{s.Key, s.Addr, s.Port, s.Protocol, s.Verdict} }
 
 type serviceRules struct {
 	chain             string
@@ -43,9 +55,13 @@ type addressRules struct {
 }
 
 // Render implements Render with the rules of the last call reused where their inputs are equal.
+// When only the producers of services that had some and still have some changed, only their
+// chains and the hairpin set are built (see update); otherwise every chain is assembled anew.
 func (r *Renderer) Render(in Input) Ruleset {
 	if local := fmt.Sprintf("%v", in.Local); local != r.local {
 		*r = Renderer{local: local}
+	} else if rs, ok := r.update(in); ok {
+		return rs
 	}
 	prevSvcs, prevAddrs := r.services, r.addrs
 	r.services, r.addrs = make(map[serviceID]*serviceRules, len(in.Services)), make(map[netip.Addr]*addressRules, len(in.Addresses))
@@ -62,13 +78,16 @@ func (r *Renderer) Render(in Input) Ruleset {
 	post = append(post, hairpinMasquerade()...)
 	services := Chain{Name: chainServices}
 	var perService []Chain
-	for _, s := range in.Services {
+	r.chainOf = make([]int, len(in.Services))
+	for i, s := range in.Services {
 		l := r.service(s, prevSvcs)
 		input = append(input, l.refusal)
+		r.chainOf[i] = -1
 		if len(s.Endpoints) == 0 {
 			continue
 		}
 		services.Rules = append(services.Rules, l.dispatch)
+		r.chainOf[i] = firstServiceChain + len(perService)
 		perService = append(perService, Chain{Name: l.chain, Rules: l.rules.Get(s.Endpoints, func() []Rule { return endpointRules(s) })})
 	}
 	for _, a := range addrs {
@@ -76,8 +95,49 @@ func (r *Renderer) Render(in Input) Ruleset {
 	}
 	rs := Ruleset{Chains: baseChains(pre, out, post, input)}
 	rs.Chains = append(append(rs.Chains, services), perService...)
-	rs.Hairpin = hairpinPairs(in.Services)
+	r.hairpin = map[netip.Addr]int{}
+	for _, s := range in.Services {
+		countLocal(r.hairpin, s.Endpoints, 1, nil)
+	}
+	rs.Hairpin = slices.SortedFunc(maps.Keys(r.hairpin), netip.Addr.Compare)
+	r.last, r.out = in, rs
 	return rs
+}
+
+// firstServiceChain is the index of the first per-service chain in a Ruleset: after the base
+// chains and the services chain.
+const firstServiceChain = 5
+
+// update renders in from the last call's Ruleset when in has the same addresses and services as
+// the last Input, each with producers or without as before: only the chains of the services whose
+// producers changed are built (from their kept rules when these producers were seen last), and
+// the hairpin set changes by their local producers. Every other chain of the result is the last
+// one's, the same slices: Kernel.WriteChanges finds them unchanged without comparing their rules.
+// ok is false when in differs more (Render assembles every chain).
+func (r *Renderer) update(in Input) (Ruleset, bool) {
+	last := r.last.Services
+	if r.out.Chains == nil || !memo.Equal(in.Addresses, r.last.Addresses) {
+		return Ruleset{}, false
+	}
+	changed, ok := memo.Changed(in.Services, last, Service.id, func(s Service) []Endpoint { return s.Endpoints })
+	if !ok {
+		return Ruleset{}, false
+	}
+	rs := r.out
+	if len(changed) > 0 {
+		rs.Chains = slices.Clone(rs.Chains)
+		var touched []netip.Addr
+		for _, i := range changed {
+			s := in.Services[i]
+			c := &rs.Chains[r.chainOf[i]]
+			c.Rules = r.services[s.id()].rules.Get(s.Endpoints, func() []Rule { return endpointRules(s) })
+			touched = countLocal(r.hairpin, last[i].Endpoints, -1, touched)
+			touched = countLocal(r.hairpin, s.Endpoints, 1, touched)
+		}
+		rs.Hairpin = withCounted(rs.Hairpin, r.hairpin, touched)
+	}
+	r.last, r.out = in, rs
+	return rs, true
 }
 
 // address builds the rules of one magic address.
@@ -89,7 +149,7 @@ func (l Local) address(a netip.Addr) *addressRules {
 // service returns the rules of s kept from the last call (its endpoint rules are rebuilt by
 // Render when its endpoints changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceRules) *serviceRules {
-	id := serviceID{s.Key, s.Addr, s.Port, s.Protocol, s.Verdict}
+	id := s.id()
 	l := prev[id]
 	if l == nil {
 		l = &serviceRules{chain: svcChain(s), refusal: refusal(s)}
@@ -97,4 +157,41 @@ func (r *Renderer) service(s Service, prev map[serviceID]*serviceRules) *service
 	}
 	r.services[id] = l
 	return l
+}
+
+// countLocal adds d to the count of each local producer IP of eps (deleting those that reach 0),
+// and appends them to touched.
+func countLocal(counts map[netip.Addr]int, eps []Endpoint, d int, touched []netip.Addr) []netip.Addr {
+	for _, ep := range eps {
+		if ep.Remote {
+			continue // a producer on another node never sends from this node
+		}
+		ip := ep.Addr.Addr()
+		if counts[ip] += d; counts[ip] == 0 {
+			delete(counts, ip)
+		}
+		touched = append(touched, ip)
+	}
+	return touched
+}
+
+// withCounted returns ips (sorted, not modified) with each touched IP present as counts says: a
+// new sorted list when one is added or removed, ips itself otherwise.
+func withCounted(ips []netip.Addr, counts map[netip.Addr]int, touched []netip.Addr) []netip.Addr {
+	out := ips
+	for _, ip := range touched {
+		i, found := slices.BinarySearchFunc(out, ip, netip.Addr.Compare)
+		if _, want := counts[ip]; want == found {
+			continue
+		}
+		if memo.Same(out, ips) {
+			out = slices.Clone(ips)
+		}
+		if found {
+			out = slices.Delete(out, i, i+1)
+		} else {
+			out = slices.Insert(out, i, ip)
+		}
+	}
+	return out
 }
