@@ -38,29 +38,48 @@ func (s Sysctl) Set(key, value string) error {
 
 const (
 	sysctlBridgeNF  = "net.bridge.bridge-nf-call-iptables"
+	sysctlBridgeNF6 = "net.bridge.bridge-nf-call-ip6tables"
 	sysctlIPForward = "net.ipv4.ip_forward"
 )
 
-// EnsureNodeSysctls makes bridged pod traffic pass iptables (without it a consumer and a producer
-// on the same bridge hang: the producer's reply is bridged straight back and never un-NATed) and
-// checks that the node forwards IPv4. It returns what it changed and what is wrong.
+// EnsureNodeSysctls makes bridged pod traffic pass iptables and ip6tables (without it a consumer
+// and a producer on the same bridge hang: the producer's reply is bridged straight back and never
+// un-NATed; br_netfilter asks one sysctl per family) and checks that the node forwards IPv4. It
+// returns what it changed and what is wrong.
 func EnsureNodeSysctls(s Sysctl) (changed []string, problems []error) {
-	switch v, err := s.Get(sysctlBridgeNF); {
-	case errors.Is(err, os.ErrNotExist):
-		problems = append(problems, fmt.Errorf("%s is missing: br_netfilter is not loaded, so a consumer and a producer on the same bridge cannot talk through a magic IP (modprobe br_netfilter)", sysctlBridgeNF))
-	case err != nil:
-		problems = append(problems, fmt.Errorf("read %s: %w", sysctlBridgeNF, err))
-	case v != "1":
-		if err := s.Set(sysctlBridgeNF, "1"); err != nil {
-			problems = append(problems, fmt.Errorf("set %s=1: %w", sysctlBridgeNF, err))
-		} else {
-			changed = append(changed, sysctlBridgeNF+"=1")
+	for _, key := range []string{sysctlBridgeNF, sysctlBridgeNF6} {
+		c, err := ensureBridgeNF(s, key)
+		if c != "" {
+			changed = append(changed, c)
+		}
+		if err != nil {
+			problems = append(problems, err)
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			break // br_netfilter is not loaded: one problem says it
 		}
 	}
 	if v, err := s.Get(sysctlIPForward); err != nil || v != "1" {
 		problems = append(problems, fmt.Errorf("%s is %q (err %v): pods cannot be redirected to producers until it is 1", sysctlIPForward, v, err))
 	}
 	return changed, problems
+}
+
+// ensureBridgeNF sets the br_netfilter sysctl key to 1 unless it is: changed is "key=1" when it
+// wrote it.
+func ensureBridgeNF(s Sysctl, key string) (changed string, problem error) {
+	switch v, err := s.Get(key); {
+	case errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("%s is missing: br_netfilter is not loaded, so a consumer and a producer on the same bridge cannot talk through a magic IP (modprobe br_netfilter): %w", key, err)
+	case err != nil:
+		return "", fmt.Errorf("read %s: %w", key, err)
+	case v != "1":
+		if err := s.Set(key, "1"); err != nil {
+			return "", fmt.Errorf("set %s=1: %w", key, err)
+		}
+		return key + "=1", nil
+	}
+	return "", nil
 }
 
 // FlushConntrack deletes the conntrack entries of flows sent to addr:port over UDP (port 0: any

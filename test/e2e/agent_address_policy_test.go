@@ -13,33 +13,38 @@ import (
 )
 
 // TestAgentAllowedAddressRanges: a MagicIP whose address is outside the agent's default
-// --allowed-address-ranges (here a ClusterIP-like 10.96.0.50) is not programmed — no address on
+// --allowed-address-ranges (here a ClusterIP-like 10.96.0.50, or with IPv6 2001:db8::50: the API
+// keeps spec.ipv6Address inside fd00::/8 and fe80::/10, so an IPv6-only MagicIP, its spec.address
+// alone) is not programmed — no address on
 // the host interface, no rule — and a Warning Event and the problems metric say why; the MagicIP
 // beside it is served as before.
-func TestAgentAllowedAddressRanges(t *testing.T) { forEachDatapath(t, testAgentAllowedAddressRanges) }
+func TestAgentAllowedAddressRanges(t *testing.T) { forEachBackend(t, testAgentAllowedAddressRanges) }
 
-func testAgentAllowedAddressRanges(t *testing.T, dp []string) {
-	e := newOneNode(t, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
+func testAgentAllowedAddressRanges(t *testing.T, b backend) {
+	e := newOneNode(t, b, "--metrics-bind-address", "127.0.0.1:9402")
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
-	outside := datadogMagicIP("cluster-ip")
-	outside.Spec.Address = "10.96.0.50"
+	outside, addr := datadogMagicIP("cluster-ip"), "10.96.0.50"
+	if b.v6 {
+		addr = "2001:db8::50"
+	}
+	outside.Spec.Address = addr
 	if err := e.c.CP.Client.Create(ctx, outside); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 	eventually(t, 10*time.Second, "refusal reported", wantAgentEvent(e.c, "cluster-ip", "Invalid",
-		"address 10.96.0.50 is outside the agent's --allowed-address-ranges [169.254.0.0/16 fe80::/10 fd00::/8]: not programmed"))
+		"address "+addr+" is outside the agent's --allowed-address-ranges [169.254.0.0/16 fe80::/10 fd00::/8]: not programmed"))
 	problem := `magic_ip_agent_magicip_problems{magicip="cluster-ip",reason="Invalid"}`
 	if v, err := metric(ctx, e.node, problem); err != nil || v != 1 {
 		t.Errorf("%s = %v (err %v), want 1", problem, v, err)
 	}
-	out, err := nodeState(ctx, viewOf(dp), e.node.Netns)
+	out, err := nodeState(ctx, b.view(), e.node.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(out, "10.96.0.50") {
-		t.Errorf("10.96.0.50 is programmed on the node:\n%s", out)
+	if strings.Contains(out, addr) {
+		t.Errorf("%s is programmed on the node:\n%s", addr, out)
 	}
 }
 

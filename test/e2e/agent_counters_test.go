@@ -51,11 +51,11 @@ func dialN(t *testing.T, e *oneNode, n int, protocol string, port int, budget ti
 	t.Helper()
 	for i := range n {
 		ctx, cancel := context.WithTimeout(t.Context(), budget)
-		outcome := tcpOutcome
+		outcome := e.b.tcp
 		if protocol == "UDP" {
-			outcome = udpOutcome
+			outcome = e.b.udp
 		}
-		got := outcome(ctx, e.consumer.Netns, magicAddr, port)
+		got := outcome(ctx, e.consumer.Netns, port)
 		cancel()
 		if got != want {
 			t.Fatalf("%s connection %d of %d to port %d: %q, want %q", protocol, i+1, n, port, got, want)
@@ -64,13 +64,13 @@ func dialN(t *testing.T, e *oneNode, n int, protocol string, port int, budget ti
 }
 
 // kernelCount is the packet counter of the verdict rule of magicIP:port in the node's kernel, in
-// the rules of datapath dp.
-func kernelCount(t *testing.T, n *harness.Node, dp, key string) int {
+// the rules of b's datapath and family.
+func kernelCount(t *testing.T, n *harness.Node, b backend, key string) int {
 	t.Helper()
-	if dp == agent.DatapathNftables {
+	if b.datapath == agent.DatapathNftables {
 		return nftKernelCount(t, n, key)
 	}
-	out, err := n.Netns.Run(t.Context(), "iptables", "-t", "filter", "-v", "-S", "MAGIC-IP-INPUT")
+	out, err := n.Netns.Run(t.Context(), b.iptables(), "-t", "filter", "-v", "-S", "MAGIC-IP-INPUT")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,19 +109,14 @@ func nftKernelCount(t *testing.T, n *harness.Node, key string) int {
 // reset, ICMP port unreachable), then dropped (Drop). Another MagicIP appearing rewrites the
 // verdict chain, which sets the kernel's counters back to 0: the metric keeps what it counted.
 // A MagicIP that goes away takes its series along.
-// Run once per datapath.
-func TestAgentNoProducerCounters(t *testing.T) {
-	forEachDatapath(t, func(t *testing.T, dp []string) { testNoProducerCounters(t, dp[1], dp) })
-}
+func TestAgentNoProducerCounters(t *testing.T) { forEachBackend(t, testNoProducerCounters) }
 
-func testNoProducerCounters(t *testing.T, datapath string, dp []string) {
+func testNoProducerCounters(t *testing.T, b backend) {
 	const n = 5
-	e := newOneNode(t, append(dp, "--metrics-bind-address", "127.0.0.1:9402", "--counters-min-interval", "1s")...)
+	e := newOneNode(t, b, "--metrics-bind-address", "127.0.0.1:9402", "--counters-min-interval", "1s")
 	cp := e.c.CP
 	// Each UDP refusal is an ICMP error to the same consumer: lift the rate limit (see TestAgentUDPSwitch).
-	if err := e.node.Netns.Sysctl("net.ipv4.icmp_ratelimit", "0"); err != nil {
-		t.Fatal(err)
-	}
+	b.liftICMPRateLimit(t, e.node.Netns)
 	apm, stats := noProducer("datadog", "apm", "TCP", "refused"), noProducer("datadog", "dogstatsd", "UDP", "refused")
 	eventually(t, 10*time.Second, "series at 0 once the rules are written", func(ctx context.Context) error {
 		return errors.Join(wantMetric(e.node, apm, 0)(ctx), wantMetric(e.node, stats, 0)(ctx))
@@ -134,15 +129,14 @@ func testNoProducerCounters(t *testing.T, datapath string, dp []string) {
 
 	// N more, not scraped yet when another MagicIP makes the agent rewrite the verdict chain.
 	dialN(t, e, n, "TCP", apmPort, time.Second, "refused")
-	other := datadogMagicIP("other")
-	other.Spec.Address = "169.254.210.211"
+	other := b.at(datadogMagicIP("other"), 211)
 	other.Spec.Ports = other.Spec.Ports[:1]
 	if err := cp.Client.Create(t.Context(), other); err != nil {
 		t.Fatal(err)
 	}
 	otherSeries := noProducer("other", "apm", "TCP", "refused")
 	eventually(t, 10*time.Second, "the other MagicIP's series", wantMetric(e.node, otherSeries, 0))
-	if c := kernelCount(t, e.node, datapath, "datadog:apm"); c != 0 {
+	if c := kernelCount(t, e.node, b, "datadog:apm"); c != 0 {
 		t.Fatalf("the kernel's counter of datadog:apm is %d after the rewrite, want 0 (reset)", c)
 	}
 	eventually(t, 5*time.Second, "connections made before the rewrite counted", wantMetric(e.node, apm, 2*n))

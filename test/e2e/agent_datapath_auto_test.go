@@ -15,8 +15,8 @@ import (
 // mangle table, it keeps iptables for that reason (iptables-hint). The choice is in the agent's
 // metrics, and its rules are in iptables.
 func TestAgentDatapathAutoHints(t *testing.T) {
-	args := []string{"--datapath", agent.DatapathAuto, "--metrics-bind-address", "127.0.0.1:9402"}
-	e := newOneNode(t, args...)
+	auto := backend{datapath: agent.DatapathAuto}
+	e := newOneNode(t, auto, "--metrics-bind-address", "127.0.0.1:9402")
 	ns := e.node.Netns
 	info := func(reason string) string {
 		return fmt.Sprintf(`magic_ip_agent_datapath_info{datapath=%q,reason=%q}`, agent.DatapathIptables, reason)
@@ -28,7 +28,7 @@ func TestAgentDatapathAutoHints(t *testing.T) {
 	if out, err := ns.Run(t.Context(), "iptables", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"); err != nil {
 		t.Fatalf("create kubelet's hint chain: %v\n%s", err, out)
 	}
-	e.agent = startAgent(t, e.c, e.node, args...)
+	e.restartAgent(t, "--metrics-bind-address", "127.0.0.1:9402")
 	eventually(t, 10*time.Second, "auto with kubelet's hint", wantMetric(e.node, info(agent.ReasonIptablesHint), 1))
 	// The metric is served from the start; the rules come with the first sync.
 	eventually(t, 10*time.Second, "auto chose iptables: our chains in the nat table", func(ctx context.Context) error {

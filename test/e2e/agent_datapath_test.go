@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -21,13 +19,13 @@ import (
 // (ptp/Calico-style veths with /32 routes) and on a bridge node (cni0 ports in hairpin mode, as the
 // CNI bridge plugin's hairpinMode: true sets them), with one and with two local producers.
 // Consumers, and a producer answered by another producer, keep their own source address.
-func TestAgentHairpin(t *testing.T) { forEachDatapath(t, testAgentHairpin) }
+func TestAgentHairpin(t *testing.T) { forEachBackend(t, testAgentHairpin) }
 
-func testAgentHairpin(t *testing.T, dp []string) {
+func testAgentHairpin(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	routed := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2, Routed: true, Name: "hairpin-r"})
-	bridged := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2, Name: "hairpin-b"})
-	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
+	routed := b.cluster(t, cp, harness.ClusterOptions{Nodes: 2, Routed: true, Name: "hairpin-r"})
+	bridged := b.cluster(t, cp, harness.ClusterOptions{Nodes: 2, Name: "hairpin-b"})
+	if err := cp.Client.Create(t.Context(), b.magicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
 	type nodeCase struct {
@@ -42,41 +40,41 @@ func testAgentHairpin(t *testing.T, dp []string) {
 	var cases []*nodeCase
 	for _, c := range []*harness.Cluster{routed, bridged} {
 		for i, n := range c.Nodes {
-			nc := &nodeCase{name: fmt.Sprintf("%s/%d producers", c.Name, i+1), c: c, n: n, nProds: i + 1, self: n.Gateway.String()}
+			nc := &nodeCase{name: fmt.Sprintf("%s/%d producers", c.Name, i+1), c: c, n: n, nProds: i + 1, self: b.gateway(n).String()}
 			for j := range nc.nProds {
 				p := c.AddPod(n, "datadog", fmt.Sprintf("%s-dd-%d", n.Name, j+1), map[string]string{"app": "dd"}, harness.PodOptions{})
 				p.Netns.ServeTCPShowingPeer(t, apmPort, p.Name)
 				nc.prods = append(nc.prods, p)
 			}
 			nc.consume = c.AddPod(n, "app", n.Name+"-consumer", nil, harness.PodOptions{})
-			startAgent(t, c, n, dp...)
+			startAgent(t, c, n, b.flags()...)
 			cases = append(cases, nc)
 		}
 	}
 	for _, nc := range cases {
 		t.Run(nc.name, func(t *testing.T) {
 			eventually(t, 10*time.Second, "consumer served", func(ctx context.Context) error {
-				_, err := greeting(ctx, nc.consume.Netns)
+				_, err := b.greeting(ctx, nc.consume.Netns)
 				return err
 			})
 			for range 10 {
-				g, err := greeting(t.Context(), nc.consume.Netns)
+				g, err := b.greeting(t.Context(), nc.consume.Netns)
 				if err != nil {
 					t.Fatalf("consumer: %v", err)
 				}
-				if _, peer := harness.SplitGreeting(g); peer != nc.consume.IP.String() {
-					t.Fatalf("consumer %s seen as %s by the producer (%q): consumers must keep their source address", nc.consume.IP, peer, g)
+				if _, peer := harness.SplitGreeting(g); peer != b.podIP(nc.consume).String() {
+					t.Fatalf("consumer %s seen as %s by the producer (%q): consumers must keep their source address", b.podIP(nc.consume), peer, g)
 				}
 			}
 			for _, p := range nc.prods {
 				seen := map[string]int{}
 				for range 30 {
-					g, err := greeting(t.Context(), p.Netns)
+					g, err := b.greeting(t.Context(), p.Netns)
 					if err != nil {
 						t.Fatalf("producer %s reaching its own magic IP (%v so far): %v", p.Name, seen, err)
 					}
 					name, peer := harness.SplitGreeting(g)
-					want := p.IP.String() // answered by another producer: the source is kept
+					want := b.podIP(p).String() // answered by another producer: the source is kept
 					if name == p.Name {
 						want = nc.self // answered by itself: masqueraded to the node's gateway address
 					}
@@ -94,10 +92,10 @@ func testAgentHairpin(t *testing.T, dp []string) {
 }
 
 // greeting connects to the magic address's apm port from ns (1 s budget) and returns the greeting.
-func greeting(ctx context.Context, ns *harness.Netns) (string, error) {
+func (b backend) greeting(ctx context.Context, ns *harness.Netns) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	g, err := ns.DialTCP(ctx, net.JoinHostPort(magicAddr, strconv.Itoa(apmPort)))
+	g, err := ns.DialTCP(ctx, b.hostPort(apmPort))
 	if err != nil {
 		return "", fmt.Errorf("%s: %s", harness.Outcome(err), err)
 	}
@@ -108,17 +106,17 @@ func greeting(ctx context.Context, ns *harness.Netns) (string, error) {
 // at once when its node has no producer — the TCP reset and the ICMP error the node sends it are
 // addressed to the magic IP too and must not be caught by the rules that refuse new connections —
 // and served when there is one.
-func TestAgentHostClientRefused(t *testing.T) { forEachDatapath(t, testAgentHostClientRefused) }
+func TestAgentHostClientRefused(t *testing.T) { forEachBackend(t, testAgentHostClientRefused) }
 
-func testAgentHostClientRefused(t *testing.T, dp []string) {
+func testAgentHostClientRefused(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
 	host := c.AddPod(n, "app", "host-client", nil, harness.PodOptions{HostNetwork: true})
-	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
+	if err := cp.Client.Create(t.Context(), b.magicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n, dp...)
+	startAgent(t, c, n, b.flags()...)
 	if err := harness.WaitAgentReady(t.Context(), n.Netns, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -126,25 +124,25 @@ func testAgentHostClientRefused(t *testing.T, dp []string) {
 		t.Helper()
 		for _, port := range []int{apmPort, 9999} { // a declared port and an undeclared one
 			start := time.Now()
-			if got := tcpOutcome(t.Context(), host.Netns, magicAddr, port); got != "refused" || time.Since(start) > 500*time.Millisecond {
+			if got := b.tcp(t.Context(), host.Netns, port); got != "refused" || time.Since(start) > 500*time.Millisecond {
 				t.Errorf("%s: TCP %d from the node: %q after %s, want refused at once", step, port, got, time.Since(start))
 			}
 		}
-		if got := udpOutcome(t.Context(), host.Netns, magicAddr, statsPort); got != "refused" {
+		if got := b.udp(t.Context(), host.Netns, statsPort); got != "refused" {
 			t.Errorf("%s: UDP from the node: %q, want refused", step, got)
 		}
 	}
 	refusedFast("no producer")
 	prod := addProducer(t, c, n, "dd", harness.PodOptions{})
-	eventually(t, 10*time.Second, "host client served by the new producer", wantTCP(host.Netns, apmPort, prod.Name))
-	eventually(t, 5*time.Second, "host client served over UDP", wantUDP(host.Netns, statsPort, prod.Name))
-	if got := tcpOutcome(t.Context(), host.Netns, magicAddr, 9999); got != "refused" {
+	eventually(t, 10*time.Second, "host client served by the new producer", b.wantTCP(host.Netns, apmPort, prod.Name))
+	eventually(t, 5*time.Second, "host client served over UDP", b.wantUDP(host.Netns, statsPort, prod.Name))
+	if got := b.tcp(t.Context(), host.Netns, 9999); got != "refused" {
 		t.Errorf("with a producer: undeclared port from the node: %q, want refused", got)
 	}
 	if err := prod.Delete(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "refused again once the producer is gone", wantTCP(host.Netns, apmPort, "refused"))
+	eventually(t, 10*time.Second, "refused again once the producer is gone", b.wantTCP(host.Netns, apmPort, "refused"))
 	refusedFast("producer gone")
 }
 
@@ -155,24 +153,22 @@ func testAgentHostClientRefused(t *testing.T, dp []string) {
 // gone within a second even before the fix); before the fix only services that still existed were
 // flushed, and the stale conntrack entry kept the flow going to the old producer as long as it was
 // used.
-func TestAgentUDPFlushOnRemoval(t *testing.T) { forEachDatapath(t, testAgentUDPFlushOnRemoval) }
+func TestAgentUDPFlushOnRemoval(t *testing.T) { forEachBackend(t, testAgentUDPFlushOnRemoval) }
 
-func testAgentUDPFlushOnRemoval(t *testing.T, dp []string) {
+func testAgentUDPFlushOnRemoval(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
 	prod := addProducer(t, c, n, "dd", harness.PodOptions{})
 	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
 	// Each step's refusals would use up the ICMP budget per destination (see TestAgentUDPSwitch).
-	if err := n.Netns.Sysctl("net.ipv4.icmp_ratelimit", "0"); err != nil {
-		t.Fatal(err)
-	}
-	keeper := datadogMagicIP("apm") // holds the address on the node throughout
+	b.liftICMPRateLimit(t, n.Netns)
+	keeper := b.magicIP("apm") // holds the address on the node throughout
 	keeper.Spec.Ports = keeper.Spec.Ports[:1]
 	if err := cp.Client.Create(t.Context(), keeper); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n, dp...)
+	startAgent(t, c, n, b.flags()...)
 	steps := []struct {
 		name   string
 		remove func(ctx context.Context, m *v1alpha1.MagicIP) error
@@ -192,13 +188,13 @@ func testAgentUDPFlushOnRemoval(t *testing.T, dp []string) {
 	}
 	for _, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
-			m := datadogMagicIP("stats")
+			m := b.magicIP("stats")
 			m.Spec.Ports = m.Spec.Ports[1:]
 			if err := cp.Client.Create(t.Context(), m); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { deleteMagicIP(t, cp, m.Name) })
-			u, err := consumer.Netns.DialUDP(net.JoinHostPort(magicAddr, strconv.Itoa(statsPort)))
+			u, err := consumer.Netns.DialUDP(b.hostPort(statsPort))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -254,18 +250,18 @@ func deleteMagicIP(t *testing.T, cp *harness.ControlPlane, name string) {
 // is refused like any undeclared port (the address stays on cni0 and never without its verdicts),
 // and the second is reported.
 func TestAgentInterfaceFailureIsolated(t *testing.T) {
-	forEachDatapath(t, testAgentInterfaceFailureIsolated)
+	forEachBackend(t, testAgentInterfaceFailureIsolated)
 }
 
-func testAgentInterfaceFailureIsolated(t *testing.T, dp []string) {
+func testAgentInterfaceFailureIsolated(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
 	prod := addProducer(t, c, n, "dd", harness.PodOptions{})
 	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
-	apm := datadogMagicIP("apm")
+	apm := b.magicIP("apm")
 	apm.Spec.Ports = apm.Spec.Ports[:1]
-	stats := datadogMagicIP("stats")
+	stats := b.magicIP("stats")
 	stats.Spec.Ports = stats.Spec.Ports[1:]
 	stats.Spec.HostInterface = "missing0"
 	for _, m := range []*v1alpha1.MagicIP{apm, stats} {
@@ -273,10 +269,10 @@ func testAgentInterfaceFailureIsolated(t *testing.T, dp []string) {
 			t.Fatal(err)
 		}
 	}
-	startAgent(t, c, n, dp...)
-	eventually(t, 10*time.Second, "the MagicIP on the working interface is served", wantTCP(consumer.Netns, apmPort, prod.Name))
-	eventually(t, 5*time.Second, "the one on the missing interface is refused", wantUDP(consumer.Netns, statsPort, "refused"))
-	if got := tcpOutcome(t.Context(), consumer.Netns, magicAddr, 9999); got != "refused" {
+	startAgent(t, c, n, b.flags()...)
+	eventually(t, 10*time.Second, "the MagicIP on the working interface is served", b.wantTCP(consumer.Netns, apmPort, prod.Name))
+	eventually(t, 5*time.Second, "the one on the missing interface is refused", b.wantUDP(consumer.Netns, statsPort, "refused"))
+	if got := b.tcp(t.Context(), consumer.Netns, 9999); got != "refused" {
 		t.Errorf("undeclared port: %q, want refused", got)
 	}
 	eventually(t, 10*time.Second, "the failing MagicIP is reported", wantAgentEvent(c, "stats", "InterfaceUnavailable", "missing0"))

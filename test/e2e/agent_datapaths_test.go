@@ -21,7 +21,9 @@ import (
 // datapaths are the agent's backends: the datapath tests run against each (--datapath).
 var datapaths = []string{agent.DatapathIptables, agent.DatapathNftables}
 
-// forEachDatapath runs f as one subtest per datapath, with the agent flag that selects it.
+// forEachDatapath runs f as one subtest per datapath, with the agent flag that selects it. Only
+// for tests that cover both families in each run (the dual-stack ones); the others run
+// forEachBackend.
 func forEachDatapath(t *testing.T, f func(t *testing.T, dp []string)) {
 	for _, dp := range datapaths {
 		t.Run(dp, func(t *testing.T) { f(t, []string{"--datapath", dp}) })
@@ -30,13 +32,15 @@ func forEachDatapath(t *testing.T, f func(t *testing.T, dp []string)) {
 
 var ourTable = &gnft.Table{Name: nftables.TableName, Family: nftables.TableFamily}
 
-// ruleView reads and disturbs one datapath's rules in a node's kernel: the tests check the same
-// properties for both datapaths, only how the kernel is read and disturbed differs.
+// ruleView reads and disturbs one datapath's rules of one family in a node's kernel: the tests
+// check the same properties for both datapaths and both families, only how the kernel is read and
+// disturbed differs.
 type ruleView interface {
-	// rules is the node's rules as text with their comments: iptables-save of every table, or one
-	// "chain: rule comment" line per rule of our nftables table. present: some of ours are there.
+	// rules is the node's rules as text with their comments: iptables-save (ip6tables-save) of
+	// every table, or one "chain: rule comment" line per rule of our nftables table (both
+	// families: it is one inet table). present: some of ours are there.
 	rules(ctx context.Context, ns *harness.Netns) (text string, present bool, err error)
-	// redirect is how a rule sending new connections to ep (ip:port) reads in rules.
+	// redirect is how a rule sending new connections to ep (ip:port, [ip6]:port) reads in rules.
 	redirect(ep string) string
 	// flush empties our rules behind the agent's back, as a firewall reload might.
 	flush(t *testing.T, ns *harness.Netns)
@@ -49,35 +53,28 @@ type ruleView interface {
 	failure() string
 }
 
-// viewOf is the view of the datapath the agent flags dp select.
-func viewOf(dp []string) ruleView {
-	if dp[1] == agent.DatapathNftables {
-		return nftView{}
-	}
-	return iptablesView{}
-}
+// iptablesView is the iptables datapath's rules of one family: cmd is iptables or ip6tables.
+type iptablesView struct{ cmd string }
 
-type iptablesView struct{}
-
-func (iptablesView) rules(ctx context.Context, ns *harness.Netns) (string, bool, error) {
-	out, err := ns.Run(ctx, "iptables-save")
+func (v iptablesView) rules(ctx context.Context, ns *harness.Netns) (string, bool, error) {
+	out, err := ns.Run(ctx, v.cmd+"-save")
 	return out, strings.Contains(out, agent.ChainPrefix), err
 }
 
 func (iptablesView) redirect(ep string) string { return "--to-destination " + ep }
 
-func (iptablesView) failure() string { return "iptables-restore" }
+func (v iptablesView) failure() string { return v.cmd + "-restore" }
 
-func (iptablesView) flush(t *testing.T, ns *harness.Netns) {
+func (v iptablesView) flush(t *testing.T, ns *harness.Netns) {
 	t.Helper()
-	if _, err := ns.Run(t.Context(), "iptables", "-t", "nat", "-F"); err != nil {
+	if _, err := ns.Run(t.Context(), v.cmd, "-t", "nat", "-F"); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (iptablesView) block(t *testing.T, ns *harness.Netns, svc string) func() {
+func (v iptablesView) block(t *testing.T, ns *harness.Netns, svc string) func() {
 	t.Helper()
-	save, err := ns.Run(t.Context(), "iptables-save", "-t", "nat")
+	save, err := ns.Run(t.Context(), v.cmd+"-save", "-t", "nat")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +83,11 @@ func (iptablesView) block(t *testing.T, ns *harness.Netns, svc string) func() {
 		t.Fatalf("no service chain for %s in:\n%s", svc, save)
 	}
 	foreign := []string{"OUTPUT", "-p", "tcp", "--dport", "9", "-m", "comment", "--comment", "foreign rule", "-j", m[1]}
-	if _, err := ns.Run(t.Context(), "iptables", append([]string{"-t", "nat", "-A"}, foreign...)...); err != nil {
+	if _, err := ns.Run(t.Context(), v.cmd, append([]string{"-t", "nat", "-A"}, foreign...)...); err != nil {
 		t.Fatal(err)
 	}
 	return func() {
-		if _, err := ns.Run(t.Context(), "iptables", append([]string{"-t", "nat", "-D"}, foreign...)...); err != nil {
+		if _, err := ns.Run(t.Context(), v.cmd, append([]string{"-t", "nat", "-D"}, foreign...)...); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -23,27 +23,28 @@ type fallbackEnv struct {
 	consumer *harness.Pod
 	local    *harness.Pod
 	remote   *harness.Pod
+	b        backend
 	rules    ruleView
 }
 
-func newFallbackEnv(t *testing.T, action v1alpha1.NoLocalProducerAction, dp []string) *fallbackEnv {
+func newFallbackEnv(t *testing.T, action v1alpha1.NoLocalProducerAction, b backend) *fallbackEnv {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 2})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 2})
 	cs, err := kubernetes.NewForConfig(cp.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &fallbackEnv{c: c, cs: cs, n1: c.Nodes[0], n2: c.Nodes[1], rules: viewOf(dp)}
+	e := &fallbackEnv{c: c, cs: cs, n1: c.Nodes[0], n2: c.Nodes[1], b: b, rules: b.view()}
 	e.consumer = c.AddPod(e.n1, "app", "consumer", nil, harness.PodOptions{})
 	e.local = addProducer(t, c, e.n1, "dd-old", harness.PodOptions{})
 	e.remote = addProducer(t, c, e.n2, "dd-remote", harness.PodOptions{})
-	mip := datadogMagicIP("datadog")
+	mip := b.magicIP("datadog")
 	mip.Spec.WhenNoLocalProducer = action
 	if err := cp.Client.Create(t.Context(), mip); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, e.n1, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
-	eventually(t, 10*time.Second, "served by the local producer", onlyAnswers(e.consumer.Netns, e.local.Name))
+	startAgent(t, c, e.n1, b.flags("--metrics-bind-address", "127.0.0.1:9402")...)
+	eventually(t, 10*time.Second, "served by the local producer", b.onlyAnswers(e.consumer.Netns, e.local.Name))
 	return e
 }
 
@@ -97,16 +98,16 @@ func atLeast(pr *prober, outcome string, before, n int) func(context.Context) er
 // moment node 1's starts terminating until node 1 has a Ready one again, then the new local one; the same when the new one's readiness fails for a while. The watch of node 2's
 // producers exists only meanwhile (namespaced), and while nothing changes the agent makes no pod
 // request at all, whether it falls back or not.
-func TestAgentFallbackRollout(t *testing.T) { forEachDatapath(t, testAgentFallbackRollout) }
+func TestAgentFallbackRollout(t *testing.T) { forEachBackend(t, testAgentFallbackRollout) }
 
-func testAgentFallbackRollout(t *testing.T, dp []string) {
-	e := newFallbackEnv(t, v1alpha1.Fallback, dp)
+func testAgentFallbackRollout(t *testing.T, b backend) {
+	e := newFallbackEnv(t, v1alpha1.Fallback, b)
 	ctx := t.Context()
 	if w := producerWatches(t, e.cs); w != 0 {
 		t.Errorf("namespaced pod watches with a Ready local producer: %v, want 0", w)
 	}
 	assertNoPodRequestsAtIdle(t, e.cs, e.n1)
-	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
+	pr := b.startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
 	old := e.local
 	// Terminating, the old producer still serves what it has; new connections go to the Ready
 	// producer of node 2 (a terminating one is used only when no Ready one may be, KEP-1669).
@@ -117,7 +118,7 @@ func testAgentFallbackRollout(t *testing.T, dp []string) {
 		}
 		assertNoPodRequestsAtIdle(t, e.cs, e.n1)
 	})
-	eventually(t, 5*time.Second, "new connections go to the new local producer", onlyAnswers(e.consumer.Netns, repl.Name))
+	eventually(t, 5*time.Second, "new connections go to the new local producer", b.onlyAnswers(e.consumer.Netns, repl.Name))
 	eventually(t, 5*time.Second, "answers from the new local producer", atLeast(pr, repl.Name, 0, 200))
 	eventually(t, 5*time.Second, "the watch of node 2's producers stopped", func(context.Context) error {
 		if w := producerWatches(t, e.cs); w != 0 {
@@ -136,7 +137,7 @@ func testAgentFallbackRollout(t *testing.T, dp []string) {
 	if err := repl.SetReady(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "back to the local producer", onlyAnswers(e.consumer.Netns, repl.Name))
+	eventually(t, 5*time.Second, "back to the local producer", b.onlyAnswers(e.consumer.Netns, repl.Name))
 	got := pr.finish()
 	for outcome, n := range got {
 		if outcome != old.Name && outcome != e.remote.Name && outcome != repl.Name {
@@ -148,12 +149,12 @@ func testAgentFallbackRollout(t *testing.T, dp []string) {
 
 // TestAgentRejectRollout: the same rollout with whenNoLocalProducer: Reject: refusals only while
 // node 1 has no usable producer, never a hang, and node 2's producer is never used nor watched.
-func TestAgentRejectRollout(t *testing.T) { forEachDatapath(t, testAgentRejectRollout) }
+func TestAgentRejectRollout(t *testing.T) { forEachBackend(t, testAgentRejectRollout) }
 
-func testAgentRejectRollout(t *testing.T, dp []string) {
-	e := newFallbackEnv(t, v1alpha1.Reject, dp)
+func testAgentRejectRollout(t *testing.T, b backend) {
+	e := newFallbackEnv(t, v1alpha1.Reject, b)
 	ctx := t.Context()
-	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
+	pr := b.startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
 	old := e.local
 	var refusedBefore int
 	repl := e.roll(t, old.Name+" (terminating", func() { refusedBefore = pr.count("refused") }, func() {
@@ -162,7 +163,7 @@ func testAgentRejectRollout(t *testing.T, dp []string) {
 			t.Errorf("namespaced pod watches with Reject: %v, want 0", w)
 		}
 	})
-	eventually(t, 5*time.Second, "new connections go to the new local producer", onlyAnswers(e.consumer.Netns, repl.Name))
+	eventually(t, 5*time.Second, "new connections go to the new local producer", b.onlyAnswers(e.consumer.Netns, repl.Name))
 	got := pr.finish()
 	if refusedBefore != 0 {
 		t.Errorf("%d refusals while the old producer was still usable", refusedBefore)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"strconv"
 	"testing"
@@ -90,31 +89,6 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx 
 	})
 	if err != nil {
 		t.Fatalf("%s: not true within %s: %v", what, timeout, errors.Join(last, err))
-	}
-}
-
-// want returns a condition that the TCP outcome from ns to the magic address is one of wants.
-func wantTCP(ns *harness.Netns, port int, wants ...string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		got := tcpOutcome(ctx, ns, magicAddr, port)
-		for _, w := range wants {
-			if got == w {
-				return nil
-			}
-		}
-		return fmt.Errorf("tcp from %s: got %q, want one of %q", ns.Name, got, wants)
-	}
-}
-
-func wantUDP(ns *harness.Netns, port int, wants ...string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		got := udpOutcome(ctx, ns, magicAddr, port)
-		for _, w := range wants {
-			if got == w {
-				return nil
-			}
-		}
-		return fmt.Errorf("udp from %s: got %q, want one of %q", ns.Name, got, wants)
 	}
 }
 

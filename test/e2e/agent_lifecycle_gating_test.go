@@ -31,11 +31,11 @@ const (
 // in the node at the moment the watch shows the taint gone) and reports True. At idle it writes
 // nothing to the Node; the condition flips False when the interface goes and True when it comes
 // back. `cleanup` with --node-name removes the condition and a startup taint put back meanwhile.
-func TestAgentNodeGating(t *testing.T) { forEachDatapath(t, testAgentNodeGating) }
+func TestAgentNodeGating(t *testing.T) { forEachBackend(t, testAgentNodeGating) }
 
-func testAgentNodeGating(t *testing.T, dp []string) {
+func testAgentNodeGating(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1, Routed: true})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 1, Routed: true})
 	n := c.Nodes[0]
 	ctx := t.Context()
 	cs, err := kubernetes.NewForConfig(cp.Config)
@@ -49,10 +49,10 @@ func testAgentNodeGating(t *testing.T, dp []string) {
 	}
 	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
 	p := addProducer(t, c, n, "dd-1", harness.PodOptions{})
-	if err := cp.Client.Create(ctx, datadogMagicIP("datadog")); err != nil {
+	if err := cp.Client.Create(ctx, b.magicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, c, n, append([]string{"--startup-taint", startupTaint, "--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
+	startAgent(t, c, n, b.flags("--startup-taint", startupTaint, "--metrics-bind-address", "127.0.0.1:9402")...)
 
 	eventually(t, 10*time.Second, "Programmed=False while the host interface is missing",
 		wantProgrammed(cs, n.Name, corev1.ConditionFalse, "InterfaceUnavailable", hostIf))
@@ -60,7 +60,7 @@ func testAgentNodeGating(t *testing.T, dp []string) {
 		t.Fatalf("startup taint removed while the node is not programmed: %v", node.Spec.Taints)
 	}
 
-	rulesAtRemoval := watchTaintRemoval(t, cs, viewOf(dp), n, p)
+	rulesAtRemoval := watchTaintRemoval(t, cs, b, n, p)
 	addHostInterface(t, n)
 	select {
 	case got := <-rulesAtRemoval:
@@ -71,7 +71,7 @@ func testAgentNodeGating(t *testing.T, dp []string) {
 		t.Fatalf("startup taint still on the Node 10s after the interface came back: %v", getNode(t, cs, n.Name).Spec.Taints)
 	}
 	eventually(t, 5*time.Second, "Programmed=True", wantProgrammed(cs, n.Name, corev1.ConditionTrue, "Programmed", ""))
-	eventually(t, 5*time.Second, "served", onlyAnswers(consumer.Netns, p.Name))
+	eventually(t, 5*time.Second, "served", b.onlyAnswers(consumer.Netns, p.Name))
 
 	assertNoNodeWritesAtIdle(t, cs, n)
 
@@ -90,10 +90,10 @@ func testAgentNodeGating(t *testing.T, dp []string) {
 // TestAgentCleanupLeavesNoGate: `cleanup` (as the DaemonSet's container runs it: NODE_NAME and the
 // agent's service account) removes the agent's Node condition and a startup taint still there, and
 // never adds the taint; without --node-name it does not touch the API.
-func TestAgentCleanupLeavesNoGate(t *testing.T) { forEachDatapath(t, testAgentCleanupLeavesNoGate) }
+func TestAgentCleanupLeavesNoGate(t *testing.T) { forEachBackend(t, testAgentCleanupLeavesNoGate) }
 
-func testAgentCleanupLeavesNoGate(t *testing.T, dp []string) {
-	e := newOneNode(t, append([]string{"--startup-taint", startupTaint}, dp...)...)
+func testAgentCleanupLeavesNoGate(t *testing.T, b backend) {
+	e := newOneNode(t, b, "--startup-taint", startupTaint)
 	cs, err := kubernetes.NewForConfig(e.c.CP.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -127,9 +127,9 @@ func testAgentCleanupLeavesNoGate(t *testing.T, dp []string) {
 }
 
 // watchTaintRemoval watches n's Node; on the first update without the startup taint it checks,
-// in the node, that the address is on the host interface and the DNAT rule to p exists, and sends
-// nil (or what was missing).
-func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, v ruleView, n *harness.Node, p *harness.Pod) <-chan error {
+// in the node, that the address of b's family is on the host interface and the DNAT rule to p
+// exists, and sends nil (or what was missing).
+func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, b backend, n *harness.Node, p *harness.Pod) <-chan error {
 	t.Helper()
 	ctx := t.Context()
 	node := getNode(t, cs, n.Name)
@@ -144,7 +144,7 @@ func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, v ruleView, n *har
 	go func() {
 		for ev := range w.ResultChan() {
 			if node, ok := ev.Object.(*corev1.Node); ok && !hasStartupTaint(node) {
-				out <- programmedInNode(ctx, v, n, p)
+				out <- programmedInNode(ctx, b, n, p)
 				return
 			}
 		}
@@ -152,15 +152,16 @@ func watchTaintRemoval(t *testing.T, cs kubernetes.Interface, v ruleView, n *har
 	return out
 }
 
-// programmedInNode checks the node's kernel (its rules as v reads them): the magic address on the
+// programmedInNode checks the node's kernel (its rules of b's family): the magic address on the
 // host interface and the DNAT rule to the producer.
-func programmedInNode(ctx context.Context, v ruleView, n *harness.Node, p *harness.Pod) error {
+func programmedInNode(ctx context.Context, b backend, n *harness.Node, p *harness.Pod) error {
+	v := b.view()
 	out, err := nodeState(ctx, v, n.Netns, "dev", n.HostInterface())
 	if err != nil {
 		return fmt.Errorf("read the node: %w: %s", err, out)
 	}
 	var missing []string
-	for _, want := range []string{v.redirect(net.JoinHostPort(p.IP.String(), strconv.Itoa(apmPort))), "inet " + magicAddr + "/32"} {
+	for _, want := range []string{v.redirect(net.JoinHostPort(b.podIP(p).String(), strconv.Itoa(apmPort))), b.inet()} {
 		if !strings.Contains(out, want) {
 			missing = append(missing, want)
 		}

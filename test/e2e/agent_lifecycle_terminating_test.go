@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,15 +18,15 @@ import (
 // connections keep going to it; a replacement takes them as soon as it is Ready; a connection
 // established to the terminating producer is not cut by the switch; then the old one goes away.
 func TestAgentTerminatingProducerKeepsServing(t *testing.T) {
-	forEachDatapath(t, testAgentTerminatingProducerKeepsServing)
+	forEachBackend(t, testAgentTerminatingProducerKeepsServing)
 }
 
-func testAgentTerminatingProducerKeepsServing(t *testing.T, dp []string) {
-	e := newOneNode(t, dp...)
+func testAgentTerminatingProducerKeepsServing(t *testing.T, b backend) {
+	e := newOneNode(t, b)
 	ctx := t.Context()
 	old := addProducer(t, e.c, e.node, "dd-old", harness.PodOptions{})
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, old.Name))
-	established, err := dialKept(ctx, e.consumer.Netns)
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, old.Name))
+	established, err := b.dialKept(ctx, e.consumer.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +34,7 @@ func testAgentTerminatingProducerKeepsServing(t *testing.T, dp []string) {
 	if established.greeting != old.Name {
 		t.Fatalf("kept connection answered by %q, want %s", established.greeting, old.Name)
 	}
-	pr := startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
+	pr := b.startProber(ctx, e.consumer.Netns, 2*time.Millisecond)
 
 	if err := old.MarkTerminating(ctx); err != nil {
 		t.Fatal(err)
@@ -47,16 +46,16 @@ func testAgentTerminatingProducerKeepsServing(t *testing.T, dp []string) {
 		}
 		return nil
 	})
-	eventually(t, 5*time.Second, "the agent programs dd-old as terminating", ruleMentions(viewOf(dp), e.node, old.Name+" (terminating"))
+	eventually(t, 5*time.Second, "the agent programs dd-old as terminating", ruleMentions(b.view(), e.node, old.Name+" (terminating"))
 
 	repl := addProducer(t, e.c, e.node, "dd-new", harness.PodOptions{NotReady: true})
-	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[old.Name] {
+	if got := b.seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[old.Name] {
 		t.Errorf("with the replacement not Ready yet: outcomes %v, want only %s", got, old.Name)
 	}
 	if err := repl.SetReady(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "new connections go to the Ready replacement", onlyAnswers(e.consumer.Netns, repl.Name))
+	eventually(t, 5*time.Second, "new connections go to the Ready replacement", b.onlyAnswers(e.consumer.Netns, repl.Name))
 	if got, err := established.echo("still there?"); err != nil || got != "still there?" {
 		t.Errorf("connection established to the terminating producer: echo %q (err %v), want it intact", got, err)
 	}
@@ -65,7 +64,7 @@ func testAgentTerminatingProducerKeepsServing(t *testing.T, dp []string) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "dd-old's rules gone", func(ctx context.Context) error {
-		if err := ruleMentions(viewOf(dp), e.node, old.Name)(ctx); err == nil {
+		if err := ruleMentions(b.view(), e.node, old.Name)(ctx); err == nil {
 			return fmt.Errorf("rules still mention %s", old.Name)
 		}
 		return nil
@@ -115,11 +114,11 @@ type keptConn struct {
 }
 
 // dialKept connects from ns to the magic address and reads the greeting (the producer's name).
-func dialKept(ctx context.Context, ns *harness.Netns) (*keptConn, error) {
+func (b backend) dialKept(ctx context.Context, ns *harness.Netns) (*keptConn, error) {
 	var c net.Conn
 	if err := ns.Do(func() (err error) {
 		var d net.Dialer
-		c, err = d.DialContext(ctx, "tcp", net.JoinHostPort(magicAddr, strconv.Itoa(apmPort)))
+		c, err = d.DialContext(ctx, "tcp", b.hostPort(apmPort))
 		return err
 	}); err != nil {
 		return nil, err

@@ -44,15 +44,16 @@ func metricAt(ctx context.Context, n *harness.Node, addr, name string) (float64,
 	return 0, fmt.Errorf("metric %s not found", name)
 }
 
-// TestAgentDriftRepair: `iptables -t nat -F` on the node (as a firewall reload might) is repaired
+// TestAgentDriftRepair: `iptables -t nat -F` (`ip6tables -t nat -F`, or our nftables table
+// flushed) on the node (as a firewall reload might) is repaired
 // within the resync period; while nothing drifts, resyncs write nothing.
-func TestAgentDriftRepair(t *testing.T) { forEachDatapath(t, testAgentDriftRepair) }
+func TestAgentDriftRepair(t *testing.T) { forEachBackend(t, testAgentDriftRepair) }
 
-func testAgentDriftRepair(t *testing.T, dp []string) {
-	e := newOneNode(t, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
+func testAgentDriftRepair(t *testing.T, b backend) {
+	e := newOneNode(t, b, "--metrics-bind-address", "127.0.0.1:9402")
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 
 	writes, err := metric(ctx, e.node, "magic_ip_agent_rule_writes_total")
 	if err != nil {
@@ -69,11 +70,11 @@ func testAgentDriftRepair(t *testing.T, dp []string) {
 		t.Errorf("idle resyncs wrote rules: writes %v → %v", writes, now)
 	}
 
-	viewOf(dp).flush(t, e.node.Netns)
-	if got := tcpOutcome(ctx, e.consumer.Netns, magicAddr, apmPort); got == p.Name {
+	b.view().flush(t, e.node.Netns)
+	if got := b.tcp(ctx, e.consumer.Netns, apmPort); got == p.Name {
 		t.Fatalf("still answered right after flushing nat: the flush did not take")
 	}
-	eventually(t, 5*time.Second, "flush repaired within the 2s resync period", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 5*time.Second, "flush repaired within the 2s resync period", b.onlyAnswers(e.consumer.Netns, p.Name))
 	// The counter moves once the repairing sync returns, a little after the rules are back.
 	eventually(t, 5*time.Second, "drift repair counted", func(ctx context.Context) error {
 		if n, err := metric(ctx, e.node, "magic_ip_agent_drift_repairs_total"); err != nil || n < 1 {
@@ -83,27 +84,34 @@ func testAgentDriftRepair(t *testing.T, dp []string) {
 	})
 }
 
-// TestAgentDeleteAndCleanup: deleting the MagicIP removes its rules and address; `cleanup` removes
-// everything of ours and nothing else, and running it twice is fine.
-func TestAgentDeleteAndCleanup(t *testing.T) { forEachDatapath(t, testAgentDeleteAndCleanup) }
+// TestAgentDeleteAndCleanup: deleting the MagicIP removes its rules and address; stopping the
+// agent leaves the rules of the MagicIP still there; `cleanup` removes everything of ours and
+// nothing else, and running it twice is fine.
+func TestAgentDeleteAndCleanup(t *testing.T) { forEachBackend(t, testAgentDeleteAndCleanup) }
 
-func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
-	e := newOneNode(t, dp...)
+func testAgentDeleteAndCleanup(t *testing.T, b backend) {
+	e := newOneNode(t, b)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
+	// Another MagicIP stays throughout: the iptables datapath keeps ip6tables rules only while a
+	// MagicIP has an IPv6 address (an IPv4-only node runs no ip6tables), so with the datadog one
+	// deleted there would be no IPv6 rule left for the agent's stop to keep.
+	if err := e.c.CP.Client.Create(ctx, b.at(datadogMagicIP("keeper"), 211)); err != nil {
+		t.Fatal(err)
+	}
 	// A foreign rule and chain that must survive our syncs and our cleanup.
 	for _, args := range [][]string{
 		{"-t", "nat", "-N", "KUBE-SERVICES"},
 		{"-t", "nat", "-I", "PREROUTING", "1", "-j", "KUBE-SERVICES"},
 		{"-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
 	} {
-		if _, err := e.node.Netns.Run(ctx, "iptables", args...); err != nil {
+		if _, err := e.node.Netns.Run(ctx, b.iptables(), args...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 	save := func() string {
-		out, err := e.node.Netns.Run(ctx, "iptables-save")
+		out, err := e.node.Netns.Run(ctx, b.iptables()+"-save")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +125,7 @@ func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
 		return out
 	}
 	ours := func() (string, bool) {
-		s, present, err := viewOf(dp).rules(ctx, e.node.Netns)
+		s, present, err := b.view().rules(ctx, e.node.Netns)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +133,7 @@ func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
 	}
 	// The foreign jump was inserted first after the agent's first sync: its next resync (every 2 s)
 	// puts ours first again. (nftables: our table has chains of its own on each hook.)
-	if dp[1] == agent.DatapathIptables {
+	if b.datapath == agent.DatapathIptables {
 		eventually(t, 5*time.Second, "our jump first in PREROUTING again", func(context.Context) error {
 			if first := firstRule(save(), "PREROUTING"); !strings.Contains(first, "MAGIC-IP-PREROUTING") {
 				return fmt.Errorf("first PREROUTING rule is %q, want our jump first", first)
@@ -134,14 +142,14 @@ func testAgentDeleteAndCleanup(t *testing.T, dp []string) {
 		})
 	}
 
-	if err := e.c.CP.Client.Delete(ctx, datadogMagicIP("datadog")); err != nil {
+	if err := e.c.CP.Client.Delete(ctx, b.magicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "rules and address gone", func(context.Context) error {
-		if s, _ := ours(); strings.Contains(s, magicAddr) || strings.Contains(s, "datadog:") {
-			return fmt.Errorf("our rules still mention %s:\n%s", magicAddr, s)
+		if s, _ := ours(); strings.Contains(s, b.addr()) || strings.Contains(s, "datadog:") {
+			return fmt.Errorf("our rules still mention %s:\n%s", b.addr(), s)
 		}
-		if a := addrs(); strings.Contains(a, magicAddr) {
+		if a := addrs(); strings.Contains(a, b.addr()) {
 			return fmt.Errorf("address still on cni0: %s", a)
 		}
 		return nil
@@ -182,22 +190,20 @@ func firstRule(save, chain string) string {
 // ignored and reported with an Event; one naming an interface the node lacks is reported; the
 // original keeps working throughout.
 func TestAgentConflictsAndBadInterface(t *testing.T) {
-	forEachDatapath(t, testAgentConflictsAndBadInterface)
+	forEachBackend(t, testAgentConflictsAndBadInterface)
 }
 
-func testAgentConflictsAndBadInterface(t *testing.T, dp []string) {
-	e := newOneNode(t, dp...)
+func testAgentConflictsAndBadInterface(t *testing.T, b backend) {
+	e := newOneNode(t, b)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 
-	rival := datadogMagicIP("datadog-rival")
+	rival := b.magicIP("datadog-rival")
 	rival.Spec.Producer.Namespace = "rival"
-	badIf := datadogMagicIP("apm-elsewhere")
-	badIf.Spec.Address = "169.254.210.211"
+	badIf := b.at(datadogMagicIP("apm-elsewhere"), 211)
 	badIf.Spec.HostInterface = "nosuch0"
-	noDummy := datadogMagicIP("on-dummy") // this kernel has no dummy link type: the agent must say so
-	noDummy.Spec.Address = "169.254.210.212"
+	noDummy := b.at(datadogMagicIP("on-dummy"), 212) // this kernel has no dummy link type: the agent must say so
 	noDummy.Spec.HostInterface = "magic-ip0"
 	for _, m := range []client.Object{rival, badIf, noDummy} {
 		if err := e.c.CP.Client.Create(ctx, m); err != nil {
@@ -210,24 +216,24 @@ func testAgentConflictsAndBadInterface(t *testing.T, dp []string) {
 	eventually(t, 10*time.Second, "conflict reported", wantAgentEvent(e.c, "datadog-rival", "Conflict", "claimed by MagicIP datadog"))
 	eventually(t, 10*time.Second, "missing interface reported", wantAgentEvent(e.c, "apm-elsewhere", "InterfaceUnavailable", "nosuch0"))
 	eventually(t, 10*time.Second, "missing dummy support reported", wantAgentEvent(e.c, "on-dummy", "InterfaceUnavailable", "no 'dummy' link type"))
-	if got := seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[p.Name] {
+	if got := b.seen(ctx, e.consumer.Netns, 20); len(got) != 1 || !got[p.Name] {
 		t.Errorf("original MagicIP disturbed: outcomes %v, want only %s", got, p.Name)
 	}
 }
 
 // TestAgentStartCleansLeftovers: a MagicIP deleted while the agent was down leaves rules and an
 // address behind; the next agent, with nothing at all to watch, removes them and becomes ready.
-func TestAgentStartCleansLeftovers(t *testing.T) { forEachDatapath(t, testAgentStartCleansLeftovers) }
+func TestAgentStartCleansLeftovers(t *testing.T) { forEachBackend(t, testAgentStartCleansLeftovers) }
 
-func testAgentStartCleansLeftovers(t *testing.T, dp []string) {
-	e := newOneNode(t, dp...)
+func testAgentStartCleansLeftovers(t *testing.T, b backend) {
+	e := newOneNode(t, b)
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 	if err := e.agent.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.c.CP.Client.Delete(ctx, datadogMagicIP("datadog")); err != nil {
+	if err := e.c.CP.Client.Delete(ctx, b.magicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Delete(ctx); err != nil {
@@ -236,13 +242,13 @@ func testAgentStartCleansLeftovers(t *testing.T, dp []string) {
 	if err := e.consumer.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	startAgent(t, e.c, e.node, dp...)
+	e.restartAgent(t)
 	eventually(t, 10*time.Second, "leftovers removed by the new agent", func(ctx context.Context) error {
-		out, err := nodeState(ctx, viewOf(dp), e.node.Netns)
+		out, err := nodeState(ctx, b.view(), e.node.Netns)
 		if err != nil {
 			return err
 		}
-		if strings.Contains(out, magicAddr) {
+		if strings.Contains(out, b.addr()) {
 			return fmt.Errorf("still there:\n%s", out)
 		}
 		return nil

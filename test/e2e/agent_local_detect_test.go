@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -20,18 +19,18 @@ import (
 // the magic IP through the node; so does each --detect-local-mode, one agent after the other on
 // the same node (each one's rules checked in iptables-save), with a bridge pod and a pod plugged
 // as routed CNIs plug them served or refused as the mode says.
-func TestAgentLocalDetection(t *testing.T) { forEachDatapath(t, testAgentLocalDetection) }
+func TestAgentLocalDetection(t *testing.T) { forEachBackend(t, testAgentLocalDetection) }
 
-func testAgentLocalDetection(t *testing.T, dp []string) {
+func testAgentLocalDetection(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
 	prod := addProducer(t, c, n, "dd", harness.PodOptions{})
 	consumer := c.AddPod(n, "app", "consumer", nil, harness.PodOptions{})
-	if err := cp.Client.Create(t.Context(), datadogMagicIP("datadog")); err != nil {
+	if err := cp.Client.Create(t.Context(), b.magicIP("datadog")); err != nil {
 		t.Fatal(err)
 	}
-	out := c.AddOutside(n, &net.IPNet{IP: net.ParseIP(magicAddr), Mask: net.CIDRMask(32, 32)})
+	out := c.AddOutside(n, b.route())
 	// A client plugged as Calico plugs pods (its own cali* link, no bridge), from the pod CIDR.
 	routed := c.AddRoutedClient(n, "calie2e0")
 	clients := func(nss ...*harness.Netns) []*harness.Netns { return nss }
@@ -40,7 +39,8 @@ func testAgentLocalDetection(t *testing.T, dp []string) {
 	rule := func(ipt, nft string) map[string]string {
 		return map[string]string{agent.DatapathIptables: ipt, agent.DatapathNftables: nft}
 	}
-	toServices := fmt.Sprintf("ip daddr %s iifname %%q jump services comment \"node-local interface\"", magicAddr)
+	ip, addr := b.nftFamily(), b.route().String() // ip or ip6; the magic address as a /32 or /128
+	toServices := fmt.Sprintf("%s daddr %s iifname %%q jump services comment \"node-local interface\"", ip, b.addr())
 	for _, tc := range []struct {
 		name            string
 		flags           []string
@@ -50,35 +50,35 @@ func testAgentLocalDetection(t *testing.T, dp []string) {
 		{"defaults", nil, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -i %s -m comment --comment "external interface: not node-local" -j RETURN`, harness.UplinkName),
 			fmt.Sprintf(`prerouting: iifname %q return comment "external interface: not node-local"`, harness.UplinkName)),
 			clients(consumer.Netns, routed.Netns), nil},
-		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -d %s/32 -m comment --comment "node-local (NodeCIDR)"`, n.PodCIDR, magicAddr),
-			fmt.Sprintf(`prerouting: ip saddr %s ip daddr %s jump services comment "node-local source"`, n.PodCIDR, magicAddr)),
+		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -d %s -m comment --comment "node-local (NodeCIDR)"`, b.podCIDR(n), addr),
+			fmt.Sprintf(`prerouting: %s saddr %s %s daddr %s jump services comment "node-local source"`, ip, b.podCIDR(n), ip, b.addr())),
 			clients(consumer.Netns, routed.Netns), nil},
-		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, rule(fmt.Sprintf(`-d %s/32 -i %s -m comment --comment "node-local (BridgeInterface)"`, magicAddr, harness.PodBridge),
+		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, rule(fmt.Sprintf(`-d %s -i %s -m comment --comment "node-local (BridgeInterface)"`, addr, harness.PodBridge),
 			"prerouting: "+fmt.Sprintf(toServices, harness.PodBridge)),
 			clients(consumer.Netns), clients(routed.Netns)},
 		// The bridge's pods arrive on cni0 (the veth is a bridge port): not a cali* interface.
-		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, rule(fmt.Sprintf(`-d %s/32 -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`, magicAddr),
+		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, rule(fmt.Sprintf(`-d %s -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`, addr),
 			"prerouting: "+fmt.Sprintf(toServices, "cali*")),
 			clients(routed.Netns), clients(consumer.Netns)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			proc := harness.StartAgentBare(t, c, n, agentBin, append(tc.flags, dp...)...)
+			proc := harness.StartAgentBare(t, c, n, agentBin, b.flags(tc.flags...)...)
 			if err := harness.WaitAgentReady(t.Context(), n.Netns, 15*time.Second); err != nil {
 				t.Fatalf("agent not ready: %v\n%s", err, proc.Output())
 			}
 			for _, ns := range tc.served {
-				eventually(t, 5*time.Second, ns.Name+" reaches the producer", wantTCP(ns, apmPort, prod.Name))
-				eventually(t, 5*time.Second, ns.Name+" reaches the producer over UDP", wantUDP(ns, statsPort, prod.Name))
+				eventually(t, 5*time.Second, ns.Name+" reaches the producer", b.wantTCP(ns, apmPort, prod.Name))
+				eventually(t, 5*time.Second, ns.Name+" reaches the producer over UDP", b.wantUDP(ns, statsPort, prod.Name))
 			}
 			for _, ns := range append(tc.refused, out.Netns) {
 				for range 3 {
-					if got := tcpOutcome(t.Context(), ns, magicAddr, apmPort); got != "refused" {
+					if got := b.tcp(t.Context(), ns, apmPort); got != "refused" {
 						t.Fatalf("%s, not node-local in this mode: %q, want refused (never the producer)", ns.Name, got)
 					}
 				}
 			}
 			// Ready means the first full sync applied this agent's rules: no wait needed.
-			if err := wantRule(viewOf(dp), n.Netns, tc.rule[dp[1]])(t.Context()); err != nil {
+			if err := wantRule(b.view(), n.Netns, tc.rule[b.datapath])(t.Context()); err != nil {
 				t.Errorf("prerouting rule of this mode: %v", err)
 			}
 			if err := proc.Stop(); err != nil {
@@ -92,12 +92,12 @@ func testAgentLocalDetection(t *testing.T, dp []string) {
 // would exempt every pod, the agent exits non-zero at start with a message naming a better mode.
 // The Node objects are extra ones the agent is pointed at (--node-name), in a real node's netns.
 func TestAgentLocalDetectionRefusals(t *testing.T) {
-	forEachDatapath(t, testAgentLocalDetectionRefusals)
+	forEachBackend(t, testAgentLocalDetectionRefusals)
 }
 
-func testAgentLocalDetectionRefusals(t *testing.T, dp []string) {
+func testAgentLocalDetectionRefusals(t *testing.T, b backend) {
 	cp := harness.StartControlPlane(t)
-	c := harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 1})
+	c := b.cluster(t, cp, harness.ClusterOptions{Nodes: 1})
 	n := c.Nodes[0]
 	node := func(name, podCIDR string, addrs ...string) string {
 		obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: podCIDR}}
@@ -120,18 +120,18 @@ func testAgentLocalDetectionRefusals(t *testing.T, dp []string) {
 		flags []string
 		want  string
 	}{
-		{"no node address", []string{"--node-name", node("no-address", n.PodCIDR.String())},
+		{"no node address", []string{"--node-name", node("no-address", b.podCIDR(n).String())},
 			"Node no-address lists no InternalIP or ExternalIP address: nothing tells off-node traffic apart"},
-		{"node address on the pod bridge", []string{"--node-name", node("ip-on-bridge", n.PodCIDR.String(), n.Gateway.String())},
+		{"node address on the pod bridge", []string{"--node-name", node("ip-on-bridge", b.podCIDR(n).String(), b.gateway(n).String())},
 			"interface cni0 holds the node's address but is also where this node's pods attach (the pod bridge): counting it as external would leave every pod unserved; use --detect-local-mode=NodeCIDR"},
-		{"NodeCIDR without podCIDRs", []string{"--node-name", node("no-podcidr", "", n.IP.String()), "--detect-local-mode=NodeCIDR"},
+		{"NodeCIDR without podCIDRs", []string{"--node-name", node("no-podcidr", "", b.ip(n.IP, n.IP6).String()), "--detect-local-mode=NodeCIDR"},
 			"Node no-podcidr has no spec.podCIDRs"},
 		{"prefix matching the uplink", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes=veth,eth"},
 			"interface eth0 counts as node-local (--detect-local-mode=InterfaceNamePrefix) but holds the node's address"},
 		{"unknown mode", []string{"--detect-local-mode=ClusterCIDR"}, `--detect-local-mode "ClusterCIDR": want one of`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			proc := harness.StartAgentBare(t, c, n, agentBin, append(tc.flags, dp...)...)
+			proc := harness.StartAgentBare(t, c, n, agentBin, b.flags(tc.flags...)...)
 			exited, err := proc.WaitExit(15 * time.Second)
 			if !exited || err == nil {
 				t.Fatalf("agent exited=%v err=%v, want a non-zero exit at start\n%s", exited, err, proc.Output())

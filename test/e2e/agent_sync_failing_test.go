@@ -23,13 +23,13 @@ import (
 // syncs have failed long enough for the backoff to reach its cap (12 failures: client-go's default
 // limiter would wait 20 s before the next retry, and twice that after), the blocker is removed: the
 // agent is ready again within the 10 s cap.
-func TestAgentSyncFailingReadyz(t *testing.T) { forEachDatapath(t, testAgentSyncFailingReadyz) }
+func TestAgentSyncFailingReadyz(t *testing.T) { forEachBackend(t, testAgentSyncFailingReadyz) }
 
-func testAgentSyncFailingReadyz(t *testing.T, dp []string) {
-	e := newOneNode(t, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, dp...)...)
+func testAgentSyncFailingReadyz(t *testing.T, b backend) {
+	e := newOneNode(t, b, "--metrics-bind-address", "127.0.0.1:9402")
 	p := addProducer(t, e.c, e.node, "dd-1", harness.PodOptions{})
 	ctx := t.Context()
-	eventually(t, 10*time.Second, "served", onlyAnswers(e.consumer.Netns, p.Name))
+	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 	// Traffic flows once the first sync's restore ran; the sync ends (and the agent is ready) just after.
 	eventually(t, 10*time.Second, "/readyz ready before the failure", func(ctx context.Context) error {
 		if code, body := readyz(ctx, e.node); code != http.StatusOK {
@@ -37,7 +37,7 @@ func testAgentSyncFailingReadyz(t *testing.T, dp []string) {
 		}
 		return nil
 	})
-	v := viewOf(dp)
+	v := b.view()
 	unblock := v.block(t, e.node.Netns, "datadog:apm")
 	if err := p.SetReady(ctx, false); err != nil {
 		t.Fatal(err)

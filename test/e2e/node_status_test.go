@@ -35,9 +35,9 @@ type statusCluster struct {
 	producer  *harness.Pod
 }
 
-func newStatusCluster(t *testing.T, agentArgs ...string) *statusCluster {
+func newStatusCluster(t *testing.T, b backend) *statusCluster {
 	cp := harness.StartControlPlane(t)
-	e := &statusCluster{c: harness.NewCluster(t, cp, harness.ClusterOptions{Nodes: 3, Routed: true})}
+	e := &statusCluster{c: b.cluster(t, cp, harness.ClusterOptions{Nodes: 3, Routed: true})}
 	var err error
 	if e.cs, err = kubernetes.NewForConfig(cp.Config); err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func newStatusCluster(t *testing.T, agentArgs ...string) *statusCluster {
 	if err := e.c.EnsureNamespace(ctx, "apps", map[string]string{"magic-ip.dev/inject": "enabled"}); err != nil {
 		t.Fatal(err)
 	}
-	mip := datadogMagicIP("datadog")
+	mip := b.magicIP("datadog")
 	mip.Spec.Inject.Hostnames = []string{"datadog.node.local"}
 	if err := cp.Client.Create(ctx, mip); err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func newStatusCluster(t *testing.T, agentArgs ...string) *statusCluster {
 	}
 	for i, n := range e.c.Nodes {
 		e.agentPods = append(e.agentPods, e.c.AddPod(n, harness.WebhookNamespace, "magic-ip-agent-"+strconv.Itoa(i), agentPodLabels, harness.PodOptions{HostNetwork: true}))
-		e.agents = append(e.agents, startAgent(t, e.c, n, append([]string{"--metrics-bind-address", "127.0.0.1:9402"}, agentArgs...)...))
+		e.agents = append(e.agents, startAgent(t, e.c, n, b.flags("--metrics-bind-address", "127.0.0.1:9402")...))
 	}
 	return e
 }
@@ -68,13 +68,12 @@ func newStatusCluster(t *testing.T, agentArgs ...string) *statusCluster {
 // `kubectl get mip` shows. At idle neither is written (0 writes per node per hour); a producer
 // rollout on one node costs that node a write per step and the MagicIP a bounded number.
 //
-// Run once per datapath.
-func TestNodeRecordsAndCounts(t *testing.T) {
-	forEachDatapath(t, func(t *testing.T, dp []string) { testNodeRecordsAndCounts(t, dp[1], dp) })
-}
+// A record lists each producer with its first address (status.podIP): IPv4 on dual-stack nodes.
+func TestNodeRecordsAndCounts(t *testing.T) { forEachBackend(t, testNodeRecordsAndCounts) }
 
-func testNodeRecordsAndCounts(t *testing.T, datapath string, dp []string) {
-	e := newStatusCluster(t, dp...)
+func testNodeRecordsAndCounts(t *testing.T, b backend) {
+	datapath := b.datapath
+	e := newStatusCluster(t, b)
 	cp, ctx := e.c.CP, t.Context()
 	n0, n1, n2 := e.c.Nodes[0], e.c.Nodes[1], e.c.Nodes[2]
 	eventually(t, 15*time.Second, "the three records", func(ctx context.Context) error {
@@ -244,7 +243,7 @@ func apiWrites(t *testing.T, cs kubernetes.Interface) writeCount {
 // magic-ip-view) against the known states: node 0 programmed with a producer, node 1 without its
 // host interface, node 2 whose agent is down; `why` for consumers on nodes 0 and 2.
 func TestKubectlMagicIP(t *testing.T) {
-	e := newStatusCluster(t)
+	e := newStatusCluster(t, defaultBackend)
 	cp, ctx := e.c.CP, t.Context()
 	n0, n1, n2 := e.c.Nodes[0], e.c.Nodes[1], e.c.Nodes[2]
 	plugin, err := harness.Build(t.TempDir(), "./cmd/kubectl-magic_ip")
@@ -260,7 +259,7 @@ func TestKubectlMagicIP(t *testing.T) {
 	eventually(t, 15*time.Second, "node 0 programmed", func(ctx context.Context) error {
 		return wantEntry(ctx, cp.Client, n0.Name, true, v1alpha1.ReasonProgrammed, "datadog/dd-1="+e.producer.IP.String())
 	})
-	eventually(t, 5*time.Second, "served", onlyAnswers(consumer.Netns, e.producer.Name))
+	eventually(t, 5*time.Second, "served", defaultBackend.onlyAnswers(consumer.Netns, e.producer.Name))
 	if err := e.agents[2].Stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -9,16 +9,13 @@ import (
 
 // AddRoutedClient plugs a client namespace into node the way routed CNIs (Calico's cali*,
 // Cilium's lxc*) plug pods: its own host-side veth named hostIf, not on the pod bridge, a /32
-// route to the client's address (the next free one of the node's pod CIDR) through it, and a
-// default route via a gateway the node answers for (and proxy ARP on the pod bridge, so bridge
-// pods reach it). It has no Pod object: it is only a source of
-// traffic arriving on hostIf. IPv4 only: node needs IPv4 (any stack but IPv6Only).
+// (/128) route to each of the client's addresses (the next free ones of the node's pod CIDRs, one
+// per family of the node) through it, and a default route per family via a gateway the node
+// answers for (and proxy ARP / proxy NDP on the pod bridge, so bridge pods reach it). It has no
+// Pod object: it is only a source of traffic arriving on hostIf.
 func (c *Cluster) AddRoutedClient(node *Node, hostIf string) *Outside {
 	c.t.Helper()
-	if !node.Stack.Has4() {
-		c.t.Fatalf("routed client on %s: the node is %s, routed clients are IPv4", node.Name, node.Stack)
-	}
-	ip, err := node.allocIP()
+	ips, err := node.allocIPs()
 	if err != nil {
 		c.t.Fatalf("routed client: %v", err)
 	}
@@ -31,42 +28,97 @@ func (c *Cluster) AddRoutedClient(node *Node, hostIf string) *Outside {
 			c.t.Errorf("routed client: %v", err)
 		}
 	})
+	if err := prepareStack(ns, node.Stack, false); err != nil {
+		c.t.Fatalf("routed client: %v", err)
+	}
 	var hostMAC net.HardwareAddr
-	err = node.Netns.withHandle(func(h *netlink.Handle) error {
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns.handle))}
-		if err := h.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth %s: %w", hostIf, err)
-		}
-		if err := linkUpWithAddr(h, hostIf); err != nil {
-			return err
-		}
-		l, err := h.LinkByName(hostIf)
-		if err != nil {
-			return err
-		}
-		hostMAC = l.Attrs().HardwareAddr
-		return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK})
+	err = node.Netns.withHandle(func(h *netlink.Handle) (err error) {
+		hostMAC, err = routedHostSide(h, ns, hostIf, ips)
+		return err
 	})
 	if err == nil {
-		err = ns.withHandle(func(h *netlink.Handle) error { return routedClientSide(h, ip, hostMAC) })
+		err = ns.withHandle(func(h *netlink.Handle) error { return routedClientSide(h, ips, hostMAC) })
 	}
 	if err == nil {
-		// The bridge's pods hold the whole pod CIDR on-link and ARP for the client: the node
-		// answers for it on the bridge (it routes the address elsewhere), as mixed setups do.
-		err = node.Netns.Sysctl("net.ipv4.conf."+PodBridge+".proxy_arp", "1")
+		err = proxyForBridge(node, ips)
 	}
 	if err != nil {
 		c.t.Fatalf("routed client on %s: %v", node.Name, err)
 	}
-	return &Outside{Netns: ns, IP: ip}
+	o := &Outside{Netns: ns, IP: ips[0]}
+	if node.Stack.Has6() {
+		o.IP6 = ips[len(ips)-1]
+	}
+	return o
 }
 
-// routedClientSide configures the client's eth0: ip/32, a link route to the gateway with a
-// permanent neighbour entry (the host-side MAC), and the default route via the gateway. The
-// gateway is routed CNIs' usual 169.254.1.1 (Calico's): it exists on no interface.
-func routedClientSide(h *netlink.Handle, ip net.IP, hostMAC net.HardwareAddr) error {
-	routedGateway := net.IPv4(169, 254, 1, 1).To4()
-	if err := linkUpWithAddr(h, "eth0", &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}); err != nil {
+// routedHostSide creates the client's veth in the node namespace h, named hostIf, with a host
+// route to each of ips through it, and returns its MAC.
+func routedHostSide(h *netlink.Handle, ns *Netns, hostIf string, ips []net.IP) (net.HardwareAddr, error) {
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns.handle))}
+	if err := h.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("add veth %s: %w", hostIf, err)
+	}
+	if err := linkUpWithAddr(h, hostIf); err != nil {
+		return nil, err
+	}
+	l, err := h.LinkByName(hostIf)
+	if err != nil {
+		return nil, err
+	}
+	for _, ip := range ips {
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: ip, Mask: hostMask(ip)}, Scope: netlink.SCOPE_LINK}); err != nil {
+			return nil, fmt.Errorf("route to %s via %s: %w", ip, hostIf, err)
+		}
+	}
+	return l.Attrs().HardwareAddr, nil
+}
+
+// proxyForBridge makes the node answer for the routed client's addresses on the pod bridge: the
+// bridge's pods hold the whole pod CIDR on-link and resolve the client there (ARP, NDP), while the
+// node routes the addresses elsewhere, as mixed setups do.
+func proxyForBridge(node *Node, ips []net.IP) error {
+	if err := node.Netns.Sysctl("net.ipv4.conf."+PodBridge+".proxy_arp", "1"); err != nil {
+		return err
+	}
+	for _, ip := range ips {
+		if ip.To4() != nil {
+			continue
+		}
+		if err := node.Netns.Sysctl("net.ipv6.conf."+PodBridge+".proxy_ndp", "1"); err != nil {
+			return err
+		}
+		if err := node.Netns.withHandle(func(h *netlink.Handle) error {
+			br, err := h.LinkByName(PodBridge)
+			if err != nil {
+				return err
+			}
+			return h.NeighAdd(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V6, IP: ip, Flags: netlink.NTF_PROXY})
+		}); err != nil {
+			return fmt.Errorf("proxy NDP for %s on %s: %w", ip, PodBridge, err)
+		}
+	}
+	return nil
+}
+
+// routedGateway is routed CNIs' usual gateway of the family, which exists on no interface:
+// Calico's 169.254.1.1 for IPv4, and a link-local fe80::1 for IPv6.
+func routedGateway(ip net.IP) net.IP {
+	if ip.To4() == nil {
+		return net.ParseIP("fe80::1")
+	}
+	return net.IPv4(169, 254, 1, 1).To4()
+}
+
+// routedClientSide configures the client's eth0: each of ips as a host address (/32, /128), and
+// per family a link route to the gateway with a permanent neighbour entry (the host-side MAC) and
+// the default route via the gateway.
+func routedClientSide(h *netlink.Handle, ips []net.IP, hostMAC net.HardwareAddr) error {
+	var addrs []*net.IPNet
+	for _, ip := range ips {
+		addrs = append(addrs, &net.IPNet{IP: ip, Mask: hostMask(ip)})
+	}
+	if err := linkUpWithAddr(h, "eth0", addrs...); err != nil {
 		return err
 	}
 	eth0, err := h.LinkByName("eth0")
@@ -74,15 +126,18 @@ func routedClientSide(h *netlink.Handle, ip net.IP, hostMAC net.HardwareAddr) er
 		return err
 	}
 	idx := eth0.Attrs().Index
-	gw := &net.IPNet{IP: routedGateway, Mask: net.CIDRMask(32, 32)}
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: gw, Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("route to %s: %w", routedGateway, err)
-	}
-	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: idx, IP: routedGateway, HardwareAddr: hostMAC, State: netlink.NUD_PERMANENT}); err != nil {
-		return fmt.Errorf("neighbour %s: %w", routedGateway, err)
-	}
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: routedGateway}); err != nil {
-		return fmt.Errorf("default route via %s: %w", routedGateway, err)
+	for _, ip := range ips {
+		gwIP := routedGateway(ip)
+		gw := &net.IPNet{IP: gwIP, Mask: hostMask(gwIP)}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: gw, Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("route to %s: %w", gwIP, err)
+		}
+		if err := h.NeighAdd(&netlink.Neigh{LinkIndex: idx, IP: gwIP, HardwareAddr: hostMAC, State: netlink.NUD_PERMANENT}); err != nil {
+			return fmt.Errorf("neighbour %s: %w", gwIP, err)
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gwIP}); err != nil {
+			return fmt.Errorf("default route via %s: %w", gwIP, err)
+		}
 	}
 	return nil
 }
