@@ -22,7 +22,8 @@ type Kernel struct {
 	conn    *nftables.Conn
 	table   *nftables.Table
 	netnsFd int
-	last    Transaction
+	// pending counts what is queued for the next transaction; last, what the last one sent held.
+	pending, last Transaction
 }
 
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
@@ -94,7 +95,7 @@ func (k *Kernel) Close() error { return k.conn.CloseLasting() }
 // the rest. The table ip magic-ip of an older agent goes in the same transaction, so an upgrade
 // switches from its rules to ours at once.
 func (k *Kernel) Write(rs Ruleset) error {
-	k.last = Transaction{}
+	k.pending = Transaction{}
 	for _, t := range []*nftables.Table{legacyTable(), k.table} {
 		k.conn.AddTable(t)
 		k.conn.DelTable(t)
@@ -121,7 +122,7 @@ func (k *Kernel) Write(rs Ruleset) error {
 	for _, c := range rs.Chains {
 		k.addRules(chains[c.Name], c.Rules)
 	}
-	k.last.Chains = len(rs.Chains)
+	k.pending.Chains = len(rs.Chains)
 	return k.flush(fmt.Sprintf("writing table %s (%d chains)", tableDesc, len(rs.Chains)))
 }
 
@@ -131,7 +132,7 @@ type Transaction struct {
 	Chains, Rules, Elements int
 }
 
-// Last is what the last transaction written by Write or WriteChanges held (zero: nothing sent).
+// Last is what the last transaction Write or WriteChanges sent held.
 func (k *Kernel) Last() Transaction { return k.last }
 
 // WriteChanges turns prev, what the table holds, into rs in one transaction that touches only
@@ -141,7 +142,7 @@ func (k *Kernel) Last() Transaction { return k.last }
 // element deleted and one added, no rule. Base chains stay in place, so no hook is unregistered.
 // It returns how many chains and elements it wrote (0: nothing changed, nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
-	k.last = Transaction{}
+	k.pending = Transaction{}
 	ch := chainChanges(prev, rs)
 	for _, c := range ch.added {
 		k.conn.AddChain(k.chain(c))
@@ -160,12 +161,12 @@ func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
 	if err := k.changeElements(unpaired, paired, ch.unmapped, ch.mapped); err != nil {
 		return 0, err
 	}
-	k.last.Chains = len(fill) + len(ch.gone)
-	n := k.last.Chains + k.last.Elements
+	k.pending.Chains = len(fill) + len(ch.gone)
+	n := k.pending.Chains + k.pending.Elements
 	if n == 0 {
 		return 0, nil
 	}
-	return n, k.flush(fmt.Sprintf("changing %d chains and %d elements of table %s", k.last.Chains, k.last.Elements, tableDesc))
+	return n, k.flush(fmt.Sprintf("changing %d chains and %d elements of table %s", k.pending.Chains, k.pending.Elements, tableDesc))
 }
 
 // changeElements queues the hairpin pairs and endpoints map elements gone and added: deletions
@@ -195,7 +196,7 @@ const elementsPerMessage = 128
 // setElements queues adding (or, with del, deleting) elems to set, in messages of at most
 // elementsPerMessage elements.
 func (k *Kernel) setElements(set *nftables.Set, elems []nftables.SetElement, del bool) error {
-	k.last.Elements += len(elems)
+	k.pending.Elements += len(elems)
 	for len(elems) > 0 {
 		part := elems[:min(len(elems), elementsPerMessage)]
 		elems = elems[len(part):]
@@ -303,12 +304,14 @@ func (k *Kernel) chain(c Chain) *nftables.Chain {
 }
 
 func (k *Kernel) addRules(ch *nftables.Chain, rules []Rule) {
+	k.pending.Rules += len(rules)
 	for _, r := range rules {
 		k.conn.AddRule(&nftables.Rule{Table: k.table, Chain: ch, Exprs: r.Exprs, UserData: comment(r.Comment)})
 	}
 }
 
 func (k *Kernel) flush(what string) error {
+	k.last = k.pending
 	if err := k.send(); err != nil {
 		return fmt.Errorf("nftables transaction %s: %w", what, err)
 	}

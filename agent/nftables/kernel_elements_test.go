@@ -44,6 +44,9 @@ func TestKernelProducerChangeWritesElementsOnly(t *testing.T) {
 				rules, chains, counts[gnft.MonitorEventTypeNewSetElem], counts[gnft.MonitorEventTypeDelSetElem], maxRules, maxChains)
 		}
 		t.Logf("%s: monitor counted %v", name, counts)
+		if tx, elems := k.Last(), counts[gnft.MonitorEventTypeNewSetElem]+counts[gnft.MonitorEventTypeDelSetElem]; tx.Rules != counts[gnft.MonitorEventTypeNewRule] || tx.Elements != elems {
+			t.Errorf("%s: Kernel.Last says %d rules and %d elements were sent, the monitor saw %d and %d", name, tx.Rules, tx.Elements, counts[gnft.MonitorEventTypeNewRule], elems)
+		}
 		o, err := k.Read()
 		if err != nil {
 			t.Fatal(err)
