@@ -85,7 +85,8 @@ func transactionEvents(t *testing.T, events chan *gnft.MonitorEvents) map[gnft.M
 }
 
 // TestKernelElementDrift: an endpoints map element deleted, changed or added behind our back is
-// drift a full sync reports and repairs, as a rule would be.
+// drift a full sync reports and repairs, as a rule would be. A service renamed rewrites its
+// elements in place.
 func TestKernelElementDrift(t *testing.T) {
 	_, k, other := netnsKernel(t, "nftelemdrift")
 	d := &Datapath{Kernel: k}
@@ -121,5 +122,16 @@ func TestKernelElementDrift(t *testing.T) {
 		if o, err := k.Read(); err != nil || len(o.Drift(rs)) > 0 {
 			t.Fatalf("%s: not repaired: %q (err %v)", c.name, o.Drift(rs), err)
 		}
+	}
+	// A service renamed keeps its address, protocol and port: its chain is replaced, and its
+	// elements deleted and added again with the same keys, in one transaction.
+	in := fleetInput(5, 0)
+	in.Services[0].Key = "renamed:tcp"
+	renamed := Render(in)
+	if _, _, err := d.Apply(renamed, false); err != nil {
+		t.Fatalf("service renamed: %v", err)
+	}
+	if o, err := k.Read(); err != nil || len(o.Drift(renamed)) > 0 {
+		t.Fatalf("service renamed: the kernel does not hold what was rendered: %q (err %v)", o.Drift(renamed), err)
 	}
 }
