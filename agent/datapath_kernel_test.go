@@ -102,7 +102,7 @@ func TestNftablesSyncRepairsEditedRule(t *testing.T) {
 	st, local := everyShape(), ExternalInterfaces("eth0")
 	rs := nftables.Render(NftablesInput(st, local))
 	svc := slices.IndexFunc(rs.Chains, func(c nftables.Chain) bool {
-		return len(c.Rules) > 0 && strings.HasPrefix(c.Rules[0].Comment, "datadog:apm -> ")
+		return len(c.Elements) > 0 && strings.HasPrefix(c.Elements[0].Comment, "datadog:apm -> ")
 	})
 	table := &gnft.Table{Name: nftables.TableName, Family: nftables.TableFamily}
 	edits := []struct {
@@ -139,7 +139,7 @@ func TestNftablesSyncRepairsEditedRule(t *testing.T) {
 		}
 		for _, e := range edits {
 			rules, err := other.GetRules(table, &gnft.Chain{Name: e.chain, Table: table})
-			if err != nil || len(rules) < 2 {
+			if err != nil || len(rules) == 0 {
 				return fmt.Errorf("%s: rules of chain %s: %d (err %v)", e.name, e.chain, len(rules), err)
 			}
 			e.edit(other, rules)

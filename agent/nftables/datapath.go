@@ -10,7 +10,8 @@ type Datapath struct {
 
 // Apply makes the kernel hold rs. full reads our table back first and reports how it differs
 // from what the last Apply wrote (nothing on the first sync, when nothing vouches for the kernel).
-// With the kernel known to hold the last ruleset, only the chains that changed are written;
+// With the kernel known to hold the last ruleset, only the chains and elements that changed are
+// written (a producer replaced by another: map elements only);
 // otherwise (first sync, drift, a failed write) the whole table is rewritten. Either way it is one
 // transaction.
 func (d *Datapath) Apply(rs Ruleset, full bool) (wrote bool, drift []string, err error) {

@@ -22,6 +22,8 @@ type Kernel struct {
 	conn    *nftables.Conn
 	table   *nftables.Table
 	netnsFd int
+	// pending counts what is queued for the next transaction; last, what the last one sent held.
+	pending, last Transaction
 }
 
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
@@ -93,15 +95,25 @@ func (k *Kernel) Close() error { return k.conn.CloseLasting() }
 // the rest. The table ip magic-ip of an older agent goes in the same transaction, so an upgrade
 // switches from its rules to ours at once.
 func (k *Kernel) Write(rs Ruleset) error {
+	k.pending = Transaction{}
 	for _, t := range []*nftables.Table{legacyTable(), k.table} {
 		k.conn.AddTable(t)
 		k.conn.DelTable(t)
 	}
 	k.conn.AddTable(k.table)
 	for _, f := range []family{ipv4, ipv6} {
-		if err := k.conn.AddSet(k.hairpin(f), pairs(ofFamily(rs.Hairpin, f))); err != nil {
-			return fmt.Errorf("set %s: %w", k.hairpin(f).Name, err)
+		for _, set := range []*nftables.Set{k.hairpin(f), k.endpoints(f)} {
+			if err := k.conn.AddSet(set, nil); err != nil {
+				return fmt.Errorf("set %s: %w", set.Name, err)
+			}
 		}
+	}
+	var elems []Element
+	for _, c := range rs.Chains {
+		elems = append(elems, c.Elements...)
+	}
+	if err := k.changeElements(nil, rs.Hairpin, nil, elems); err != nil {
+		return err
 	}
 	chains := make(map[string]*nftables.Chain, len(rs.Chains))
 	for _, c := range rs.Chains {
@@ -110,56 +122,117 @@ func (k *Kernel) Write(rs Ruleset) error {
 	for _, c := range rs.Chains {
 		k.addRules(chains[c.Name], c.Rules)
 	}
+	k.pending.Chains = len(rs.Chains)
 	return k.flush(fmt.Sprintf("writing table %s (%d chains)", tableDesc, len(rs.Chains)))
 }
 
+// Transaction counts what one transaction wrote: chains added, flushed or deleted, rules added,
+// and set and map elements added or deleted.
+type Transaction struct {
+	Chains, Rules, Elements int
+}
+
+// Last is what the last transaction Write or WriteChanges sent held.
+func (k *Kernel) Last() Transaction { return k.last }
+
 // WriteChanges turns prev, what the table holds, into rs in one transaction that touches only
-// what changed: new chains are added, changed chains flushed and refilled, chains gone deleted
-// (after the chains that jumped to them were flushed, in the same transaction). Base chains stay
-// in place, so no hook is unregistered. It returns how many chains it wrote (0: nothing changed,
-// nothing sent).
+// what changed: new chains are added, chains whose rules changed flushed and refilled, chains gone
+// deleted (after the chains that jumped to them were flushed, in the same transaction), and the
+// map and set elements that changed deleted or added — a producer replaced by another is an
+// element deleted and one added, no rule. Base chains stay in place, so no hook is unregistered.
+// It returns how many chains and elements it wrote (0: nothing changed, nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
-	added, changed, gone := chainChanges(prev, rs)
-	for _, c := range added {
+	k.pending = Transaction{}
+	ch := chainChanges(prev, rs)
+	for _, c := range ch.added {
 		k.conn.AddChain(k.chain(c))
 	}
-	for _, c := range changed {
+	for _, c := range ch.changed {
 		k.conn.FlushChain(k.chain(c))
 	}
-	stale := len(gone)
-	for _, c := range gone {
+	for _, c := range ch.gone {
 		k.conn.DelChain(k.chain(c))
 	}
-	fill := append(added, changed...)
+	fill := append(ch.added, ch.changed...)
 	for _, c := range fill {
 		k.addRules(k.chain(c), c.Rules)
 	}
 	unpaired, paired := diffAddrs(prev.Hairpin, rs.Hairpin)
-	if err := k.changeHairpin(unpaired, paired); err != nil {
+	if err := k.changeElements(unpaired, paired, ch.unmapped, ch.mapped); err != nil {
 		return 0, err
 	}
-	n := len(fill) + stale + len(unpaired) + len(paired)
+	k.pending.Chains = len(fill) + len(ch.gone)
+	n := k.pending.Chains + k.pending.Elements
 	if n == 0 {
 		return 0, nil
 	}
-	return n, k.flush(fmt.Sprintf("changing %d chains and %d hairpin elements of table %s", len(fill)+stale, len(unpaired)+len(paired), tableDesc))
+	return n, k.flush(fmt.Sprintf("changing %d chains and %d elements of table %s", k.pending.Chains, k.pending.Elements, tableDesc))
 }
 
-func (k *Kernel) changeHairpin(gone, added []netip.Addr) error {
-	for _, f := range []family{ipv4, ipv6} {
-		set := k.hairpin(f)
-		if g := ofFamily(gone, f); len(g) > 0 {
-			if err := k.conn.SetDeleteElements(set, pairs(g)); err != nil {
-				return fmt.Errorf("set %s: %w", set.Name, err)
-			}
+// changeElements queues the hairpin pairs and endpoints map elements gone and added: deletions
+// first, so an element deleted and added again (a chain renamed) ends up added.
+func (k *Kernel) changeElements(unpaired, paired []netip.Addr, unmapped, mapped []Element) error {
+	for _, del := range []bool{true, false} {
+		ips, elems := paired, mapped
+		if del {
+			ips, elems = unpaired, unmapped
 		}
-		if a := ofFamily(added, f); len(a) > 0 {
-			if err := k.conn.SetAddElements(set, pairs(a)); err != nil {
-				return fmt.Errorf("set %s: %w", set.Name, err)
+		for _, f := range []family{ipv4, ipv6} {
+			if err := k.setElements(k.hairpin(f), pairs(ofFamily(ips, f)), del); err != nil {
+				return err
+			}
+			if err := k.setElements(k.endpoints(f), mapElements(elems, f), del); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
+}
+
+// elementsPerMessage bounds the elements of one message: their list is one netlink attribute,
+// whose length field has 16 bits (an element with its comment is up to some 300 bytes).
+const elementsPerMessage = 128
+
+// setElements queues adding (or, with del, deleting) elems to set, in messages of at most
+// elementsPerMessage elements.
+func (k *Kernel) setElements(set *nftables.Set, elems []nftables.SetElement, del bool) error {
+	k.pending.Elements += len(elems)
+	for len(elems) > 0 {
+		part := elems[:min(len(elems), elementsPerMessage)]
+		elems = elems[len(part):]
+		op := k.conn.SetAddElements
+		if del {
+			op = k.conn.SetDeleteElements
+		}
+		if err := op(set, part); err != nil {
+			return fmt.Errorf("set %s: %w", set.Name, err)
+		}
+	}
+	return nil
+}
+
+// endpoints is the endpoints map of family f: service address . protocol . port . slot to
+// producer address . port.
+func (k *Kernel) endpoints(f family) *nftables.Set {
+	addr := nftables.TypeIPAddr
+	name := endpointsMap
+	if f.nfproto == ipv6.nfproto {
+		addr, name = nftables.TypeIP6Addr, endpointsMap6
+	}
+	return &nftables.Set{Table: k.table, Name: name, IsMap: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+		DataType: nftables.MustConcatSetType(addr, nftables.TypeInetService)}
+}
+
+// mapElements are the endpoints map elements of elems in family f.
+func mapElements(elems []Element, f family) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, e := range elems {
+		if familyOf(e.Addr).nfproto == f.nfproto {
+			out = append(out, nftables.SetElement{Key: slotKey(serviceKey(e.Addr, e.Protocol, e.Port), e.Slot), Val: endpointData(e.To), Comment: truncated(e.Comment)})
+		}
+	}
+	return out
 }
 
 // hairpin is the hairpin set of family f.
@@ -231,12 +304,14 @@ func (k *Kernel) chain(c Chain) *nftables.Chain {
 }
 
 func (k *Kernel) addRules(ch *nftables.Chain, rules []Rule) {
+	k.pending.Rules += len(rules)
 	for _, r := range rules {
 		k.conn.AddRule(&nftables.Rule{Table: k.table, Chain: ch, Exprs: r.Exprs, UserData: comment(r.Comment)})
 	}
 }
 
 func (k *Kernel) flush(what string) error {
+	k.last = k.pending
 	if err := k.send(); err != nil {
 		return fmt.Errorf("nftables transaction %s: %w", what, err)
 	}
@@ -259,42 +334,74 @@ func (k *Kernel) send() error {
 	return err
 }
 
-// chainChanges lists the chains of rs that prev lacks (added), those whose rules differ
-// (changed), and those of prev that rs lacks (gone). When both hold the same chains in the same
-// order (a sync that changed producers only) they are compared in place, without indexing them.
-func chainChanges(prev, rs Ruleset) (added, changed, gone []Chain) {
-	if len(prev.Chains) == len(rs.Chains) {
-		inPlace := true
-		for i := range rs.Chains {
-			if prev.Chains[i].Name != rs.Chains[i].Name {
-				inPlace = false
-				break
-			}
+// changes is what WriteChanges writes: the chains of rs that prev lacks (added), those whose
+// rules differ (changed), those of prev that rs lacks (gone), and the endpoints map elements gone
+// and added.
+type changes struct {
+	added, changed, gone []Chain
+	unmapped, mapped     []Element
+}
+
+// chainChanges compares prev with rs. When both hold the same chains in the same order (a sync
+// that changed producers only) they are compared in place, without indexing them.
+func chainChanges(prev, rs Ruleset) changes {
+	var ch changes
+	if sameNames(prev.Chains, rs.Chains) {
+		for i, c := range rs.Chains {
+			ch.compare(&prev.Chains[i], c)
 		}
-		if inPlace {
-			for i, c := range rs.Chains {
-				if !sameRules(prev.Chains[i].Rules, c.Rules) {
-					changed = append(changed, c)
-				}
-			}
-			return nil, changed, nil
-		}
+		return ch
 	}
 	before, after := prev.byName(), rs.byName()
 	for _, c := range rs.Chains {
-		switch old := before[c.Name]; {
-		case old == nil:
-			added = append(added, c)
-		case !sameRules(old.Rules, c.Rules):
-			changed = append(changed, c)
-		}
+		ch.compare(before[c.Name], c)
 	}
 	for _, c := range prev.Chains {
 		if after[c.Name] == nil {
-			gone = append(gone, c)
+			ch.gone = append(ch.gone, c)
+			ch.unmapped = append(ch.unmapped, c.Elements...)
 		}
 	}
-	return added, changed, gone
+	return ch
+}
+
+func sameNames(a, b []Chain) bool {
+	return slices.EqualFunc(a, b, func(x, y Chain) bool { return x.Name == y.Name })
+}
+
+// compare records how c differs from old, its chain in the table (nil: none).
+func (ch *changes) compare(old *Chain, c Chain) {
+	var was []Element
+	switch {
+	case old == nil:
+		ch.added = append(ch.added, c)
+	case !sameRules(old.Rules, c.Rules):
+		ch.changed = append(ch.changed, c)
+		was = old.Elements
+	default:
+		was = old.Elements
+	}
+	gone, added := diffElements(was, c.Elements)
+	ch.unmapped, ch.mapped = append(ch.unmapped, gone...), append(ch.mapped, added...)
+}
+
+// diffElements compares a chain's elements slot by slot (a list handed on as is is not
+// compared): those of a that b lacks or holds otherwise are gone, those of b, added.
+func diffElements(a, b []Element) (gone, added []Element) {
+	if memo.Same(a, b) {
+		return nil, nil
+	}
+	for i := range max(len(a), len(b)) {
+		switch {
+		case i >= len(a):
+			added = append(added, b[i])
+		case i >= len(b):
+			gone = append(gone, a[i])
+		case a[i] != b[i]:
+			gone, added = append(gone, a[i]), append(added, b[i])
+		}
+	}
+	return gone, added
 }
 
 // sameRules compares rules by text and comment; a list handed on as is (the same slice) is not
@@ -351,6 +458,8 @@ type Observed struct {
 	Chains map[string][]ObservedRule
 	// Hairpin: the hairpin set's elements (their first address), sorted; nil with no set.
 	Hairpin []netip.Addr
+	// Endpoints: both endpoints maps' elements, by key (see mapEntry); nil with a map missing.
+	Endpoints map[string]string
 }
 
 // ObservedRule is one rule as read back.
@@ -359,7 +468,8 @@ type ObservedRule struct {
 	Exprs   int
 }
 
-// Read lists our table's chains and their rules (one dump for the chains, one per chain).
+// Read lists our table's chains and their rules (one dump for the chains, one per chain) and
+// its sets' and maps' elements.
 func (k *Kernel) Read() (Observed, error) {
 	if _, err := k.conn.ListTableOfFamily(TableName, TableFamily); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -372,7 +482,14 @@ func (k *Kernel) Read() (Observed, error) {
 		return Observed{}, fmt.Errorf("list chains of table %s: %w", tableDesc, err)
 	}
 	o := Observed{Chains: map[string][]ObservedRule{}}
-	if o.Hairpin, err = k.readHairpin(); err != nil {
+	sets, err := k.conn.GetSets(k.table)
+	if err != nil {
+		return Observed{}, fmt.Errorf("list sets of table %s: %w", tableDesc, err)
+	}
+	if o.Hairpin, err = k.readHairpin(sets); err != nil {
+		return Observed{}, err
+	}
+	if o.Endpoints, err = k.readEndpoints(sets); err != nil {
 		return Observed{}, err
 	}
 	for _, c := range chains {
@@ -393,31 +510,84 @@ func (k *Kernel) Read() (Observed, error) {
 }
 
 // readHairpin lists both hairpin sets' elements (their first address), sorted; nil when a set is
-// missing. The library's element dump hides the errno of a missing set, so the sets are looked
-// up first: a missing one is drift, not a failed sync.
-func (k *Kernel) readHairpin() ([]netip.Addr, error) {
-	sets, err := k.conn.GetSets(k.table)
-	if err != nil {
-		return nil, fmt.Errorf("list sets of table %s: %w", tableDesc, err)
-	}
+// missing.
+func (k *Kernel) readHairpin(sets []*nftables.Set) ([]netip.Addr, error) {
 	ips := []netip.Addr{}
-	for _, f := range []family{ipv4, ipv6} {
-		set := k.hairpin(f)
-		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == set.Name }) {
-			return nil, nil
+	found, err := k.readSets(sets, k.hairpin, func(f family, e nftables.SetElement) {
+		if ip, ok := netip.AddrFromSlice(e.Key[:min(int(f.len), len(e.Key))]); ok {
+			ips = append(ips, ip)
 		}
-		elems, err := k.conn.GetSetElements(set)
-		if err != nil {
-			return nil, fmt.Errorf("list set %s of table %s: %w", set.Name, tableDesc, err)
-		}
-		for _, e := range elems {
-			if ip, ok := netip.AddrFromSlice(e.Key[:min(int(f.len), len(e.Key))]); ok {
-				ips = append(ips, ip)
-			}
-		}
+	})
+	if !found || err != nil {
+		return nil, err
 	}
 	slices.SortFunc(ips, netip.Addr.Compare)
 	return ips, nil
+}
+
+// readEndpoints lists both endpoints maps' elements by key; nil when a map is missing.
+func (k *Kernel) readEndpoints(sets []*nftables.Set) (map[string]string, error) {
+	out := map[string]string{}
+	found, err := k.readSets(sets, k.endpoints, func(_ family, e nftables.SetElement) { out[string(e.Key)] = mapEntry(e.Val, e.Comment) })
+	if !found || err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readSets hands each element of the set of each family (setOf) to each; found is false when
+// one of them is not among sets. The library's element dump hides the errno of a missing set,
+// so the sets are listed first: a missing one is drift, not a failed sync.
+func (k *Kernel) readSets(sets []*nftables.Set, setOf func(family) *nftables.Set, each func(family, nftables.SetElement)) (found bool, err error) {
+	for _, f := range []family{ipv4, ipv6} {
+		set := setOf(f)
+		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == set.Name }) {
+			return false, nil
+		}
+		elems, err := k.conn.GetSetElements(set)
+		if err != nil {
+			return false, fmt.Errorf("list set %s of table %s: %w", set.Name, tableDesc, err)
+		}
+		for _, e := range elems {
+			each(f, e)
+		}
+	}
+	return true, nil
+}
+
+// mapEntry is what Observed.Endpoints holds of an element: its data and comment.
+func mapEntry(val []byte, comment string) string { return string(val) + "\x00" + comment }
+
+// driftEndpoints describes how the endpoints maps read back (got) differ from the elements of
+// rs: missing, extra or different elements (their number, and the first of each).
+func driftEndpoints(rs Ruleset, got map[string]string) []string {
+	if got == nil {
+		return []string{fmt.Sprintf("maps %s, %s missing", endpointsMap, endpointsMap6)}
+	}
+	var missing, differ []string
+	want := 0
+	for _, c := range rs.Chains {
+		for _, e := range c.Elements {
+			want++
+			key := string(slotKey(serviceKey(e.Addr, e.Protocol, e.Port), e.Slot))
+			switch v, ok := got[key]; {
+			case !ok:
+				missing = append(missing, e.Text())
+			case v != mapEntry(endpointData(e.To), truncated(e.Comment)):
+				differ = append(differ, e.Text())
+			}
+		}
+	}
+	var diffs []string
+	for what, list := range map[string][]string{"missing": missing, "holding another producer or comment": differ} {
+		if len(list) > 0 {
+			diffs = append(diffs, fmt.Sprintf("maps %s, %s: %d elements %s (first %s)", endpointsMap, endpointsMap6, len(list), what, list[0]))
+		}
+	}
+	if extra := len(got) - (want - len(missing)); extra > 0 {
+		diffs = append(diffs, fmt.Sprintf("maps %s, %s: %d elements not ours", endpointsMap, endpointsMap6, extra))
+	}
+	return diffs
 }
 
 // Drift describes how o differs from rs, the ruleset we last wrote: the table or chains missing,
@@ -446,6 +616,7 @@ func (o Observed) Drift(rs Ruleset) []string {
 	if missing, extra := diffAddrs(rs.Hairpin, o.Hairpin); o.Hairpin == nil || len(missing)+len(extra) > 0 {
 		diffs = append(diffs, fmt.Sprintf("sets %s, %s: missing %v, not ours %v (sets found: %v)", hairpinSet, hairpinSet6, missing, extra, o.Hairpin != nil))
 	}
+	diffs = append(diffs, driftEndpoints(rs, o.Endpoints)...)
 	slices.Sort(diffs)
 	return diffs
 }

@@ -30,6 +30,9 @@ type Chain struct {
 	Hook     *nftables.ChainHook
 	Priority nftables.ChainPriority
 	Rules    []Rule
+	// Elements are the endpoints map's elements of a service chain: its rule sends through the
+	// map, so a producer replaced by another changes these, not the rule.
+	Elements []Element
 }
 
 // Ruleset is our whole table, chains in the order they are written (regular chains are created
@@ -42,10 +45,13 @@ type Ruleset struct {
 }
 
 // hairpinSet and hairpinSet6 are our sets: source . destination pairs of a producer reaching
-// itself, IPv4 and IPv6 (a set's key has one type).
+// itself, IPv4 and IPv6 (a set's key has one type). endpointsMap and endpointsMap6 are our maps
+// from a service's slot to a producer (see Element), per family of the magic address.
 const (
-	hairpinSet  = "hairpin"
-	hairpinSet6 = "hairpin6"
+	hairpinSet    = "hairpin"
+	hairpinSet6   = "hairpin6"
+	endpointsMap  = "endpoints"
+	endpointsMap6 = "endpoints6"
 )
 
 // Chain returns the named chain (nil if none).
@@ -157,19 +163,48 @@ func undeclared(a netip.Addr) []Rule {
 	return out
 }
 
-// endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i), the
-// last always.
-func endpointRules(s Service) []Rule {
-	n := len(s.Endpoints)
-	out := make([]Rule, 0, n)
+// mapDNAT is the rule of a service chain: new connections are spread evenly across its n
+// producers (numgen random mod n picks a slot) and sent to the producer the endpoints map holds
+// for that slot. It changes only with n: a producer replaced by another is an element change.
+func mapDNAT(s Service) []Rule {
+	return []Rule{newRule().mapDNAT(s.Addr, s.Protocol, s.Port, len(s.Endpoints)).rule(s.Key)}
+}
+
+// Element is one element of the endpoints map: slot Slot of the service at Addr, Protocol and
+// Port sends to To. Comment names the producer ("<key> -> <pod> (<note>)").
+type Element struct {
+	Addr     netip.Addr
+	Protocol string
+	Port     uint16
+	Slot     int
+	To       netip.AddrPort
+	Comment  string
+}
+
+// elements are the endpoints map's elements of s, one slot per producer, in order.
+func elements(s Service) []Element {
+	out := make([]Element, 0, len(s.Endpoints))
 	for i, ep := range s.Endpoints {
 		comment := s.Key + " -> " + ep.Pod
 		if ep.Note != "" {
 			comment += " (" + ep.Note + ")"
 		}
-		out = append(out, newRule().oneIn(n-i).dnat(ep.Addr).rule(comment))
+		out = append(out, Element{Addr: s.Addr, Protocol: s.Protocol, Port: s.Port, Slot: i, To: ep.Addr, Comment: comment})
 	}
 	return out
+}
+
+// Text is the element in nft syntax.
+func (e Element) Text() string {
+	return fmt.Sprintf("%s . %s . %d . %d : %s . %d", e.Addr, e.Protocol, e.Port, e.Slot, e.To.Addr(), e.To.Port())
+}
+
+// mapOf names the endpoints map of an address's family.
+func mapOf(a netip.Addr) string {
+	if a.Is4() {
+		return endpointsMap
+	}
+	return endpointsMap6
 }
 
 // svcChain names the chain of one service: prefix + a short hash of what it serves.
@@ -201,6 +236,9 @@ func (rs Ruleset) Text() string {
 				b = fmt.Appendf(b, " comment %q", r.Comment)
 			}
 			b = append(b, '\n')
+		}
+		for _, e := range c.Elements {
+			b = fmt.Appendf(b, "\telement @%s { %s } comment %q\n", mapOf(e.Addr), e.Text(), e.Comment)
 		}
 	}
 	return string(b)

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -63,8 +64,9 @@ func TestRender(t *testing.T) {
 				"chain services",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svc + ` comment "datadog:apm"`,
 				"chain " + svc,
-				`numgen random mod 2 == 0 dnat to 10.244.0.5:8126 comment "datadog:apm -> datadog/a"`,
-				`dnat to 10.244.0.7:8126 comment "datadog:apm -> datadog/b (terminating)"`,
+				`dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 2 map @endpoints comment "datadog:apm"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
 			},
 		},
 		"node-local by source and interface prefix, per family; remote producer gets no hairpin": {
@@ -98,7 +100,8 @@ func TestRender(t *testing.T) {
 				"chain services",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svcChain(apm()) + ` comment "datadog:apm"`,
 				"chain " + svcChain(apm()),
-				`dnat to 10.244.0.7:8126 comment "datadog:apm -> datadog/r (fallback to node n2)"`,
+				`dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 1 map @endpoints comment "datadog:apm"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/r (fallback to node n2)"`,
 			},
 		},
 		"dual-stack: each family its own producers, hairpin set and ICMP": {
@@ -135,9 +138,11 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
 				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}),
-				`dnat to 10.244.0.5:5353 comment "dns:udp -> dns/a"`,
+				`dnat ip to 169.254.210.210 . udp . 53 . numgen random mod 1 map @endpoints comment "dns:udp"`,
+				`element @endpoints { 169.254.210.210 . udp . 53 . 0 : 10.244.0.5 . 5353 } comment "dns:udp -> dns/a"`,
 				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}),
-				`dnat to [fd00:10:244::5]:5353 comment "dns:udp -> dns/a"`,
+				`dnat ip6 to fd00::a9fe:d2d2 . udp . 53 . numgen random mod 1 map @endpoints6 comment "dns:udp"`,
+				`element @endpoints6 { fd00::a9fe:d2d2 . udp . 53 . 0 : fd00:10:244::5 . 5353 } comment "dns:udp -> dns/a"`,
 			},
 		},
 		"two served ports: both reach the services chain, each its own chain": {
@@ -155,9 +160,11 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump `+svcChain(apm())+` comment "datadog:apm"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 jump `+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"})+` comment "datadog:statsd"`,
 				"chain "+svcChain(apm()),
-				`dnat to 10.244.0.5:8126 comment "datadog:apm -> datadog/a"`,
+				`dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 1 map @endpoints comment "datadog:apm"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
 				"chain "+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
-				`dnat to 10.244.0.5:8125 comment "datadog:statsd -> datadog/a"`,
+				`dnat ip to 169.254.210.210 . udp . 8125 . numgen random mod 1 map @endpoints comment "datadog:statsd"`,
+				`element @endpoints { 169.254.210.210 . udp . 8125 . 0 : 10.244.0.5 . 8125 } comment "datadog:statsd -> datadog/a"`,
 			),
 		},
 		"nothing served: the base chains, empty": {
@@ -182,8 +189,8 @@ func TestRender(t *testing.T) {
 	}
 }
 
-// TestRenderSpread: n producers give n rules where rule i matches one in n-i, so each gets 1/n of
-// the new connections; the last rule always matches.
+// TestRenderSpread: n producers give one rule that picks slot numgen random mod n, so each gets
+// 1/n of the new connections, and one map element per slot, in order.
 func TestRenderSpread(t *testing.T) {
 	var eps []Endpoint
 	for i := range 4 {
@@ -194,10 +201,15 @@ func TestRenderSpread(t *testing.T) {
 	if c == nil {
 		t.Fatal("no service chain")
 	}
-	for i, want := range []string{"numgen random mod 4 == 0 dnat to 10.0.0.1:80", "numgen random mod 3 == 0 dnat to 10.0.0.2:80",
-		"numgen random mod 2 == 0 dnat to 10.0.0.3:80", "dnat to 10.0.0.4:80"} {
-		if c.Rules[i].Text != want {
-			t.Errorf("rule %d: %q, want %q", i, c.Rules[i].Text, want)
+	if want := "dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 4 map @endpoints"; len(c.Rules) != 1 || c.Rules[0].Text != want {
+		t.Errorf("rules %+v, want one: %q", c.Rules, want)
+	}
+	for i, e := range c.Elements {
+		if want := fmt.Sprintf("169.254.210.210 . tcp . 8126 . %d : 10.0.0.%d . 80", i, i+1); e.Text() != want {
+			t.Errorf("element %d: %q, want %q", i, e.Text(), want)
 		}
+	}
+	if len(c.Elements) != 4 {
+		t.Errorf("%d elements, want 4", len(c.Elements))
 	}
 }

@@ -45,7 +45,19 @@ func (s Service) id() serviceID { return serviceID{s.Key, s.Addr, s.Port, s.Prot
 type serviceRules struct {
 	chain             string
 	dispatch, refusal Rule
-	rules             memo.Built[Endpoint, []Rule]
+	// dnat is the chain's rule for n producers; elements, the map's elements of its producers.
+	dnat     []Rule
+	n        int
+	elements memo.Built[Endpoint, []Element]
+}
+
+// chainFor is the chain of s with its producers: the rule kept while their number stays the same
+// (the same slice), the elements kept while they are the same.
+func (l *serviceRules) chainFor(s Service) Chain {
+	if n := len(s.Endpoints); l.dnat == nil || l.n != n {
+		l.dnat, l.n = mapDNAT(s), n
+	}
+	return Chain{Name: l.chain, Rules: l.dnat, Elements: l.elements.Get(s.Endpoints, func() []Element { return elements(s) })}
 }
 
 type addressRules struct {
@@ -88,7 +100,7 @@ func (r *Renderer) Render(in Input) Ruleset {
 		}
 		services.Rules = append(services.Rules, l.dispatch)
 		r.chainOf[i] = firstServiceChain + len(perService)
-		perService = append(perService, Chain{Name: l.chain, Rules: l.rules.Get(s.Endpoints, func() []Rule { return endpointRules(s) })})
+		perService = append(perService, l.chainFor(s))
 	}
 	for _, a := range addrs {
 		input = append(input, r.addrs[a].undeclared...)
@@ -129,8 +141,7 @@ func (r *Renderer) update(in Input) (Ruleset, bool) {
 		var touched []netip.Addr
 		for _, i := range changed {
 			s := in.Services[i]
-			c := &rs.Chains[r.chainOf[i]]
-			c.Rules = r.services[s.id()].rules.Get(s.Endpoints, func() []Rule { return endpointRules(s) })
+			rs.Chains[r.chainOf[i]] = r.services[s.id()].chainFor(s)
 			touched = countLocal(r.hairpin, last[i].Endpoints, -1, touched)
 			touched = countLocal(r.hairpin, s.Endpoints, 1, touched)
 		}
@@ -146,8 +157,8 @@ func (l Local) address(a netip.Addr) *addressRules {
 	return &addressRules{prerouting: l.dispatch(one), toServices: toServices(one)[0], masquerade: hostClient(a), undeclared: undeclared(a)}
 }
 
-// service returns the rules of s kept from the last call (its endpoint rules are rebuilt by
-// Render when its endpoints changed), or new ones.
+// service returns the rules of s kept from the last call (its chain's rule and elements are
+// rebuilt by chainFor when its producers changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceRules) *serviceRules {
 	id := s.id()
 	l := prev[id]

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables/expr"
@@ -217,3 +218,46 @@ func (b *builder) refuse(v Verdict, proto string) *builder {
 		return b.add("reject with icmp port-unreachable", &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: icmpPortUnreachable})
 	}
 }
+
+// protoNumber is the IP protocol number of "tcp" or "udp".
+func protoNumber(proto string) byte {
+	if proto == "udp" {
+		return unix.IPPROTO_UDP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// serviceKey is the start of a service's keys in the endpoints map, as the registers hold it:
+// address . protocol . port, each field padded to 4 bytes; the slot follows (see slotKey).
+func serviceKey(a netip.Addr, proto string, port uint16) []byte {
+	k := append(a.AsSlice(), protoNumber(proto), 0, 0, 0)
+	return append(binary.BigEndian.AppendUint16(k, port), 0, 0)
+}
+
+// slotKey is the whole key of slot i of a service: numgen writes the slot in host order.
+func slotKey(service []byte, i int) []byte {
+	return binary.NativeEndian.AppendUint32(slices.Clip(service), uint32(i))
+}
+
+// endpointData is a map element's data: the producer's address . port, the port padded to 4 bytes.
+func endpointData(to netip.AddrPort) []byte {
+	return append(binary.BigEndian.AppendUint16(to.Addr().AsSlice(), to.Port()), 0, 0)
+}
+
+// mapDNAT DNATs to the producer of slot numgen random mod n of the service at a, proto and port:
+// the key is written to the registers from NFT_REG_1 on (16 bytes per NFT_REG_n), the slot after
+// it, and the lookup's data (address, then port) overwrites the key from NFT_REG_1 on.
+func (b *builder) mapDNAT(a netip.Addr, proto string, port uint16, n int) *builder {
+	f, key := familyOf(a), serviceKey(a, proto, port)
+	var exprs []expr.Any
+	for i := 0; i < len(key); i += 16 {
+		exprs = append(exprs, &expr.Immediate{Register: uint32(unix.NFT_REG_1 + i/16), Data: key[i:min(i+16, len(key))]})
+	}
+	exprs = append(exprs, &expr.Numgen{Register: reg32(len(key)), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: mapOf(a), DestRegister: unix.NFT_REG_1, IsDestRegSet: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: unix.NFT_REG_1, RegProtoMin: reg32(int(f.len)), Specified: true})
+	return b.add(fmt.Sprintf("dnat %s to %s . %s . %d . numgen random mod %d map @%s", f.name, a, proto, port, n, mapOf(a)), exprs...)
+}
+
+// reg32 is the 32-bit register off bytes after the start of NFT_REG_1 (NFT_REG32_00).
+func reg32(off int) uint32 { return uint32(unix.NFT_REG32_00 + off/4) }

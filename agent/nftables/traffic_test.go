@@ -39,19 +39,9 @@ func wire(t *testing.T, node, pod *harness.Netns, ifname, gw, addr string) {
 // producer (TCP reset, ICMP port unreachable) and on an undeclared port, and a packet arriving on
 // the external interface is never redirected.
 func TestKernelTraffic(t *testing.T) {
-	node, k, _ := netnsKernel(t, "nfttraffic")
-	client, prod, outside := harness.TestNetns(t, "nftclient"), harness.TestNetns(t, "nftprod"), harness.TestNetns(t, "nftout")
-	wire(t, node, client, "vethc", "10.1.0.1", "10.1.0.2")
-	wire(t, node, prod, "vethp", "10.2.0.1", "10.2.0.2")
+	node, k, client, prod := magicNode(t, "nfttraffic")
+	outside := harness.TestNetns(t, "nftout")
 	wire(t, node, outside, "ext0", "10.3.0.1", "10.3.0.2")
-	for _, args := range [][]string{{"addr", "add", "169.254.210.210/32", "dev", "lo"}, {"link", "set", "lo", "up"}} {
-		if _, err := node.Run(t.Context(), "ip", args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := node.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		t.Fatal(err)
-	}
 	prod.ServeTCP(t, 8080, "producer")
 	prod.ServeUDP(t, 8053, "producer")
 	in := Input{
@@ -85,6 +75,25 @@ func TestKernelTraffic(t *testing.T) {
 			t.Errorf("%s %s from %s: %q, want %q", c.proto, c.dst, c.from.Name, got, c.want)
 		}
 	}
+}
+
+// magicNode is a node namespace with our Kernel, the magic address 169.254.210.210 and
+// forwarding, a client pod (10.1.0.2) and a producer pod (10.2.0.2) wired to it.
+func magicNode(t *testing.T, name string) (node *harness.Netns, k *Kernel, client, prod *harness.Netns) {
+	t.Helper()
+	node, k, _ = netnsKernel(t, name)
+	client, prod = harness.TestNetns(t, name+"c"), harness.TestNetns(t, name+"p")
+	wire(t, node, client, "vethc", "10.1.0.1", "10.1.0.2")
+	wire(t, node, prod, "vethp", "10.2.0.1", "10.2.0.2")
+	for _, args := range [][]string{{"addr", "add", "169.254.210.210/32", "dev", "lo"}, {"link", "set", "lo", "up"}} {
+		if _, err := node.Run(t.Context(), "ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := node.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	return node, k, client, prod
 }
 
 func outcome(ctx context.Context, ns *harness.Netns, proto, addr string) string {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -118,6 +119,11 @@ type curve struct {
 	render, start, restore []time.Duration
 	save, parse            []time.Duration
 	inputLines             int
+	// allocs is the heap allocations of each change sync (the whole process's: the sync is all
+	// that runs), each count held as that many milliseconds so that percentile gives it back;
+	// tx, the nftables datapath's transaction of the last one.
+	allocs []time.Duration
+	tx     nftables.Transaction
 	// renderer renders as the datapath does (lines of unchanged services reused); rendered is its
 	// last output.
 	renderer agent.Renderer
@@ -139,7 +145,10 @@ func (c curve) rows(dp string, n int, at1 float64) {
 	if n > 1 && at1 > 0 {
 		goal(sc, fmt.Sprintf("%s: one producer changed ÷ the same at 1 MagicIP (p50s)", size), change/at1, "×", "≤ 2×", change/at1 <= 2)
 	}
+	record(row{Scenario: sc, Figure: size + ": one producer changed, heap allocations of the sync, p50", Value: percentile(c.allocs, 50), Unit: "allocations"})
 	if len(c.start) == 0 {
+		record(row{Scenario: sc, Figure: fmt.Sprintf("%s: one producer changed, its netlink transaction: %d chains added, flushed or deleted, %d rules added; set and map elements added or deleted",
+			size, c.tx.Chains, c.tx.Rules), Value: float64(c.tx.Elements), Unit: "elements"})
 		record(row{Scenario: sc, Figure: size + ": change sync, its convert and render alone (NftablesConverter and nftables.Renderer; the rest of the Apply is the comparison and the netlink transaction), p50", Value: percentile(c.render, 50), Unit: "ms"})
 		return
 	}
@@ -188,6 +197,9 @@ func syncCurve(b *testing.B, dp string, n, rounds int) (curve, error) {
 			d = &agent.NftablesDatapath{NFT: &nftables.Datapath{Kernel: k}, Local: local}
 		}
 		c, err = measureCurve(&agent.Syncer{Datapath: &timedDatapath{Datapath: d}, Links: links, Log: logr.Discard()}, ipt, dp == agent.DatapathIptables, n, rounds)
+		if nft, ok := d.(*agent.NftablesDatapath); ok {
+			c.tx = nft.NFT.Kernel.Last()
+		}
 		return err
 	})
 	return c, err
@@ -217,10 +229,14 @@ func measureCurve(s *agent.Syncer, ipt *agent.Iptables, parts bool, n, rounds in
 	prev := st
 	for i := range rounds {
 		next := moveOne(prev, i)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		d, err := timed(func() error { _, err := s.Sync(ctx, next, false); return err })
 		if err != nil {
 			return c, err
 		}
+		runtime.ReadMemStats(&after)
+		c.allocs = append(c.allocs, time.Duration(after.Mallocs-before.Mallocs)*time.Millisecond)
 		c.change, c.changeApply = append(c.change, d), append(c.changeApply, applied.last)
 		if parts {
 			if err := c.changeParts(ctx, ipt, local, prev, next); err != nil {

@@ -149,6 +149,7 @@ func nftRules(c *gnft.Conn) (text string, exists bool, err error) {
 		return "", true, err
 	}
 	var b strings.Builder
+	elems := nftMapElements{c: c}
 	for _, ch := range chains {
 		if ch.Table.Name != nftables.TableName {
 			continue
@@ -160,6 +161,11 @@ func nftRules(c *gnft.Conn) (text string, exists bool, err error) {
 		for _, r := range rules {
 			com, _ := userdata.GetString(r.UserData, userdata.TypeComment)
 			fmt.Fprintf(&b, "%s: %s comment %q\n", ch.Name, nftRuleText(r.Exprs), com)
+			lines, err := elems.lines(ch.Name, r.Exprs)
+			if err != nil {
+				return "", true, err
+			}
+			b.WriteString(lines)
 		}
 	}
 	return b.String(), true, nil

@@ -25,6 +25,7 @@ func nftRuleText(exprs []expr.Any) string {
 	var mask []byte
 	family := "ip" // set by a meta nfproto match, which the rule's text leaves implicit
 	imm := map[uint32][]byte{}
+	var mapped string // the map a lookup writing registers read
 	for _, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Payload:
@@ -44,10 +45,18 @@ func nftRuleText(exprs []expr.Any) string {
 		case *expr.Bitwise:
 			mask = e.Mask
 		case *expr.Lookup:
+			if e.IsDestRegSet {
+				mapped = e.SetName
+				continue
+			}
 			out = append(out, subject+" @"+e.SetName)
 		case *expr.Immediate:
 			imm[e.Register] = e.Data
 		case *expr.NAT:
+			if mapped != "" {
+				out = append(out, nftMapDNATText(e, imm, subject, mapped))
+				continue
+			}
 			a, _ := netip.AddrFromSlice(imm[e.RegAddrMin])
 			out = append(out, "dnat to "+netip.AddrPortFrom(a, binary.BigEndian.Uint16(append(imm[e.RegProtoMin], 0, 0))).String())
 		case *expr.Verdict:
@@ -175,6 +184,11 @@ func TestNftRuleText(t *testing.T) {
 		for _, r := range ch.Rules {
 			if want := fmt.Sprintf("%s: %s comment %q\n", ch.Name, r.Text, r.Comment); !strings.Contains(got, want) {
 				t.Errorf("rule %q not read back as written; read:\n%s", want, got)
+			}
+		}
+		for _, e := range ch.Elements {
+			if want := fmt.Sprintf("%s: dnat to %s comment %q\n", ch.Name, e.To, e.Comment); !strings.Contains(got, want) {
+				t.Errorf("map element %q not read back as written; read:\n%s", want, got)
 			}
 		}
 	}
