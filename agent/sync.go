@@ -47,18 +47,25 @@ type SyncResult struct {
 	State   State
 }
 
-// Sync makes the node match st. full re-reads the kernel's rules to repair drift (at start and on
-// every resync); otherwise the last applied rules are trusted and an unchanged State costs nothing.
+// Sync makes the node match st. full re-reads the kernel's rules and addresses to repair drift (at
+// start and on every resync); otherwise what was last applied is trusted and an unchanged State
+// costs nothing.
 func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, error) {
 	for _, fam := range []Family{IPv4, IPv6} {
 		if why := s.Unsupported[fam]; why != "" {
 			st = withoutFamily(st, fam, why)
 		}
 	}
-	res := SyncResult{FailedInterfaces: s.Links.Ensure(st.Addresses)}
+	full = full || s.dirty || s.lastState == nil
+	// Like the rules, the addresses last applied are trusted until the next full sync: a sync
+	// that only changes producers (a Fallback switch) sends no netlink request for them.
+	addrs := full || !sameAddresses(s.lastState.Addresses, st.Addresses)
+	var res SyncResult
+	if addrs {
+		res.FailedInterfaces = s.Links.Ensure(st.Addresses)
+	}
 	st, res.Unserved = withoutInterfaces(st, res.FailedInterfaces)
 	res.State = st
-	full = full || s.dirty || s.lastState == nil
 	var err error
 	res.Wrote, res.Drift, err = s.Datapath.Apply(ctx, st, full)
 	if err != nil {
@@ -71,13 +78,21 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 		res.Flushed += s.flushOwned()
 		s.retire(ctx)
 	}
-	if err := s.Links.RemoveStale(st.Addresses); err != nil {
-		s.dirty = true
-		return res, err
+	if addrs {
+		if err := s.Links.RemoveStale(st.Addresses); err != nil {
+			s.dirty = true
+			return res, err
+		}
 	}
 	res.Flushed += s.flushConntrack(st)
 	s.lastState, s.dirty = &st, false
 	return res, nil
+}
+
+// sameAddresses reports whether a and b put the same addresses on the same interfaces (a
+// State's addresses are sorted per interface).
+func sameAddresses(a, b map[string][]netip.Addr) bool {
+	return maps.EqualFunc(a, b, slices.Equal[[]netip.Addr])
 }
 
 // retire removes the rules of the other datapaths, once; a failure is logged, not retried.
