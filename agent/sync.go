@@ -100,15 +100,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 // rules: with the same addresses it neither lists nor adds any (listing them and the node's
 // interfaces cost some 4 ms per sync at 1,000 MagicIPs); a full sync lists them and repairs.
 func sameAddresses(a, b map[string][]netip.Addr) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for ifname, as := range a {
-		if bs, ok := b[ifname]; !ok || !slices.Equal(as, bs) {
-			return false
-		}
-	}
-	return true
+	return maps.EqualFunc(a, b, slices.Equal[[]netip.Addr])
 }
 
 // retire removes the rules of the other datapaths, once; a failure is logged, not retried.
