@@ -52,15 +52,22 @@ func processCPU() int64 {
 	return total
 }
 
-// syncOneChange syncs fleet(n, 0), then alternates it with a copy whose first producer moved.
-func syncOneChange(b *testing.B, s *Syncer, n int) error {
-	ctx := context.Background()
-	st := fleet(n, 0)
-	moved := st
+// fleetOneMoved is fleet(n, 0), and a copy whose first producer moved to another address (the
+// same number of producers: only map elements change).
+func fleetOneMoved(n int) (st, moved State) {
+	st = fleet(n, 0)
+	moved = st
 	moved.Services = slices.Clone(st.Services)
 	eps := slices.Clone(moved.Services[0].Endpoints)
 	eps[0].Addr = netip.AddrPortFrom(netip.MustParseAddr("10.250.0.1"), eps[0].Addr.Port())
 	moved.Services[0].Endpoints = eps
+	return st, moved
+}
+
+// syncOneChange syncs fleet(n, 0), then alternates it with a copy whose first producer moved.
+func syncOneChange(b *testing.B, s *Syncer, n int) error {
+	ctx := context.Background()
+	st, moved := fleetOneMoved(n)
 	if _, err := s.Sync(ctx, st, true); err != nil {
 		return err
 	}
