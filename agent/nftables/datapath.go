@@ -1,5 +1,7 @@
 package nftables
 
+import "github.com/magic-ip/magic-ip/agent/memo"
+
 // Datapath writes Rulesets to the kernel, remembering the last one written: an unchanged Ruleset
 // writes nothing, and a full sync reads the table back to find and repair drift.
 type Datapath struct {
@@ -38,6 +40,27 @@ func (d *Datapath) Apply(rs Ruleset, full bool) (wrote bool, drift []string, err
 	}
 	d.applied = &rs
 	return true, drift, nil
+}
+
+// ApplyPatch is Apply(rs, false) for a Ruleset that Renderer.Patch changed in place (p: what it
+// changed). When the last Ruleset written holds the same Chains slice (the one patched, so it no
+// longer says what the kernel holds but for p), only what p lists is compared and written;
+// otherwise (nothing written yet, or another Ruleset: nothing says how rs differs from it) the
+// whole table is written. A failed write forgets what was written, as Apply does: the next sync
+// rewrites the whole table.
+func (d *Datapath) ApplyPatch(rs Ruleset, p Patch) (wrote bool, err error) {
+	if d.applied == nil || !memo.Same(d.applied.Chains, rs.Chains) {
+		d.applied = nil
+		wrote, _, err = d.Apply(rs, false)
+		return wrote, err
+	}
+	n, err := d.Kernel.WritePatch(rs, p)
+	if err != nil {
+		d.applied = nil
+		return false, err
+	}
+	d.applied = &rs
+	return n > 0, nil
 }
 
 // Cleanup deletes our table and forgets what was written.

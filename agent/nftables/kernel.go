@@ -127,9 +127,11 @@ func (k *Kernel) Write(rs Ruleset) error {
 }
 
 // Transaction counts what one transaction wrote: chains added, flushed or deleted, rules added,
-// and set and map elements added or deleted.
+// and set and map elements added or deleted; and Compared, the chains compared with what the
+// table held to find what to write.
 type Transaction struct {
 	Chains, Rules, Elements int
+	Compared                int
 }
 
 // Last is what the last transaction Write or WriteChanges sent held.
@@ -142,8 +144,25 @@ func (k *Kernel) Last() Transaction { return k.last }
 // element deleted and one added, no rule. Base chains stay in place, so no hook is unregistered.
 // It returns how many chains and elements it wrote (0: nothing changed, nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
-	k.pending = Transaction{}
-	ch := chainChanges(prev, rs)
+	unpaired, paired := diffAddrs(prev.Hairpin, rs.Hairpin)
+	return k.writeChanges(chainChanges(prev, rs), unpaired, paired)
+}
+
+// WritePatch is WriteChanges for a Ruleset that Renderer.Patch changed in place (p) from what
+// the table holds: only the patched chains are compared, and the hairpin pairs p lists written,
+// so its cost follows what changed, not the table's size.
+func (k *Kernel) WritePatch(rs Ruleset, p Patch) (int, error) {
+	var ch changes
+	for _, c := range p.Chains {
+		ch.compare(&c.Old, rs.Chains[c.Index])
+	}
+	return k.writeChanges(ch, p.Unpaired, p.Paired)
+}
+
+// writeChanges writes ch and the hairpin pairs gone (unpaired) and added (paired) in one
+// transaction (none when nothing changed).
+func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, error) {
+	k.pending = Transaction{Compared: ch.compared}
 	for _, c := range ch.added {
 		k.conn.AddChain(k.chain(c))
 	}
@@ -157,7 +176,6 @@ func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
 	for _, c := range fill {
 		k.addRules(k.chain(c), c.Rules)
 	}
-	unpaired, paired := diffAddrs(prev.Hairpin, rs.Hairpin)
 	if err := k.changeElements(unpaired, paired, ch.unmapped, ch.mapped); err != nil {
 		return 0, err
 	}
@@ -336,10 +354,11 @@ func (k *Kernel) send() error {
 
 // changes is what WriteChanges writes: the chains of rs that prev lacks (added), those whose
 // rules differ (changed), those of prev that rs lacks (gone), and the endpoints map elements gone
-// and added.
+// and added; compared counts the chains compared.
 type changes struct {
 	added, changed, gone []Chain
 	unmapped, mapped     []Element
+	compared             int
 }
 
 // chainChanges compares prev with rs. When both hold the same chains in the same order (a sync
@@ -371,6 +390,7 @@ func sameNames(a, b []Chain) bool {
 
 // compare records how c differs from old, its chain in the table (nil: none).
 func (ch *changes) compare(old *Chain, c Chain) {
+	ch.compared++
 	var was []Element
 	switch {
 	case old == nil:

@@ -2,7 +2,9 @@ package nftables
 
 import (
 	"errors"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -35,6 +37,53 @@ func TestKernelWritesAfterPermissionRefused(t *testing.T) {
 	}
 	if o, err := k.Read(); err != nil || len(o.Drift(rs)) > 0 {
 		t.Fatalf("the table after the refusals: drift %q (err %v)", o.Drift(rs), err)
+	}
+}
+
+// TestKernelPatchAfterRefused: a patched sync (Renderer.Patch, Datapath.ApplyPatch) that the
+// kernel refuses leaves the last Ruleset changed in place but not written: the next patched sync,
+// of another producer, must not trust it and writes the whole table, so the kernel holds both
+// changes; then patches go back to writing only what changed.
+func TestKernelPatchAfterRefused(t *testing.T) {
+	ns, k, _ := netnsKernel(t, "nftpatchref")
+	d := &Datapath{Kernel: k}
+	var r Renderer
+	in := fleetInput(10, 0)
+	if _, _, err := d.Apply(r.Render(in), true); err != nil {
+		t.Fatal(err)
+	}
+	patch := func(i int, to string) (Ruleset, error) {
+		t.Helper()
+		eps := slices.Clone(in.Services[i].Endpoints) // as many producers: map elements only
+		eps[0] = Endpoint{Pod: "ns/" + to, Addr: netip.MustParseAddrPort(to + ":8080")}
+		in.Services[i].Endpoints = eps
+		rs, p, ok := r.Patch(in, []int{i})
+		if !ok {
+			t.Fatalf("Patch of service %d refused", i)
+		}
+		_, err := d.ApplyPatch(rs, p)
+		return rs, err
+	}
+	release := ns.TakeNftTable(t, TableName)
+	if _, err := patch(0, "10.250.0.1"); !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("patched sync while another process owns the table: %v, want EPERM", err)
+	}
+	release()
+	for step, c := range []struct {
+		i      int
+		to     string
+		chains int // 15: the whole table of 10 MagicIPs
+	}{{2, "10.250.0.2", 15}, {4, "10.250.0.3", 0}} {
+		rs, err := patch(c.i, c.to)
+		if err != nil {
+			t.Fatalf("patched sync %d once the table is free again: %v", step+1, err)
+		}
+		if tx := k.Last(); tx.Chains != c.chains {
+			t.Errorf("patched sync %d: wrote %d chains, want %d (%v)", step+1, tx.Chains, c.chains, tx)
+		}
+		if o, err := k.Read(); err != nil || len(o.Drift(rs)) > 0 || len(o.Drift(Render(in))) > 0 {
+			t.Fatalf("the table after patched sync %d: drift %q (err %v)", step+1, o.Drift(Render(in)), err)
+		}
 	}
 }
 

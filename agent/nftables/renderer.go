@@ -21,13 +21,22 @@ type Renderer struct {
 	services map[serviceID]*serviceRules
 	addrs    map[netip.Addr]*addressRules
 
-	// last and out are the Input and Ruleset of the last call; chainOf gives, per service of
-	// last, the index of its chain in out.Chains (-1: none); hairpin counts the endpoints of
-	// last's services per local producer IP. See update.
+	// last and out are the Input and Ruleset of the last call; at holds, per service of last,
+	// its rules, its chain and the endpoints counted; hairpin counts the endpoints of last's
+	// services per local producer IP. See update and Patch.
 	last    Input
 	out     Ruleset
-	chainOf []int
+	at      []placed
 	hairpin map[netip.Addr]int
+}
+
+// placed is what a Renderer keeps of one service of its last Input: its rules, the index of its
+// chain in the last Ruleset's Chains (-1: none) and the endpoints it counted in hairpin (its own
+// reference, so that a caller changing the Input in place for Patch does not change it).
+type placed struct {
+	rules *serviceRules
+	chain int
+	eps   []Endpoint
 }
 
 // serviceID is what a service's dispatch and refusal rules depend on (its endpoints are compared
@@ -90,16 +99,16 @@ func (r *Renderer) Render(in Input) Ruleset {
 	post = append(post, hairpinMasquerade()...)
 	services := Chain{Name: chainServices}
 	var perService []Chain
-	r.chainOf = make([]int, len(in.Services))
+	r.at = make([]placed, len(in.Services))
 	for i, s := range in.Services {
 		l := r.service(s, prevSvcs)
 		input = append(input, l.refusal)
-		r.chainOf[i] = -1
+		r.at[i] = placed{rules: l, chain: -1, eps: s.Endpoints}
 		if len(s.Endpoints) == 0 {
 			continue
 		}
 		services.Rules = append(services.Rules, l.dispatch)
-		r.chainOf[i] = firstServiceChain + len(perService)
+		r.at[i].chain = firstServiceChain + len(perService)
 		perService = append(perService, l.chainFor(s))
 	}
 	for _, a := range addrs {
@@ -125,10 +134,11 @@ const firstServiceChain = 5
 // producers changed are built (from their kept rules when these producers were seen last), and
 // the hairpin set changes by their local producers. Every other chain of the result is the last
 // one's, the same slices: Kernel.WriteChanges finds them unchanged without comparing their rules.
-// ok is false when in differs more (Render assembles every chain).
+// ok is false when in differs more (Render assembles every chain), and when in's Services are the
+// last Input's own (changed in place for Patch: there is nothing to compare them with).
 func (r *Renderer) update(in Input) (Ruleset, bool) {
 	last := r.last.Services
-	if r.out.Chains == nil || !memo.Equal(in.Addresses, r.last.Addresses) {
+	if r.out.Chains == nil || !memo.Equal(in.Addresses, r.last.Addresses) || (len(last) > 0 && memo.Same(in.Services, last)) {
 		return Ruleset{}, false
 	}
 	changed, ok := memo.Changed(in.Services, last, Service.id, func(s Service) []Endpoint { return s.Endpoints })
@@ -138,17 +148,69 @@ func (r *Renderer) update(in Input) (Ruleset, bool) {
 	rs := r.out
 	if len(changed) > 0 {
 		rs.Chains = slices.Clone(rs.Chains)
-		var touched []netip.Addr
-		for _, i := range changed {
-			s := in.Services[i]
-			rs.Chains[r.chainOf[i]] = r.services[s.id()].chainFor(s)
-			touched = countLocal(r.hairpin, last[i].Endpoints, -1, touched)
-			touched = countLocal(r.hairpin, s.Endpoints, 1, touched)
-		}
-		rs.Hairpin = withCounted(rs.Hairpin, r.hairpin, touched)
 	}
-	r.last, r.out = in, rs
+	rs, _ = r.replace(in, changed, rs, false)
 	return rs, true
+}
+
+// Patch is how Renderer.Patch changed the last Ruleset in place.
+type Patch struct {
+	// Chains are the chains replaced: their index in the Ruleset's Chains, and what they held.
+	Chains []PatchedChain
+	// Unpaired and Paired are the local producer IPs taken out of and put into Hairpin.
+	Unpaired, Paired []netip.Addr
+}
+
+// PatchedChain is one chain that Renderer.Patch replaced: its index and what it held before.
+type PatchedChain struct {
+	Index int
+	Old   Chain
+}
+
+// Patch renders in when it differs from the last Input (rendered or patched) only in the
+// producers of the services at changed, each with producers or without as before: the caller
+// vouches that the addresses and every other service are the same (an Input whose Services are
+// the last one's, changed in place, is fine: nothing else is compared, so the cost follows what
+// changed, not what the node serves). Only the changed services' chains are built, and they
+// replace their entries of the last Ruleset's Chains in place, as the hairpin IPs change in its
+// Hairpin: the Ruleset returned holds the same slices, and p says what changed, which
+// Kernel.WritePatch writes (whoever holds the last Ruleset sees the new chains too: see
+// Datapath.ApplyPatch). ok is false (nothing done) when in is not such an Input: render it with
+// Render.
+func (r *Renderer) Patch(in Input, changed []int) (rs Ruleset, p Patch, ok bool) {
+	if r.out.Chains == nil || len(in.Services) != len(r.at) || fmt.Sprintf("%v", in.Local) != r.local {
+		return Ruleset{}, Patch{}, false
+	}
+	for _, i := range changed {
+		if i < 0 || i >= len(r.at) {
+			return Ruleset{}, Patch{}, false
+		}
+		s, at := &in.Services[i], r.at[i]
+		if (at.chain < 0) != (len(s.Endpoints) == 0) || r.services[s.id()] != at.rules {
+			return Ruleset{}, Patch{}, false
+		}
+	}
+	rs, p = r.replace(in, changed, r.out, true)
+	return rs, p, true
+}
+
+// replace builds the chains of the services of in at changed into rs.Chains (in place), counts
+// their local producers into the hairpin set (changing rs.Hairpin in place when inPlace, into a
+// new list otherwise), and keeps in and rs as the last call's.
+func (r *Renderer) replace(in Input, changed []int, rs Ruleset, inPlace bool) (Ruleset, Patch) {
+	var touched []netip.Addr
+	p := Patch{Chains: make([]PatchedChain, 0, len(changed))}
+	for _, i := range changed {
+		s, at := &in.Services[i], &r.at[i]
+		p.Chains = append(p.Chains, PatchedChain{Index: at.chain, Old: rs.Chains[at.chain]})
+		rs.Chains[at.chain] = at.rules.chainFor(*s)
+		touched = countLocal(r.hairpin, at.eps, -1, touched)
+		touched = countLocal(r.hairpin, s.Endpoints, 1, touched)
+		at.eps = s.Endpoints
+	}
+	rs.Hairpin, p.Unpaired, p.Paired = withCounted(rs.Hairpin, r.hairpin, touched, inPlace)
+	r.last, r.out = in, rs
+	return rs, p
 }
 
 // address builds the rules of one magic address.
@@ -186,23 +248,24 @@ func countLocal(counts map[netip.Addr]int, eps []Endpoint, d int, touched []neti
 	return touched
 }
 
-// withCounted returns ips (sorted, not modified) with each touched IP present as counts says: a
-// new sorted list when one is added or removed, ips itself otherwise.
-func withCounted(ips []netip.Addr, counts map[netip.Addr]int, touched []netip.Addr) []netip.Addr {
-	out := ips
+// withCounted returns ips (sorted) with each touched IP present as counts says, and the IPs it
+// took out and put in. Unless inPlace, ips is not modified: a new sorted list is returned when an
+// IP is added or removed, ips itself otherwise.
+func withCounted(ips []netip.Addr, counts map[netip.Addr]int, touched []netip.Addr, inPlace bool) (out, gone, added []netip.Addr) {
+	out = ips
 	for _, ip := range touched {
 		i, found := slices.BinarySearchFunc(out, ip, netip.Addr.Compare)
 		if _, want := counts[ip]; want == found {
 			continue
 		}
-		if memo.Same(out, ips) {
+		if !inPlace && memo.Same(out, ips) {
 			out = slices.Clone(ips)
 		}
 		if found {
-			out = slices.Delete(out, i, i+1)
+			out, gone = slices.Delete(out, i, i+1), append(gone, ip)
 		} else {
-			out = slices.Insert(out, i, ip)
+			out, added = slices.Insert(out, i, ip), append(added, ip)
 		}
 	}
-	return out
+	return out, gone, added
 }

@@ -80,3 +80,59 @@ func TestRendererBuildsOnlyWhatChanged(t *testing.T) {
 	}
 	t.Logf("one producer changed among 1,000 MagicIPs: %.0f allocations (among 10: %.0f), a fresh Render %.0f", at1000, at10, fresh)
 }
+
+// TestRendererPatchMatchesRender plays one Renderer through producer changes made in place in
+// the Input it rendered last, as the agent's converter makes them: after each Patch its ruleset
+// is exactly that of a fresh Render, the Chains slice is the one patched (no copy of every chain),
+// and what the Patch says it changed turns the ruleset before into the one after. Changes that
+// are not producers' only are refused without touching anything; Render then renders the Input
+// changed in place from scratch (it has nothing left to compare it with).
+func TestRendererPatchMatchesRender(t *testing.T) {
+	in := fleetInput(30, 0)
+	var r Renderer
+	last := r.Render(in)
+	steps := []struct {
+		name    string
+		i       int
+		eps     []Endpoint
+		refused bool
+	}{
+		{"one producer moved", 2, []Endpoint{{Pod: "ns/x", Addr: netip.MustParseAddrPort("10.250.0.1:8080")}}, false},
+		{"a producer added", 2, []Endpoint{{Pod: "ns/x", Addr: netip.MustParseAddrPort("10.250.0.1:8080")}, {Pod: "ns/y", Addr: netip.MustParseAddrPort("10.250.0.2:8080")}}, false},
+		{"fallback to another node", 4, []Endpoint{{Pod: "ns/z", Addr: netip.MustParseAddrPort("10.250.9.9:8080"), Remote: true, Note: "fallback to node b"}}, false},
+		{"moved back", 2, slices.Clone(fleetInput(30, 0).Services[2].Endpoints), false},
+		{"no producer left", 6, nil, true},
+		{"a first producer", 1, []Endpoint{{Pod: "ns/u", Addr: netip.MustParseAddrPort("10.250.0.3:53")}}, true},
+	}
+	for _, step := range steps {
+		before := slices.Clone(last.Chains)
+		beforePairs := slices.Clone(last.Hairpin)
+		in.Services[step.i].Endpoints = step.eps // in place: in.Services is the array rendered last
+		rs, p, ok := r.Patch(in, []int{step.i})
+		if ok == step.refused {
+			t.Fatalf("%s: Patch ok = %v, want %v", step.name, ok, !step.refused)
+		}
+		if !ok {
+			rs = r.Render(in)
+		} else if &rs.Chains[0] != &last.Chains[0] {
+			t.Errorf("%s: Patch copied the chains", step.name)
+		}
+		if want := Render(in); !reflect.DeepEqual(rs, want) {
+			t.Fatalf("%s: the ruleset differs from a fresh Render:\n%s\nwant\n%s", step.name, rs.Text(), want.Text())
+		}
+		if ok {
+			restored := slices.Clone(rs.Chains)
+			for _, c := range p.Chains {
+				restored[c.Index] = c.Old
+			}
+			if len(p.Chains) != 1 || !reflect.DeepEqual(restored, before) {
+				t.Errorf("%s: Patch lists %d chains replaced (want 1), and what they held does not give back the ruleset before", step.name, len(p.Chains))
+			}
+			unpaired, paired := diffAddrs(beforePairs, rs.Hairpin)
+			if !slices.Equal(unpaired, p.Unpaired) || !slices.Equal(paired, p.Paired) {
+				t.Errorf("%s: Patch says hairpin IPs %v gone and %v added, the ruleset %v and %v", step.name, p.Unpaired, p.Paired, unpaired, paired)
+			}
+		}
+		last = rs
+	}
+}

@@ -128,7 +128,7 @@ type curve struct {
 	// last output.
 	renderer agent.Renderer
 	rendered agent.Ruleset
-	// conv and nft convert and render as the nftables datapath does.
+	// conv and nft convert and render as the nftables datapath does (a change sync patches).
 	conv agent.NftablesConverter
 	nft  nftables.Renderer
 }
@@ -244,7 +244,11 @@ func measureCurve(s *agent.Syncer, ipt *agent.Iptables, parts bool, n, rounds in
 			}
 		} else {
 			t0 := time.Now()
-			c.nft.Render(c.conv.Input(next, local))
+			if in, changed, ok := c.conv.Patch(next, local); !ok {
+				c.nft.Render(in)
+			} else if _, _, ok := c.nft.Patch(in, changed); !ok {
+				c.nft.Render(in)
+			}
 			c.render = append(c.render, time.Since(t0))
 		}
 		prev = next
