@@ -71,8 +71,10 @@ func testAgentDriftRepair(t *testing.T, b backend) {
 	}
 
 	b.view().flush(t, e.node.Netns)
+	// Usually refused right after the flush; answered only when a resync (every 2 s) already
+	// repaired it in between, which the drift repair counted below shows either way.
 	if got := b.tcp(ctx, e.consumer.Netns, apmPort); got == p.Name {
-		t.Fatalf("still answered right after flushing nat: the flush did not take")
+		t.Logf("answered right after the flush: a resync repaired it already")
 	}
 	eventually(t, 5*time.Second, "flush repaired within the 2s resync period", b.onlyAnswers(e.consumer.Netns, p.Name))
 	// The counter moves once the repairing sync returns, a little after the rules are back.
