@@ -117,8 +117,12 @@ func flushConntrackTo(h *netlink.Handle, targets []netip.AddrPort) (uint, error)
 		if len(byFamily[family]) == 0 {
 			continue
 		}
-		n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, byFamily[family]...)
-		total += n
+		// An interrupted dump still deleted what it saw: count it and read the table again.
+		_, err := redump(func() (uint, error) {
+			n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, byFamily[family]...)
+			total += n
+			return n, err
+		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("delete conntrack entries for %d UDP destinations (%v, …): %w", len(byFamily[family]), targets[0], err))
 		}

@@ -98,7 +98,7 @@ func (l *Links) Ensure(want map[string][]netip.Addr) map[string]error {
 
 func (l *Links) addAll(link netlink.Link, addrs []netip.Addr) error {
 	name := link.Attrs().Name
-	have, err := l.h.AddrList(link, netlink.FAMILY_ALL)
+	have, err := redump(func() ([]netlink.Addr, error) { return l.h.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", name, err)
 	}
@@ -128,14 +128,14 @@ func (l *Links) addAll(link netlink.Link, addrs []netip.Addr) error {
 
 // Owned lists the addresses we put on interfaces: labelled ones, and all on the dummy link.
 func (l *Links) Owned() (map[string][]netip.Addr, error) {
-	links, err := l.h.LinkList()
+	links, err := redump(l.h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
 	out := map[string][]netip.Addr{}
 	for _, link := range links {
 		name := link.Attrs().Name
-		addrs, err := l.h.AddrList(link, netlink.FAMILY_ALL)
+		addrs, err := redump(func() ([]netlink.Addr, error) { return l.h.AddrList(link, netlink.FAMILY_ALL) })
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", name, err)
 		}

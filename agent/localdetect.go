@@ -195,7 +195,7 @@ func findLink(links []hostLink, name string) (hostLink, bool) {
 
 // hostLinks lists the node's interfaces with their addresses (netlink, the agent's namespace).
 func hostLinks() ([]hostLink, error) {
-	all, err := netlink.LinkList()
+	all, err := redump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
@@ -206,7 +206,7 @@ func hostLinks() ([]hostLink, error) {
 		hl.VethPorts = hl.Bridge && slices.ContainsFunc(all, func(p netlink.Link) bool {
 			return p.Type() == "veth" && p.Attrs().MasterIndex == a.Index
 		})
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		addrs, err := redump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
 		if err != nil {
 			return nil, fmt.Errorf("addresses of %s: %w", a.Name, err)
 		}
