@@ -135,3 +135,72 @@ func TestKernelElementDrift(t *testing.T) {
 		t.Fatalf("service renamed: the kernel does not hold what was rendered: %q (err %v)", o.Drift(renamed), err)
 	}
 }
+
+// TestKernelSpreadChainsFollowCounts: the spread chains are those for 1 to the most producers a
+// service has. A service given more producers than any had adds the chains it needs (a Patch is
+// refused: Render adds them), one given fewer keeps them while the Renderer renders from its last
+// call, and a fresh Render drops the chains no service needs: every step leaves the kernel holding
+// exactly what was rendered, chains added and deleted in the same transaction as the rules going to
+// them.
+func TestKernelSpreadChainsFollowCounts(t *testing.T) {
+	_, k, _ := netnsKernel(t, "nftspreads")
+	d := &Datapath{Kernel: k}
+	var r Renderer
+	in := fleetInput(5, 0) // 1 to 3 producers
+	if _, _, err := d.Apply(r.Render(in), true); err != nil {
+		t.Fatal(err)
+	}
+	withProducers := func(n int) Input {
+		next := in
+		next.Services = slices.Clone(in.Services)
+		var eps []Endpoint
+		for i := range n {
+			eps = append(eps, Endpoint{Pod: "ns/many", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 251, 0, byte(1 + i)}), 8080)})
+		}
+		next.Services[0].Endpoints = eps
+		return next
+	}
+	spreads := func(rs Ruleset) []string {
+		var names []string
+		for _, c := range rs.Chains {
+			if strings.HasPrefix(c.Name, spreadChainPrefix) {
+				names = append(names, c.Name)
+			}
+		}
+		return names
+	}
+	for _, step := range []struct {
+		name  string
+		n     int
+		fresh bool
+		want  []string
+	}{
+		{"five producers", 5, false, []string{"spread-ip-1", "spread-ip-2", "spread-ip-3", "spread-ip-4", "spread-ip-5"}},
+		{"back to one, rendered from the last call", 1, false, []string{"spread-ip-1", "spread-ip-2", "spread-ip-3", "spread-ip-4", "spread-ip-5"}},
+		{"back to one, a fresh render", 1, true, []string{"spread-ip-1", "spread-ip-2", "spread-ip-3"}},
+	} {
+		next := withProducers(step.n)
+		if step.n > 3 {
+			if _, _, ok := r.Patch(next, []int{0}); ok { // a Patch accepted changes the last Ruleset in place
+				t.Fatalf("%s: Patch accepted a service with more producers than the spread chains serve", step.name)
+			}
+		}
+		if step.fresh {
+			r = Renderer{}
+		}
+		rs := r.Render(next)
+		if got := spreads(rs); !slices.Equal(got, step.want) {
+			t.Errorf("%s: spread chains %v, want %v", step.name, got, step.want)
+		}
+		if _, _, err := d.Apply(rs, false); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		o, err := k.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if drift := o.Drift(rs); len(drift) > 0 {
+			t.Fatalf("%s: the kernel does not hold what was rendered: %q", step.name, drift)
+		}
+	}
+}

@@ -21,6 +21,9 @@ const (
 	chainInput       = "input"
 	chainServices    = "services"
 	svcChainPrefix   = "svc-"
+	// spreadChainPrefix starts the names of the chains that spread a service's connections over
+	// its producers, one per family and number of producers: "spread-ip-2".
+	spreadChainPrefix = "spread-"
 )
 
 // Chain is one chain of our table: a base chain (Hook set) or a regular one.
@@ -164,10 +167,40 @@ func undeclared(a netip.Addr) []Rule {
 }
 
 // mapDNAT is the rule of a service chain: new connections are spread evenly across its n
-// producers (numgen random mod n picks a slot) and sent to the producer the endpoints map holds
-// for that slot. It changes only with n: a producer replaced by another is an element change.
+// producers by the spread chain for n (numgen random mod n picks a slot), which sends to the
+// producer the endpoints map holds for that slot. It changes only with n: a producer replaced by
+// another is an element change.
 func mapDNAT(s Service) []Rule {
-	return []Rule{newRule().mapDNAT(s.Addr, s.Protocol, s.Port, len(s.Endpoints)).rule(s.Key)}
+	return []Rule{newRule().verdict(expr.VerdictGoto, spreadChain(familyOf(s.Addr), len(s.Endpoints))).rule(s.Key)}
+}
+
+// spreadChain names the chain that spreads the services of family f with n producers.
+func spreadChain(f family, n int) string { return fmt.Sprintf("%s%s-%d", spreadChainPrefix, f.name, n) }
+
+// spreadChains are the spread chains for 1 to most[0] producers (IPv4) and 1 to most[1] (IPv6).
+func spreadChains(most [2]int) []Chain {
+	var out []Chain
+	for i, f := range []family{ipv4, ipv6} {
+		for n := 1; n <= most[i]; n++ {
+			out = append(out, Chain{Name: spreadChain(f, n), Rules: []Rule{newRule().spread(f, n).rule(spreadComment(n))}})
+		}
+	}
+	return out
+}
+
+func spreadComment(n int) string {
+	if n == 1 {
+		return "spread over 1 producer"
+	}
+	return fmt.Sprintf("spread over %d producers", n)
+}
+
+// familyIndex is 0 for an IPv4 address, 1 for IPv6 (the index of spreadChains' most).
+func familyIndex(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
 }
 
 // Element is one element of the endpoints map: slot Slot of the service at Addr, Protocol and
@@ -200,12 +233,7 @@ func (e Element) Text() string {
 }
 
 // mapOf names the endpoints map of an address's family.
-func mapOf(a netip.Addr) string {
-	if a.Is4() {
-		return endpointsMap
-	}
-	return endpointsMap6
-}
+func mapOf(a netip.Addr) string { return familyOf(a).endpointsMap() }
 
 // svcChain names the chain of one service: prefix + a short hash of what it serves.
 func svcChain(s Service) string {

@@ -64,9 +64,13 @@ func TestRender(t *testing.T) {
 				"chain services",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svc + ` comment "datadog:apm"`,
 				"chain " + svc,
-				`dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 2 map @endpoints comment "datadog:apm"`,
+				`goto spread-ip-2 comment "datadog:apm"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
+				"chain spread-ip-1",
+				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
+				"chain spread-ip-2",
+				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints comment "spread over 2 producers"`,
 			},
 		},
 		"node-local by source and interface prefix, per family; remote producer gets no hairpin": {
@@ -100,8 +104,10 @@ func TestRender(t *testing.T) {
 				"chain services",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svcChain(apm()) + ` comment "datadog:apm"`,
 				"chain " + svcChain(apm()),
-				`dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 1 map @endpoints comment "datadog:apm"`,
+				`goto spread-ip-1 comment "datadog:apm"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/r (fallback to node n2)"`,
+				"chain spread-ip-1",
+				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 			},
 		},
 		"dual-stack: each family its own producers, hairpin set and ICMP": {
@@ -138,11 +144,15 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
 				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}),
-				`dnat ip to 169.254.210.210 . udp . 53 . numgen random mod 1 map @endpoints comment "dns:udp"`,
+				`goto spread-ip-1 comment "dns:udp"`,
 				`element @endpoints { 169.254.210.210 . udp . 53 . 0 : 10.244.0.5 . 5353 } comment "dns:udp -> dns/a"`,
 				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}),
-				`dnat ip6 to fd00::a9fe:d2d2 . udp . 53 . numgen random mod 1 map @endpoints6 comment "dns:udp"`,
+				`goto spread-ip6-1 comment "dns:udp"`,
 				`element @endpoints6 { fd00::a9fe:d2d2 . udp . 53 . 0 : fd00:10:244::5 . 5353 } comment "dns:udp -> dns/a"`,
+				"chain spread-ip-1",
+				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
+				"chain spread-ip6-1",
+				`dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints6 comment "spread over 1 producer"`,
 			},
 		},
 		"two served ports: both reach the services chain, each its own chain": {
@@ -160,11 +170,13 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump `+svcChain(apm())+` comment "datadog:apm"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 jump `+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"})+` comment "datadog:statsd"`,
 				"chain "+svcChain(apm()),
-				`dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 1 map @endpoints comment "datadog:apm"`,
+				`goto spread-ip-1 comment "datadog:apm"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
 				"chain "+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
-				`dnat ip to 169.254.210.210 . udp . 8125 . numgen random mod 1 map @endpoints comment "datadog:statsd"`,
+				`goto spread-ip-1 comment "datadog:statsd"`,
 				`element @endpoints { 169.254.210.210 . udp . 8125 . 0 : 10.244.0.5 . 8125 } comment "datadog:statsd -> datadog/a"`,
+				"chain spread-ip-1",
+				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 			),
 		},
 		"nothing served: the base chains, empty": {
@@ -201,8 +213,14 @@ func TestRenderSpread(t *testing.T) {
 	if c == nil {
 		t.Fatal("no service chain")
 	}
-	if want := "dnat ip to 169.254.210.210 . tcp . 8126 . numgen random mod 4 map @endpoints"; len(c.Rules) != 1 || c.Rules[0].Text != want {
+	if want := "goto spread-ip-4"; len(c.Rules) != 1 || c.Rules[0].Text != want {
 		t.Errorf("rules %+v, want one: %q", c.Rules, want)
+	}
+	for n := 1; n <= 4; n++ {
+		s := rs.Chain(fmt.Sprintf("spread-ip-%d", n))
+		if want := fmt.Sprintf("dnat ip to ip daddr . meta l4proto . th dport . numgen random mod %d map @endpoints", n); s == nil || len(s.Rules) != 1 || s.Rules[0].Text != want {
+			t.Errorf("spread chain for %d producers %+v, want one rule %q", n, s, want)
+		}
 	}
 	for i, e := range c.Elements {
 		if want := fmt.Sprintf("169.254.210.210 . tcp . 8126 . %d : 10.0.0.%d . 80", i, i+1); e.Text() != want {

@@ -28,6 +28,9 @@ type Renderer struct {
 	out     Ruleset
 	at      []placed
 	hairpin map[netip.Addr]int
+	// spread is how many spread chains the last Ruleset holds per family (see spreadChains):
+	// one for each number of producers up to the most a service had when it was rendered.
+	spread [2]int
 }
 
 // placed is what a Renderer keeps of one service of its last Input: its rules, the index of its
@@ -114,8 +117,12 @@ func (r *Renderer) Render(in Input) Ruleset {
 	for _, a := range addrs {
 		input = append(input, r.addrs[a].undeclared...)
 	}
+	r.spread = [2]int{}
+	for _, s := range in.Services {
+		r.spread[familyIndex(s.Addr)] = max(r.spread[familyIndex(s.Addr)], len(s.Endpoints))
+	}
 	rs := Ruleset{Chains: baseChains(pre, out, post, input)}
-	rs.Chains = append(append(rs.Chains, services), perService...)
+	rs.Chains = append(append(append(rs.Chains, services), perService...), spreadChains(r.spread)...)
 	r.hairpin = map[netip.Addr]int{}
 	for _, s := range in.Services {
 		countLocal(r.hairpin, s.Endpoints, 1, nil)
@@ -142,7 +149,7 @@ func (r *Renderer) update(in Input) (Ruleset, bool) {
 		return Ruleset{}, false
 	}
 	changed, ok := memo.Changed(in.Services, last, Service.id, func(s Service) []Endpoint { return s.Endpoints })
-	if !ok {
+	if !ok || !r.spreads(in, changed) {
 		return Ruleset{}, false
 	}
 	rs := r.out
@@ -190,6 +197,9 @@ func (r *Renderer) Patch(in Input, changed []int) (rs Ruleset, p Patch, ok bool)
 			return Ruleset{}, Patch{}, false
 		}
 	}
+	if !r.spreads(in, changed) {
+		return Ruleset{}, Patch{}, false
+	}
 	rs, p = r.replace(in, changed, r.out, true)
 	return rs, p, true
 }
@@ -211,6 +221,18 @@ func (r *Renderer) replace(in Input, changed []int, rs Ruleset, inPlace bool) (R
 	rs.Hairpin, p.Unpaired, p.Paired = withCounted(rs.Hairpin, r.hairpin, touched, inPlace)
 	r.last, r.out = in, rs
 	return rs, p
+}
+
+// spreads reports whether the last Ruleset has a spread chain for each service of in at changed:
+// one with more producers than any had at the last Render needs a new chain (Render adds it).
+func (r *Renderer) spreads(in Input, changed []int) bool {
+	for _, i := range changed {
+		s := &in.Services[i]
+		if len(s.Endpoints) > r.spread[familyIndex(s.Addr)] {
+			return false
+		}
+	}
+	return true
 }
 
 // address builds the rules of one magic address.

@@ -191,7 +191,7 @@ func (b *builder) oneIn(n int) *builder {
 func (b *builder) counter() *builder { return b.add("counter", &expr.Counter{}) }
 
 func (b *builder) verdict(kind expr.VerdictKind, chain string) *builder {
-	text := map[expr.VerdictKind]string{expr.VerdictJump: "jump " + chain, expr.VerdictReturn: "return", expr.VerdictDrop: "drop"}[kind]
+	text := map[expr.VerdictKind]string{expr.VerdictJump: "jump " + chain, expr.VerdictGoto: "goto " + chain, expr.VerdictReturn: "return", expr.VerdictDrop: "drop"}[kind]
 	return b.add(text, &expr.Verdict{Kind: kind, Chain: chain})
 }
 
@@ -244,19 +244,33 @@ func endpointData(to netip.AddrPort) []byte {
 	return append(binary.BigEndian.AppendUint16(to.Addr().AsSlice(), to.Port()), 0, 0)
 }
 
-// mapDNAT DNATs to the producer of slot numgen random mod n of the service at a, proto and port:
-// the key is written to the registers from NFT_REG_1 on (16 bytes per NFT_REG_n), the slot after
-// it, and the lookup's data (address, then port) overwrites the key from NFT_REG_1 on.
-func (b *builder) mapDNAT(a netip.Addr, proto string, port uint16, n int) *builder {
-	f, key := familyOf(a), serviceKey(a, proto, port)
-	var exprs []expr.Any
-	for i := 0; i < len(key); i += 16 {
-		exprs = append(exprs, &expr.Immediate{Register: uint32(unix.NFT_REG_1 + i/16), Data: key[i:min(i+16, len(key))]})
-	}
-	exprs = append(exprs, &expr.Numgen{Register: reg32(len(key)), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: mapOf(a), DestRegister: unix.NFT_REG_1, IsDestRegSet: true},
+// spread DNATs to the producer of slot numgen random mod n of the service the packet is sent to:
+// the key (destination address . protocol . port . slot, as serviceKey and slotKey give it) is
+// loaded from the packet into the registers from NFT_REG_1 on, and the lookup's data (address,
+// then port) overwrites it from NFT_REG_1 on. A service chain goes to the spread chain of its
+// number of producers, which holds this rule: the spread chains are the endpoints map's only users.
+// The kernel checks an element added to a map against every rule that looks it up (nft_add_set_elem
+// walks the map's bindings): with a lookup in every service chain a producer replaced cost the
+// kernel about 0.2 ms more at 1,000 MagicIPs × 3 ports than at one. (A chain cannot hand the key
+// over in registers: the kernel refuses a load from a register no earlier expression of the same
+// rule wrote, ENODATA.)
+func (b *builder) spread(f family, n int) *builder {
+	set := f.endpointsMap()
+	return b.nfproto(f).add(fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", f.name, f.name, n, set),
+		&expr.Payload{DestRegister: unix.NFT_REG_1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.len},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(int(f.len))},
+		&expr.Payload{DestRegister: reg32(int(f.len) + 4), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Numgen{Register: reg32(int(f.len) + 8), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: set, DestRegister: unix.NFT_REG_1, IsDestRegSet: true},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: unix.NFT_REG_1, RegProtoMin: reg32(int(f.len)), Specified: true})
-	return b.add(fmt.Sprintf("dnat %s to %s . %s . %d . numgen random mod %d map @%s", f.name, a, proto, port, n, mapOf(a)), exprs...)
+}
+
+// endpointsMap names the endpoints map of family f.
+func (f family) endpointsMap() string {
+	if f.nfproto == ipv6.nfproto {
+		return endpointsMap6
+	}
+	return endpointsMap
 }
 
 // reg32 is the 32-bit register off bytes after the start of NFT_REG_1 (NFT_REG32_00).

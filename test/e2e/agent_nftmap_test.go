@@ -14,10 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The nftables datapath DNATs through a map: a service chain's rule writes the service's key
-// (magic address . protocol . port) to the registers from NFT_REG_1 on, numgen random mod n picks
-// the slot after it, and the map endpoints (endpoints6) gives the producer of that slot. These
-// read such a rule back as text, and list the producers it can send to as the rules of old did.
+// The nftables datapath DNATs through a map: a service chain goes to the spread chain of its
+// number of producers, whose rule loads the packet's key (magic address . protocol . port) into
+// the registers from NFT_REG_1 on, numgen random mod n picks the slot after it, and the map
+// endpoints (endpoints6) gives the producer of that slot. These read such rules back as text, and
+// list the producers a service chain can send to (its key is in the services chain's rule that
+// jumps to it) as the rules of old did.
 
 // nftMapDNATText renders a DNAT through map set (a lookup writing the NAT's registers): imm holds
 // the immediates by register, numgen the numgen's text.
@@ -26,6 +28,9 @@ func nftMapDNATText(nat *expr.NAT, imm map[uint32][]byte, numgen, set string) st
 	fam, alen := "ip", 4
 	if nat.Family == unix.NFPROTO_IPV6 {
 		fam, alen = "ip6", 16
+	}
+	if len(key) == 0 { // loaded from the packet: numgen is the whole concatenation
+		return fmt.Sprintf("dnat %s to %s map @%s", fam, numgen, set)
 	}
 	if len(key) != alen+8 {
 		return fmt.Sprintf("dnat %s to key %x . %s map @%s", fam, key, numgen, set)
@@ -50,9 +55,46 @@ func nftServiceKey(imm map[uint32][]byte) []byte {
 type nftMapElements struct {
 	c    *gnft.Conn
 	maps map[string][]gnft.SetElement
+	// keys are the service keys of the chains the services chain jumps to (see note).
+	keys map[string][]byte
+}
+
+// note records the service key of a rule that jumps to a service chain: its address, protocol
+// and port matches, as the endpoints map's keys hold them.
+func (m *nftMapElements) note(exprs []expr.Any) {
+	var key []byte
+	var loaded string
+	for _, e := range exprs {
+		switch e := e.(type) {
+		case *expr.Payload:
+			loaded = fmt.Sprintf("%d/%d", e.Base, e.Offset)
+			if e.Base == expr.PayloadBaseNetworkHeader {
+				loaded = "addr"
+			}
+		case *expr.Meta:
+			loaded = fmt.Sprint("meta", e.Key)
+		case *expr.Cmp:
+			switch loaded {
+			case "addr":
+				key = append(key, e.Data...)
+			case fmt.Sprint("meta", expr.MetaKeyL4PROTO):
+				key = append(key, e.Data[0], 0, 0, 0)
+			case fmt.Sprintf("%d/%d", expr.PayloadBaseTransportHeader, 2):
+				key = append(key, e.Data[0], e.Data[1], 0, 0)
+			}
+		case *expr.Verdict:
+			if e.Kind == expr.VerdictJump && strings.HasPrefix(e.Chain, "svc-") && (len(key) == 12 || len(key) == 24) {
+				if m.keys == nil {
+					m.keys = map[string][]byte{}
+				}
+				m.keys[e.Chain] = key
+			}
+		}
+	}
 }
 
 func (m *nftMapElements) lines(chain string, exprs []expr.Any) (string, error) {
+	m.note(exprs)
 	imm := map[uint32][]byte{}
 	var set string
 	var nat *expr.NAT
@@ -66,9 +108,19 @@ func (m *nftMapElements) lines(chain string, exprs []expr.Any) (string, error) {
 			}
 		case *expr.NAT:
 			nat = e
+		case *expr.Verdict:
+			// a service chain's rule: its producers are those of its key in the map the spread
+			// chain looks up
+			if key := m.keys[chain]; e.Kind == expr.VerdictGoto && strings.HasPrefix(e.Chain, "spread-") && key != nil {
+				set, nat = "endpoints", &expr.NAT{Family: unix.NFPROTO_IPV4}
+				if len(key) == 24 {
+					set, nat = "endpoints6", &expr.NAT{Family: unix.NFPROTO_IPV6}
+				}
+				imm = map[uint32][]byte{unix.NFT_REG_1: key[:min(16, len(key))], unix.NFT_REG_2: key[min(16, len(key)):]}
+			}
 		}
 	}
-	if set == "" || nat == nil {
+	if set == "" || nat == nil || len(imm) == 0 {
 		return "", nil
 	}
 	elems, err := m.elements(set)

@@ -31,7 +31,11 @@ func nftRuleText(exprs []expr.Any) string {
 		case *expr.Payload:
 			subject, mask = payloadName(e, family, subject), nil
 		case *expr.Meta:
+			prev := subject
 			subject, mask = map[expr.MetaKey]string{expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname", expr.MetaKeyL4PROTO: "meta l4proto", expr.MetaKeyNFPROTO: "meta nfproto"}[e.Key], nil
+			if e.Register != 1 && prev != "" { // a concatenation's further field
+				subject = prev + " . " + subject
+			}
 		case *expr.Cmp:
 			if subject == "meta nfproto" {
 				family = map[byte]string{unix.NFPROTO_IPV4: "ip", unix.NFPROTO_IPV6: "ip6"}[e.Data[0]]
@@ -41,7 +45,11 @@ func nftRuleText(exprs []expr.Any) string {
 		case *expr.Ct:
 			subject, mask = map[expr.CtKey]string{expr.CtKeySTATE: "ct state", expr.CtKeySTATUS: "ct status"}[e.Key], nil
 		case *expr.Numgen:
+			prev := subject
 			subject, mask = fmt.Sprintf("numgen random mod %d", e.Modulus), nil
+			if e.Register != 1 && prev != "" { // a concatenation's further field
+				subject = prev + " . " + subject
+			}
 		case *expr.Bitwise:
 			mask = e.Mask
 		case *expr.Lookup:
@@ -60,7 +68,7 @@ func nftRuleText(exprs []expr.Any) string {
 			a, _ := netip.AddrFromSlice(imm[e.RegAddrMin])
 			out = append(out, "dnat to "+netip.AddrPortFrom(a, binary.BigEndian.Uint16(append(imm[e.RegProtoMin], 0, 0))).String())
 		case *expr.Verdict:
-			out = append(out, strings.TrimSpace(map[expr.VerdictKind]string{expr.VerdictJump: "jump", expr.VerdictReturn: "return", expr.VerdictDrop: "drop", expr.VerdictAccept: "accept"}[e.Kind]+" "+e.Chain))
+			out = append(out, strings.TrimSpace(map[expr.VerdictKind]string{expr.VerdictJump: "jump", expr.VerdictGoto: "goto", expr.VerdictReturn: "return", expr.VerdictDrop: "drop", expr.VerdictAccept: "accept"}[e.Kind]+" "+e.Chain))
 		case *expr.Counter:
 			out = append(out, "counter")
 		case *expr.Masq:
