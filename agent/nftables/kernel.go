@@ -488,8 +488,8 @@ type ObservedRule struct {
 	Exprs   int
 }
 
-// Read lists our table's chains and their rules (one dump for the chains, one per chain) and
-// its sets' and maps' elements.
+// Read lists our table's chains and their rules (one dump for the chains, one for every rule: see
+// readRules) and its sets' and maps' elements.
 func (k *Kernel) Read() (Observed, error) {
 	if _, err := k.conn.ListTableOfFamily(TableName, TableFamily); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -512,18 +512,17 @@ func (k *Kernel) Read() (Observed, error) {
 	if o.Endpoints, err = k.readEndpoints(sets); err != nil {
 		return Observed{}, err
 	}
+	rules, err := k.readRules()
+	if err != nil {
+		return Observed{}, err
+	}
 	for _, c := range chains {
 		if c.Table.Name != TableName {
 			continue
 		}
-		rules, err := k.conn.GetRules(k.table, c)
-		if err != nil {
-			return Observed{}, fmt.Errorf("list rules of chain %s in table %s: %w", c.Name, tableDesc, err)
-		}
-		o.Chains[c.Name] = []ObservedRule{}
-		for _, r := range rules {
-			com, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			o.Chains[c.Name] = append(o.Chains[c.Name], ObservedRule{Comment: com, Exprs: len(r.Exprs)})
+		o.Chains[c.Name] = rules[c.Name]
+		if o.Chains[c.Name] == nil {
+			o.Chains[c.Name] = []ObservedRule{}
 		}
 	}
 	return o, nil
