@@ -18,18 +18,13 @@ const dumpAttempts = 5
 // comment and how many expressions it has (what Drift compares). google/nftables' GetRules asks
 // for one chain at a time, and the kernel walks every chain of the table for each such dump: at
 // 1,000 MagicIPs × 3 ports (3,000 chains) the read-back of a full resync took 1.5 s of CPU that
-// way, most of it the kernel's. Nothing is parsed but those three attributes. The socket is kept
-// (closed by Close): the kernel takes the ruleset's commit mutex when a netfilter netlink socket is
-// closed, and waits there for nf_tables' pending destroy work, which can hold up a sync's commit.
+// way, most of it the kernel's. Nothing is parsed but those three attributes.
 func (k *Kernel) readRules() (map[string][]ObservedRule, error) {
-	if k.dump == nil {
-		conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netnsFd, 0)})
-		if err != nil {
-			return nil, fmt.Errorf("netlink for a rule dump: %w", err)
-		}
-		k.dump = conn
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netnsFd, 0)})
+	if err != nil {
+		return nil, fmt.Errorf("netlink for a rule dump: %w", err)
 	}
-	conn := k.dump
+	defer conn.Close()
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(TableName + "\x00")}})
 	if err != nil {
 		return nil, err
@@ -41,8 +36,6 @@ func (k *Kernel) readRules() (map[string][]ObservedRule, error) {
 	for attempt := 1; ; attempt++ {
 		msgs, err := conn.Execute(req)
 		if err != nil {
-			_ = conn.Close() // a dump cut short leaves its rest on the socket: the next read dials anew
-			k.dump = nil
 			return nil, fmt.Errorf("dump the rules of table %s: %w", tableDesc, err)
 		}
 		rules, interrupted, err := parseRules(msgs)

@@ -19,9 +19,7 @@ const maxComment = 200
 
 // Kernel writes and reads our table over netlink.
 type Kernel struct {
-	conn *nftables.Conn
-	// dump is the socket of the drift read's rule dumps (see readRules), opened on first use.
-	dump    *netlink.Conn
+	conn    *nftables.Conn
 	table   *nftables.Table
 	netnsFd int
 	// pending counts what is queued for the next transaction; last, what the last one sent held.
@@ -88,12 +86,7 @@ func roomForAcks(c *netlink.Conn) error {
 }
 
 // Close closes the netlink socket.
-func (k *Kernel) Close() error {
-	if k.dump != nil {
-		_ = k.dump.Close()
-	}
-	return k.conn.CloseLasting()
-}
+func (k *Kernel) Close() error { return k.conn.CloseLasting() }
 
 // Write replaces our table with rs in one transaction: the table is created (so that deleting it
 // cannot fail), deleted with all it holds, and written anew. Packets see the old table or the new
