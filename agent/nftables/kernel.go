@@ -232,10 +232,9 @@ func (k *Kernel) setElements(set *nftables.Set, elems []nftables.SetElement, del
 // endpoints is the endpoints map of family f: service address . protocol . port . slot to
 // producer address . port.
 func (k *Kernel) endpoints(f family) *nftables.Set {
-	addr := nftables.TypeIPAddr
-	name := endpointsMap
+	addr, name := nftables.TypeIPAddr, f.endpointsMap()
 	if f.nfproto == ipv6.nfproto {
-		addr, name = nftables.TypeIP6Addr, endpointsMap6
+		addr = nftables.TypeIP6Addr
 	}
 	return &nftables.Set{Table: k.table, Name: name, IsMap: true, Concatenation: true,
 		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),

@@ -103,7 +103,9 @@ func (r *Renderer) Render(in Input) Ruleset {
 	services := Chain{Name: chainServices}
 	var perService []Chain
 	r.at = make([]placed, len(in.Services))
+	r.spread = [2]int{}
 	for i, s := range in.Services {
+		r.spread[familyIndex(s.Addr)] = max(r.spread[familyIndex(s.Addr)], len(s.Endpoints))
 		l := r.service(s, prevSvcs)
 		input = append(input, l.refusal)
 		r.at[i] = placed{rules: l, chain: -1, eps: s.Endpoints}
@@ -116,10 +118,6 @@ func (r *Renderer) Render(in Input) Ruleset {
 	}
 	for _, a := range addrs {
 		input = append(input, r.addrs[a].undeclared...)
-	}
-	r.spread = [2]int{}
-	for _, s := range in.Services {
-		r.spread[familyIndex(s.Addr)] = max(r.spread[familyIndex(s.Addr)], len(s.Endpoints))
 	}
 	rs := Ruleset{Chains: baseChains(pre, out, post, input)}
 	rs.Chains = append(append(append(rs.Chains, services), perService...), spreadChains(r.spread)...)
