@@ -1,18 +1,24 @@
 package bench
 
 import (
-	"bufio"
+	"cmp"
+	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/magic-ip/magic-ip/agent"
 	"github.com/magic-ip/magic-ip/api/v1alpha1"
@@ -186,13 +192,13 @@ type batch struct {
 
 // dataPath: with each node's producer Ready (and only it), the data path of each node's targets —
 // the pod IP directly (the baseline), the magic IP, the ClusterIP — in lockstep: one operation
-// on each target of both nodes in turn (the order rotated batch by batch), so that every
+// on each target of both nodes in turn (in a random order each round), so that every
 // operation has its baseline's neighbour a few microseconds away and a batch's ratio is the
 // datapath's cost, not the VM's noise (a 2-core machine shared with other work moves rates by
 // ±50 % from one 0.5 s round to the next). Request/response (1 B each way on one connection) and
-// connect (connect, greeting, close) operations. Each target's client is an OS thread of its own
-// in its pod's namespace (see pathWorker), which times its operations and its own CPU time. Each family
-// is compared with its own pod IP: [magic IPv6]:port with the producer's IPv6 address.
+// connect (connect, greeting, close) operations. Each target has a client pod of its own; one
+// OS thread runs every operation from them (see pathClient) and times each, in wall time and in
+// its CPU time. Each family is compared with its own pod IP: [magic IPv6]:port with the producer's IPv6 address.
 func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 	out := make([]pathSamples, len(e.nodes))
 	for i, bn := range e.nodes {
@@ -209,14 +215,15 @@ func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 			}
 		}
 	}
+	var targets []pathTarget
+	for i := range out {
+		targets = append(targets, out[i].targets...)
+	}
 	for _, crr := range []bool{false, true} {
-		var workers []*pathWorker
-		for i := range out {
-			for _, t := range out[i].targets {
-				workers = append(workers, startPathWorker(e.b, t, crr))
-			}
+		got, err := lockstep(e.b, targets, crr, batches, perBatch)
+		if err != nil {
+			e.b.Fatalf("data path: %v", err)
 		}
-		got := lockstep(e.b, workers, batches, perBatch)
 		first := 0
 		for i := range out {
 			per := got[first : first+len(out[i].targets)]
@@ -227,49 +234,66 @@ func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 				out[i].rr = per
 			}
 		}
-		for _, w := range workers {
-			w.stop()
-		}
 	}
 	return out
 }
 
-// lockstep runs batches × perBatch operations on every worker, one worker at a time, in an order
-// rotated every batch; it returns per worker its batches.
-func lockstep(b *testing.B, workers []*pathWorker, batches, perBatch int) [][]batch {
-	out := make([][]batch, len(workers))
-	for r := range batches {
-		sums := make([]batch, len(workers))
-		for range perBatch {
-			for k := range workers {
-				j := (k + r) % len(workers)
-				res := workers[j].do()
-				if res.err != nil {
-					b.Fatalf("data path, %s: %v", workers[j].t.name, res.err)
-				}
-				sums[j].ops++
-				sums[j].wall += res.wall
-				sums[j].cpu += res.cpu
+// lockstep runs batches × perBatch operations on every target, one at a time from one OS
+// thread, the targets in a new random order each round (every target gets every neighbour); it
+// returns per target its batches. One thread for all: with a thread per target, each target's
+// rate also carried where the scheduler had put its thread (the CPU of the producer's server or
+// the other one), which moved the medians of a run by several per cent from one run to the next.
+func lockstep(b *testing.B, targets []pathTarget, crr bool, batches, perBatch int) ([][]batch, error) {
+	out := make([][]batch, len(targets))
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread has entered other namespaces
+		done <- func() error {
+			c, err := newPathClient(b, targets, crr)
+			if err != nil {
+				return err
 			}
-		}
-		for j := range workers {
-			out[j] = append(out[j], sums[j])
-		}
-	}
-	return out
+			defer c.close()
+			rnd := rand.New(rand.NewPCG(1, 2))
+			for range batches {
+				sums := make([]batch, len(targets))
+				for range perBatch {
+					for _, j := range rnd.Perm(len(targets)) {
+						res := c.do(j)
+						if res.err != nil {
+							return fmt.Errorf("%s (%s): %w", targets[j].name, targets[j].addr, res.err)
+						}
+						sums[j].ops++
+						sums[j].wall += res.wall
+						sums[j].cpu += res.cpu
+					}
+				}
+				for j := range targets {
+					out[j] = append(out[j], sums[j])
+				}
+			}
+			return nil
+		}()
+	}()
+	return out, <-done
 }
 
-// pathWorker is one target's client: a goroutine on an OS thread of its own in the client pod's
-// namespace, which runs one operation per request and times it, in wall time and in the thread's
-// CPU time (RUSAGE_THREAD: its syscalls, and the kernel's transmit path run in its context —
-// veth, the node's bridge, netfilter's hooks with conntrack and the DNAT, up to the producer's
-// socket; with CONFIG_IRQ_TIME_ACCOUNTING off, as on this VM's kernel, softirq work is charged
-// to the thread it interrupted). The reply path runs in the server's context and is not in it.
-type pathWorker struct {
-	t    pathTarget
-	req  chan struct{}
-	res  chan opResult
-	done chan error
+// pathClient is every target's client on the calling OS thread (locked, never returned to the
+// scheduler: it enters the client pods' namespaces): blocking sockets and plain system calls, so
+// an operation's time is the kernel's path and the producer's answer, with no Go scheduler in
+// between. It times each operation in wall time and in the thread's CPU time (RUSAGE_THREAD:
+// its syscalls, and the kernel's transmit path run in its context — veth, the node's bridge,
+// netfilter's hooks with conntrack and the DNAT, up to the producer's socket; with
+// CONFIG_IRQ_TIME_ACCOUNTING off, as on this VM's kernel, softirq work is charged to the thread
+// it interrupted). The reply path runs in the server's context and is not in it.
+type pathClient struct {
+	targets []pathTarget
+	addrs   []syscall.Sockaddr
+	crr     bool
+	// fds are the request/response connections, one per target (opened once, before any is timed).
+	fds []int
+	// in is the namespace the thread is in (-1: none of the targets' yet).
+	in int
 }
 
 type opResult struct {
@@ -277,64 +301,179 @@ type opResult struct {
 	err       error
 }
 
-func startPathWorker(b *testing.B, t pathTarget, crr bool) *pathWorker {
-	w := &pathWorker{t: t, req: make(chan struct{}), res: make(chan opResult), done: make(chan error, 1)}
-	go func() { w.done <- t.from.Netns.Do(func() error { return w.loop(crr) }) }()
-	return w
+func newPathClient(log testing.TB, targets []pathTarget, crr bool) (*pathClient, error) {
+	c := &pathClient{targets: targets, crr: crr, in: -1}
+	for _, t := range targets {
+		ap, err := netip.ParseAddrPort(t.addr)
+		if err != nil {
+			return nil, err
+		}
+		c.addrs = append(c.addrs, sockaddr(ap))
+	}
+	if crr {
+		return c, nil
+	}
+	for i, t := range targets {
+		if err := c.enter(i); err != nil {
+			c.close()
+			return nil, err
+		}
+		// The connection is opened before the measurement, so a refusal then (a ClusterIP whose
+		// kube-proxy is still catching up with the convergence trials' last EndpointSlice
+		// updates: an i/o timeout seen once) is waited out, as waitAnswer does, not fatal.
+		var fd int
+		err := wait.PollUntilContextTimeout(log.Context(), 10*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+			var err error
+			if fd, err = c.dial(i); err != nil {
+				log.Logf("data path, %s (%s): first connection failed, trying again: %v", t.name, t.addr, err)
+			}
+			return err == nil, nil
+		})
+		if err != nil {
+			c.close()
+			return nil, fmt.Errorf("%s (%s): no first connection: %w", t.name, t.addr, err)
+		}
+		c.fds = append(c.fds, fd)
+	}
+	return c, nil
 }
 
-func (w *pathWorker) do() opResult {
-	w.req <- struct{}{}
-	return <-w.res
+func sockaddr(ap netip.AddrPort) syscall.Sockaddr {
+	if ap.Addr().Is4() {
+		return &syscall.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	}
+	return &syscall.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
 }
 
-func (w *pathWorker) stop() {
-	close(w.req)
-	<-w.done
+// enter puts the thread in target i's client namespace.
+func (c *pathClient) enter(i int) error {
+	if c.in >= 0 && c.targets[c.in].from.Netns == c.targets[i].from.Netns {
+		return nil
+	}
+	if err := c.targets[i].from.Netns.Enter(); err != nil {
+		return err
+	}
+	c.in = i
+	return nil
 }
 
-// loop answers requests until req is closed: one request/response on a connection opened once,
-// or (crr) one short connection each.
-func (w *pathWorker) loop(crr bool) error {
-	var conn net.Conn
-	var r *bufio.Reader
-	dial := func() error {
-		c, err := net.DialTimeout("tcp", w.t.addr, 2*time.Second)
+// dial opens a blocking connection to target i from the current namespace and reads the
+// producer's greeting (its name and a newline), with 2 s bounds on both.
+func (c *pathClient) dial(i int) (int, error) {
+	family := syscall.AF_INET
+	if _, v6 := c.addrs[i].(*syscall.SockaddrInet6); v6 {
+		family = syscall.AF_INET6
+	}
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	tv := syscall.NsecToTimeval(int64(2 * time.Second))
+	for _, opt := range []int{syscall.SO_SNDTIMEO, syscall.SO_RCVTIMEO} { // connect and read bounds
+		if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, opt, &tv); err != nil {
+			syscall.Close(fd)
+			return -1, fmt.Errorf("setsockopt: %w", err)
+		}
+	}
+	if err := connect(fd, c.addrs[i]); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("connect: %w", err)
+	}
+	var buf [64]byte
+	for got := 0; ; {
+		n, err := readEINTR(fd, buf[got:])
+		if err != nil || n <= 0 {
+			syscall.Close(fd)
+			return -1, fmt.Errorf("greeting: read %d bytes: %v", n, err)
+		}
+		got += n
+		if buf[got-1] == '\n' || got == len(buf) {
+			return fd, nil
+		}
+	}
+}
+
+// do runs and times one operation on target i: 1 byte each way on its connection, or (crr) a
+// new connection (connect, greeting, close).
+func (c *pathClient) do(i int) opResult {
+	if c.crr {
+		if err := c.enter(i); err != nil {
+			return opResult{err: err}
+		}
+	}
+	c0, t0 := threadCPU(), time.Now()
+	err := c.op(i)
+	return opResult{wall: time.Since(t0), cpu: threadCPU() - c0, err: err}
+}
+
+func (c *pathClient) op(i int) error {
+	if c.crr {
+		fd, err := c.dial(i)
+		if err == nil {
+			syscall.Close(fd)
+		}
+		return err
+	}
+	b := [1]byte{'x'}
+	if _, err := writeEINTR(c.fds[i], b[:]); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if n, err := readEINTR(c.fds[i], b[:]); n != 1 {
+		return fmt.Errorf("read %d bytes: %v", n, err)
+	}
+	return nil
+}
+
+// The Go runtime signals its threads (preemption), and a socket call with a timeout
+// (SO_RCVTIMEO, SO_SNDTIMEO) or a connect is not restarted after a signal: these retry what
+// EINTR interrupted before it did anything.
+
+func readEINTR(fd int, p []byte) (int, error) {
+	for {
+		if n, err := syscall.Read(fd, p); err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
+
+func writeEINTR(fd int, p []byte) (int, error) {
+	for {
+		if n, err := syscall.Write(fd, p); err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
+
+// connect connects the blocking socket fd to sa; interrupted, it waits (2 s at most) for the
+// connection the kernel goes on making, and gives its outcome.
+func connect(fd int, sa syscall.Sockaddr) error {
+	err := syscall.Connect(fd, sa)
+	if err != syscall.EINTR {
+		return err
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		n, err := unix.Poll(pfd, int(time.Until(deadline).Milliseconds()))
+		if err == syscall.EINTR && time.Now().Before(deadline) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		conn, r = c, bufio.NewReaderSize(c, 64)
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		_, err = r.ReadString('\n') // the greeting
-		return err
-	}
-	op := func() error {
-		if crr {
-			err := dial()
-			if conn != nil {
-				conn.Close()
-			}
-			return err
+		if n == 0 {
+			return syscall.ETIMEDOUT
 		}
-		if _, err := conn.Write([]byte{'x'}); err != nil {
-			return err
+		if soErr, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR); err != nil || soErr != 0 {
+			return cmp.Or(err, error(syscall.Errno(soErr)))
 		}
-		_, err := r.ReadByte()
-		return err
+		return nil
 	}
-	if !crr {
-		if err := dial(); err != nil {
-			return err
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Time{})
+}
+
+func (c *pathClient) close() {
+	for _, fd := range c.fds {
+		syscall.Close(fd)
 	}
-	for range w.req {
-		c0, t0 := threadCPU(), time.Now()
-		err := op()
-		w.res <- opResult{wall: time.Since(t0), cpu: threadCPU() - c0, err: err}
-	}
-	return nil
 }
 
 // threadCPU is the calling thread's CPU time so far (user + system).

@@ -74,6 +74,16 @@ func (n *Netns) Do(f func() error) error {
 	return <-done
 }
 
+// Enter moves the calling goroutine's OS thread into the namespace, for a thread that works in
+// several namespaces in turn. The caller must have locked the thread (runtime.LockOSThread) and
+// never unlock it: the thread then exits with its goroutine, as in Do.
+func (n *Netns) Enter() error {
+	if err := netns.Set(n.handle); err != nil {
+		return fmt.Errorf("enter netns %s: %w", n.Name, err)
+	}
+	return nil
+}
+
 // withHandle runs f with a netlink handle bound to the namespace.
 func (n *Netns) withHandle(f func(*netlink.Handle) error) error {
 	h, err := netlink.NewHandleAt(n.handle)
