@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -24,6 +25,10 @@ type Kernel struct {
 	netnsFd int
 	// pending counts what is queued for the next transaction; last, what the last one sent held.
 	pending, last Transaction
+	// gen tells a drift check whether anything but us committed since our last read (Unchanged);
+	// genConn asks the kernel for the generation (nil: not dialed).
+	gen     generation
+	genConn *netlink.Conn
 }
 
 // NewKernel opens netlink to nftables in the caller's network namespace (netnsFd < 0) or in the
@@ -85,8 +90,15 @@ func roomForAcks(c *netlink.Conn) error {
 	return nil
 }
 
-// Close closes the netlink socket.
-func (k *Kernel) Close() error { return k.conn.CloseLasting() }
+// Close closes the netlink sockets.
+func (k *Kernel) Close() error {
+	err := k.conn.CloseLasting()
+	if k.genConn != nil {
+		err = errors.Join(err, k.genConn.Close())
+		k.genConn = nil
+	}
+	return err
+}
 
 // Write replaces our table with rs in one transaction: the table is created (so that deleting it
 // cannot fail), deleted with all it holds, and written anew. Packets see the old table or the new
@@ -342,8 +354,10 @@ func (k *Kernel) flush(what string) error {
 func (k *Kernel) send() error {
 	err := k.conn.Flush()
 	if err == nil {
+		k.gen.committed()
 		return nil
 	}
+	k.gen.failed()
 	_ = k.conn.CloseLasting()
 	if derr := k.dial(); derr != nil {
 		return errors.Join(err, derr)
@@ -490,6 +504,17 @@ type ObservedRule struct {
 // Read lists our table's chains and their rules (one dump for the chains, one for every rule: see
 // readRules) and its sets' and maps' elements.
 func (k *Kernel) Read() (Observed, error) {
+	// The generation before the read: a transaction committed while it reads moves it past what
+	// the next check expects, which then reads again.
+	gen, genErr := k.generationNow()
+	o, err := k.read()
+	if err == nil && genErr == nil {
+		k.gen = generation{known: true, read: gen, readAt: time.Now()}
+	}
+	return o, err
+}
+
+func (k *Kernel) read() (Observed, error) {
 	if _, err := k.conn.ListTableOfFamily(TableName, TableFamily); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return Observed{}, nil

@@ -35,6 +35,24 @@ func netnsKernel(t *testing.T, name string) (*harness.Netns, *Kernel, *gnft.Conn
 	return ns, k, other
 }
 
+// deleteSecondInputRule deletes the second rule of our input chain as someone else, and returns
+// the chain.
+func deleteSecondInputRule(t *testing.T, other *gnft.Conn) *gnft.Chain {
+	t.Helper()
+	input := &gnft.Chain{Name: chainInput, Table: &gnft.Table{Name: TableName, Family: TableFamily}}
+	rules, err := other.GetRules(input.Table, input)
+	if err != nil || len(rules) < 2 {
+		t.Fatalf("rules of our input chain: %d, %v", len(rules), err)
+	}
+	if err := other.DelRule(rules[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return input
+}
+
 // fleetInput is n magic addresses, each with a TCP port served by 1 to 3 producers (gen shifts
 // how many) and a UDP port without producer.
 func fleetInput(n, gen int) Input {
@@ -101,17 +119,7 @@ func TestKernelApply(t *testing.T) {
 	step("producers changed", rs2, false, true, "")
 	step("unchanged after a change", rs2, true, false, "")
 
-	input := &gnft.Chain{Name: chainInput, Table: &gnft.Table{Name: TableName, Family: TableFamily}}
-	rules, err := other.GetRules(input.Table, input)
-	if err != nil || len(rules) < 2 {
-		t.Fatalf("rules of our input chain: %d, %v", len(rules), err)
-	}
-	if err := other.DelRule(rules[1]); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	input := deleteSecondInputRule(t, other)
 	step("a refusal deleted behind our back", rs2, true, true, "chain input: rule 2")
 	other.FlushSet(&gnft.Set{Table: input.Table, Name: hairpinSet})
 	if err := other.Flush(); err != nil {
