@@ -7,7 +7,7 @@ import "github.com/magic-ip/magic-ip/agent/memo"
 type Datapath struct {
 	Kernel *Kernel
 	// Skipped counts the full syncs that did not read the table back: the ruleset generation said
-	// nobody but us had committed anything since the last read (Kernel.Unchanged).
+	// nobody but us had committed anything since the last read (Kernel.ReadIfChanged).
 	Skipped int
 
 	applied *Ruleset
@@ -16,19 +16,23 @@ type Datapath struct {
 // Apply makes the kernel hold rs. full reads our table back first and reports how it differs
 // from what the last Apply wrote (nothing on the first sync, when nothing vouches for the kernel),
 // unless the ruleset generation says nobody but us committed anything since the last read
-// (Kernel.Unchanged): then the table holds what the last Apply wrote, and nothing is read.
+// (Kernel.ReadIfChanged): then the table holds what the last Apply wrote, and nothing is read.
 // With the kernel known to hold the last ruleset, only the chains and elements that changed are
 // written (a producer replaced by another: map elements only);
 // otherwise (first sync, drift, a failed write) the whole table is rewritten. Either way it is one
 // transaction.
 func (d *Datapath) Apply(rs Ruleset, full bool) (wrote bool, drift []string, err error) {
-	if full && d.applied != nil && !d.unchanged() {
-		o, err := d.Kernel.Read()
+	if full && d.applied != nil {
+		o, changed, err := d.Kernel.ReadIfChanged()
 		if err != nil {
 			d.applied = nil
 			return false, nil, err
 		}
-		drift = o.Drift(*d.applied)
+		if changed {
+			drift = o.Drift(*d.applied)
+		} else {
+			d.Skipped++
+		}
 	}
 	if d.applied != nil && len(drift) == 0 {
 		n, err := d.Kernel.WriteChanges(*d.applied, rs)
@@ -66,17 +70,6 @@ func (d *Datapath) ApplyPatch(rs Ruleset, p Patch) (wrote bool, err error) {
 	}
 	d.applied = &rs
 	return n > 0, nil
-}
-
-// unchanged reports whether the kernel says nobody but us committed anything since our last read
-// (Kernel.Unchanged): then it holds what the last Apply wrote, and a full sync finds no drift
-// without reading the table. Counted in Skipped.
-func (d *Datapath) unchanged() bool {
-	same, err := d.Kernel.Unchanged()
-	if err == nil && same {
-		d.Skipped++
-	}
-	return err == nil && same
 }
 
 // Cleanup deletes our table and forgets what was written.

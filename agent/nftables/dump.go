@@ -14,13 +14,19 @@ import (
 // interrupted (the ruleset changed while it was read), as ip(8) does for its dumps.
 const dumpAttempts = 5
 
+// dialNetfilter opens a netfilter netlink socket of its own in the Kernel's namespace (raw
+// requests google/nftables does not make: a one-dump rule read, the ruleset generation).
+func (k *Kernel) dialNetfilter() (*netlink.Conn, error) {
+	return netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netnsFd, 0)})
+}
+
 // readRules reads every rule of our table in one netlink dump, keeping of each its chain, its
 // comment and how many expressions it has (what Drift compares). google/nftables' GetRules asks
 // for one chain at a time and parses every expression: at 1,000 MagicIPs × 3 ports (3,000 chains,
 // a dump and its round trip each) the read-back of a full resync took 1.5 s that way. Nothing is
 // parsed here but those three attributes.
 func (k *Kernel) readRules() (map[string][]ObservedRule, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netnsFd, 0)})
+	conn, err := k.dialNetfilter()
 	if err != nil {
 		return nil, fmt.Errorf("netlink for a rule dump: %w", err)
 	}

@@ -41,19 +41,31 @@ type generation struct {
 func (g *generation) committed() { g.ours++ }
 func (g *generation) failed()    { g.known = false }
 
+// vouches reports whether the generation now is that of our last read plus our own transactions
+// since, and that read is recent enough (maxTrust): nobody else changed anything.
+func (g *generation) vouches(now uint32) bool {
+	return g.known && time.Since(g.readAt) <= maxTrust && now == g.read+g.ours
+}
+
 // Unchanged reports whether nothing but our own transactions changed the namespace's nftables
 // rulesets since our last read of the table (see generation), and that read is recent enough: a
 // drift check may skip reading the table back. An error (the generation could not be read) says
 // nothing: read the table.
 func (k *Kernel) Unchanged() (bool, error) {
-	if !k.gen.known || time.Since(k.gen.readAt) > maxTrust {
-		return false, nil
-	}
 	now, err := k.generationNow()
-	if err != nil {
-		return false, err
+	return err == nil && k.gen.vouches(now), err
+}
+
+// ReadIfChanged is Read, unless the generation says nobody but us changed anything since the last
+// read (Unchanged): then it reads nothing (changed false). One question for both: the generation
+// it gets is the one Read records. A generation it cannot get makes it read.
+func (k *Kernel) ReadIfChanged() (o Observed, changed bool, err error) {
+	gen, genErr := k.generationNow()
+	if genErr == nil && k.gen.vouches(gen) {
+		return Observed{}, false, nil
 	}
-	return now == k.gen.read+k.gen.ours, nil
+	o, err = k.readAt(gen, genErr)
+	return o, true, err
 }
 
 // generationNow asks the kernel for the namespace's ruleset generation (NFT_MSG_GETGEN) over a
@@ -63,7 +75,7 @@ func (k *Kernel) Unchanged() (bool, error) {
 // next one dials anew.
 func (k *Kernel) generationNow() (uint32, error) {
 	if k.genConn == nil {
-		conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: max(k.netnsFd, 0)})
+		conn, err := k.dialNetfilter()
 		if err != nil {
 			return 0, fmt.Errorf("netlink for the ruleset generation: %w", err)
 		}

@@ -28,13 +28,12 @@ func TestKernelGeneration(t *testing.T) {
 		}
 	}
 	steps := []struct {
-		name       string
-		before     func()
-		rs         Ruleset
-		full       bool
-		wantSkip   bool
-		wantWrote  bool
-		wantDrifts bool
+		name      string
+		before    func()
+		rs        Ruleset
+		full      bool
+		wantSkip  bool
+		wantWrote bool
 	}{
 		{name: "first sync (writes the table)", rs: rs0, full: true, wantWrote: true},
 		{name: "full sync: no read yet to go by", rs: rs0, full: true},

@@ -504,9 +504,14 @@ type ObservedRule struct {
 // Read lists our table's chains and their rules (one dump for the chains, one for every rule: see
 // readRules) and its sets' and maps' elements.
 func (k *Kernel) Read() (Observed, error) {
-	// The generation before the read: a transaction committed while it reads moves it past what
-	// the next check expects, which then reads again.
 	gen, genErr := k.generationNow()
+	return k.readAt(gen, genErr)
+}
+
+// readAt reads the table and, when gen (asked just before: genErr nil) is known, records it as
+// the generation of this read: a transaction committed while it reads moves the generation past
+// what the next check expects, which then reads again.
+func (k *Kernel) readAt(gen uint32, genErr error) (Observed, error) {
 	o, err := k.read()
 	if err == nil && genErr == nil {
 		k.gen = generation{known: true, read: gen, readAt: time.Now()}

@@ -429,16 +429,16 @@ func (c *pathClient) op(i int) error {
 // EINTR interrupted before it did anything.
 
 func readEINTR(fd int, p []byte) (int, error) {
-	for {
-		if n, err := syscall.Read(fd, p); err != syscall.EINTR {
-			return n, err
-		}
-	}
+	return ignoringEINTR(func() (int, error) { return syscall.Read(fd, p) })
 }
 
 func writeEINTR(fd int, p []byte) (int, error) {
+	return ignoringEINTR(func() (int, error) { return syscall.Write(fd, p) })
+}
+
+func ignoringEINTR(f func() (int, error)) (int, error) {
 	for {
-		if n, err := syscall.Write(fd, p); err != syscall.EINTR {
+		if n, err := f(); err != syscall.EINTR {
 			return n, err
 		}
 	}

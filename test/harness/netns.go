@@ -65,8 +65,8 @@ func (n *Netns) Do(f func() error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
-		if err := netns.Set(n.handle); err != nil {
-			done <- fmt.Errorf("enter netns %s: %w", n.Name, err)
+		if err := n.Enter(); err != nil {
+			done <- err
 			return
 		}
 		done <- f()
