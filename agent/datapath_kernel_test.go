@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 
@@ -93,7 +92,7 @@ func TestSyncChangeIsNotDrift(t *testing.T) {
 }
 
 // TestNftablesSyncRepairsEditedRule: edits to our nftables table as `nft replace rule` and
-// `nft add rule` make them (without our comment) — a DNAT sent elsewhere, a refusal replaced by an
+// `nft add rule` make them (without our comment) — the dispatch replaced by a DNAT elsewhere, a refusal replaced by an
 // accept — are found by the next full sync, reported rule by rule, and repaired; the sync after
 // finds nothing and writes nothing. (The nftables datapath reads back each rule's comment and
 // number of expressions: an edit that keeps both goes unseen.)
@@ -101,9 +100,7 @@ func TestNftablesSyncRepairsEditedRule(t *testing.T) {
 	ns := newNetns(t, "nftdriftedit")
 	st, local := everyShape(), ExternalInterfaces("eth0")
 	rs := nftables.Render(NftablesInput(st, local))
-	svc := slices.IndexFunc(rs.Chains, func(c nftables.Chain) bool {
-		return len(c.Elements) > 0 && strings.HasPrefix(c.Elements[0].Comment, "datadog:apm -> ")
-	})
+	svc := rs.Chain("services")
 	table := &gnft.Table{Name: nftables.TableName, Family: nftables.TableFamily}
 	edits := []struct {
 		name  string
@@ -111,12 +108,12 @@ func TestNftablesSyncRepairsEditedRule(t *testing.T) {
 		edit  func(c *gnft.Conn, rules []*gnft.Rule)
 		want  string
 	}{
-		{"DNAT target changed", rs.Chains[svc].Name, func(c *gnft.Conn, rules []*gnft.Rule) {
+		{"the services' dispatch replaced by a DNAT elsewhere", svc.Name, func(c *gnft.Conn, rules []*gnft.Rule) {
 			c.ReplaceRule(&gnft.Rule{Table: table, Chain: rules[0].Chain, Handle: rules[0].Handle, Exprs: []expr.Any{
 				&expr.Immediate{Register: 1, Data: []byte{192, 0, 2, 1}}, &expr.Immediate{Register: 2, Data: []byte{0, 9}},
 				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true}}})
 		}, fmt.Sprintf("chain %s: rule 1: wrote %q (%d expressions), found comment \"\" (3 expressions)",
-			rs.Chains[svc].Name, rs.Chains[svc].Rules[0].Text, len(rs.Chains[svc].Rules[0].Exprs))},
+			svc.Name, svc.Rules[0].Text, len(svc.Rules[0].Exprs))},
 		{"a refusal replaced by an accept", "input", func(c *gnft.Conn, rules []*gnft.Rule) {
 			_ = c.DelRule(rules[1])
 			c.AddRule(&gnft.Rule{Table: table, Chain: rules[1].Chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})

@@ -52,13 +52,14 @@ func (d *Datapath) Apply(rs Ruleset, full bool) (wrote bool, drift []string, err
 }
 
 // ApplyPatch is Apply(rs, false) for a Ruleset that Renderer.Patch changed in place (p: what it
-// changed). When the last Ruleset written holds the same Chains slice (the one patched, so it no
-// longer says what the kernel holds but for p), only what p lists is compared and written;
+// changed). When the last Ruleset written holds the same Chains and Dispatch slices (the ones
+// patched, so it no longer says what the kernel holds but for p), only what p lists is compared
+// and written;
 // otherwise (nothing written yet, or another Ruleset: nothing says how rs differs from it) the
 // whole table is written. A failed write forgets what was written, as Apply does: the next sync
 // rewrites the whole table.
 func (d *Datapath) ApplyPatch(rs Ruleset, p Patch) (wrote bool, err error) {
-	if d.applied == nil || !memo.Same(d.applied.Chains, rs.Chains) {
+	if d.applied == nil || !memo.Same(d.applied.Chains, rs.Chains) || !memo.Same(d.applied.Dispatch, rs.Dispatch) {
 		d.applied = nil
 		wrote, _, err = d.Apply(rs, false)
 		return wrote, err

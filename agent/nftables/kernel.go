@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -114,22 +116,23 @@ func (k *Kernel) Write(rs Ruleset) error {
 	}
 	k.conn.AddTable(k.table)
 	for _, f := range []family{ipv4, ipv6} {
-		for _, set := range []*nftables.Set{k.hairpin(f), k.endpoints(f)} {
+		for _, set := range []*nftables.Set{k.hairpin(f), k.endpoints(f), k.dispatch(f)} {
 			if err := k.conn.AddSet(set, nil); err != nil {
 				return fmt.Errorf("set %s: %w", set.Name, err)
 			}
 		}
 	}
-	var elems []Element
-	for _, c := range rs.Chains {
-		elems = append(elems, c.Elements...)
-	}
-	if err := k.changeElements(nil, rs.Hairpin, nil, elems); err != nil {
-		return err
-	}
 	chains := make(map[string]*nftables.Chain, len(rs.Chains))
 	for _, c := range rs.Chains {
 		chains[c.Name] = k.conn.AddChain(k.chain(c))
+	}
+	// the dispatch map's elements go to chains: after them
+	var elems []Element
+	for _, d := range rs.Dispatch {
+		elems = append(elems, d.Elements...)
+	}
+	if err := k.queueElements(false, rs.Hairpin, elems, rs.Dispatch); err != nil {
+		return err
 	}
 	for _, c := range rs.Chains {
 		k.addRules(chains[c.Name], c.Rules)
@@ -151,32 +154,40 @@ func (k *Kernel) Last() Transaction { return k.last }
 
 // WriteChanges turns prev, what the table holds, into rs in one transaction that touches only
 // what changed: new chains are added, chains whose rules changed flushed and refilled, chains gone
-// deleted (after the chains that jumped to them were flushed, in the same transaction), and the
-// map and set elements that changed deleted or added — a producer replaced by another is an
-// element deleted and one added, no rule. Base chains stay in place, so no hook is unregistered.
-// It returns how many chains and elements it wrote (0: nothing changed, nothing sent).
+// deleted (after the elements that went to them, in the same transaction), and the map and set
+// elements that changed deleted or added — a producer replaced by another is an element deleted
+// and one added, no rule. Base chains stay in place, so no hook is unregistered. It returns how
+// many chains and elements it wrote (0: nothing changed, nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
 	unpaired, paired := diffAddrs(prev.Hairpin, rs.Hairpin)
-	return k.writeChanges(chainChanges(prev, rs), unpaired, paired)
+	ch := chainChanges(prev, rs)
+	ch.dispatchChanges(prev.Dispatch, rs.Dispatch)
+	return k.writeChanges(ch, unpaired, paired)
 }
 
 // WritePatch is WriteChanges for a Ruleset that Renderer.Patch changed in place (p) from what
-// the table holds: only the patched chains are compared, and the hairpin pairs p lists written,
-// so its cost follows what changed, not the table's size.
+// the table holds: only the patched dispatch entries are compared, and the hairpin pairs p lists
+// written, so its cost follows what changed, not the table's size.
 func (k *Kernel) WritePatch(rs Ruleset, p Patch) (int, error) {
 	var ch changes
-	for _, c := range p.Chains {
-		ch.compare(&c.Old, rs.Chains[c.Index])
+	for _, d := range p.Dispatch {
+		ch.compareDispatch(&d.Old, rs.Dispatch[d.Index])
 	}
 	return k.writeChanges(ch, p.Unpaired, p.Paired)
 }
 
 // writeChanges writes ch and the hairpin pairs gone (unpaired) and added (paired) in one
-// transaction (none when nothing changed).
+// transaction (none when nothing changed). Its order: chains added (a dispatch element may go to
+// one), elements deleted (one that went to a chain gone must go first: the kernel refuses to
+// delete a chain still in use, EBUSY; one deleted and added again ends up added), chains flushed
+// and deleted, rules added, elements added.
 func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, error) {
 	k.pending = Transaction{Compared: ch.compared}
 	for _, c := range ch.added {
 		k.conn.AddChain(k.chain(c))
+	}
+	if err := k.queueElements(true, unpaired, ch.unmapped, ch.undispatched); err != nil {
+		return 0, err
 	}
 	for _, c := range ch.changed {
 		k.conn.FlushChain(k.chain(c))
@@ -188,7 +199,7 @@ func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, e
 	for _, c := range fill {
 		k.addRules(k.chain(c), c.Rules)
 	}
-	if err := k.changeElements(unpaired, paired, ch.unmapped, ch.mapped); err != nil {
+	if err := k.queueElements(false, paired, ch.mapped, ch.dispatched); err != nil {
 		return 0, err
 	}
 	k.pending.Chains = len(fill) + len(ch.gone)
@@ -199,21 +210,18 @@ func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, e
 	return n, k.flush(fmt.Sprintf("changing %d chains and %d elements of table %s", k.pending.Chains, k.pending.Elements, tableDesc))
 }
 
-// changeElements queues the hairpin pairs and endpoints map elements gone and added: deletions
-// first, so an element deleted and added again (a chain renamed) ends up added.
-func (k *Kernel) changeElements(unpaired, paired []netip.Addr, unmapped, mapped []Element) error {
-	for _, del := range []bool{true, false} {
-		ips, elems := paired, mapped
-		if del {
-			ips, elems = unpaired, unmapped
+// queueElements queues adding (or, with del, deleting) the hairpin pairs of ips, the endpoints
+// map elements elems and the dispatch map elements of ds.
+func (k *Kernel) queueElements(del bool, ips []netip.Addr, elems []Element, ds []Dispatch) error {
+	for _, f := range []family{ipv4, ipv6} {
+		if err := k.setElements(k.hairpin(f), pairs(ofFamily(ips, f)), del); err != nil {
+			return err
 		}
-		for _, f := range []family{ipv4, ipv6} {
-			if err := k.setElements(k.hairpin(f), pairs(ofFamily(ips, f)), del); err != nil {
-				return err
-			}
-			if err := k.setElements(k.endpoints(f), mapElements(elems, f), del); err != nil {
-				return err
-			}
+		if err := k.setElements(k.endpoints(f), mapElements(elems, f), del); err != nil {
+			return err
+		}
+		if err := k.setElements(k.dispatch(f), dispatchElements(ds, f), del); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -259,6 +267,30 @@ func mapElements(elems []Element, f family) []nftables.SetElement {
 	for _, e := range elems {
 		if familyOf(e.Addr).nfproto == f.nfproto {
 			out = append(out, nftables.SetElement{Key: slotKey(serviceKey(e.Addr, e.Protocol, e.Port), e.Slot), Val: endpointData(e.To), Comment: truncated(e.Comment)})
+		}
+	}
+	return out
+}
+
+// dispatch is the dispatch map of family f: service address . protocol . port to a verdict
+// (goto its spread chain).
+func (k *Kernel) dispatch(f family) *nftables.Set {
+	addr := nftables.TypeIPAddr
+	if f.nfproto == ipv6.nfproto {
+		addr = nftables.TypeIP6Addr
+	}
+	return &nftables.Set{Table: k.table, Name: f.dispatchMap(), IsMap: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService),
+		DataType: nftables.TypeVerdict}
+}
+
+// dispatchElements are the dispatch map elements of ds in family f.
+func dispatchElements(ds []Dispatch, f family) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, d := range ds {
+		if familyOf(d.Addr).nfproto == f.nfproto {
+			out = append(out, nftables.SetElement{Key: serviceKey(d.Addr, d.Protocol, d.Port),
+				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: d.To}, Comment: truncated(d.Comment)})
 		}
 	}
 	return out
@@ -366,12 +398,13 @@ func (k *Kernel) send() error {
 }
 
 // changes is what WriteChanges writes: the chains of rs that prev lacks (added), those whose
-// rules differ (changed), those of prev that rs lacks (gone), and the endpoints map elements gone
-// and added; compared counts the chains compared.
+// rules differ (changed), those of prev that rs lacks (gone), and the dispatch and endpoints map
+// elements gone and added; compared counts the chains and dispatch entries compared.
 type changes struct {
-	added, changed, gone []Chain
-	unmapped, mapped     []Element
-	compared             int
+	added, changed, gone     []Chain
+	undispatched, dispatched []Dispatch
+	unmapped, mapped         []Element
+	compared                 int
 }
 
 // chainChanges compares prev with rs. When both hold the same chains in the same order (a sync
@@ -391,11 +424,64 @@ func chainChanges(prev, rs Ruleset) changes {
 	for _, c := range prev.Chains {
 		if after[c.Name] == nil {
 			ch.gone = append(ch.gone, c)
-			ch.unmapped = append(ch.unmapped, c.Elements...)
 		}
 	}
 	return ch
 }
+
+// dispatchChanges compares the dispatch entries of prev with those of next: in place when both
+// hold the same services in the same order (a sync that changed producers only), by service
+// otherwise. A list handed on as is (the same slice) is not compared.
+func (ch *changes) dispatchChanges(prev, next []Dispatch) {
+	if memo.Same(prev, next) {
+		return
+	}
+	if slices.EqualFunc(prev, next, Dispatch.sameService) {
+		for i, d := range next {
+			ch.compareDispatch(&prev[i], d)
+		}
+		return
+	}
+	before, after := make(map[string]*Dispatch, len(prev)), make(map[string]bool, len(next))
+	for i := range prev {
+		before[prev[i].key()] = &prev[i]
+	}
+	for _, d := range next {
+		after[d.key()] = true
+		ch.compareDispatch(before[d.key()], d)
+	}
+	for _, d := range prev {
+		if !after[d.key()] {
+			ch.undispatched, ch.unmapped = append(ch.undispatched, d), append(ch.unmapped, d.Elements...)
+		}
+	}
+}
+
+// compareDispatch records how d differs from old, its entry in the table (nil: none): its
+// dispatch element added, or replaced (deleted and added) when it goes elsewhere; its endpoints
+// elements compared slot by slot.
+func (ch *changes) compareDispatch(old *Dispatch, d Dispatch) {
+	ch.compared++
+	var was []Element
+	switch {
+	case old == nil:
+		ch.dispatched = append(ch.dispatched, d)
+	case old.To != d.To || old.Comment != d.Comment:
+		ch.undispatched, ch.dispatched = append(ch.undispatched, *old), append(ch.dispatched, d)
+		was = old.Elements
+	default:
+		was = old.Elements
+	}
+	gone, added := diffElements(was, d.Elements)
+	ch.unmapped, ch.mapped = append(ch.unmapped, gone...), append(ch.mapped, added...)
+}
+
+func (d Dispatch) sameService(o Dispatch) bool {
+	return d.Addr == o.Addr && d.Protocol == o.Protocol && d.Port == o.Port
+}
+
+// key is the dispatch map's key of d.
+func (d Dispatch) key() string { return string(serviceKey(d.Addr, d.Protocol, d.Port)) }
 
 func sameNames(a, b []Chain) bool {
 	return slices.EqualFunc(a, b, func(x, y Chain) bool { return x.Name == y.Name })
@@ -404,21 +490,15 @@ func sameNames(a, b []Chain) bool {
 // compare records how c differs from old, its chain in the table (nil: none).
 func (ch *changes) compare(old *Chain, c Chain) {
 	ch.compared++
-	var was []Element
 	switch {
 	case old == nil:
 		ch.added = append(ch.added, c)
 	case !sameRules(old.Rules, c.Rules):
 		ch.changed = append(ch.changed, c)
-		was = old.Elements
-	default:
-		was = old.Elements
 	}
-	gone, added := diffElements(was, c.Elements)
-	ch.unmapped, ch.mapped = append(ch.unmapped, gone...), append(ch.mapped, added...)
 }
 
-// diffElements compares a chain's elements slot by slot (a list handed on as is is not
+// diffElements compares a service's endpoints elements slot by slot (a list handed on as is is not
 // compared): those of a that b lacks or holds otherwise are gone, those of b, added.
 func diffElements(a, b []Element) (gone, added []Element) {
 	if memo.Same(a, b) {
@@ -493,6 +573,9 @@ type Observed struct {
 	Hairpin []netip.Addr
 	// Endpoints: both endpoints maps' elements, by key (see mapEntry); nil with a map missing.
 	Endpoints map[string]string
+	// Dispatch: both dispatch maps' elements, by key (see mapEntry, the data its verdict as
+	// verdictText gives it); nil with a map missing.
+	Dispatch map[string]string
 }
 
 // ObservedRule is one rule as read back.
@@ -541,6 +624,9 @@ func (k *Kernel) read() (Observed, error) {
 	if o.Endpoints, err = k.readEndpoints(sets); err != nil {
 		return Observed{}, err
 	}
+	if o.Dispatch, err = k.readDispatch(sets); err != nil {
+		return Observed{}, err
+	}
 	rules, err := k.readRules()
 	if err != nil {
 		return Observed{}, err
@@ -583,6 +669,48 @@ func (k *Kernel) readEndpoints(sets []*nftables.Set) (map[string]string, error) 
 	return out, nil
 }
 
+// readDispatch lists both dispatch maps' elements by key; nil when a map is missing.
+func (k *Kernel) readDispatch(sets []*nftables.Set) (map[string]string, error) {
+	out := map[string]string{}
+	found, err := k.readSets(sets, k.dispatch, func(_ family, e nftables.SetElement) {
+		out[string(e.Key)] = mapEntry([]byte(verdictText(e.Val)), e.Comment)
+	})
+	if !found || err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// verdictText renders a verdict map element's data as the library hands it over (the attributes
+// of NFTA_DATA_VERDICT: the code, and the chain of a jump or goto) in nft syntax.
+func verdictText(val []byte) string {
+	ad, err := netlink.NewAttributeDecoder(val)
+	if err != nil {
+		return fmt.Sprintf("verdict %x", val)
+	}
+	ad.ByteOrder = binary.BigEndian
+	var code int32
+	var chain string
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(ad.Uint32())
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if ad.Err() != nil {
+		return fmt.Sprintf("verdict %x", val)
+	}
+	switch code {
+	case int32(expr.VerdictGoto):
+		return "goto " + chain
+	case int32(expr.VerdictJump):
+		return "jump " + chain
+	}
+	return fmt.Sprintf("verdict %d %s", code, chain)
+}
+
 // readSets hands each element of the set of each family (setOf) to each; found is false when
 // one of them is not among sets. The library's element dump hides the errno of a missing set,
 // so the sets are listed first: a missing one is drift, not a failed sync.
@@ -606,36 +734,57 @@ func (k *Kernel) readSets(sets []*nftables.Set, setOf func(family) *nftables.Set
 // mapEntry is what Observed.Endpoints holds of an element: its data and comment.
 func mapEntry(val []byte, comment string) string { return string(val) + "\x00" + comment }
 
-// driftEndpoints describes how the endpoints maps read back (got) differ from the elements of
-// rs: missing, extra or different elements (their number, and the first of each).
-func driftEndpoints(rs Ruleset, got map[string]string) []string {
+// mapWant is one element we wrote to a map: its key, what Observed holds of it (mapEntry) and its
+// text.
+type mapWant struct{ key, entry, text string }
+
+// driftMap describes how a pair of maps read back (got; names, the maps' names) differ from the
+// elements we wrote (want): missing, extra or different elements (their number, and the first of
+// each); other, what a different element holds otherwise.
+func driftMap(names, other string, want []mapWant, got map[string]string) []string {
 	if got == nil {
-		return []string{fmt.Sprintf("maps %s, %s missing", endpointsMap, endpointsMap6)}
+		return []string{fmt.Sprintf("maps %s missing", names)}
 	}
 	var missing, differ []string
-	want := 0
-	for _, c := range rs.Chains {
-		for _, e := range c.Elements {
-			want++
-			key := string(slotKey(serviceKey(e.Addr, e.Protocol, e.Port), e.Slot))
-			switch v, ok := got[key]; {
-			case !ok:
-				missing = append(missing, e.Text())
-			case v != mapEntry(endpointData(e.To), truncated(e.Comment)):
-				differ = append(differ, e.Text())
-			}
+	for _, w := range want {
+		switch v, ok := got[w.key]; {
+		case !ok:
+			missing = append(missing, w.text)
+		case v != w.entry:
+			differ = append(differ, w.text)
 		}
 	}
 	var diffs []string
-	for what, list := range map[string][]string{"missing": missing, "holding another producer or comment": differ} {
+	for what, list := range map[string][]string{"missing": missing, "holding another " + other + " or comment": differ} {
 		if len(list) > 0 {
-			diffs = append(diffs, fmt.Sprintf("maps %s, %s: %d elements %s (first %s)", endpointsMap, endpointsMap6, len(list), what, list[0]))
+			diffs = append(diffs, fmt.Sprintf("maps %s: %d elements %s (first %s)", names, len(list), what, list[0]))
 		}
 	}
-	if extra := len(got) - (want - len(missing)); extra > 0 {
-		diffs = append(diffs, fmt.Sprintf("maps %s, %s: %d elements not ours", endpointsMap, endpointsMap6, extra))
+	if extra := len(got) - (len(want) - len(missing)); extra > 0 {
+		diffs = append(diffs, fmt.Sprintf("maps %s: %d elements not ours", names, extra))
 	}
 	return diffs
+}
+
+// driftEndpoints describes how the endpoints maps read back (got) differ from the elements of rs.
+func driftEndpoints(rs Ruleset, got map[string]string) []string {
+	var want []mapWant
+	for _, d := range rs.Dispatch {
+		for _, e := range d.Elements {
+			want = append(want, mapWant{key: string(slotKey(serviceKey(e.Addr, e.Protocol, e.Port), e.Slot)),
+				entry: mapEntry(endpointData(e.To), truncated(e.Comment)), text: e.Text()})
+		}
+	}
+	return driftMap(endpointsMap+", "+endpointsMap6, "producer", want, got)
+}
+
+// driftDispatch describes how the dispatch maps read back (got) differ from the elements of rs.
+func driftDispatch(rs Ruleset, got map[string]string) []string {
+	want := make([]mapWant, 0, len(rs.Dispatch))
+	for _, d := range rs.Dispatch {
+		want = append(want, mapWant{key: d.key(), entry: mapEntry([]byte("goto "+d.To), truncated(d.Comment)), text: d.Text()})
+	}
+	return driftMap(dispatchMap+", "+dispatchMap6, "verdict", want, got)
 }
 
 // Drift describes how o differs from rs, the ruleset we last wrote: the table or chains missing,
@@ -665,6 +814,7 @@ func (o Observed) Drift(rs Ruleset) []string {
 		diffs = append(diffs, fmt.Sprintf("sets %s, %s: missing %v, not ours %v (sets found: %v)", hairpinSet, hairpinSet6, missing, extra, o.Hairpin != nil))
 	}
 	diffs = append(diffs, driftEndpoints(rs, o.Endpoints)...)
+	diffs = append(diffs, driftDispatch(rs, o.Dispatch)...)
 	slices.Sort(diffs)
 	return diffs
 }

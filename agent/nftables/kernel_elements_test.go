@@ -8,14 +8,16 @@ import (
 	"time"
 
 	gnft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
 )
 
 // TestKernelProducerChangeWritesElementsOnly: among 1,000 MagicIPs, a producer replaced by one at
 // another address (the same number of producers) is a transaction of map and set elements alone,
 // as the kernel reports it to a monitor: no rule and no chain is added, flushed or deleted, so the
 // kernel has no table to validate and the cost does not follow the table's size. A producer added
-// to a service rewrites that service's chain only. Either way the kernel then holds exactly what
-// was rendered.
+// to a service is elements only too: its dispatch element goes to another spread chain, and its
+// new producer gets an endpoints element. Either way the kernel then holds exactly what was
+// rendered.
 func TestKernelProducerChangeWritesElementsOnly(t *testing.T) {
 	_, k, other := netnsKernel(t, "nftelems")
 	d := &Datapath{Kernel: k}
@@ -62,7 +64,7 @@ func TestKernelProducerChangeWritesElementsOnly(t *testing.T) {
 	}, 0, 0)
 	step("one producer added", func(eps []Endpoint) []Endpoint {
 		return append(eps, Endpoint{Pod: "ns/new", Addr: netip.MustParseAddrPort("10.250.0.2:8080")})
-	}, 2, 0)
+	}, 0, 0)
 }
 
 // transactionEvents counts the messages of the next transaction the monitor reports, by type.
@@ -84,9 +86,9 @@ func transactionEvents(t *testing.T, events chan *gnft.MonitorEvents) map[gnft.M
 	}
 }
 
-// TestKernelElementDrift: an endpoints map element deleted, changed or added behind our back is
-// drift a full sync reports and repairs, as a rule would be. A service renamed rewrites its
-// elements in place.
+// TestKernelElementDrift: an endpoints or dispatch map element deleted, changed or added behind
+// our back is drift a full sync reports and repairs, as a rule would be. A service renamed
+// rewrites its elements in place.
 func TestKernelElementDrift(t *testing.T) {
 	_, k, other := netnsKernel(t, "nftelemdrift")
 	d := &Datapath{Kernel: k}
@@ -95,9 +97,17 @@ func TestKernelElementDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &gnft.Set{Table: &gnft.Table{Name: TableName, Family: TableFamily}, Name: endpointsMap}
-	e := rs.Chains[firstServiceChain].Elements[0]
+	dm := &gnft.Set{Table: m.Table, Name: dispatchMap}
+	dispatch := rs.Dispatch[0]
+	e := dispatch.Elements[0]
 	key := slotKey(serviceKey(e.Addr, e.Protocol, e.Port), e.Slot)
 	other2 := netip.MustParseAddrPort("10.250.0.9:8080")
+	dkey := serviceKey(dispatch.Addr, dispatch.Protocol, dispatch.Port)
+	to := spreadChain(ipv4, 2) // another spread chain (the fleet's services have 1 to 3 producers)
+	if dispatch.To == to {
+		to = spreadChain(ipv4, 1)
+	}
+	elsewhere := gnft.SetElement{Key: dkey, VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: to}, Comment: dispatch.Comment}
 	for _, c := range []struct {
 		name, want string
 		edit       func()
@@ -109,6 +119,16 @@ func TestKernelElementDrift(t *testing.T) {
 		}},
 		{"an element added", "1 elements not ours", func() {
 			_ = other.SetAddElements(m, []gnft.SetElement{{Key: slotKey(serviceKey(e.Addr, e.Protocol, e.Port), 7), Val: endpointData(other2)}})
+		}},
+		{"a dispatch element deleted", "maps dispatch, dispatch6: 1 elements missing (first " + dispatch.Text(), func() {
+			_ = other.SetDeleteElements(dm, []gnft.SetElement{{Key: dkey}})
+		}},
+		{"a dispatch element going elsewhere", "maps dispatch, dispatch6: 1 elements holding another verdict", func() {
+			_ = other.SetDeleteElements(dm, []gnft.SetElement{{Key: dkey}})
+			_ = other.SetAddElements(dm, []gnft.SetElement{elsewhere})
+		}},
+		{"a dispatch element added", "maps dispatch, dispatch6: 1 elements not ours", func() {
+			_ = other.SetAddElements(dm, []gnft.SetElement{{Key: serviceKey(netip.MustParseAddr("169.254.99.99"), "tcp", 9), VerdictData: elsewhere.VerdictData}})
 		}},
 	} {
 		c.edit()
@@ -123,8 +143,8 @@ func TestKernelElementDrift(t *testing.T) {
 			t.Fatalf("%s: not repaired: %q (err %v)", c.name, o.Drift(rs), err)
 		}
 	}
-	// A service renamed keeps its address, protocol and port: its chain is replaced, and its
-	// elements deleted and added again with the same keys, in one transaction.
+	// A service renamed keeps its address, protocol and port: its dispatch element and its
+	// endpoints elements are deleted and added again with the same keys, in one transaction.
 	in := fleetInput(5, 0)
 	in.Services[0].Key = "renamed:tcp"
 	renamed := Render(in)

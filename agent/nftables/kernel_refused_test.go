@@ -72,8 +72,8 @@ func TestKernelPatchAfterRefused(t *testing.T) {
 	for step, c := range []struct {
 		i      int
 		to     string
-		chains int // 18: the whole table of 10 MagicIPs (15 chains and the spread chains for 1 to 3 producers)
-	}{{2, "10.250.0.2", 18}, {4, "10.250.0.3", 0}} {
+		chains int // 8: the whole table (the 4 base chains, the services chain and the spread chains for 1 to 3 producers)
+	}{{2, "10.250.0.2", 8}, {4, "10.250.0.3", 0}} {
 		rs, err := patch(c.i, c.to)
 		if err != nil {
 			t.Fatalf("patched sync %d once the table is free again: %v", step+1, err)

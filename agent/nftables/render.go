@@ -1,8 +1,6 @@
 package nftables
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -20,7 +18,6 @@ const (
 	chainPostrouting = "postrouting"
 	chainInput       = "input"
 	chainServices    = "services"
-	svcChainPrefix   = "svc-"
 	// spreadChainPrefix starts the names of the chains that spread a service's connections over
 	// its producers, one per family and number of producers: "spread-ip-2".
 	spreadChainPrefix = "spread-"
@@ -33,15 +30,18 @@ type Chain struct {
 	Hook     *nftables.ChainHook
 	Priority nftables.ChainPriority
 	Rules    []Rule
-	// Elements are the endpoints map's elements of a service chain: its rule sends through the
-	// map, so a producer replaced by another changes these, not the rule.
-	Elements []Element
 }
 
 // Ruleset is our whole table, chains in the order they are written (regular chains are created
 // before any rule jumps to them: all chains are added before the rules).
 type Ruleset struct {
 	Chains []Chain
+	// Dispatch holds the services with producers, in the order of the Input: each is an element
+	// of the dispatch map (the services chain's one lookup per family) and its producers' elements
+	// of the endpoints map. A service has no chain of its own: the kernel visits every chain of
+	// the netns on each commit, so thousands of them made a one-producer change cost in proportion
+	// to what the node serves.
+	Dispatch []Dispatch
 	// Hairpin holds the local producer IPs, sorted: the elements "P . P" of the set hairpinSet,
 	// so a producer change adds or deletes one element, whatever the node serves.
 	Hairpin []netip.Addr
@@ -49,13 +49,41 @@ type Ruleset struct {
 
 // hairpinSet and hairpinSet6 are our sets: source . destination pairs of a producer reaching
 // itself, IPv4 and IPv6 (a set's key has one type). endpointsMap and endpointsMap6 are our maps
-// from a service's slot to a producer (see Element), per family of the magic address.
+// from a service's slot to a producer (see Element), and dispatchMap and dispatchMap6 our verdict
+// maps from a service (address . protocol . port) to its spread chain, per family of the magic
+// address.
 const (
 	hairpinSet    = "hairpin"
 	hairpinSet6   = "hairpin6"
 	endpointsMap  = "endpoints"
 	endpointsMap6 = "endpoints6"
+	dispatchMap   = "dispatch"
+	dispatchMap6  = "dispatch6"
 )
+
+// Dispatch is a service with producers as our maps hold it: the dispatch map sends its new
+// connections (its address, protocol and port) on to To, the spread chain for its number of
+// producers, which picks one of its Elements in the endpoints map. A producer replaced by another
+// changes an element of the endpoints map; one more or one fewer, the dispatch map's element too.
+type Dispatch struct {
+	Addr     netip.Addr
+	Protocol string
+	Port     uint16
+	To       string
+	// Comment is the service's key ("<magicip>:<port name>"), the dispatch element's comment.
+	Comment  string
+	Elements []Element
+}
+
+// Text is the dispatch map's element in nft syntax.
+func (d Dispatch) Text() string {
+	return fmt.Sprintf("%s . %s . %d : goto %s", d.Addr, d.Protocol, d.Port, d.To)
+}
+
+// dispatchOf is the dispatch map element of s, going to the spread chain of its producers.
+func dispatchOf(s Service) Dispatch {
+	return Dispatch{Addr: s.Addr, Protocol: s.Protocol, Port: s.Port, To: spreadChain(familyOf(s.Addr), len(s.Endpoints)), Comment: s.Key}
+}
 
 // Chain returns the named chain (nil if none).
 func (rs Ruleset) Chain(name string) *Chain {
@@ -166,12 +194,14 @@ func undeclared(a netip.Addr) []Rule {
 	return out
 }
 
-// mapDNAT is the rule of a service chain: new connections are spread evenly across its n
-// producers by the spread chain for n (numgen random mod n picks a slot), which sends to the
-// producer the endpoints map holds for that slot. It changes only with n: a producer replaced by
-// another is an element change.
-func mapDNAT(s Service) []Rule {
-	return []Rule{newRule().verdict(expr.VerdictGoto, spreadChain(familyOf(s.Addr), len(s.Endpoints))).rule(s.Key)}
+// dispatchRules are the services chain's rules, the same whatever the node serves: per family,
+// one lookup of the packet's destination . protocol . port in the dispatch map, whose element
+// (Dispatch) goes to the spread chain of the service's number of producers; new connections are
+// spread evenly across them there (numgen random mod n picks a slot), to the producer the
+// endpoints map holds for that slot. A packet to a service without producers (no element) falls
+// through: the input chain gives it the service's verdict.
+func dispatchRules() []Rule {
+	return []Rule{newRule().dispatch(ipv4).rule("services"), newRule().dispatch(ipv6).rule("services (IPv6)")}
 }
 
 // spreadChain names the chain that spreads the services of family f with n producers.
@@ -235,12 +265,6 @@ func (e Element) Text() string {
 // mapOf names the endpoints map of an address's family.
 func mapOf(a netip.Addr) string { return familyOf(a).endpointsMap() }
 
-// svcChain names the chain of one service: prefix + a short hash of what it serves.
-func svcChain(s Service) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", s.Key, s.Addr, s.Port, s.Protocol))
-	return svcChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
-}
-
 // Text renders the ruleset in nft syntax, for tests and logs.
 func (rs Ruleset) Text() string {
 	var pairs, pairs6 []string
@@ -265,7 +289,10 @@ func (rs Ruleset) Text() string {
 			}
 			b = append(b, '\n')
 		}
-		for _, e := range c.Elements {
+	}
+	for _, d := range rs.Dispatch {
+		b = fmt.Appendf(b, "element @%s { %s } comment %q\n", familyOf(d.Addr).dispatchMap(), d.Text(), d.Comment)
+		for _, e := range d.Elements {
 			b = fmt.Appendf(b, "\telement @%s { %s } comment %q\n", mapOf(e.Addr), e.Text(), e.Comment)
 		}
 	}

@@ -34,19 +34,33 @@ const (
 	noHairpin6   = "set hairpin6 {  }"
 )
 
+// servicesChain: the services chain, the same whatever is served.
+var servicesChain = []string{
+	"chain services",
+	`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
+	`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
+}
+
+func lines(groups ...[]string) []string {
+	var out []string
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
+}
+
 // TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
 // same builder calls as the expressions).
 func TestRender(t *testing.T) {
 	statsd := Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Drop}
 	two := apm(Endpoint{Pod: "datadog/a", Addr: prodA}, Endpoint{Pod: "datadog/b", Addr: prodB, Note: "terminating"})
-	svc := svcChain(two)
 	for name, tc := range map[string]struct {
 		in   Input
 		want []string // chain name, then its rules
 	}{
 		"two producers, one port without, off-node by uplink": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{two, statsd}, Local: Local{All: true, External: []string{"eth0"}}},
-			want: []string{
+			want: lines([]string{
 				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }", noHairpin6,
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`iifname "eth0" return comment "external interface: not node-local"`,
@@ -61,17 +75,15 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter drop comment "datadog:statsd: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
-				"chain services",
-				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svc + ` comment "datadog:apm"`,
-				"chain " + svc,
-				`goto spread-ip-2 comment "datadog:apm"`,
-				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
-				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
+			}, servicesChain, []string{
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				"chain spread-ip-2",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints comment "spread over 2 producers"`,
-			},
+				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-2 } comment "datadog:apm"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
+			}),
 		},
 		"node-local by source and interface prefix, per family; remote producer gets no hairpin": {
 			in: Input{
@@ -80,7 +92,7 @@ func TestRender(t *testing.T) {
 					{Key: "v6:apm", Addr: netip.MustParseAddr("fd00::1"), Port: 1, Protocol: "tcp"}},
 				Local: Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00::/64")}, Interfaces: []string{"veth+"}},
 			},
-			want: []string{
+			want: lines([]string{
 				"set hairpin {  }", noHairpin6,
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`ip saddr 10.244.0.0/24 ip daddr 169.254.210.210 jump services comment "node-local source"`,
@@ -101,14 +113,12 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
 				`ip6 daddr fd00::1 meta l4proto tcp ct state new counter reject with tcp reset comment "fd00::1: undeclared port"`,
 				`ip6 daddr fd00::1 meta l4proto udp ct state new counter reject with icmpv6 port-unreachable comment "fd00::1: undeclared port"`,
-				"chain services",
-				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump ` + svcChain(apm()) + ` comment "datadog:apm"`,
-				"chain " + svcChain(apm()),
-				`goto spread-ip-1 comment "datadog:apm"`,
-				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/r (fallback to node n2)"`,
+			}, servicesChain, []string{
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
-			},
+				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-1 } comment "datadog:apm"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/r (fallback to node n2)"`,
+			}),
 		},
 		"dual-stack: each family its own producers, hairpin set and ICMP": {
 			in: Input{
@@ -120,7 +130,7 @@ func TestRender(t *testing.T) {
 				},
 				Local: Local{All: true},
 			},
-			want: []string{
+			want: lines([]string{
 				"set hairpin { 10.244.0.5 . 10.244.0.5 }", "set hairpin6 { fd00:10:244::5 . fd00:10:244::5 }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				"ip daddr 169.254.210.210 jump services",
@@ -140,56 +150,47 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto tcp ct state new counter reject with tcp reset comment "fd00::a9fe:d2d2: undeclared port"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp ct state new counter reject with icmpv6 port-unreachable comment "fd00::a9fe:d2d2: undeclared port"`,
-				"chain services",
-				`ip daddr 169.254.210.210 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
-				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 53 jump ` + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}) + ` comment "dns:udp"`,
-				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic, Port: 53, Protocol: "udp"}),
-				`goto spread-ip-1 comment "dns:udp"`,
-				`element @endpoints { 169.254.210.210 . udp . 53 . 0 : 10.244.0.5 . 5353 } comment "dns:udp -> dns/a"`,
-				"chain " + svcChain(Service{Key: "dns:udp", Addr: magic6, Port: 53, Protocol: "udp"}),
-				`goto spread-ip6-1 comment "dns:udp"`,
-				`element @endpoints6 { fd00::a9fe:d2d2 . udp . 53 . 0 : fd00:10:244::5 . 5353 } comment "dns:udp -> dns/a"`,
+			}, servicesChain, []string{
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				"chain spread-ip6-1",
 				`dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints6 comment "spread over 1 producer"`,
-			},
+				`element @dispatch { 169.254.210.210 . udp . 53 : goto spread-ip-1 } comment "dns:udp"`,
+				`element @endpoints { 169.254.210.210 . udp . 53 . 0 : 10.244.0.5 . 5353 } comment "dns:udp -> dns/a"`,
+				`element @dispatch6 { fd00::a9fe:d2d2 . udp . 53 : goto spread-ip6-1 } comment "dns:udp"`,
+				`element @endpoints6 { fd00::a9fe:d2d2 . udp . 53 . 0 : fd00:10:244::5 . 5353 } comment "dns:udp -> dns/a"`,
+			}),
 		},
-		"two served ports: both reach the services chain, each its own chain": {
+		"two served ports: both reach the services chain, each its own dispatch element": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(Endpoint{Pod: "datadog/a", Addr: prodA}),
 				{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "datadog/a", Addr: netip.MustParseAddrPort("10.244.0.5:8125")}}}},
 				Local: Local{All: true}},
-			want: append(append([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }", noHairpin6}, allLocalHead...),
+			want: lines([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }", noHairpin6}, allLocalHead, []string{
 				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter reject with icmp port-unreachable comment "datadog:statsd: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
-				"chain services",
-				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 jump `+svcChain(apm())+` comment "datadog:apm"`,
-				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 jump `+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"})+` comment "datadog:statsd"`,
-				"chain "+svcChain(apm()),
-				`goto spread-ip-1 comment "datadog:apm"`,
-				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
-				"chain "+svcChain(Service{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp"}),
-				`goto spread-ip-1 comment "datadog:statsd"`,
-				`element @endpoints { 169.254.210.210 . udp . 8125 . 0 : 10.244.0.5 . 8125 } comment "datadog:statsd -> datadog/a"`,
+			}, servicesChain, []string{
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
-			),
+				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-1 } comment "datadog:apm"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
+				`element @dispatch { 169.254.210.210 . udp . 8125 : goto spread-ip-1 } comment "datadog:statsd"`,
+				`element @endpoints { 169.254.210.210 . udp . 8125 . 0 : 10.244.0.5 . 8125 } comment "datadog:statsd -> datadog/a"`,
+			}),
 		},
-		"nothing served: the base chains, empty": {
+		"nothing served: the base chains, empty, and the services chain": {
 			in: Input{Local: Local{All: true}},
-			want: []string{
+			want: lines([]string{
 				"set hairpin {  }", noHairpin6,
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				"chain output { type nat hook output priority -110 }",
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
-				"chain services",
-			},
+			}, servicesChain),
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -201,20 +202,21 @@ func TestRender(t *testing.T) {
 	}
 }
 
-// TestRenderSpread: n producers give one rule that picks slot numgen random mod n, so each gets
-// 1/n of the new connections, and one map element per slot, in order.
+// TestRenderSpread: n producers give a dispatch element going to the spread chain for n, whose one
+// rule picks slot numgen random mod n, so each gets 1/n of the new connections, and one map
+// element per slot, in order.
 func TestRenderSpread(t *testing.T) {
 	var eps []Endpoint
 	for i := range 4 {
 		eps = append(eps, Endpoint{Pod: "p", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 80)})
 	}
 	rs := Render(Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(eps...)}, Local: Local{All: true}})
-	c := rs.Chain(svcChain(apm()))
-	if c == nil {
-		t.Fatal("no service chain")
+	if len(rs.Dispatch) != 1 {
+		t.Fatalf("%d dispatch entries, want 1", len(rs.Dispatch))
 	}
-	if want := "goto spread-ip-4"; len(c.Rules) != 1 || c.Rules[0].Text != want {
-		t.Errorf("rules %+v, want one: %q", c.Rules, want)
+	c := rs.Dispatch[0]
+	if want := "169.254.210.210 . tcp . 8126 : goto spread-ip-4"; c.Text() != want {
+		t.Errorf("dispatch element %q, want %q", c.Text(), want)
 	}
 	for n := 1; n <= 4; n++ {
 		s := rs.Chain(fmt.Sprintf("spread-ip-%d", n))

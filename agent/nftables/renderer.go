@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/google/nftables/expr"
-
 	"github.com/magic-ip/magic-ip/agent/memo"
 )
 
@@ -22,8 +20,8 @@ type Renderer struct {
 	addrs    map[netip.Addr]*addressRules
 
 	// last and out are the Input and Ruleset of the last call; at holds, per service of last,
-	// its rules, its chain and the endpoints counted; hairpin counts the endpoints of last's
-	// services per local producer IP. See update and Patch.
+	// its rules, its dispatch entry and the endpoints counted; hairpin counts the endpoints of
+	// last's services per local producer IP. See update and Patch.
 	last    Input
 	out     Ruleset
 	at      []placed
@@ -31,19 +29,21 @@ type Renderer struct {
 	// spread is how many spread chains the last Ruleset holds per family (see spreadChains):
 	// one for each number of producers up to the most a service had when it was rendered.
 	spread [2]int
+	// dispatchRules are the services chain's rules, built once.
+	dispatchRules []Rule
 }
 
 // placed is what a Renderer keeps of one service of its last Input: its rules, the index of its
-// chain in the last Ruleset's Chains (-1: none) and the endpoints it counted in hairpin (its own
+// entry in the last Ruleset's Dispatch (-1: none) and the endpoints it counted in hairpin (its own
 // reference, so that a caller changing the Input in place for Patch does not change it).
 type placed struct {
 	rules *serviceRules
-	chain int
+	entry int
 	eps   []Endpoint
 }
 
-// serviceID is what a service's dispatch and refusal rules depend on (its endpoints are compared
-// apart).
+// serviceID is what a service's dispatch element and refusal rule depend on (its endpoints are
+// compared apart).
 type serviceID struct {
 	Key      string
 	Addr     netip.Addr
@@ -55,21 +55,23 @@ type serviceID struct {
 func (s Service) id() serviceID { return serviceID{s.Key, s.Addr, s.Port, s.Protocol, s.Verdict} }
 
 type serviceRules struct {
-	chain             string
-	dispatch, refusal Rule
-	// dnat is the chain's rule for n producers; elements, the map's elements of its producers.
-	dnat     []Rule
+	refusal Rule
+	// dispatch is the service's dispatch entry for n producers (To empty: none yet); elements,
+	// the endpoints map's elements of its producers.
+	dispatch Dispatch
 	n        int
 	elements memo.Built[Endpoint, []Element]
 }
 
-// chainFor is the chain of s with its producers: the rule kept while their number stays the same
-// (the same slice), the elements kept while they are the same.
-func (l *serviceRules) chainFor(s Service) Chain {
-	if n := len(s.Endpoints); l.dnat == nil || l.n != n {
-		l.dnat, l.n = mapDNAT(s), n
+// dispatchFor is the dispatch entry of s with its producers: the spread chain kept while their
+// number stays the same, the elements kept while they are the same (the same slice).
+func (l *serviceRules) dispatchFor(s Service) Dispatch {
+	if n := len(s.Endpoints); l.dispatch.To == "" || l.n != n {
+		l.dispatch, l.n = dispatchOf(s), n
 	}
-	return Chain{Name: l.chain, Rules: l.dnat, Elements: l.elements.Get(s.Endpoints, func() []Element { return elements(s) })}
+	d := l.dispatch
+	d.Elements = l.elements.Get(s.Endpoints, func() []Element { return elements(s) })
+	return d
 }
 
 type addressRules struct {
@@ -80,7 +82,8 @@ type addressRules struct {
 
 // Render implements Render with the rules of the last call reused where their inputs are equal.
 // When only the producers of services that had some and still have some changed, only their
-// chains and the hairpin set are built (see update); otherwise every chain is assembled anew.
+// dispatch entries and the hairpin set are built (see update); otherwise every chain is assembled
+// anew.
 func (r *Renderer) Render(in Input) Ruleset {
 	if local := fmt.Sprintf("%v", in.Local); local != r.local {
 		*r = Renderer{local: local}
@@ -100,27 +103,28 @@ func (r *Renderer) Render(in Input) Ruleset {
 		pre, out, post = append(pre, l.prerouting...), append(out, l.toServices), append(post, l.masquerade)
 	}
 	post = append(post, hairpinMasquerade()...)
-	services := Chain{Name: chainServices}
-	var perService []Chain
+	var dispatch []Dispatch
 	r.at = make([]placed, len(in.Services))
 	r.spread = [2]int{}
 	for i, s := range in.Services {
 		r.spread[familyIndex(s.Addr)] = max(r.spread[familyIndex(s.Addr)], len(s.Endpoints))
 		l := r.service(s, prevSvcs)
 		input = append(input, l.refusal)
-		r.at[i] = placed{rules: l, chain: -1, eps: s.Endpoints}
+		r.at[i] = placed{rules: l, entry: -1, eps: s.Endpoints}
 		if len(s.Endpoints) == 0 {
 			continue
 		}
-		services.Rules = append(services.Rules, l.dispatch)
-		r.at[i].chain = firstServiceChain + len(perService)
-		perService = append(perService, l.chainFor(s))
+		r.at[i].entry = len(dispatch)
+		dispatch = append(dispatch, l.dispatchFor(s))
 	}
 	for _, a := range addrs {
 		input = append(input, r.addrs[a].undeclared...)
 	}
-	rs := Ruleset{Chains: baseChains(pre, out, post, input)}
-	rs.Chains = append(append(append(rs.Chains, services), perService...), spreadChains(r.spread)...)
+	if r.dispatchRules == nil {
+		r.dispatchRules = dispatchRules()
+	}
+	rs := Ruleset{Chains: baseChains(pre, out, post, input), Dispatch: dispatch}
+	rs.Chains = append(append(rs.Chains, Chain{Name: chainServices, Rules: r.dispatchRules}), spreadChains(r.spread)...)
 	r.hairpin = map[netip.Addr]int{}
 	for _, s := range in.Services {
 		countLocal(r.hairpin, s.Endpoints, 1, nil)
@@ -130,15 +134,12 @@ func (r *Renderer) Render(in Input) Ruleset {
 	return rs
 }
 
-// firstServiceChain is the index of the first per-service chain in a Ruleset: after the base
-// chains and the services chain.
-const firstServiceChain = 5
-
 // update renders in from the last call's Ruleset when in has the same addresses and services as
 // the last Input, each with producers or without as before: only the chains of the services whose
-// producers changed are built (from their kept rules when these producers were seen last), and
-// the hairpin set changes by their local producers. Every other chain of the result is the last
-// one's, the same slices: Kernel.WriteChanges finds them unchanged without comparing their rules.
+// producers changed are built (from their kept elements when these producers were seen last),
+// and the hairpin set changes by their local producers. Every chain and every other dispatch
+// entry of the result is the last one's, the same slices: Kernel.WriteChanges finds them
+// unchanged without comparing them.
 // ok is false when in differs more (Render assembles every chain), and when in's Services are the
 // last Input's own (changed in place for Patch: there is nothing to compare them with).
 func (r *Renderer) update(in Input) (Ruleset, bool) {
@@ -152,7 +153,7 @@ func (r *Renderer) update(in Input) (Ruleset, bool) {
 	}
 	rs := r.out
 	if len(changed) > 0 {
-		rs.Chains = slices.Clone(rs.Chains)
+		rs.Dispatch = slices.Clone(rs.Dispatch)
 	}
 	rs, _ = r.replace(in, changed, rs, false)
 	return rs, true
@@ -160,26 +161,28 @@ func (r *Renderer) update(in Input) (Ruleset, bool) {
 
 // Patch is how Renderer.Patch changed the last Ruleset in place.
 type Patch struct {
-	// Chains are the chains replaced: their index in the Ruleset's Chains, and what they held.
-	Chains []PatchedChain
+	// Dispatch are the dispatch entries replaced: their index in the Ruleset's Dispatch, and what
+	// they held.
+	Dispatch []PatchedDispatch
 	// Unpaired and Paired are the local producer IPs taken out of and put into Hairpin.
 	Unpaired, Paired []netip.Addr
 }
 
-// PatchedChain is one chain that Renderer.Patch replaced: its index and what it held before.
-type PatchedChain struct {
+// PatchedDispatch is one dispatch entry that Renderer.Patch replaced: its index and what it held
+// before.
+type PatchedDispatch struct {
 	Index int
-	Old   Chain
+	Old   Dispatch
 }
 
 // Patch renders in when it differs from the last Input (rendered or patched) only in the
 // producers of the services at changed, each with producers or without as before: the caller
 // vouches that the addresses and every other service are the same (an Input whose Services are
 // the last one's, changed in place, is fine: nothing else is compared, so the cost follows what
-// changed, not what the node serves). Only the changed services' chains are built, and they
-// replace their entries of the last Ruleset's Chains in place, as the hairpin IPs change in its
+// changed, not what the node serves). Only the changed services' dispatch entries are built, and
+// they replace theirs in the last Ruleset's Dispatch in place, as the hairpin IPs change in its
 // Hairpin: the Ruleset returned holds the same slices, and p says what changed, which
-// Kernel.WritePatch writes (whoever holds the last Ruleset sees the new chains too: see
+// Kernel.WritePatch writes (whoever holds the last Ruleset sees the new entries too: see
 // Datapath.ApplyPatch). ok is false (nothing done) when in is not such an Input: render it with
 // Render.
 func (r *Renderer) Patch(in Input, changed []int) (rs Ruleset, p Patch, ok bool) {
@@ -191,7 +194,7 @@ func (r *Renderer) Patch(in Input, changed []int) (rs Ruleset, p Patch, ok bool)
 			return Ruleset{}, Patch{}, false
 		}
 		s, at := &in.Services[i], r.at[i]
-		if (at.chain < 0) != (len(s.Endpoints) == 0) || r.services[s.id()] != at.rules {
+		if (at.entry < 0) != (len(s.Endpoints) == 0) || r.services[s.id()] != at.rules {
 			return Ruleset{}, Patch{}, false
 		}
 	}
@@ -202,16 +205,20 @@ func (r *Renderer) Patch(in Input, changed []int) (rs Ruleset, p Patch, ok bool)
 	return rs, p, true
 }
 
-// replace builds the chains of the services of in at changed into rs.Chains (in place), counts
+// replace builds the dispatch entries of the services of in at changed into rs.Dispatch (in
+// place), counts
 // their local producers into the hairpin set (changing rs.Hairpin in place when inPlace, into a
 // new list otherwise), and keeps in and rs as the last call's.
 func (r *Renderer) replace(in Input, changed []int, rs Ruleset, inPlace bool) (Ruleset, Patch) {
 	var touched []netip.Addr
-	p := Patch{Chains: make([]PatchedChain, 0, len(changed))}
+	p := Patch{Dispatch: make([]PatchedDispatch, 0, len(changed))}
 	for _, i := range changed {
 		s, at := &in.Services[i], &r.at[i]
-		p.Chains = append(p.Chains, PatchedChain{Index: at.chain, Old: rs.Chains[at.chain]})
-		rs.Chains[at.chain] = at.rules.chainFor(*s)
+		if at.entry < 0 {
+			continue // no producers before nor after (Patch checked): nothing to build
+		}
+		p.Dispatch = append(p.Dispatch, PatchedDispatch{Index: at.entry, Old: rs.Dispatch[at.entry]})
+		rs.Dispatch[at.entry] = at.rules.dispatchFor(*s)
 		touched = countLocal(r.hairpin, at.eps, -1, touched)
 		touched = countLocal(r.hairpin, s.Endpoints, 1, touched)
 		at.eps = s.Endpoints
@@ -239,14 +246,13 @@ func (l Local) address(a netip.Addr) *addressRules {
 	return &addressRules{prerouting: l.dispatch(one), toServices: toServices(one)[0], masquerade: hostClient(a), undeclared: undeclared(a)}
 }
 
-// service returns the rules of s kept from the last call (its chain's rule and elements are
-// rebuilt by chainFor when its producers changed), or new ones.
+// service returns the rules of s kept from the last call (its dispatch entry and elements are
+// rebuilt by dispatchFor when its producers changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceRules) *serviceRules {
 	id := s.id()
 	l := prev[id]
 	if l == nil {
-		l = &serviceRules{chain: svcChain(s), refusal: refusal(s)}
-		l.dispatch = newRule().daddr(s.Addr).l4(s.Protocol, s.Port).verdict(expr.VerdictJump, l.chain).rule(s.Key)
+		l = &serviceRules{refusal: refusal(s)}
 	}
 	r.services[id] = l
 	return l

@@ -105,7 +105,7 @@ func TestRendererPatchMatchesRender(t *testing.T) {
 		{"a first producer", 1, []Endpoint{{Pod: "ns/u", Addr: netip.MustParseAddrPort("10.250.0.3:53")}}, true},
 	}
 	for _, step := range steps {
-		before := slices.Clone(last.Chains)
+		before := slices.Clone(last.Dispatch)
 		beforePairs := slices.Clone(last.Hairpin)
 		in.Services[step.i].Endpoints = step.eps // in place: in.Services is the array rendered last
 		rs, p, ok := r.Patch(in, []int{step.i})
@@ -114,19 +114,19 @@ func TestRendererPatchMatchesRender(t *testing.T) {
 		}
 		if !ok {
 			rs = r.Render(in)
-		} else if &rs.Chains[0] != &last.Chains[0] {
-			t.Errorf("%s: Patch copied the chains", step.name)
+		} else if &rs.Dispatch[0] != &last.Dispatch[0] || &rs.Chains[0] != &last.Chains[0] {
+			t.Errorf("%s: Patch copied the chains or dispatch entries", step.name)
 		}
 		if want := Render(in); !reflect.DeepEqual(rs, want) {
 			t.Fatalf("%s: the ruleset differs from a fresh Render:\n%s\nwant\n%s", step.name, rs.Text(), want.Text())
 		}
 		if ok {
-			restored := slices.Clone(rs.Chains)
-			for _, c := range p.Chains {
-				restored[c.Index] = c.Old
+			restored := slices.Clone(rs.Dispatch)
+			for _, d := range p.Dispatch {
+				restored[d.Index] = d.Old
 			}
-			if len(p.Chains) != 1 || !reflect.DeepEqual(restored, before) {
-				t.Errorf("%s: Patch lists %d chains replaced (want 1), and what they held does not give back the ruleset before", step.name, len(p.Chains))
+			if len(p.Dispatch) != 1 || !reflect.DeepEqual(restored, before) {
+				t.Errorf("%s: Patch lists %d dispatch entries replaced (want 1), and what they held does not give back the ruleset before", step.name, len(p.Dispatch))
 			}
 			unpaired, paired := diffAddrs(beforePairs, rs.Hairpin)
 			if !slices.Equal(unpaired, p.Unpaired) || !slices.Equal(paired, p.Paired) {

@@ -247,13 +247,13 @@ func endpointData(to netip.AddrPort) []byte {
 // spread DNATs to the producer of slot numgen random mod n of the service the packet is sent to:
 // the key (destination address . protocol . port . slot, as serviceKey and slotKey give it) is
 // loaded from the packet into the registers from NFT_REG_1 on, and the lookup's data (address,
-// then port) overwrites it from NFT_REG_1 on. A service chain goes to the spread chain of its
-// number of producers, which holds this rule: the spread chains are the endpoints map's only users.
-// The kernel checks an element added to a map against every rule that looks it up (nft_add_set_elem
-// walks the map's bindings): with a lookup in every service chain a producer replaced cost the
-// kernel about 0.2 ms more at 1,000 MagicIPs × 3 ports than at one. (A chain cannot hand the key
-// over in registers: the kernel refuses a load from a register no earlier expression of the same
-// rule wrote, ENODATA.)
+// then port) overwrites it from NFT_REG_1 on. The dispatch map goes to the spread chain of a
+// service's number of producers, which holds this rule: the spread chains are the endpoints map's
+// only users. The kernel checks an element added to a map against every rule that looks it up
+// (nft_add_set_elem walks the map's bindings): with a lookup in a chain per service a producer
+// replaced cost the kernel about 0.2 ms more at 1,000 MagicIPs × 3 ports than at one. (A chain
+// cannot hand the key over in registers: the kernel refuses a load from a register no earlier
+// expression of the same rule wrote, ENODATA.)
 func (b *builder) spread(f family, n int) *builder {
 	set := f.endpointsMap()
 	return b.nfproto(f).add(fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", f.name, f.name, n, set),
@@ -263,6 +263,26 @@ func (b *builder) spread(f family, n int) *builder {
 		&expr.Numgen{Register: reg32(int(f.len) + 8), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: set, DestRegister: unix.NFT_REG_1, IsDestRegSet: true},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: unix.NFT_REG_1, RegProtoMin: reg32(int(f.len)), Specified: true})
+}
+
+// dispatch looks the packet's destination . protocol . port up in the dispatch map of f, whose
+// element's verdict (goto the service's spread chain) becomes the rule's; no element, no verdict.
+// The key is loaded as spread loads it.
+func (b *builder) dispatch(f family) *builder {
+	set := f.dispatchMap()
+	return b.nfproto(f).add(fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", f.name, set),
+		&expr.Payload{DestRegister: unix.NFT_REG_1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.len},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(int(f.len))},
+		&expr.Payload{DestRegister: reg32(int(f.len) + 4), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: set, DestRegister: unix.NFT_REG_VERDICT, IsDestRegSet: true})
+}
+
+// dispatchMap names the dispatch map of family f.
+func (f family) dispatchMap() string {
+	if f.nfproto == ipv6.nfproto {
+		return dispatchMap6
+	}
+	return dispatchMap
 }
 
 // endpointsMap names the endpoints map of family f.

@@ -161,7 +161,7 @@ func nftRules(c *gnft.Conn) (text string, exists bool, err error) {
 		for _, r := range rules {
 			com, _ := userdata.GetString(r.UserData, userdata.TypeComment)
 			fmt.Fprintf(&b, "%s: %s comment %q\n", ch.Name, nftRuleText(r.Exprs), com)
-			lines, err := elems.lines(ch.Name, r.Exprs)
+			lines, err := elems.lines(r.Exprs)
 			if err != nil {
 				return "", true, err
 			}

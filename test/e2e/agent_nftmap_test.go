@@ -11,15 +11,16 @@ import (
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// The nftables datapath DNATs through a map: a service chain goes to the spread chain of its
-// number of producers, whose rule loads the packet's key (magic address . protocol . port) into
-// the registers from NFT_REG_1 on, numgen random mod n picks the slot after it, and the map
-// endpoints (endpoints6) gives the producer of that slot. These read such rules back as text, and
-// list the producers a service chain can send to (its key is in the services chain's rule that
-// jumps to it) as the rules of old did.
+// The nftables datapath DNATs through maps: the services chain looks the packet's magic address .
+// protocol . port up in the verdict map dispatch (dispatch6), whose element goes to the spread
+// chain of the service's number of producers; that chain's rule loads the same key into the
+// registers from NFT_REG_1 on, numgen random mod n picks the slot after it, and the map endpoints
+// (endpoints6) gives the producer of that slot. These read such rules back as text, and list each
+// service's dispatch element and the producers it can send to, as the rules of old did.
 
 // nftMapDNATText renders a DNAT through map set (a lookup writing the NAT's registers): imm holds
 // the immediates by register, numgen the numgen's text.
@@ -49,94 +50,70 @@ func nftServiceKey(imm map[uint32][]byte) []byte {
 	return key
 }
 
-// nftMapElements lists, for a rule that DNATs through a map, the producers of its service, one
-// line "chain: dnat to <producer> comment <element comment>" per slot, in order. It reads each
-// map once.
+// nftMapElements lists, for the services chain's lookup in a dispatch map, each element of that
+// map (a service) and its producers, as lines "<map>: <address> . <protocol> . <port> : goto
+// <chain> comment <service key>" and, per slot in order, "<service key>: dnat to <producer>
+// comment <element comment>". It reads each map once.
 type nftMapElements struct {
 	c    *gnft.Conn
 	maps map[string][]gnft.SetElement
-	// keys are the service keys of the chains the services chain jumps to (see note).
-	keys map[string][]byte
 }
 
-// note records the service key of a rule that jumps to a service chain: its address, protocol
-// and port matches, as the endpoints map's keys hold them.
-func (m *nftMapElements) note(exprs []expr.Any) {
-	var key []byte
-	var loaded string
+func (m *nftMapElements) lines(exprs []expr.Any) (string, error) {
+	var set string
+	alen := 0
 	for _, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Payload:
-			loaded = fmt.Sprintf("%d/%d", e.Base, e.Offset)
 			if e.Base == expr.PayloadBaseNetworkHeader {
-				loaded = "addr"
+				alen = int(e.Len)
 			}
-		case *expr.Meta:
-			loaded = fmt.Sprint("meta", e.Key)
-		case *expr.Cmp:
-			switch loaded {
-			case "addr":
-				key = append(key, e.Data...)
-			case fmt.Sprint("meta", expr.MetaKeyL4PROTO):
-				key = append(key, e.Data[0], 0, 0, 0)
-			case fmt.Sprintf("%d/%d", expr.PayloadBaseTransportHeader, 2):
-				key = append(key, e.Data[0], e.Data[1], 0, 0)
-			}
-		case *expr.Verdict:
-			if e.Kind == expr.VerdictJump && strings.HasPrefix(e.Chain, "svc-") && (len(key) == 12 || len(key) == 24) {
-				if m.keys == nil {
-					m.keys = map[string][]byte{}
-				}
-				m.keys[e.Chain] = key
-			}
-		}
-	}
-}
-
-func (m *nftMapElements) lines(chain string, exprs []expr.Any) (string, error) {
-	m.note(exprs)
-	imm := map[uint32][]byte{}
-	var set string
-	var nat *expr.NAT
-	for _, e := range exprs {
-		switch e := e.(type) {
-		case *expr.Immediate:
-			imm[e.Register] = e.Data
 		case *expr.Lookup:
-			if e.IsDestRegSet {
+			if e.IsDestRegSet && e.DestRegister == unix.NFT_REG_VERDICT {
 				set = e.SetName
 			}
-		case *expr.NAT:
-			nat = e
-		case *expr.Verdict:
-			// a service chain's rule: its producers are those of its key in the map the spread
-			// chain looks up
-			if key := m.keys[chain]; e.Kind == expr.VerdictGoto && strings.HasPrefix(e.Chain, "spread-") && key != nil {
-				set, nat = "endpoints", &expr.NAT{Family: unix.NFPROTO_IPV4}
-				if len(key) == 24 {
-					set, nat = "endpoints6", &expr.NAT{Family: unix.NFPROTO_IPV6}
-				}
-				imm = map[uint32][]byte{unix.NFT_REG_1: key[:min(16, len(key))], unix.NFT_REG_2: key[min(16, len(key)):]}
-			}
 		}
 	}
-	if set == "" || nat == nil || len(imm) == 0 {
+	if set == "" || (alen != 4 && alen != 16) {
 		return "", nil
 	}
 	elems, err := m.elements(set)
 	if err != nil {
 		return "", err
 	}
-	key, alen := nftServiceKey(imm), 4
-	if nat.Family == unix.NFPROTO_IPV6 {
-		alen = 16
+	slices.SortFunc(elems, func(a, b gnft.SetElement) int { return bytes.Compare(a.Key, b.Key) })
+	endpoints := map[string]string{"dispatch": "endpoints", "dispatch6": "endpoints6"}[set]
+	var b strings.Builder
+	for _, e := range elems {
+		if len(e.Key) != alen+8 {
+			fmt.Fprintf(&b, "%s: key %x : %s comment %q\n", set, e.Key, nftVerdictText(e.Val), e.Comment)
+			continue
+		}
+		a, _ := netip.AddrFromSlice(e.Key[:alen])
+		proto := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[e.Key[alen]]
+		fmt.Fprintf(&b, "%s: %s . %s . %d : %s comment %q\n", set, a, proto, binary.BigEndian.Uint16(e.Key[alen+4:]), nftVerdictText(e.Val), e.Comment)
+		producers, err := m.producers(endpoints, e.Key, alen, e.Comment)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(producers)
+	}
+	return b.String(), nil
+}
+
+// producers lists the elements of the endpoints map set whose key starts with a service's key,
+// in slot order, each as "<service>: dnat to <producer> comment <element comment>".
+func (m *nftMapElements) producers(set string, key []byte, alen int, service string) (string, error) {
+	elems, err := m.elements(set)
+	if err != nil {
+		return "", err
 	}
 	bySlot := map[uint32]string{}
 	for _, e := range elems {
 		if len(e.Key) == len(key)+4 && bytes.HasPrefix(e.Key, key) && len(e.Val) >= alen+2 {
 			a, _ := netip.AddrFromSlice(e.Val[:alen])
 			to := netip.AddrPortFrom(a, binary.BigEndian.Uint16(e.Val[alen:]))
-			bySlot[binary.NativeEndian.Uint32(e.Key[len(key):])] = fmt.Sprintf("%s: dnat to %s comment %q\n", chain, to, e.Comment)
+			bySlot[binary.NativeEndian.Uint32(e.Key[len(key):])] = fmt.Sprintf("%s: dnat to %s comment %q\n", service, to, e.Comment)
 		}
 	}
 	var b strings.Builder
@@ -144,6 +121,29 @@ func (m *nftMapElements) lines(chain string, exprs []expr.Any) (string, error) {
 		b.WriteString(bySlot[slot])
 	}
 	return b.String(), nil
+}
+
+// nftVerdictText renders a verdict map element's data as google/nftables hands it over: the
+// attributes inside NFTA_DATA_VERDICT (code, then the chain of a jump or goto).
+func nftVerdictText(val []byte) string {
+	ad, err := netlink.NewAttributeDecoder(val)
+	if err != nil {
+		return fmt.Sprintf("verdict %x", val)
+	}
+	ad.ByteOrder = binary.BigEndian
+	kind, chain := "", ""
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			kind = map[int32]string{int32(expr.VerdictGoto): "goto", int32(expr.VerdictJump): "jump"}[int32(ad.Uint32())]
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if kind == "" || ad.Err() != nil {
+		return fmt.Sprintf("verdict %x", val)
+	}
+	return kind + " " + chain
 }
 
 func (m *nftMapElements) elements(set string) ([]gnft.SetElement, error) {

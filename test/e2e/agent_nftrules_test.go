@@ -53,6 +53,10 @@ func nftRuleText(exprs []expr.Any) string {
 		case *expr.Bitwise:
 			mask = e.Mask
 		case *expr.Lookup:
+			if e.IsDestRegSet && e.DestRegister == unix.NFT_REG_VERDICT {
+				out = append(out, subject+" vmap @"+e.SetName)
+				continue
+			}
 			if e.IsDestRegSet {
 				mapped = e.SetName
 				continue
@@ -194,10 +198,14 @@ func TestNftRuleText(t *testing.T) {
 				t.Errorf("rule %q not read back as written; read:\n%s", want, got)
 			}
 		}
-		for _, e := range ch.Elements {
-			if want := fmt.Sprintf("%s: dnat to %s comment %q\n", ch.Name, e.To, e.Comment); !strings.Contains(got, want) {
-				t.Errorf("map element %q not read back as written; read:\n%s", want, got)
-			}
+	}
+	for _, d := range rs.Dispatch {
+		want := fmt.Sprintf("%s: %s comment %q\n", map[bool]string{true: "dispatch", false: "dispatch6"}[d.Addr.Is4()], d.Text(), d.Comment)
+		for _, e := range d.Elements {
+			want += fmt.Sprintf("%s: dnat to %s comment %q\n", d.Comment, e.To, e.Comment)
+		}
+		if !strings.Contains(got, want) {
+			t.Errorf("dispatch element and producers %q not read back as written; read:\n%s", want, got)
 		}
 	}
 }
