@@ -116,7 +116,7 @@ func (k *Kernel) Write(rs Ruleset) error {
 	}
 	k.conn.AddTable(k.table)
 	for _, f := range []family{ipv4, ipv6} {
-		for _, set := range []*nftables.Set{k.hairpin(f), k.endpoints(f), k.dispatch(f)} {
+		for _, set := range []*nftables.Set{k.addresses(f), k.hairpin(f), k.endpoints(f), k.dispatch(f)} {
 			if err := k.conn.AddSet(set, nil); err != nil {
 				return fmt.Errorf("set %s: %w", set.Name, err)
 			}
@@ -131,7 +131,7 @@ func (k *Kernel) Write(rs Ruleset) error {
 	for _, d := range rs.Dispatch {
 		elems = append(elems, d.Elements...)
 	}
-	if err := k.queueElements(false, rs.Hairpin, elems, rs.Dispatch); err != nil {
+	if err := k.queueElements(false, rs.Addresses, rs.Hairpin, elems, rs.Dispatch); err != nil {
 		return err
 	}
 	for _, c := range rs.Chains {
@@ -159,34 +159,34 @@ func (k *Kernel) Last() Transaction { return k.last }
 // and one added, no rule. Base chains stay in place, so no hook is unregistered. It returns how
 // many chains and elements it wrote (0: nothing changed, nothing sent).
 func (k *Kernel) WriteChanges(prev, rs Ruleset) (int, error) {
-	unpaired, paired := diffAddrs(prev.Hairpin, rs.Hairpin)
 	ch := chainChanges(prev, rs)
+	ch.unpaired, ch.paired = diffAddrs(prev.Hairpin, rs.Hairpin)
+	ch.unaddressed, ch.addressed = diffAddrs(prev.Addresses, rs.Addresses)
 	ch.dispatchChanges(prev.Dispatch, rs.Dispatch)
-	return k.writeChanges(ch, unpaired, paired)
+	return k.writeChanges(ch)
 }
 
 // WritePatch is WriteChanges for a Ruleset that Renderer.Patch changed in place (p) from what
 // the table holds: only the patched dispatch entries are compared, and the hairpin pairs p lists
 // written, so its cost follows what changed, not the table's size.
 func (k *Kernel) WritePatch(rs Ruleset, p Patch) (int, error) {
-	var ch changes
+	ch := changes{unpaired: p.Unpaired, paired: p.Paired}
 	for _, d := range p.Dispatch {
 		ch.compareDispatch(&d.Old, rs.Dispatch[d.Index])
 	}
-	return k.writeChanges(ch, p.Unpaired, p.Paired)
+	return k.writeChanges(ch)
 }
 
-// writeChanges writes ch and the hairpin pairs gone (unpaired) and added (paired) in one
-// transaction (none when nothing changed). Its order: chains added (a dispatch element may go to
+// writeChanges writes ch in one transaction (none when nothing changed). Its order: chains added (a dispatch element may go to
 // one), elements deleted (one that went to a chain gone must go first: the kernel refuses to
 // delete a chain still in use, EBUSY; one deleted and added again ends up added), chains flushed
 // and deleted, rules added, elements added.
-func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, error) {
+func (k *Kernel) writeChanges(ch changes) (int, error) {
 	k.pending = Transaction{Compared: ch.compared}
 	for _, c := range ch.added {
 		k.conn.AddChain(k.chain(c))
 	}
-	if err := k.queueElements(true, unpaired, ch.unmapped, ch.undispatched); err != nil {
+	if err := k.queueElements(true, ch.unaddressed, ch.unpaired, ch.unmapped, ch.undispatched); err != nil {
 		return 0, err
 	}
 	for _, c := range ch.changed {
@@ -199,7 +199,7 @@ func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, e
 	for _, c := range fill {
 		k.addRules(k.chain(c), c.Rules)
 	}
-	if err := k.queueElements(false, paired, ch.mapped, ch.dispatched); err != nil {
+	if err := k.queueElements(false, ch.addressed, ch.paired, ch.mapped, ch.dispatched); err != nil {
 		return 0, err
 	}
 	k.pending.Chains = len(fill) + len(ch.gone)
@@ -210,10 +210,13 @@ func (k *Kernel) writeChanges(ch changes, unpaired, paired []netip.Addr) (int, e
 	return n, k.flush(fmt.Sprintf("changing %d chains and %d elements of table %s", k.pending.Chains, k.pending.Elements, tableDesc))
 }
 
-// queueElements queues adding (or, with del, deleting) the hairpin pairs of ips, the endpoints
-// map elements elems and the dispatch map elements of ds.
-func (k *Kernel) queueElements(del bool, ips []netip.Addr, elems []Element, ds []Dispatch) error {
+// queueElements queues adding (or, with del, deleting) the magic addresses addrs, the hairpin
+// pairs of ips, the endpoints map elements elems and the dispatch map elements of ds.
+func (k *Kernel) queueElements(del bool, addrs, ips []netip.Addr, elems []Element, ds []Dispatch) error {
 	for _, f := range []family{ipv4, ipv6} {
+		if err := k.setElements(k.addresses(f), addressElements(ofFamily(addrs, f)), del); err != nil {
+			return err
+		}
 		if err := k.setElements(k.hairpin(f), pairs(ofFamily(ips, f)), del); err != nil {
 			return err
 		}
@@ -292,6 +295,23 @@ func dispatchElements(ds []Dispatch, f family) []nftables.SetElement {
 			out = append(out, nftables.SetElement{Key: serviceKey(d.Addr, d.Protocol, d.Port),
 				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: d.To}, Comment: truncated(d.Comment)})
 		}
+	}
+	return out
+}
+
+// addresses is the set of the magic addresses of family f.
+func (k *Kernel) addresses(f family) *nftables.Set {
+	if f.nfproto == ipv6.nfproto {
+		return &nftables.Set{Table: k.table, Name: addressSet6, KeyType: nftables.TypeIP6Addr}
+	}
+	return &nftables.Set{Table: k.table, Name: addressSet, KeyType: nftables.TypeIPAddr}
+}
+
+// addressElements are the set elements of addrs.
+func addressElements(addrs []netip.Addr) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, nftables.SetElement{Key: a.AsSlice()})
 	}
 	return out
 }
@@ -398,12 +418,15 @@ func (k *Kernel) send() error {
 }
 
 // changes is what WriteChanges writes: the chains of rs that prev lacks (added), those whose
-// rules differ (changed), those of prev that rs lacks (gone), and the dispatch and endpoints map
-// elements gone and added; compared counts the chains and dispatch entries compared.
+// rules differ (changed), those of prev that rs lacks (gone), and the elements gone and added of
+// the dispatch and endpoints maps, the hairpin sets (their producer IPs) and the address sets;
+// compared counts the chains and dispatch entries compared.
 type changes struct {
 	added, changed, gone     []Chain
 	undispatched, dispatched []Dispatch
 	unmapped, mapped         []Element
+	unpaired, paired         []netip.Addr
+	unaddressed, addressed   []netip.Addr
 	compared                 int
 }
 
@@ -571,6 +594,8 @@ type Observed struct {
 	Chains map[string][]ObservedRule
 	// Hairpin: the hairpin set's elements (their first address), sorted; nil with no set.
 	Hairpin []netip.Addr
+	// Addresses: the address sets' elements, sorted; nil with a set missing.
+	Addresses []netip.Addr
 	// Endpoints: both endpoints maps' elements, by key (see mapEntry); nil with a map missing.
 	Endpoints map[string]string
 	// Dispatch: both dispatch maps' elements, by key (see mapEntry, the data its verdict as
@@ -618,7 +643,10 @@ func (k *Kernel) read() (Observed, error) {
 	if err != nil {
 		return Observed{}, fmt.Errorf("list sets of table %s: %w", tableDesc, err)
 	}
-	if o.Hairpin, err = k.readHairpin(sets); err != nil {
+	if o.Hairpin, err = k.readAddrs(sets, k.hairpin); err != nil {
+		return Observed{}, err
+	}
+	if o.Addresses, err = k.readAddrs(sets, k.addresses); err != nil {
 		return Observed{}, err
 	}
 	if o.Endpoints, err = k.readEndpoints(sets); err != nil {
@@ -643,11 +671,11 @@ func (k *Kernel) read() (Observed, error) {
 	return o, nil
 }
 
-// readHairpin lists both hairpin sets' elements (their first address), sorted; nil when a set is
-// missing.
-func (k *Kernel) readHairpin(sets []*nftables.Set) ([]netip.Addr, error) {
+// readAddrs lists the elements (their first address) of the sets of both families that setOf
+// names, sorted; nil when a set is missing.
+func (k *Kernel) readAddrs(sets []*nftables.Set, setOf func(family) *nftables.Set) ([]netip.Addr, error) {
 	ips := []netip.Addr{}
-	found, err := k.readSets(sets, k.hairpin, func(f family, e nftables.SetElement) {
+	found, err := k.readSets(sets, setOf, func(f family, e nftables.SetElement) {
 		if ip, ok := netip.AddrFromSlice(e.Key[:min(int(f.len), len(e.Key))]); ok {
 			ips = append(ips, ip)
 		}
@@ -810,13 +838,21 @@ func (o Observed) Drift(rs Ruleset) []string {
 			diffs = append(diffs, fmt.Sprintf("chain %s stale", name))
 		}
 	}
-	if missing, extra := diffAddrs(rs.Hairpin, o.Hairpin); o.Hairpin == nil || len(missing)+len(extra) > 0 {
-		diffs = append(diffs, fmt.Sprintf("sets %s, %s: missing %v, not ours %v (sets found: %v)", hairpinSet, hairpinSet6, missing, extra, o.Hairpin != nil))
-	}
+	diffs = append(diffs, driftAddrs(hairpinSet+", "+hairpinSet6, rs.Hairpin, o.Hairpin)...)
+	diffs = append(diffs, driftAddrs(addressSet+", "+addressSet6, rs.Addresses, o.Addresses)...)
 	diffs = append(diffs, driftEndpoints(rs, o.Endpoints)...)
 	diffs = append(diffs, driftDispatch(rs, o.Dispatch)...)
 	slices.Sort(diffs)
 	return diffs
+}
+
+// driftAddrs describes how a pair of address sets read back (got; nil: missing) differ from what
+// we wrote (want).
+func driftAddrs(names string, want, got []netip.Addr) []string {
+	if missing, extra := diffAddrs(want, got); got == nil || len(missing)+len(extra) > 0 {
+		return []string{fmt.Sprintf("sets %s: missing %v, not ours %v (sets found: %v)", names, missing, extra, got != nil)}
+	}
+	return nil
 }
 
 func diffRules(want []Rule, got []ObservedRule) string {

@@ -87,7 +87,8 @@ func transactionEvents(t *testing.T, events chan *gnft.MonitorEvents) map[gnft.M
 }
 
 // TestKernelElementDrift: an endpoints or dispatch map element deleted, changed or added behind
-// our back is drift a full sync reports and repairs, as a rule would be. A service renamed
+// our back, or a magic address taken out of its set, is drift a full sync reports and repairs, as
+// a rule would be. A service renamed
 // rewrites its elements in place.
 func TestKernelElementDrift(t *testing.T) {
 	_, k, other := netnsKernel(t, "nftelemdrift")
@@ -126,6 +127,9 @@ func TestKernelElementDrift(t *testing.T) {
 		{"a dispatch element going elsewhere", "maps dispatch, dispatch6: 1 elements holding another verdict", func() {
 			_ = other.SetDeleteElements(dm, []gnft.SetElement{{Key: dkey}})
 			_ = other.SetAddElements(dm, []gnft.SetElement{elsewhere})
+		}},
+		{"a magic address taken out of the address set", "sets addresses, addresses6: missing [" + dispatch.Addr.String() + "]", func() {
+			_ = other.SetDeleteElements(&gnft.Set{Table: m.Table, Name: addressSet}, []gnft.SetElement{{Key: dispatch.Addr.AsSlice()}})
 		}},
 		{"a dispatch element added", "maps dispatch, dispatch6: 1 elements not ours", func() {
 			_ = other.SetAddElements(dm, []gnft.SetElement{{Key: serviceKey(netip.MustParseAddr("169.254.99.99"), "tcp", 9), VerdictData: elsewhere.VerdictData}})

@@ -45,6 +45,9 @@ type Ruleset struct {
 	// Hairpin holds the local producer IPs, sorted: the elements "P . P" of the set hairpinSet,
 	// so a producer change adds or deletes one element, whatever the node serves.
 	Hairpin []netip.Addr
+	// Addresses are the magic addresses, sorted: the elements of the sets addressSet and
+	// addressSet6, which each base chain looks up first (notMagic).
+	Addresses []netip.Addr
 }
 
 // hairpinSet and hairpinSet6 are our sets: source . destination pairs of a producer reaching
@@ -59,7 +62,19 @@ const (
 	endpointsMap6 = "endpoints6"
 	dispatchMap   = "dispatch"
 	dispatchMap6  = "dispatch6"
+	addressSet    = "addresses"
+	addressSet6   = "addresses6"
 )
+
+// notMagic starts each base chain: a packet whose address (field: daddr, or saddr in postrouting)
+// is not a magic address leaves the chain at once, one set lookup per family, so the node's other
+// traffic does not walk the rules of every magic address and port. Without it every packet to the
+// host went through the input chain's rules one by one: UDP request/response over the loopback
+// of a namespace holding 1,000 MagicIPs × 3 ports ran at 6–47 % of its rate without our table.
+func notMagic(field string) []Rule {
+	return []Rule{newRule().addrNotIn(field, ipv4, addressSet).verdict(expr.VerdictReturn, "").rule("not a magic address"),
+		newRule().addrNotIn(field, ipv6, addressSet6).verdict(expr.VerdictReturn, "").rule("not a magic address (IPv6)")}
+}
 
 // Dispatch is a service with producers as our maps hold it: the dispatch map sends its new
 // connections (its address, protocol and port) on to To, the spread chain for its number of
@@ -275,7 +290,16 @@ func (rs Ruleset) Text() string {
 			pairs6 = append(pairs6, ip.String()+" . "+ip.String())
 		}
 	}
-	b := fmt.Appendf(nil, "set %s { %s }\nset %s { %s }\n", hairpinSet, strings.Join(pairs, ", "), hairpinSet6, strings.Join(pairs6, ", "))
+	var addrs, addrs6 []string
+	for _, a := range rs.Addresses {
+		if a.Is4() {
+			addrs = append(addrs, a.String())
+		} else {
+			addrs6 = append(addrs6, a.String())
+		}
+	}
+	b := fmt.Appendf(nil, "set %s { %s }\nset %s { %s }\n", addressSet, strings.Join(addrs, ", "), addressSet6, strings.Join(addrs6, ", "))
+	b = fmt.Appendf(b, "set %s { %s }\nset %s { %s }\n", hairpinSet, strings.Join(pairs, ", "), hairpinSet6, strings.Join(pairs6, ", "))
 	for _, c := range rs.Chains {
 		b = fmt.Appendf(b, "chain %s", c.Name)
 		if c.Hook != nil {

@@ -18,37 +18,6 @@ func apm(eps ...Endpoint) Service {
 	return Service{Key: "datadog:apm", Addr: magic, Port: 8126, Protocol: "tcp", Verdict: Reject, Endpoints: eps}
 }
 
-// allLocalHead: the NAT base chains for the magic address when every source is node-local.
-var allLocalHead = []string{
-	"chain prerouting { type nat hook prerouting priority -110 }",
-	"ip daddr 169.254.210.210 jump services",
-	"chain output { type nat hook output priority -110 }",
-	"ip daddr 169.254.210.210 jump services",
-	"chain postrouting { type nat hook postrouting priority 90 }",
-	`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-}
-
-const (
-	hairpinRule  = `ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`
-	hairpinRule6 = `ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`
-	noHairpin6   = "set hairpin6 {  }"
-)
-
-// servicesChain: the services chain, the same whatever is served.
-var servicesChain = []string{
-	"chain services",
-	`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
-	`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
-}
-
-func lines(groups ...[]string) []string {
-	var out []string
-	for _, g := range groups {
-		out = append(out, g...)
-	}
-	return out
-}
-
 // TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
 // same builder calls as the expressions).
 func TestRender(t *testing.T) {
@@ -60,22 +29,36 @@ func TestRender(t *testing.T) {
 	}{
 		"two producers, one port without, off-node by uplink": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{two, statsd}, Local: Local{All: true, External: []string{"eth0"}}},
-			want: lines([]string{
-				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }", noHairpin6,
+			want: []string{
+				"set addresses { 169.254.210.210 }",
+				"set addresses6 {  }",
+				"set hairpin { 10.244.0.5 . 10.244.0.5, 10.244.0.7 . 10.244.0.7 }",
+				"set hairpin6 {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`iifname "eth0" return comment "external interface: not node-local"`,
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"ip daddr 169.254.210.210 jump services",
 				"chain output { type nat hook output priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"ip daddr 169.254.210.210 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`,
+				`ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`,
+				`ip saddr != @addresses return comment "not a magic address"`,
+				`ip6 saddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter drop comment "datadog:statsd: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
-			}, servicesChain, []string{
+				"chain services",
+				`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
+				`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				"chain spread-ip-2",
@@ -83,7 +66,7 @@ func TestRender(t *testing.T) {
 				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-2 } comment "datadog:apm"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
-			}),
+			},
 		},
 		"node-local by source and interface prefix, per family; remote producer gets no hairpin": {
 			in: Input{
@@ -92,33 +75,47 @@ func TestRender(t *testing.T) {
 					{Key: "v6:apm", Addr: netip.MustParseAddr("fd00::1"), Port: 1, Protocol: "tcp"}},
 				Local: Local{Sources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00::/64")}, Interfaces: []string{"veth+"}},
 			},
-			want: lines([]string{
-				"set hairpin {  }", noHairpin6,
+			want: []string{
+				"set addresses { 169.254.210.210 }",
+				"set addresses6 { fd00::1 }",
+				"set hairpin {  }",
+				"set hairpin6 {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip saddr 10.244.0.0/24 ip daddr 169.254.210.210 jump services comment "node-local source"`,
 				`ip daddr 169.254.210.210 iifname "veth*" jump services comment "node-local interface"`,
 				`ip6 saddr fd00::/64 ip6 daddr fd00::1 jump services comment "node-local source"`,
 				`ip6 daddr fd00::1 iifname "veth*" jump services comment "node-local interface"`,
 				"chain output { type nat hook output priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"ip daddr 169.254.210.210 jump services",
 				"ip6 daddr fd00::1 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`,
+				`ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`,
+				`ip saddr != @addresses return comment "not a magic address"`,
+				`ip6 saddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
 				`ip6 saddr fd00::1 oifname != "lo" ct status dnat masquerade comment "host client of fd00::1"`,
-				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip6 daddr fd00::1 meta l4proto tcp th dport 1 ct state new counter reject with tcp reset comment "v6:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
 				`ip6 daddr fd00::1 meta l4proto tcp ct state new counter reject with tcp reset comment "fd00::1: undeclared port"`,
 				`ip6 daddr fd00::1 meta l4proto udp ct state new counter reject with icmpv6 port-unreachable comment "fd00::1: undeclared port"`,
-			}, servicesChain, []string{
+				"chain services",
+				`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
+				`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-1 } comment "datadog:apm"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/r (fallback to node n2)"`,
-			}),
+			},
 		},
 		"dual-stack: each family its own producers, hairpin set and ICMP": {
 			in: Input{
@@ -130,19 +127,31 @@ func TestRender(t *testing.T) {
 				},
 				Local: Local{All: true},
 			},
-			want: lines([]string{
-				"set hairpin { 10.244.0.5 . 10.244.0.5 }", "set hairpin6 { fd00:10:244::5 . fd00:10:244::5 }",
+			want: []string{
+				"set addresses { 169.254.210.210 }",
+				"set addresses6 { fd00::a9fe:d2d2 }",
+				"set hairpin { 10.244.0.5 . 10.244.0.5 }",
+				"set hairpin6 { fd00:10:244::5 . fd00:10:244::5 }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"ip daddr 169.254.210.210 jump services",
 				"ip6 daddr fd00::a9fe:d2d2 jump services",
 				"chain output { type nat hook output priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"ip daddr 169.254.210.210 jump services",
 				"ip6 daddr fd00::a9fe:d2d2 jump services",
 				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`,
+				`ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`,
+				`ip saddr != @addresses return comment "not a magic address"`,
+				`ip6 saddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
 				`ip6 saddr fd00::a9fe:d2d2 oifname != "lo" ct status dnat masquerade comment "host client of fd00::a9fe:d2d2"`,
-				hairpinRule, hairpinRule6,
 				"chain input { type filter hook input priority -10 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 53 ct state new counter reject with icmp port-unreachable comment "dns:udp: not redirected"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 53 ct state new counter reject with icmpv6 port-unreachable comment "dns:udp: not redirected"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp th dport 54 ct state new counter reject with icmpv6 port-unreachable comment "dns:none: not redirected"`,
@@ -150,7 +159,9 @@ func TestRender(t *testing.T) {
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto tcp ct state new counter reject with tcp reset comment "fd00::a9fe:d2d2: undeclared port"`,
 				`ip6 daddr fd00::a9fe:d2d2 meta l4proto udp ct state new counter reject with icmpv6 port-unreachable comment "fd00::a9fe:d2d2: undeclared port"`,
-			}, servicesChain, []string{
+				"chain services",
+				`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
+				`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				"chain spread-ip6-1",
@@ -159,38 +170,74 @@ func TestRender(t *testing.T) {
 				`element @endpoints { 169.254.210.210 . udp . 53 . 0 : 10.244.0.5 . 5353 } comment "dns:udp -> dns/a"`,
 				`element @dispatch6 { fd00::a9fe:d2d2 . udp . 53 : goto spread-ip6-1 } comment "dns:udp"`,
 				`element @endpoints6 { fd00::a9fe:d2d2 . udp . 53 . 0 : fd00:10:244::5 . 5353 } comment "dns:udp -> dns/a"`,
-			}),
+			},
 		},
 		"two served ports: both reach the services chain, each its own dispatch element": {
 			in: Input{Addresses: []netip.Addr{magic}, Services: []Service{apm(Endpoint{Pod: "datadog/a", Addr: prodA}),
 				{Key: "datadog:statsd", Addr: magic, Port: 8125, Protocol: "udp", Verdict: Reject, Endpoints: []Endpoint{{Pod: "datadog/a", Addr: netip.MustParseAddrPort("10.244.0.5:8125")}}}},
 				Local: Local{All: true}},
-			want: lines([]string{"set hairpin { 10.244.0.5 . 10.244.0.5 }", noHairpin6}, allLocalHead, []string{
-				hairpinRule, hairpinRule6,
+			want: []string{
+				"set addresses { 169.254.210.210 }",
+				"set addresses6 {  }",
+				"set hairpin { 10.244.0.5 . 10.244.0.5 }",
+				"set hairpin6 {  }",
+				"chain prerouting { type nat hook prerouting priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
+				"ip daddr 169.254.210.210 jump services",
+				"chain output { type nat hook output priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
+				"ip daddr 169.254.210.210 jump services",
+				"chain postrouting { type nat hook postrouting priority 90 }",
+				`ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`,
+				`ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`,
+				`ip saddr != @addresses return comment "not a magic address"`,
+				`ip6 saddr != @addresses6 return comment "not a magic address (IPv6)"`,
+				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
 				"chain input { type filter hook input priority -10 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp th dport 8126 ct state new counter reject with tcp reset comment "datadog:apm: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto udp th dport 8125 ct state new counter reject with icmp port-unreachable comment "datadog:statsd: not redirected"`,
 				`ip daddr 169.254.210.210 meta l4proto tcp ct state new counter reject with tcp reset comment "169.254.210.210: undeclared port"`,
 				`ip daddr 169.254.210.210 meta l4proto udp ct state new counter reject with icmp port-unreachable comment "169.254.210.210: undeclared port"`,
-			}, servicesChain, []string{
+				"chain services",
+				`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
+				`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-1 } comment "datadog:apm"`,
 				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
 				`element @dispatch { 169.254.210.210 . udp . 8125 : goto spread-ip-1 } comment "datadog:statsd"`,
 				`element @endpoints { 169.254.210.210 . udp . 8125 . 0 : 10.244.0.5 . 8125 } comment "datadog:statsd -> datadog/a"`,
-			}),
+			},
 		},
 		"nothing served: the base chains, empty, and the services chain": {
 			in: Input{Local: Local{All: true}},
-			want: lines([]string{
-				"set hairpin {  }", noHairpin6,
+			want: []string{
+				"set addresses {  }",
+				"set addresses6 {  }",
+				"set hairpin {  }",
+				"set hairpin6 {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"chain output { type nat hook output priority -110 }",
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"chain postrouting { type nat hook postrouting priority 90 }",
-				hairpinRule, hairpinRule6,
+				`ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`,
+				`ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`,
+				`ip saddr != @addresses return comment "not a magic address"`,
+				`ip6 saddr != @addresses6 return comment "not a magic address (IPv6)"`,
 				"chain input { type filter hook input priority -10 }",
-			}, servicesChain),
+				`ip daddr != @addresses return comment "not a magic address"`,
+				`ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`,
+				"chain services",
+				`ip daddr . meta l4proto . th dport vmap @dispatch comment "services"`,
+				`ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`,
+			},
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -93,7 +93,9 @@ func (r *Renderer) Render(in Input) Ruleset {
 	prevSvcs, prevAddrs := r.services, r.addrs
 	r.services, r.addrs = make(map[serviceID]*serviceRules, len(in.Services)), make(map[netip.Addr]*addressRules, len(in.Addresses))
 	addrs := in.Addresses
-	pre, out, post, input := in.Local.external(), make([]Rule, 0, len(addrs)), make([]Rule, 0, len(addrs)+2), make([]Rule, 0, len(in.Services)+2*len(addrs))
+	pre, out := append(in.Local.external(), notMagic("daddr")...), append(make([]Rule, 0, len(addrs)+2), notMagic("daddr")...)
+	post := append(append(make([]Rule, 0, len(addrs)+4), hairpinMasquerade()...), notMagic("saddr")...)
+	input := append(make([]Rule, 0, len(in.Services)+2*len(addrs)+2), notMagic("daddr")...)
 	for _, a := range addrs {
 		l := prevAddrs[a]
 		if l == nil {
@@ -102,7 +104,6 @@ func (r *Renderer) Render(in Input) Ruleset {
 		r.addrs[a] = l
 		pre, out, post = append(pre, l.prerouting...), append(out, l.toServices), append(post, l.masquerade)
 	}
-	post = append(post, hairpinMasquerade()...)
 	var dispatch []Dispatch
 	r.at = make([]placed, len(in.Services))
 	r.spread = [2]int{}
@@ -123,7 +124,7 @@ func (r *Renderer) Render(in Input) Ruleset {
 	if r.dispatchRules == nil {
 		r.dispatchRules = dispatchRules()
 	}
-	rs := Ruleset{Chains: baseChains(pre, out, post, input), Dispatch: dispatch}
+	rs := Ruleset{Chains: baseChains(pre, out, post, input), Dispatch: dispatch, Addresses: addrs}
 	rs.Chains = append(append(rs.Chains, Chain{Name: chainServices, Rules: r.dispatchRules}), spreadChains(r.spread)...)
 	r.hairpin = map[netip.Addr]int{}
 	for _, s := range in.Services {

@@ -165,6 +165,18 @@ func (b *builder) ctNew() *builder {
 // ctDNAT matches connections whose destination was translated.
 func (b *builder) ctDNAT() *builder { return b.ctBits("ct status dnat", expr.CtKeySTATUS, ipsDstNAT) }
 
+// addrNotIn matches when the packet's address (field: "daddr" or "saddr") of family f is not in
+// set (and only packets of f).
+func (b *builder) addrNotIn(field string, f family, set string) *builder {
+	off := f.daddr
+	if field == "saddr" {
+		off = f.saddr
+	}
+	return b.nfproto(f).add(fmt.Sprintf("%s %s != @%s", f.name, field, set),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.len},
+		&expr.Lookup{SourceRegister: 1, SetName: set, Invert: true})
+}
+
 // pairIn matches when the packet's source . destination is in the named set of f's address pairs
 // (the source from the first register on, the destination right after it).
 func (b *builder) pairIn(f family, set string) *builder {

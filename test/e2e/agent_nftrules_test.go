@@ -61,6 +61,10 @@ func nftRuleText(exprs []expr.Any) string {
 				mapped = e.SetName
 				continue
 			}
+			if e.Invert {
+				out = append(out, subject+" != @"+e.SetName)
+				continue
+			}
 			out = append(out, subject+" @"+e.SetName)
 		case *expr.Immediate:
 			imm[e.Register] = e.Data
