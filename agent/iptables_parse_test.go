@@ -293,7 +293,7 @@ func TestDrifted(t *testing.T) {
 		},
 		"a rule deleted behind our back": {
 			mutate: dropLine("-A MAGIC-IP-INPUT "),
-			want:   []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q (3 rules found, 4 written)", input[0], input[1])},
+			want:   []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q (4 rules found, 5 written)", input[0], input[1])},
 		},
 		"the last rule deleted": {
 			mutate: dropLine("-A " + svc + " -p tcp -m comment --comment \"datadog:apm -> datadog/agent-b\""),
@@ -310,13 +310,13 @@ func TestDrifted(t *testing.T) {
 		},
 		"a reject turned into an accept": {
 			mutate: replace("-j REJECT --reject-with tcp-reset", "-j ACCEPT"),
-			want: []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q", input[0],
-				strings.Replace(input[0], "-j REJECT --reject-with tcp-reset", "-j ACCEPT", 1))},
+			want: []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 2: wrote %q, found %q", input[1],
+				strings.Replace(input[1], "-j REJECT --reject-with tcp-reset", "-j ACCEPT", 1))},
 		},
 		"a negation added": {
 			mutate: replace("--dport 8126 -m conntrack --ctstate NEW", "--dport 8126 -m conntrack ! --ctstate NEW"),
-			want: []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 1: wrote %q, found %q", input[0],
-				strings.Replace(input[0], "--ctstate NEW", "! --ctstate NEW", 1))},
+			want: []string{fmt.Sprintf("filter/MAGIC-IP-INPUT rule 2: wrote %q, found %q", input[1],
+				strings.Replace(input[1], "--ctstate NEW", "! --ctstate NEW", 1))},
 		},
 		"stale chain of ours": {
 			mutate: replace(":MAGIC-IP-OUTPUT", ":MAGIC-IP-SVC-OLD - [0:0]\n:MAGIC-IP-OUTPUT"),

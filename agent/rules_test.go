@@ -51,10 +51,12 @@ const referenceRestore = `*nat
 :MAGIC-IP-SVC-BMDMKVQYRIDQ - [0:0]
 -A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
 -A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-OUTPUT ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-OUTPUT -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
 -A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin through 169.254.210.210" -j MAGIC-IP-HP-ADWEURQNBE7D
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
+-A MAGIC-IP-PREROUTING ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-PREROUTING -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-SERVICES -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-BMDMKVQYRIDQ
 -A MAGIC-IP-SVC-BMDMKVQYRIDQ -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.244.1.5:8126
@@ -62,6 +64,7 @@ const referenceRestore = `*nat
 COMMIT
 *filter
 :MAGIC-IP-INPUT - [0:0]
+-A MAGIC-IP-INPUT ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m conntrack --ctstate NEW -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset
 -A MAGIC-IP-INPUT -d 169.254.210.210/32 -p udp -m udp --dport 8125 -m conntrack --ctstate NEW -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp-port-unreachable
 -A MAGIC-IP-INPUT -d 169.254.210.210/32 -p tcp -m conntrack --ctstate NEW -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with tcp-reset
@@ -205,18 +208,16 @@ func TestRenderVerdicts(t *testing.T) {
 				}
 				input := Render(State{Services: []Service{s}}, nil).Chains["filter"][chainInput]
 				p := strings.ToLower(string(tc.proto))
+				guard := `! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN`
 				wantRule := fmt.Sprintf(`-d 169.254.210.210/32 -p %s -m %s --dport 53 -m conntrack --ctstate NEW -m comment --comment "m:p: not redirected" %s`, p, p, tc.want)
-				if len(input) == 0 || input[0] != wantRule {
-					t.Errorf("first INPUT rule:\n got %q\nwant %q", input, wantRule)
+				if len(input) != 4 || input[0] != guard || input[1] != wantRule {
+					t.Fatalf("want 4 INPUT rules (other addresses return, service, undeclared TCP, undeclared UDP), got %q; want the first two\n%q\n%q", input, guard, wantRule)
 				}
 				// Undeclared ports are always refused at once, whatever the policy.
-				for _, r := range input[1:] {
+				for _, r := range input[2:] {
 					if !strings.Contains(r, "undeclared port") || strings.Contains(r, "DROP") {
 						t.Errorf("undeclared-port rule should reject: %s", r)
 					}
-				}
-				if len(input) != 3 {
-					t.Errorf("want 3 INPUT rules (service, undeclared TCP, undeclared UDP), got %d: %q", len(input), input)
 				}
 				_, hasSvc := Render(State{Services: []Service{s}}, nil).Chains["nat"][svcChain(s)]
 				if hasSvc != (eps > 0) {
@@ -484,10 +485,12 @@ const referenceRestore6 = `*nat
 :MAGIC-IP-SVC-VGLDFDMB65QZ - [0:0]
 -A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::5/128 -d fd00:10:244:1::5/128 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
 -A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-OUTPUT ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-OUTPUT -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING -s fd00::a9fe:d2d2/128 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of fd00::a9fe:d2d2" -j MASQUERADE
 -A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst fd00::a9fe:d2d2 -m comment --comment "hairpin through fd00::a9fe:d2d2" -j MAGIC-IP-HP-OL4DFDETI7HW
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
+-A MAGIC-IP-PREROUTING ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-PREROUTING -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
 -A MAGIC-IP-SERVICES -d fd00::a9fe:d2d2/128 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-VGLDFDMB65QZ
 -A MAGIC-IP-SVC-VGLDFDMB65QZ -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination [fd00:10:244:1::5]:8126
@@ -495,6 +498,7 @@ const referenceRestore6 = `*nat
 COMMIT
 *filter
 :MAGIC-IP-INPUT - [0:0]
+-A MAGIC-IP-INPUT ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p tcp -m tcp --dport 8126 -m conntrack --ctstate NEW -m comment --comment "datadog:apm: not redirected" -j REJECT --reject-with tcp-reset
 -A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p udp -m udp --dport 8125 -m conntrack --ctstate NEW -m comment --comment "datadog:dogstatsd: not redirected" -j REJECT --reject-with icmp6-port-unreachable
 -A MAGIC-IP-INPUT -d fd00::a9fe:d2d2/128 -p tcp -m conntrack --ctstate NEW -m comment --comment "fd00::a9fe:d2d2: undeclared port" -j REJECT --reject-with tcp-reset
@@ -536,6 +540,38 @@ func TestRenderFamily(t *testing.T) {
 				if strings.Contains(got, l) {
 					t.Errorf("RenderFamily(%s) holds %q:\n%s", tc.fam, l, got)
 				}
+			}
+		})
+	}
+}
+
+// TestNotMagic: the line that lets the node's other traffic leave our input, prerouting and
+// output chains at once names the smallest prefix holding every magic address of the family; no
+// address, or addresses so far apart that the prefix would be /0, give no line.
+func TestNotMagic(t *testing.T) {
+	for name, tc := range map[string]struct {
+		addrs []string
+		want  string // the prefix, "" for no line
+	}{
+		"none":                      {nil, ""},
+		"one address":               {[]string{"169.254.210.210"}, "169.254.210.210/32"},
+		"two link-local addresses":  {[]string{"169.254.2.2", "169.254.1.1"}, "169.254.0.0/22"},
+		"the link-local range ends": {[]string{"169.254.0.1", "169.254.255.254"}, "169.254.0.0/16"},
+		"IPv6":                      {[]string{"fd00::a9fe:d2d2", "fd00::a9fe:d2d3"}, "fd00::a9fe:d2d2/127"},
+		"apart: no line":            {[]string{"10.0.0.1", "169.254.1.1"}, ""},
+		"apart by the first bit":    {[]string{"10.0.0.1", "100.64.0.1"}, "0.0.0.0/1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var addrs []netip.Addr
+			for _, a := range tc.addrs {
+				addrs = append(addrs, netip.MustParseAddr(a))
+			}
+			var want []string
+			if tc.want != "" {
+				want = []string{fmt.Sprintf(`! -d %s -m comment --comment "not a magic address" -j RETURN`, tc.want)}
+			}
+			if got := notMagic(addrs); !slices.Equal(got, want) {
+				t.Errorf("notMagic(%v) = %q, want %q", tc.addrs, got, want)
 			}
 		})
 	}

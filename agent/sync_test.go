@@ -126,13 +126,14 @@ func TestRenderAddressWithoutServices(t *testing.T) {
 	rs := Render(st, nil)
 	input := rs.Chains["filter"][chainInput]
 	want := []string{
+		`! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN`,
 		`-d 169.254.210.210/32 -p tcp -m conntrack --ctstate NEW -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with tcp-reset`,
 		`-d 169.254.210.210/32 -p udp -m conntrack --ctstate NEW -m comment --comment "169.254.210.210: undeclared port" -j REJECT --reject-with icmp-port-unreachable`,
 	}
 	if !slices.Equal(input, want) {
 		t.Errorf("INPUT:\n got %q\nwant %q", input, want)
 	}
-	if got := rs.Chains["nat"][chainOutput]; len(got) != 1 {
+	if got := rs.Chains["nat"][chainOutput]; len(got) != 2 || !strings.Contains(got[1], "-j "+chainServices) {
 		t.Errorf("nat OUTPUT %q: host clients of the address must pass our chains too", got)
 	}
 }
