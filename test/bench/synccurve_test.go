@@ -223,7 +223,7 @@ func syncCurve(b *testing.B, dp string, n, rounds int) (curve, error) {
 		if nft, ok := d.(*agent.NftablesDatapath); ok {
 			c.tx = nft.NFT.Kernel.Last()
 		}
-		c.hostWith, c.hostWithout, err = hostTraffic(s, curveState(n), trials(3, 1))
+		c.hostWith, c.hostWithout, err = hostTraffic(s, curveState(n), trials(7, 1))
 		return err
 	})
 	return c, err
