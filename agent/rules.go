@@ -153,10 +153,10 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 		nat[c] = nil
 	}
 	addrs := slices.DeleteFunc(addresses(st), func(a netip.Addr) bool { return !fam.has(a) })
-	guard := notMagic(addrs)
+	guard, postGuard := notMagic(addrs)
 	filter := map[string][]string{chainInput: guard}
 	nat[chainPrerouting] = append(local.prerouting(nil), guard...) // the external interfaces' RETURNs, if any
-	nat[chainOutput] = guard
+	nat[chainOutput], nat[chainPost] = guard, postGuard
 	lines := make([]*addressLines, len(addrs))
 	for i, a := range addrs {
 		l := prevAddrs[a]
@@ -233,18 +233,26 @@ func (r *Renderer) update(st State) (Ruleset, bool) {
 	return rs, true
 }
 
-// notMagic is the line that starts our input, prerouting and output chains: a packet to an
-// address outside the smallest prefix holding every magic address returns at once, so the node's
-// other traffic does not walk the rules of every magic address and port (the input chain sees
-// every packet delivered to the host: at 1,000 MagicIPs × 3 ports, 5,000 rules). iptables has no
-// set lookup here (no ipset), so this is a prefix: the usual link-local magic addresses share
-// 169.254.0.0/16; addresses spread over the whole space get no line (the prefix would be /0).
-func notMagic(addrs []netip.Addr) []string {
+// notMagic is the line that starts our input, prerouting and output chains (in), and the one
+// that starts our postrouting chain (post): a packet to an address outside the smallest prefix
+// holding every magic address returns at once — in postrouting, a connection neither from such an
+// address (a host client's) nor first sent to one (a hairpin) — so the node's other traffic does
+// not walk the rules of every magic address and port (the input chain sees every packet delivered
+// to the host: at 1,000 MagicIPs × 3 ports, 5,000 rules; postrouting every new connection leaving
+// the node, two rules per address). iptables has no set lookup here (no ipset), so this is a
+// prefix: the usual link-local magic addresses share 169.254.0.0/16; addresses spread over the
+// whole space get no line (the prefix would be /0).
+func notMagic(addrs []netip.Addr) (in, post []string) {
 	p, ok := covering(addrs)
 	if !ok || p.Bits() == 0 {
-		return nil
+		return nil, nil
 	}
-	return []string{fmt.Sprintf(`! -d %s -m comment --comment "not a magic address" -j RETURN`, p)}
+	orig := p.String() // as iptables-save prints --ctorigdst: a single address without its mask
+	if p.IsSingleIP() {
+		orig = p.Addr().String()
+	}
+	return []string{fmt.Sprintf(`! -d %s -m comment --comment "not a magic address" -j RETURN`, p)},
+		[]string{fmt.Sprintf(`! -s %s -m conntrack ! --ctorigdst %s -m comment --comment "not from or to a magic address" -j RETURN`, p, orig)}
 }
 
 // covering is the smallest prefix holding every address of addrs (one family); ok is false when

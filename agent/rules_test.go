@@ -53,6 +53,7 @@ const referenceRestore = `*nat
 -A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
 -A MAGIC-IP-OUTPUT ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-OUTPUT -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-POSTROUTING ! -s 169.254.210.210/32 -m conntrack ! --ctorigdst 169.254.210.210 -m comment --comment "not from or to a magic address" -j RETURN
 -A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
 -A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin through 169.254.210.210" -j MAGIC-IP-HP-ADWEURQNBE7D
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
@@ -487,6 +488,7 @@ const referenceRestore6 = `*nat
 -A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
 -A MAGIC-IP-OUTPUT ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-OUTPUT -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-POSTROUTING ! -s fd00::a9fe:d2d2/128 -m conntrack ! --ctorigdst fd00::a9fe:d2d2 -m comment --comment "not from or to a magic address" -j RETURN
 -A MAGIC-IP-POSTROUTING -s fd00::a9fe:d2d2/128 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of fd00::a9fe:d2d2" -j MASQUERADE
 -A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst fd00::a9fe:d2d2 -m comment --comment "hairpin through fd00::a9fe:d2d2" -j MAGIC-IP-HP-OL4DFDETI7HW
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
@@ -552,26 +554,29 @@ func TestNotMagic(t *testing.T) {
 	for name, tc := range map[string]struct {
 		addrs []string
 		want  string // the prefix, "" for no line
+		orig  string // the prefix as --ctorigdst is written (a single address without its mask)
 	}{
-		"none":                      {nil, ""},
-		"one address":               {[]string{"169.254.210.210"}, "169.254.210.210/32"},
-		"two link-local addresses":  {[]string{"169.254.2.2", "169.254.1.1"}, "169.254.0.0/22"},
-		"the link-local range ends": {[]string{"169.254.0.1", "169.254.255.254"}, "169.254.0.0/16"},
-		"IPv6":                      {[]string{"fd00::a9fe:d2d2", "fd00::a9fe:d2d3"}, "fd00::a9fe:d2d2/127"},
-		"apart: no line":            {[]string{"10.0.0.1", "169.254.1.1"}, ""},
-		"apart by the first bit":    {[]string{"10.0.0.1", "100.64.0.1"}, "0.0.0.0/1"},
+		"none":                      {nil, "", ""},
+		"one address":               {[]string{"169.254.210.210"}, "169.254.210.210/32", "169.254.210.210"},
+		"two link-local addresses":  {[]string{"169.254.2.2", "169.254.1.1"}, "169.254.0.0/22", "169.254.0.0/22"},
+		"the link-local range ends": {[]string{"169.254.0.1", "169.254.255.254"}, "169.254.0.0/16", "169.254.0.0/16"},
+		"one IPv6 address":          {[]string{"fd00::a9fe:d2d2"}, "fd00::a9fe:d2d2/128", "fd00::a9fe:d2d2"},
+		"IPv6":                      {[]string{"fd00::a9fe:d2d2", "fd00::a9fe:d2d3"}, "fd00::a9fe:d2d2/127", "fd00::a9fe:d2d2/127"},
+		"apart: no line":            {[]string{"10.0.0.1", "169.254.1.1"}, "", ""},
+		"apart by the first bit":    {[]string{"10.0.0.1", "100.64.0.1"}, "0.0.0.0/1", "0.0.0.0/1"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var addrs []netip.Addr
 			for _, a := range tc.addrs {
 				addrs = append(addrs, netip.MustParseAddr(a))
 			}
-			var want []string
+			var want, wantPost []string
 			if tc.want != "" {
 				want = []string{fmt.Sprintf(`! -d %s -m comment --comment "not a magic address" -j RETURN`, tc.want)}
+				wantPost = []string{fmt.Sprintf(`! -s %s -m conntrack ! --ctorigdst %s -m comment --comment "not from or to a magic address" -j RETURN`, tc.want, tc.orig)}
 			}
-			if got := notMagic(addrs); !slices.Equal(got, want) {
-				t.Errorf("notMagic(%v) = %q, want %q", tc.addrs, got, want)
+			if got, post := notMagic(addrs); !slices.Equal(got, want) || !slices.Equal(post, wantPost) {
+				t.Errorf("notMagic(%v) = %q, %q; want %q, %q", tc.addrs, got, post, want, wantPost)
 			}
 		})
 	}
