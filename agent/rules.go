@@ -7,6 +7,7 @@ import (
 	"encoding/base32"
 	"fmt"
 	"maps"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"strings"
@@ -263,19 +264,15 @@ func covering(addrs []netip.Addr) (netip.Prefix, bool) {
 	}
 	lo, hi := slices.MinFunc(addrs, netip.Addr.Compare), slices.MaxFunc(addrs, netip.Addr.Compare)
 	a, b := lo.AsSlice(), hi.AsSlice()
-	bits := 0
+	same := 0 // leading bits lo and hi share
 	for i := range a {
-		x := a[i] ^ b[i]
-		if x != 0 {
-			for x&0x80 == 0 {
-				x <<= 1
-				bits++
-			}
+		if x := a[i] ^ b[i]; x != 0 {
+			same += bits.LeadingZeros8(x)
 			break
 		}
-		bits += 8
+		same += 8
 	}
-	p, err := lo.Prefix(bits)
+	p, err := lo.Prefix(same)
 	return p, err == nil
 }
 

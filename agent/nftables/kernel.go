@@ -177,10 +177,10 @@ func (k *Kernel) WritePatch(rs Ruleset, p Patch) (int, error) {
 	return k.writeChanges(ch)
 }
 
-// writeChanges writes ch in one transaction (none when nothing changed). Its order: chains added (a dispatch element may go to
-// one), elements deleted (one that went to a chain gone must go first: the kernel refuses to
-// delete a chain still in use, EBUSY; one deleted and added again ends up added), chains flushed
-// and deleted, rules added, elements added.
+// writeChanges writes ch in one transaction (none when nothing changed). Its order: chains added
+// (a dispatch element may go to one), elements deleted (one that went to a chain gone must go
+// first: the kernel refuses to delete a chain still in use, EBUSY; one deleted and added again
+// ends up added), chains flushed and deleted, rules added, elements added.
 func (k *Kernel) writeChanges(ch changes) (int, error) {
 	k.pending = Transaction{Compared: ch.compared}
 	for _, c := range ch.added {
@@ -255,13 +255,18 @@ func (k *Kernel) setElements(set *nftables.Set, elems []nftables.SetElement, del
 // endpoints is the endpoints map of family f: service address . protocol . port . slot to
 // producer address . port.
 func (k *Kernel) endpoints(f family) *nftables.Set {
-	addr, name := nftables.TypeIPAddr, f.endpointsMap()
-	if f.nfproto == ipv6.nfproto {
-		addr = nftables.TypeIP6Addr
-	}
-	return &nftables.Set{Table: k.table, Name: name, IsMap: true, Concatenation: true,
+	addr := f.addrType()
+	return &nftables.Set{Table: k.table, Name: f.endpointsMap(), IsMap: true, Concatenation: true,
 		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 		DataType: nftables.MustConcatSetType(addr, nftables.TypeInetService)}
+}
+
+// addrType is the set data type of an address of family f.
+func (f family) addrType() nftables.SetDatatype {
+	if f.nfproto == ipv6.nfproto {
+		return nftables.TypeIP6Addr
+	}
+	return nftables.TypeIPAddr
 }
 
 // mapElements are the endpoints map elements of elems in family f.
@@ -278,12 +283,8 @@ func mapElements(elems []Element, f family) []nftables.SetElement {
 // dispatch is the dispatch map of family f: service address . protocol . port to a verdict
 // (goto its spread chain).
 func (k *Kernel) dispatch(f family) *nftables.Set {
-	addr := nftables.TypeIPAddr
-	if f.nfproto == ipv6.nfproto {
-		addr = nftables.TypeIP6Addr
-	}
 	return &nftables.Set{Table: k.table, Name: f.dispatchMap(), IsMap: true, Concatenation: true,
-		KeyType:  nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService),
+		KeyType:  nftables.MustConcatSetType(f.addrType(), nftables.TypeInetProto, nftables.TypeInetService),
 		DataType: nftables.TypeVerdict}
 }
 
@@ -301,10 +302,7 @@ func dispatchElements(ds []Dispatch, f family) []nftables.SetElement {
 
 // addresses is the set of the magic addresses of family f.
 func (k *Kernel) addresses(f family) *nftables.Set {
-	if f.nfproto == ipv6.nfproto {
-		return &nftables.Set{Table: k.table, Name: addressSet6, KeyType: nftables.TypeIP6Addr}
-	}
-	return &nftables.Set{Table: k.table, Name: addressSet, KeyType: nftables.TypeIPAddr}
+	return &nftables.Set{Table: k.table, Name: f.pick(addressSet, addressSet6), KeyType: f.addrType()}
 }
 
 // addressElements are the set elements of addrs.
@@ -318,12 +316,8 @@ func addressElements(addrs []netip.Addr) []nftables.SetElement {
 
 // hairpin is the hairpin set of family f.
 func (k *Kernel) hairpin(f family) *nftables.Set {
-	if f.nfproto == ipv6.nfproto {
-		return &nftables.Set{Table: k.table, Name: hairpinSet6, Concatenation: true,
-			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr)}
-	}
-	return &nftables.Set{Table: k.table, Name: hairpinSet, Concatenation: true,
-		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)}
+	return &nftables.Set{Table: k.table, Name: f.pick(hairpinSet, hairpinSet6), Concatenation: true,
+		KeyType: nftables.MustConcatSetType(f.addrType(), f.addrType())}
 }
 
 // ofFamily are the addresses of ips in family f.
@@ -470,8 +464,9 @@ func (ch *changes) dispatchChanges(prev, next []Dispatch) {
 		before[prev[i].key()] = &prev[i]
 	}
 	for _, d := range next {
-		after[d.key()] = true
-		ch.compareDispatch(before[d.key()], d)
+		key := d.key()
+		after[key] = true
+		ch.compareDispatch(before[key], d)
 	}
 	for _, d := range prev {
 		if !after[d.key()] {
@@ -491,7 +486,7 @@ func (ch *changes) compareDispatch(old *Dispatch, d Dispatch) {
 		ch.dispatched = append(ch.dispatched, d)
 	case old.To != d.To || old.Comment != d.Comment:
 		ch.undispatched, ch.dispatched = append(ch.undispatched, *old), append(ch.dispatched, d)
-		was = old.Elements
+		fallthrough
 	default:
 		was = old.Elements
 	}

@@ -207,9 +207,8 @@ func (r *Renderer) Patch(in Input, changed []int) (rs Ruleset, p Patch, ok bool)
 }
 
 // replace builds the dispatch entries of the services of in at changed into rs.Dispatch (in
-// place), counts
-// their local producers into the hairpin set (changing rs.Hairpin in place when inPlace, into a
-// new list otherwise), and keeps in and rs as the last call's.
+// place), counts their local producers into the hairpin set (changing rs.Hairpin in place when
+// inPlace, into a new list otherwise), and keeps in and rs as the last call's.
 func (r *Renderer) replace(in Input, changed []int, rs Ruleset, inPlace bool) (Ruleset, Patch) {
 	var touched []netip.Addr
 	p := Patch{Dispatch: make([]PatchedDispatch, 0, len(changed))}

@@ -289,21 +289,19 @@ func (b *builder) dispatch(f family) *builder {
 		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: set, DestRegister: unix.NFT_REG_VERDICT, IsDestRegSet: true})
 }
 
-// dispatchMap names the dispatch map of family f.
-func (f family) dispatchMap() string {
+// pick is v4 for IPv4, v6 for IPv6: the name of a set or map of family f.
+func (f family) pick(v4, v6 string) string {
 	if f.nfproto == ipv6.nfproto {
-		return dispatchMap6
+		return v6
 	}
-	return dispatchMap
+	return v4
 }
 
+// dispatchMap names the dispatch map of family f.
+func (f family) dispatchMap() string { return f.pick(dispatchMap, dispatchMap6) }
+
 // endpointsMap names the endpoints map of family f.
-func (f family) endpointsMap() string {
-	if f.nfproto == ipv6.nfproto {
-		return endpointsMap6
-	}
-	return endpointsMap
-}
+func (f family) endpointsMap() string { return f.pick(endpointsMap, endpointsMap6) }
 
 // reg32 is the 32-bit register off bytes after the start of NFT_REG_1 (NFT_REG32_00).
 func reg32(off int) uint32 { return uint32(unix.NFT_REG32_00 + off/4) }
