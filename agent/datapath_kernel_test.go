@@ -58,34 +58,41 @@ func openKernelDP(name string, ipt *Iptables, local *LocalDetector) (kernelDP, e
 // iptables datapath logged "MAGIC-IP-SERVICES has 901 rules, want 900" and "repaired" its own
 // change), and after each one the kernel holds exactly the new rules. For both datapaths.
 func TestSyncChangeIsNotDrift(t *testing.T) {
+	states := []State{fleet(300, 0), fleet(299, 1), fleet(300, 2), fleet(300, 0)}
+	eachKernelDP(t, "driftrace", func(t *testing.T, d kernelDP, s *Syncer) error {
+		ctx := context.Background()
+		for i, st := range states {
+			res, err := s.Sync(ctx, st, true)
+			if err != nil {
+				return fmt.Errorf("sync %d: %w", i, err)
+			}
+			if len(res.FailedInterfaces) > 0 {
+				return fmt.Errorf("sync %d: interfaces failed: %v", i, res.FailedInterfaces)
+			}
+			if len(res.Drift) != 0 {
+				t.Errorf("sync %d: our own change reported as drift (%d lines), first: %q", i, len(res.Drift), res.Drift[0])
+			}
+			if d, err := d.drifted(ctx, st); err != nil || len(d) != 0 {
+				t.Errorf("sync %d: the kernel does not hold the new rules: %q (err %v)", i, d, err)
+			}
+		}
+		return nil
+	})
+}
+
+// eachKernelDP runs f once per datapath (a subtest named after it), each in a namespace of its
+// own (named prefix-<datapath>) on a thread there, with the datapath open (node-local traffic:
+// all but eth0's) and a Syncer writing it and the addresses.
+func eachKernelDP(t *testing.T, prefix string, f func(t *testing.T, d kernelDP, s *Syncer) error) {
 	for _, dp := range []string{DatapathIptables, DatapathNftables} {
 		t.Run(dp, func(t *testing.T) {
-			ns := newNetns(t, "driftrace-"+dp)
-			states := []State{fleet(300, 0), fleet(299, 1), fleet(300, 2), fleet(300, 0)}
-			inNetns(t, ns, func(ipt *Iptables, links *Links) error {
+			inNetns(t, newNetns(t, prefix+"-"+dp), func(ipt *Iptables, links *Links) error {
 				d, err := openKernelDP(dp, ipt, ExternalInterfaces("eth0"))
 				if err != nil {
 					return err
 				}
 				defer d.close()
-				s := &Syncer{Datapath: d.Datapath, Links: links, Log: logr.Discard()}
-				ctx := context.Background()
-				for i, st := range states {
-					res, err := s.Sync(ctx, st, true)
-					if err != nil {
-						return fmt.Errorf("sync %d: %w", i, err)
-					}
-					if len(res.FailedInterfaces) > 0 {
-						return fmt.Errorf("sync %d: interfaces failed: %v", i, res.FailedInterfaces)
-					}
-					if len(res.Drift) != 0 {
-						t.Errorf("sync %d: our own change reported as drift (%d lines), first: %q", i, len(res.Drift), res.Drift[0])
-					}
-					if d, err := d.drifted(ctx, st); err != nil || len(d) != 0 {
-						t.Errorf("sync %d: the kernel does not hold the new rules: %q (err %v)", i, d, err)
-					}
-				}
-				return nil
+				return f(t, d, &Syncer{Datapath: d.Datapath, Links: links, Log: logr.Discard()})
 			})
 		})
 	}
