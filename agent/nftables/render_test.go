@@ -19,7 +19,8 @@ func apm(eps ...Endpoint) Service {
 }
 
 // The rules every ruleset holds whatever it serves: each base chain's lookup of the magic
-// addresses, the services chain's dispatch and the hairpin masquerade.
+// addresses, the services chain's dispatch, the hairpin masquerade, the jumps to the services
+// chain and the host clients' masquerade.
 const (
 	notMagicTo    = `ip daddr != @addresses return comment "not a magic address"`
 	notMagicTo6   = `ip6 daddr != @addresses6 return comment "not a magic address (IPv6)"`
@@ -29,6 +30,9 @@ const (
 	dispatchRule6 = `ip6 daddr . meta l4proto . th dport vmap @dispatch6 comment "services (IPv6)"`
 	hairpinRule   = `ct status dnat ip saddr . ip daddr @hairpin masquerade comment "hairpin: a producer reaching itself"`
 	hairpinRule6  = `ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`
+	// After the guards: one rule whatever the addresses (the guard let only magic ones through).
+	toServicesRule = "jump services"
+	hostClientRule = `oifname != "lo" ct status dnat masquerade comment "host client of a magic address"`
 )
 
 // TestRender: State → our table, rule by rule, in nft syntax (which Rule.Text renders from the
@@ -51,17 +55,17 @@ func TestRender(t *testing.T) {
 				`iifname "eth0" return comment "external interface: not node-local"`,
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
+				toServicesRule,
 				"chain output { type nat hook output priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
+				toServicesRule,
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				hairpinRule,
 				hairpinRule6,
 				notMagicFrom,
 				notMagicFrom6,
-				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+				hostClientRule,
 				"chain input { type filter hook input priority -10 }",
 				notMagicTo,
 				notMagicTo6,
@@ -96,22 +100,19 @@ func TestRender(t *testing.T) {
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				`ip saddr 10.244.0.0/24 ip daddr 169.254.210.210 jump services comment "node-local source"`,
-				`ip daddr 169.254.210.210 iifname "veth*" jump services comment "node-local interface"`,
-				`ip6 saddr fd00::/64 ip6 daddr fd00::1 jump services comment "node-local source"`,
-				`ip6 daddr fd00::1 iifname "veth*" jump services comment "node-local interface"`,
+				`ip saddr 10.244.0.0/24 jump services comment "node-local source"`,
+				`ip6 saddr fd00::/64 jump services comment "node-local source"`,
+				`iifname "veth*" jump services comment "node-local interface"`,
 				"chain output { type nat hook output priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
-				"ip6 daddr fd00::1 jump services",
+				toServicesRule,
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				hairpinRule,
 				hairpinRule6,
 				notMagicFrom,
 				notMagicFrom6,
-				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-				`ip6 saddr fd00::1 oifname != "lo" ct status dnat masquerade comment "host client of fd00::1"`,
+				hostClientRule,
 				"chain input { type filter hook input priority -10 }",
 				notMagicTo,
 				notMagicTo6,
@@ -148,20 +149,17 @@ func TestRender(t *testing.T) {
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
-				"ip6 daddr fd00::a9fe:d2d2 jump services",
+				toServicesRule,
 				"chain output { type nat hook output priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
-				"ip6 daddr fd00::a9fe:d2d2 jump services",
+				toServicesRule,
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				hairpinRule,
 				hairpinRule6,
 				notMagicFrom,
 				notMagicFrom6,
-				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
-				`ip6 saddr fd00::a9fe:d2d2 oifname != "lo" ct status dnat masquerade comment "host client of fd00::a9fe:d2d2"`,
+				hostClientRule,
 				"chain input { type filter hook input priority -10 }",
 				notMagicTo,
 				notMagicTo6,
@@ -197,17 +195,17 @@ func TestRender(t *testing.T) {
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
+				toServicesRule,
 				"chain output { type nat hook output priority -110 }",
 				notMagicTo,
 				notMagicTo6,
-				"ip daddr 169.254.210.210 jump services",
+				toServicesRule,
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				hairpinRule,
 				hairpinRule6,
 				notMagicFrom,
 				notMagicFrom6,
-				`ip saddr 169.254.210.210 oifname != "lo" ct status dnat masquerade comment "host client of 169.254.210.210"`,
+				hostClientRule,
 				"chain input { type filter hook input priority -10 }",
 				notMagicTo,
 				notMagicTo6,
@@ -236,14 +234,17 @@ func TestRender(t *testing.T) {
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				notMagicTo,
 				notMagicTo6,
+				toServicesRule,
 				"chain output { type nat hook output priority -110 }",
 				notMagicTo,
 				notMagicTo6,
+				toServicesRule,
 				"chain postrouting { type nat hook postrouting priority 90 }",
 				hairpinRule,
 				hairpinRule6,
 				notMagicFrom,
 				notMagicFrom6,
+				hostClientRule,
 				"chain input { type filter hook input priority -10 }",
 				notMagicTo,
 				notMagicTo6,
@@ -292,4 +293,39 @@ func TestRenderSpread(t *testing.T) {
 	if len(c.Elements) != 4 {
 		t.Errorf("%d elements, want 4", len(c.Elements))
 	}
+}
+
+// TestNatChainsDoNotGrow: the prerouting, output and postrouting chains hold the same rules at 1
+// MagicIP as at 1,000, for every way of telling node-local traffic, so a new connection's way to
+// the dispatch lookup does not walk more rules the more the node serves; only the sets and maps
+// (and the input chain's refusals, walked by refused traffic only) grow.
+func TestNatChainsDoNotGrow(t *testing.T) {
+	for name, local := range map[string]Local{
+		"external interface": {All: true, External: []string{"eth0"}},
+		"sources":            {Sources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00::/64")}},
+		"interfaces":         {Interfaces: []string{"veth+", "cali+"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			one, many := fleetInput(1, 0), fleetInput(1000, 0)
+			one.Local, many.Local = local, local
+			a, b := Render(one), Render(many)
+			for _, c := range []string{chainPrerouting, chainOutput, chainPostrouting} {
+				if ta, tb := rulesText(a.Chain(c).Rules), rulesText(b.Chain(c).Rules); ta != tb {
+					t.Errorf("chain %s at 1 MagicIP:\n%s\nat 1,000:\n%s", c, ta, tb)
+				}
+			}
+			if len(b.Addresses) != 1000 || len(b.Dispatch) != 1000 {
+				t.Errorf("at 1,000: %d addresses, %d dispatch elements", len(b.Addresses), len(b.Dispatch))
+			}
+		})
+	}
+}
+
+// rulesText is rules in nft syntax, one per line, with their comments.
+func rulesText(rules []Rule) string {
+	var b strings.Builder
+	for _, r := range rules {
+		fmt.Fprintf(&b, "%s comment %q\n", r.Text, r.Comment)
+	}
+	return b.String()
 }

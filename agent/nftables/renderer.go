@@ -29,8 +29,9 @@ type Renderer struct {
 	// spread is how many spread chains the last Ruleset holds per family (see spreadChains):
 	// one for each number of producers up to the most a service had when it was rendered.
 	spread [2]int
-	// dispatchRules are the services chain's rules, built once.
-	dispatchRules []Rule
+	// dispatchRules are the services chain's rules, and pre, output and post the prerouting,
+	// output and postrouting chains' rules, built once: the same whatever the node serves.
+	dispatchRules, pre, output, post []Rule
 }
 
 // placed is what a Renderer keeps of one service of its last Input: its rules, the index of its
@@ -74,10 +75,9 @@ func (l *serviceRules) dispatchFor(s Service) Dispatch {
 	return d
 }
 
+// addressRules are an address's rules: the input chain's refusals of its undeclared ports.
 type addressRules struct {
-	prerouting             []Rule
-	toServices, masquerade Rule
-	undeclared             []Rule
+	undeclared []Rule
 }
 
 // Render implements Render with the rules of the last call reused where their inputs are equal.
@@ -93,16 +93,18 @@ func (r *Renderer) Render(in Input) Ruleset {
 	prevSvcs, prevAddrs := r.services, r.addrs
 	r.services, r.addrs = make(map[serviceID]*serviceRules, len(in.Services)), make(map[netip.Addr]*addressRules, len(in.Addresses))
 	addrs := in.Addresses
-	pre, out := append(in.Local.external(), notMagic("daddr")...), append(make([]Rule, 0, len(addrs)+2), notMagic("daddr")...)
-	post := append(append(make([]Rule, 0, len(addrs)+4), hairpinMasquerade()...), notMagic("saddr")...)
+	if r.pre == nil { // the same whatever the node serves (Local is part of what the rules were built for)
+		r.pre = append(append(in.Local.external(), notMagic("daddr")...), in.Local.dispatch()...)
+		r.output = append(notMagic("daddr"), toServices())
+		r.post = append(append(hairpinMasquerade(), notMagic("saddr")...), hostClient())
+	}
 	input := append(make([]Rule, 0, len(in.Services)+2*len(addrs)+2), notMagic("daddr")...)
 	for _, a := range addrs {
 		l := prevAddrs[a]
 		if l == nil {
-			l = in.Local.address(a)
+			l = &addressRules{undeclared: undeclared(a)}
 		}
 		r.addrs[a] = l
-		pre, out, post = append(pre, l.prerouting...), append(out, l.toServices), append(post, l.masquerade)
 	}
 	var dispatch []Dispatch
 	r.at = make([]placed, len(in.Services))
@@ -124,7 +126,7 @@ func (r *Renderer) Render(in Input) Ruleset {
 	if r.dispatchRules == nil {
 		r.dispatchRules = dispatchRules()
 	}
-	rs := Ruleset{Chains: baseChains(pre, out, post, input), Dispatch: dispatch, Addresses: addrs}
+	rs := Ruleset{Chains: baseChains(r.pre, r.output, r.post, input), Dispatch: dispatch, Addresses: addrs}
 	rs.Chains = append(append(rs.Chains, Chain{Name: chainServices, Rules: r.dispatchRules}), spreadChains(r.spread)...)
 	r.hairpin = map[netip.Addr]int{}
 	for _, s := range in.Services {
@@ -241,11 +243,6 @@ func (r *Renderer) spreads(in Input, changed []int) bool {
 }
 
 // address builds the rules of one magic address.
-func (l Local) address(a netip.Addr) *addressRules {
-	one := []netip.Addr{a}
-	return &addressRules{prerouting: l.dispatch(one), toServices: toServices(one)[0], masquerade: hostClient(a), undeclared: undeclared(a)}
-}
-
 // service returns the rules of s kept from the last call (its dispatch entry and elements are
 // rebuilt by dispatchFor when its producers changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceRules) *serviceRules {
