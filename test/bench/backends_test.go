@@ -59,9 +59,10 @@ type backendNode struct {
 	node  *harness.Node
 	agent *harness.Process
 	prod  *harness.Pod
-	// conv is the convergence client; direct, magic and service the data path's, one per target
-	// (see setupPeers for why targets do not share a client); direct6 and magic6 the IPv6 ones.
-	conv, direct, magic, service, direct6, magic6 *harness.Pod
+	// conv is the convergence client; direct, magic, service and bare the data path's, one per
+	// target (see setupPeers for why targets do not share a client); direct6, magic6 and bare6 the
+	// IPv6 ones.
+	conv, direct, magic, service, bare, direct6, magic6, bare6 *harness.Pod
 }
 
 type backendsEnv struct {
@@ -93,8 +94,13 @@ func setupBackends(b *testing.B) *backendsEnv {
 			}
 			return p
 		}
-		bn.conv, bn.direct, bn.magic, bn.service = client("conv"), client("direct"), client("magic"), client("service")
-		bn.direct6, bn.magic6 = client("direct6"), client("magic6")
+		bn.conv, bn.direct, bn.magic, bn.service, bn.bare = client("conv"), client("direct"), client("magic"), client("service"), client("bare")
+		bn.direct6, bn.magic6, bn.bare6 = client("direct6"), client("magic6"), client("bare6")
+		for from, to := range map[string]net.IP{bareAddr: bn.prod.IP, bareAddr6: bn.prod.IP6} {
+			if err := bareDNAT(n.Netns, netip.MustParseAddr(from), netip.MustParseAddr(to.String()), port); err != nil {
+				b.Fatal(err)
+			}
+		}
 		e.nodes = append(e.nodes, bn)
 	}
 	local := corev1.ServiceInternalTrafficPolicyLocal
@@ -191,14 +197,16 @@ type batch struct {
 }
 
 // dataPath: with each node's producer Ready (and only it), the data path of each node's targets —
-// the pod IP directly (the baseline), the magic IP, the ClusterIP — in lockstep: one operation
+// the pod IP directly (the baseline), the magic IP, the ClusterIP, and a bare DNAT to the same
+// producer (one hand-written rule, see bareDNAT: what any DNAT costs here) — in lockstep: one operation
 // on each target of both nodes in turn (in a random order each round), so that every
 // operation has its baseline's neighbour a few microseconds away and a batch's ratio is the
 // datapath's cost, not the VM's noise (a 2-core machine shared with other work moves rates by
 // ±50 % from one 0.5 s round to the next). Request/response (1 B each way on one connection) and
 // connect (connect, greeting, close) operations. Each target has a client pod of its own; one
 // OS thread runs every operation from them (see pathClient) and times each, in wall time and in
-// its CPU time. Each family is compared with its own pod IP: [magic IPv6]:port with the producer's IPv6 address.
+// its CPU time. Each family is compared with its own pod IP: [magic IPv6]:port with the producer's
+// IPv6 address; the magic IP and the ClusterIP also with the bare DNAT of their family.
 func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 	out := make([]pathSamples, len(e.nodes))
 	for i, bn := range e.nodes {
@@ -208,7 +216,9 @@ func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 		hostPort := func(ip string) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
 		out[i].targets = []pathTarget{{"direct pod IP", hostPort(bn.prod.IP.String()), bn.direct, 0},
 			{"magic IP", hostPort(magicAddr), bn.magic, 0}, {"ClusterIP (kube-proxy, iTP Local)", hostPort(e.clusterIP), bn.service, 0},
-			{"direct pod IPv6", hostPort(bn.prod.IP6.String()), bn.direct6, 3}, {"magic IPv6", hostPort(magicAddr6), bn.magic6, 3}}
+			{bareName, hostPort(bareAddr), bn.bare, 0},
+			{"direct pod IPv6", hostPort(bn.prod.IP6.String()), bn.direct6, 4}, {"magic IPv6", hostPort(magicAddr6), bn.magic6, 4},
+			{bareName + " IPv6", hostPort(bareAddr6), bn.bare6, 4}}
 		for _, t := range out[i].targets {
 			if err := waitAnswer(e.b, t, bn.prod.Name); err != nil {
 				e.b.Fatalf("%s datapath: %v", bn.dp, err)
@@ -511,12 +521,7 @@ func dataPathRows(dp string, s pathSamples) {
 			if t.base == j {
 				continue // a baseline
 			}
-			var rate, cpu []float64
-			for r := range n {
-				base, x := kind.v[t.base][r], kind.v[j][r]
-				rate = append(rate, 100*float64(base.wall)/float64(x.wall))
-				cpu = append(cpu, 100*float64(x.cpu)/float64(base.cpu))
-			}
+			rate, cpu := paired(kind.v[t.base], kind.v[j])
 			base := s.targets[t.base].name
 			fig := fmt.Sprintf("%s %s rate, %% of the %s's (IQR %s %%; client CPU time per op %s %% of the %s's, IQR %s %%)",
 				t.name, kind.what, base, iqr(rate), trim(median(cpu)), base, iqr(cpu))
@@ -524,6 +529,13 @@ func dataPathRows(dp string, s pathSamples) {
 				goal(sc, fig, median(rate), "%", "≥ 95 %", median(rate) >= 95)
 			} else {
 				record(row{Scenario: sc, Figure: fig, Value: median(rate), Unit: "%"})
+			}
+			// The DNAT paths against the bare DNAT of their family: what their own rules cost
+			// beyond the translation itself.
+			if k := bareOf(s.targets, t.base); k >= 0 && k != j {
+				rate, cpu := paired(kind.v[k], kind.v[j])
+				record(row{Scenario: sc, Figure: fmt.Sprintf("%s %s rate, %% of the %s's (IQR %s %%; client CPU time per op %s %%)",
+					t.name, kind.what, s.targets[k].name, iqr(rate), trim(median(cpu))), Value: median(rate), Unit: "%"})
 			}
 		}
 		for j, t := range s.targets {
@@ -534,6 +546,24 @@ func dataPathRows(dp string, s pathSamples) {
 			record(row{Scenario: sc, Figure: fmt.Sprintf("%s %s: rate while it runs (client CPU per op %s µs)", t.name, kind.what, trim(median(cpu))), Value: median(rate), Unit: "/s"})
 		}
 	}
+}
+
+// bareName names the bare DNAT targets (see bareDNAT).
+const bareName = "bare DNAT (one nft rule)"
+
+// bareOf is the index of the bare DNAT target compared with the baseline base, or -1.
+func bareOf(targets []pathTarget, base int) int {
+	return slices.IndexFunc(targets, func(t pathTarget) bool { return t.base == base && strings.HasPrefix(t.name, bareName) })
+}
+
+// paired gives, batch by batch, x's rate as a percentage of base's and x's client CPU time as a
+// percentage of base's.
+func paired(base, x []batch) (rate, cpu []float64) {
+	for r := range base {
+		rate = append(rate, 100*float64(base[r].wall)/float64(x[r].wall))
+		cpu = append(cpu, 100*float64(x[r].cpu)/float64(base[r].cpu))
+	}
+	return rate, cpu
 }
 
 // iqr is the interquartile range of xs as "p25–p75".

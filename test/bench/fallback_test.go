@@ -67,7 +67,7 @@ type fbEnv struct {
 // cluster of its own, the agent with --datapath=nftables (one netlink transaction, no process)
 // next to kube-proxy PreferSameNode, measured in the same rollouts.
 func BenchmarkFallbackRollout(b *testing.B) {
-	n := trials(8, 2)
+	n := trials(16, 2)
 	for _, run := range []struct {
 		name, datapath string
 		peers          []string
@@ -108,7 +108,7 @@ func (e *fbEnv) report(n int) {
 		ds   map[string][]time.Duration
 	}{{"local producer NotReady → answers from node 2's producer", e.toRemote}, {"new local producer Ready → answers from it", e.back}} {
 		a := percentile(fig.ds[ours.name], 50)
-		// max: with 8 rollouts, also the p90 and p99 (nearest rank).
+		// max: with 16 rollouts, also the p99 (nearest rank).
 		for _, pc := range []float64{50, 100} {
 			record(row{Scenario: sc, Figure: fmt.Sprintf("%s, %s %s", ours.name, fig.what, pcName(pc)), Value: percentile(fig.ds[ours.name], pc), Unit: "ms"})
 		}
