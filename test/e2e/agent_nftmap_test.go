@@ -17,37 +17,20 @@ import (
 
 // The nftables datapath DNATs through maps: the services chain looks the packet's magic address .
 // protocol . port up in the verdict map dispatch (dispatch6), whose element goes to the spread
-// chain of the service's number of producers; that chain's rule loads the same key into the
-// registers from NFT_REG_1 on, numgen random mod n picks the slot after it, and the map endpoints
+// chain of the service's number of producers; that chain's rule loads the same key from the
+// packet into the registers from NFT_REG_1 on, numgen random mod n picks the slot after it, and the map endpoints
 // (endpoints6) gives the producer of that slot. These read such rules back as text, and list each
 // service's dispatch element and the producers it can send to, as the rules of old did.
 
-// nftMapDNATText renders a DNAT through map set (a lookup writing the NAT's registers): imm holds
-// the immediates by register, numgen the numgen's text.
-func nftMapDNATText(nat *expr.NAT, imm map[uint32][]byte, numgen, set string) string {
-	key := nftServiceKey(imm)
-	fam, alen := "ip", 4
+// nftMapDNATText renders a DNAT through map set (a lookup writing the NAT's registers), its key
+// loaded from the packet: numgen is the text of the whole concatenation, the numgen its last
+// field.
+func nftMapDNATText(nat *expr.NAT, numgen, set string) string {
+	fam := "ip"
 	if nat.Family == unix.NFPROTO_IPV6 {
-		fam, alen = "ip6", 16
+		fam = "ip6"
 	}
-	if len(key) == 0 { // loaded from the packet: numgen is the whole concatenation
-		return fmt.Sprintf("dnat %s to %s map @%s", fam, numgen, set)
-	}
-	if len(key) != alen+8 {
-		return fmt.Sprintf("dnat %s to key %x . %s map @%s", fam, key, numgen, set)
-	}
-	a, _ := netip.AddrFromSlice(key[:alen])
-	proto := map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[key[alen]]
-	return fmt.Sprintf("dnat %s to %s . %s . %d . %s map @%s", fam, a, proto, binary.BigEndian.Uint16(key[alen+4:]), numgen, set)
-}
-
-// nftServiceKey is the key the immediates wrote from NFT_REG_1 on (16 bytes a register).
-func nftServiceKey(imm map[uint32][]byte) []byte {
-	var key []byte
-	for r := uint32(unix.NFT_REG_1); len(imm[r]) > 0; r++ {
-		key = append(key, imm[r]...)
-	}
-	return key
+	return fmt.Sprintf("dnat %s to %s map @%s", fam, numgen, set)
 }
 
 // nftMapElements lists, for the services chain's lookup in a dispatch map, each element of that

@@ -70,7 +70,7 @@ func nftRuleText(exprs []expr.Any) string {
 			imm[e.Register] = e.Data
 		case *expr.NAT:
 			if mapped != "" {
-				out = append(out, nftMapDNATText(e, imm, subject, mapped))
+				out = append(out, nftMapDNATText(e, subject, mapped))
 				continue
 			}
 			a, _ := netip.AddrFromSlice(imm[e.RegAddrMin])
