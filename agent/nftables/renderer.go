@@ -242,7 +242,6 @@ func (r *Renderer) spreads(in Input, changed []int) bool {
 	return true
 }
 
-// address builds the rules of one magic address.
 // service returns the rules of s kept from the last call (its dispatch entry and elements are
 // rebuilt by dispatchFor when its producers changed), or new ones.
 func (r *Renderer) service(s Service, prev map[serviceID]*serviceRules) *serviceRules {
