@@ -55,17 +55,28 @@ func testAgentDriftRepair(t *testing.T, b backend) {
 	ctx := t.Context()
 	eventually(t, 10*time.Second, "served", b.onlyAnswers(e.consumer.Netns, p.Name))
 
+	syncs, err := metric(ctx, e.node, "magic_ip_agent_sync_duration_seconds_count")
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncsReach := func(want float64) {
+		eventually(t, 10*time.Second, fmt.Sprintf("%v syncs", want), func(ctx context.Context) error {
+			if n, err := metric(ctx, e.node, "magic_ip_agent_sync_duration_seconds_count"); err != nil || n < want {
+				return fmt.Errorf("syncs %v (err %v), want ≥ %v", n, err, want)
+			}
+			return nil
+		})
+	}
+	// The baseline is read after one more sync: the write that served the consumer is counted
+	// when its sync returns, a little after its rules answer, and the producer's own events may
+	// bring one more write right after (CI saw "writes 0 → 1" and "1 → 2" with the baseline read
+	// at once).
+	syncsReach(syncs + 1)
 	writes, err := metric(ctx, e.node, "magic_ip_agent_rule_writes_total")
 	if err != nil {
 		t.Fatal(err)
 	}
-	syncs, _ := metric(ctx, e.node, "magic_ip_agent_sync_duration_seconds_count")
-	eventually(t, 10*time.Second, "two more (full) syncs", func(ctx context.Context) error {
-		if n, err := metric(ctx, e.node, "magic_ip_agent_sync_duration_seconds_count"); err != nil || n < syncs+2 {
-			return fmt.Errorf("syncs %v (err %v), want ≥ %v", n, err, syncs+2)
-		}
-		return nil
-	})
+	syncsReach(syncs + 3) // two more (full) syncs, idle
 	if now, _ := metric(ctx, e.node, "magic_ip_agent_rule_writes_total"); now != writes {
 		t.Errorf("idle resyncs wrote rules: writes %v → %v", writes, now)
 	}
