@@ -16,6 +16,8 @@ command -v nsenter >/dev/null && command -v unshare >/dev/null || need+=(util-li
 # The images (hack/images.sh): buildah builds them, debootstrap makes the local base stand-ins.
 command -v buildah >/dev/null || need+=(buildah)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# The benchmarks (test/bench/kernelprofile_test.go): perf profiles a new connection's CPU.
+command -v perf >/dev/null || need+=(linux-perf)
 [[ ${#need[@]} -eq 0 ]] && exit 0
 if [[ $(id -u) -ne 0 ]]; then
 	echo "prereqs: missing ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2
