@@ -176,7 +176,7 @@ func udpChanges(prev *State, next State) []Service {
 		}
 		old, ok := before[udpKey(svc)]
 		delete(before, udpKey(svc))
-		if prev == nil || !ok || !sameProducers(old.Endpoints, svc.Endpoints) {
+		if prev == nil || !ok || !sameProducers(old.Endpoints, svc.Endpoints) && staleFlows(old.Endpoints, svc.Endpoints) {
 			out = append(out, svc)
 		}
 	}
@@ -201,7 +201,7 @@ func udpChangesInPlace(prev, next []Service) (out []Service, ok bool) {
 		if old.Protocol != svc.Protocol || old.Port != svc.Port || old.Address != svc.Address {
 			return nil, false
 		}
-		if svc.Protocol == v1alpha1.ProtocolUDP && !sameProducers(old.Endpoints, svc.Endpoints) {
+		if svc.Protocol == v1alpha1.ProtocolUDP && !sameProducers(old.Endpoints, svc.Endpoints) && staleFlows(old.Endpoints, svc.Endpoints) {
 			out = append(out, *svc)
 		}
 	}
@@ -213,6 +213,26 @@ func udpChangesInPlace(prev, next []Service) (out []Service, ok bool) {
 // from the last State) is not compared.
 func sameProducers(a, b []Endpoint) bool {
 	return memo.Same(a, b) || slices.EqualFunc(a, b, func(x, y Endpoint) bool { return x.Pod == y.Pod && x.Addr == y.Addr })
+}
+
+// staleFlows tells whether a UDP service whose producers went from a to b may have flows that
+// no longer reach a producer of b: one of a is gone (its flows would keep going to it), or a was
+// empty (the service refused or dropped, and its flows' conntrack entries carry no translation,
+// so the new DNAT would never apply to them). Producers only added beside those in use leave
+// every flow on a producer that still serves, as kube-proxy does (it clears UDP entries of
+// removed endpoints and of services that had none): no flush, whose dump walks the kernel's
+// whole conntrack hash (some 9 ms on a 2-core VM, every namespace's buckets) — in a rollout, the
+// new producer's Ready costs none, the old one's NotReady one.
+func staleFlows(a, b []Endpoint) bool {
+	if len(a) == 0 {
+		return true
+	}
+	for _, x := range a {
+		if !slices.ContainsFunc(b, func(y Endpoint) bool { return y.Pod == x.Pod && y.Addr == x.Addr }) {
+			return true
+		}
+	}
+	return false
 }
 
 func udpKey(s Service) netip.AddrPort { return netip.AddrPortFrom(s.Address, uint16(s.Port)) }

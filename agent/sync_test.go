@@ -29,7 +29,7 @@ func terminatingEndpoints(s Service) Service {
 }
 
 // TestUDPChanges: every UDP service that disappears or changes is flushed, not only those that
-// still exist.
+// still exist — unless its producers were only added to (its flows still reach theirs).
 func TestUDPChanges(t *testing.T) {
 	stats := udpService("dd", testAddr, 8125, "dd/a")
 	tcp := stats
@@ -47,6 +47,21 @@ func TestUDPChanges(t *testing.T) {
 		},
 		"producers changed": {
 			prev: &State{Services: []Service{stats}}, next: State{Services: []Service{udpService("dd", testAddr, 8125, "dd/b", "dd/c")}},
+			want: []string{"169.254.210.210:8125"},
+		},
+		"a producer added beside the one in use: its flows stay": {
+			prev: &State{Services: []Service{stats}}, next: State{Services: []Service{udpService("dd", testAddr, 8125, "dd/a", "dd/b")}}, want: nil,
+		},
+		"one of two producers gone": {
+			prev: &State{Services: []Service{udpService("dd", testAddr, 8125, "dd/a", "dd/b")}}, next: State{Services: []Service{stats}},
+			want: []string{"169.254.210.210:8125"},
+		},
+		"the first producer of a service that had none (its flows were refused, untranslated)": {
+			prev: &State{Services: []Service{udpService("dd", testAddr, 8125)}}, next: State{Services: []Service{stats}},
+			want: []string{"169.254.210.210:8125"},
+		},
+		"the last producer gone": {
+			prev: &State{Services: []Service{stats}}, next: State{Services: []Service{udpService("dd", testAddr, 8125)}},
 			want: []string{"169.254.210.210:8125"},
 		},
 		"service gone (MagicIP deleted, conflict lost, invalid, interface failed)": {
