@@ -32,7 +32,8 @@ import (
 // kube-proxy (iptables mode, both nodes, a Service with internalTrafficPolicy Local on the same
 // producers: the `nft` binary its nftables mode needs is not installed here); the data path
 // through the magic IP and the ClusterIP as paired ratios to the pod IP (see dataPath); each
-// agent's resident memory at the end.
+// agent's resident memory after it; then where a new connection's CPU goes (perf, see
+// kernelProfile), with 1 MagicIP and again with 1,000 on each node.
 func BenchmarkBackends(b *testing.B) {
 	e := setupBackends(b)
 	alone := e.convergence(trials(40, 3))
