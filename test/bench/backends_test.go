@@ -332,37 +332,46 @@ func (e *backendsEnv) dataPath(batches, perBatch int) []pathSamples {
 // the other one), which moved the medians of a run by several per cent from one run to the next.
 func lockstep(b *testing.B, targets []pathTarget, crr bool, batches, perBatch int) ([][]batch, error) {
 	out := make([][]batch, len(targets))
+	err := onClientThread(b, targets, crr, func(c *pathClient) error {
+		rnd := rand.New(rand.NewPCG(1, 2))
+		for range batches {
+			sums := make([]batch, len(targets))
+			for range perBatch {
+				for _, j := range rnd.Perm(len(targets)) {
+					res := c.do(j)
+					if res.err != nil {
+						return fmt.Errorf("%s (%s): %w", targets[j].name, targets[j].addr, res.err)
+					}
+					sums[j].ops++
+					sums[j].wall += res.wall
+					sums[j].cpu += res.cpu
+				}
+			}
+			for j := range targets {
+				out[j] = append(out[j], sums[j])
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// onClientThread runs f with a pathClient of targets (crr: for connects) on an OS thread of its
+// own, locked and never unlocked (the thread enters the client pods' namespaces, so it must not
+// go back to the scheduler), and returns f's error once it is done.
+func onClientThread(b *testing.B, targets []pathTarget, crr bool, f func(*pathClient) error) error {
 	done := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread has entered other namespaces
-		done <- func() error {
-			c, err := newPathClient(b, targets, crr)
-			if err != nil {
-				return err
-			}
-			defer c.close()
-			rnd := rand.New(rand.NewPCG(1, 2))
-			for range batches {
-				sums := make([]batch, len(targets))
-				for range perBatch {
-					for _, j := range rnd.Perm(len(targets)) {
-						res := c.do(j)
-						if res.err != nil {
-							return fmt.Errorf("%s (%s): %w", targets[j].name, targets[j].addr, res.err)
-						}
-						sums[j].ops++
-						sums[j].wall += res.wall
-						sums[j].cpu += res.cpu
-					}
-				}
-				for j := range targets {
-					out[j] = append(out[j], sums[j])
-				}
-			}
-			return nil
-		}()
+		runtime.LockOSThread()
+		c, err := newPathClient(b, targets, crr)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.close()
+		done <- f(c)
 	}()
-	return out, <-done
+	return <-done
 }
 
 // pathClient is every target's client on the calling OS thread (locked, never returned to the

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,17 +36,18 @@ const profileHz = 4000
 // — rules and conntrack entries read or written over netlink by the agents and kube-proxy, which
 // run beside the connects).
 func kernelPart(sym string) string {
+	name := strings.TrimLeft(sym, "_") // __nf_conntrack_find_get is conntrack's as nf_conntrack_in is
 	switch {
 	case strings.Contains(sym, "idle") || strings.HasSuffix(sym, "safe_halt"):
 		return "idle"
-	case hasAnyPrefix(sym, "br_", "__br_", "nbp_"): // br_nf_*: the bridge's hand-over to netfilter
+	case hasAnyPrefix(name, "br_", "nbp_"): // br_nf_*: the bridge's hand-over to netfilter
 		return "bridge"
-	case hasAnyPrefix(strings.TrimLeft(sym, "_"), "nft_", "nf_", "ipt_", "ip6t_", "xt_", "ipv4_conntrack", "ipv6_conntrack", "ctnetlink", "nfnetlink"):
-		if controlPlane(strings.TrimLeft(sym, "_")) {
+	case hasAnyPrefix(name, "nft_", "nf_", "ipt_", "ip6t_", "xt_", "ipv4_conntrack", "ipv6_conntrack", "ctnetlink", "nfnetlink"):
+		if controlPlane(name) {
 			return ""
 		}
 		return "netfilter"
-	case hasAnyPrefix(strings.TrimLeft(sym, "_"), "ip_route_", "ip6_route_", "ip6_pol_route", "fib", "rt6_", "ip_rt_", "ipv4_dst_", "dst_"):
+	case hasAnyPrefix(name, "ip_route_", "ip6_route_", "ip6_pol_route", "fib", "rt6_", "ip_rt_", "ipv4_dst_", "dst_"):
 		return "routing"
 	}
 	return ""
@@ -198,56 +198,47 @@ func kernelProfile(b *testing.B, targets []pathTarget, rounds int, window time.D
 	for i := range out {
 		out[i].samples = map[string]int{}
 	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread enters the client pods' namespaces
-		done <- func() error {
-			c, err := newPathClient(b, targets, true)
-			if err != nil {
-				return err
-			}
-			defer c.close()
-			dir := b.TempDir()
-			rnd := rand.New(rand.NewPCG(3, 4))
-			for range rounds {
-				for _, j := range rnd.Perm(len(targets)) {
-					p, err := startPerf(dir)
-					if err != nil {
-						return err
-					}
-					if err := p.command("enable"); err != nil {
+	err := onClientThread(b, targets, true, func(c *pathClient) error {
+		dir := b.TempDir()
+		rnd := rand.New(rand.NewPCG(3, 4))
+		for range rounds {
+			for _, j := range rnd.Perm(len(targets)) {
+				p, err := startPerf(dir)
+				if err != nil {
+					return err
+				}
+				if err := p.command("enable"); err != nil {
+					_, _ = p.stop()
+					return err
+				}
+				ops := 0
+				for end := time.Now().Add(window); time.Now().Before(end); ops++ {
+					if res := c.do(j); res.err != nil {
 						_, _ = p.stop()
-						return err
+						return fmt.Errorf("%s (%s): %w", targets[j].name, targets[j].addr, res.err)
 					}
-					ops := 0
-					for end := time.Now().Add(window); time.Now().Before(end); ops++ {
-						if res := c.do(j); res.err != nil {
-							_, _ = p.stop()
-							return fmt.Errorf("%s (%s): %w", targets[j].name, targets[j].addr, res.err)
-						}
+				}
+				err = p.command("disable")
+				syms, serr := p.stop()
+				if err = errors.Join(err, serr); err != nil {
+					return err
+				}
+				out[j].ops += ops
+				for sym, n := range syms {
+					part := kernelPart(sym)
+					if part == "idle" {
+						continue
 					}
-					err = p.command("disable")
-					syms, serr := p.stop()
-					if err = errors.Join(err, serr); err != nil {
-						return err
-					}
-					out[j].ops += ops
-					for sym, n := range syms {
-						part := kernelPart(sym)
-						if part == "idle" {
-							continue
-						}
-						out[j].samples["all"] += n
-						if part != "" {
-							out[j].samples[part] += n
-						}
+					out[j].samples["all"] += n
+					if part != "" {
+						out[j].samples[part] += n
 					}
 				}
 			}
-			return nil
-		}()
-	}()
-	return out, <-done
+		}
+		return nil
+	})
+	return out, err
 }
 
 // kernelProfileRows records one node's profile (what: how many MagicIPs it served): per target
