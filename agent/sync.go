@@ -212,8 +212,11 @@ func udpChangesInPlace(prev, next []Service) (out []Service, ok bool) {
 // still in use keeps its flows (they would be redirected to it again anyway). The same list (kept
 // from the last State) is not compared.
 func sameProducers(a, b []Endpoint) bool {
-	return memo.Same(a, b) || slices.EqualFunc(a, b, func(x, y Endpoint) bool { return x.Pod == y.Pod && x.Addr == y.Addr })
+	return memo.Same(a, b) || slices.EqualFunc(a, b, sameProducer)
 }
+
+// sameProducer tells two endpoints of one producer: the same pod at the same address.
+func sameProducer(x, y Endpoint) bool { return x.Pod == y.Pod && x.Addr == y.Addr }
 
 // staleFlows tells whether a UDP service whose producers went from a to b may have flows that
 // no longer reach a producer of b: one of a is gone (its flows would keep going to it), or a was
@@ -228,7 +231,7 @@ func staleFlows(a, b []Endpoint) bool {
 		return true
 	}
 	for _, x := range a {
-		if !slices.ContainsFunc(b, func(y Endpoint) bool { return y.Pod == x.Pod && y.Addr == x.Addr }) {
+		if !slices.ContainsFunc(b, func(y Endpoint) bool { return sameProducer(x, y) }) {
 			return true
 		}
 	}
