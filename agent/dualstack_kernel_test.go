@@ -340,9 +340,33 @@ func TestNoIPv6Node(t *testing.T) {
 	}
 }
 
-// TestDualStackUDPFlush: with each datapath, a client reusing one UDP socket to the IPv6 magic
-// address follows a producer change at once: the sync deletes the IPv6 conntrack entries of the
-// service whose producers changed (without, the socket's flow would stay with the old producer).
+// syncerIn returns a function that syncs a State into node (not a full sync) with one Syncer, on
+// the datapath open makes at its first call.
+func syncerIn(t *testing.T, node *harness.Netns, open func(*Iptables) (Datapath, error)) func(State) {
+	var s *Syncer
+	return func(st State) {
+		t.Helper()
+		inNetns(t, node, func(ipt *Iptables, links *Links) error {
+			if s == nil {
+				dp, err := open(ipt)
+				if err != nil {
+					return err
+				}
+				s = &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
+			}
+			s.Links = links
+			_, err := s.Sync(context.Background(), st, false)
+			return err
+		})
+	}
+}
+
+// TestDualStackUDPFlush: with each datapath and in each family, a client reusing one UDP socket
+// to the magic address follows a producer change at once: a sync that takes the producer in use
+// away deletes the service's conntrack entries of that family, and the same socket reaches the
+// producer left (without, its flow would stay with the one gone). A sync that only adds a
+// producer beside the one in use keeps those flows — the same conntrack entry, still answered by
+// the first producer — and spares the flush's dump.
 func TestDualStackUDPFlush(t *testing.T) {
 	for name, open := range kernelDatapaths() {
 		t.Run(name, func(t *testing.T) {
@@ -350,41 +374,83 @@ func TestDualStackUDPFlush(t *testing.T) {
 			prod2 := harness.TestNetns(t, "fl"+name[:3]+"q")
 			wireDual(t, n.node, prod2, "vethq", 4, true)
 			prod2.ServeUDP(t, 8053, "producer2")
-			st := dualStackState()
-			moved := dualStackState()
-			for i, s := range moved.Services {
-				if s.Address == magic6 && s.PortName == "udp" {
-					moved.Services[i].Endpoints = []Endpoint{{Pod: "ns/prod2", Addr: netip.MustParseAddrPort("[fd00:4::2]:8053")}}
+			// withUDP is dualStackState with the UDP service's producers of each family set to
+			// those named (1: the producer, 2: prod2).
+			withUDP := func(which ...int) State {
+				st := dualStackState()
+				for i, s := range st.Services {
+					if s.PortName != "udp" {
+						continue
+					}
+					var eps []Endpoint
+					for _, w := range which {
+						addr := netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf("10.%d.0.2", 2*w)), 8053)
+						if s.Address.Is6() {
+							addr = netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf("fd00:%d::2", 2*w)), 8053)
+						}
+						eps = append(eps, Endpoint{Pod: fmt.Sprintf("ns/prod%d", w), Addr: addr})
+					}
+					st.Services[i].Endpoints = eps
+				}
+				return st
+			}
+			sync := syncerIn(t, n.node, open)
+			// flowIDs are the ids of the node's UDP conntrack entries sent to a (none: "").
+			flowIDs := func(a netip.Addr) string {
+				t.Helper()
+				out, err := n.node.Run(t.Context(), "conntrack", "-L", "-p", "udp", "-d", a.String(), "-o", "id")
+				if err != nil {
+					t.Fatalf("conntrack -L -d %s: %v: %s", a, err, out)
+				}
+				var ids []string
+				for _, f := range strings.Fields(out) {
+					if strings.HasPrefix(f, "id=") {
+						ids = append(ids, f)
+					}
+				}
+				return strings.Join(ids, " ")
+			}
+			sync(withUDP(1))
+			type flow struct {
+				addr netip.Addr
+				sock *harness.UDPClient
+				ids  string
+			}
+			var flows []*flow
+			for _, a := range []netip.Addr{magic4, magic6} {
+				u, err := n.client.DialUDP(netip.AddrPortFrom(a, 53).String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer u.Close()
+				if got, err := u.Exchange(t.Context()); got != "producer" {
+					t.Fatalf("%s: first exchange %q (%v), want producer", a, got, err)
+				}
+				f := &flow{addr: a, sock: u, ids: flowIDs(a)}
+				if f.ids == "" {
+					t.Fatalf("%s: no conntrack entry after an exchange", a)
+				}
+				flows = append(flows, f)
+			}
+			sync(withUDP(1, 2))
+			for _, f := range flows {
+				if ids := flowIDs(f.addr); ids != f.ids {
+					t.Errorf("%s: conntrack entries %q after a producer was only added, want %q kept", f.addr, ids, f.ids)
+				}
+				for i := range 3 {
+					if got, err := f.sock.Exchange(t.Context()); got != "producer" {
+						t.Errorf("%s: exchange %d after a producer was added: %q (%v), want the first producer still", f.addr, i, got, err)
+					}
 				}
 			}
-			var s *Syncer
-			sync := func(st State) {
-				t.Helper()
-				inNetns(t, n.node, func(ipt *Iptables, links *Links) error {
-					if s == nil {
-						dp, err := open(ipt)
-						if err != nil {
-							return err
-						}
-						s = &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
-					}
-					s.Links = links
-					_, err := s.Sync(context.Background(), st, false)
-					return err
-				})
-			}
-			sync(st)
-			u, err := n.client.DialUDP(netip.AddrPortFrom(magic6, 53).String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer u.Close()
-			if got, err := u.Exchange(t.Context()); got != "producer" {
-				t.Fatalf("first exchange: %q (%v), want producer", got, err)
-			}
-			sync(moved)
-			if got, err := u.Exchange(t.Context()); got != "producer2" {
-				t.Errorf("same socket after the producer changed: %q (%v), want producer2", got, err)
+			sync(withUDP(2))
+			for _, f := range flows {
+				if ids := flowIDs(f.addr); ids != "" {
+					t.Errorf("%s: conntrack entries %q after the producer in use went, want none", f.addr, ids)
+				}
+				if got, err := f.sock.Exchange(t.Context()); got != "producer2" {
+					t.Errorf("%s: same socket after its producer went: %q (%v), want producer2", f.addr, got, err)
+				}
 			}
 		})
 	}
