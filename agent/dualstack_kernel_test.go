@@ -109,6 +109,27 @@ func dualStackState() State {
 	return st
 }
 
+// syncClean syncs st into node (a full sync) with the datapath open makes, then checks that a
+// second full sync finds every rule as written: it writes nothing and repairs nothing.
+func syncClean(t *testing.T, node *harness.Netns, open func(*Iptables) (Datapath, error), st State) {
+	t.Helper()
+	inNetns(t, node, func(ipt *Iptables, links *Links) error {
+		dp, err := open(ipt)
+		if err != nil {
+			return err
+		}
+		s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
+		if _, err := s.Sync(context.Background(), st, true); err != nil {
+			return err
+		}
+		res, err := s.Sync(context.Background(), st, true)
+		if err == nil && (res.Wrote || len(res.Drift) > 0) {
+			t.Errorf("a full resync of the same State wrote %v, drift %q; want nothing", res.Wrote, res.Drift)
+		}
+		return err
+	})
+}
+
 // kernelDatapaths open each datapath in the calling thread's namespace (inside inNetns).
 func kernelDatapaths() map[string]func(ipt *Iptables) (Datapath, error) {
 	local := ExternalInterfaces("ext0")
@@ -157,22 +178,7 @@ func TestDualStackTraffic(t *testing.T) {
 	for name, open := range kernelDatapaths() {
 		t.Run(name, func(t *testing.T) {
 			n := newDualStackNode(t, "ds"+name[:3])
-			inNetns(t, n.node, func(ipt *Iptables, links *Links) error {
-				dp, err := open(ipt)
-				if err != nil {
-					return err
-				}
-				s := &Syncer{Datapath: dp, Links: links, Log: logr.Discard()}
-				if _, err := s.Sync(context.Background(), dualStackState(), true); err != nil {
-					return err
-				}
-				// Read back, both families' rules are what was written: a resync repairs nothing.
-				res, err := s.Sync(context.Background(), dualStackState(), true)
-				if err == nil && (res.Wrote || len(res.Drift) > 0) {
-					t.Errorf("a full resync of the same State wrote %v, drift %q; want nothing", res.Wrote, res.Drift)
-				}
-				return err
-			})
+			syncClean(t, n.node, open, dualStackState())
 			for _, a := range []netip.Addr{magic4, magic6} {
 				for _, c := range []struct {
 					from  *harness.Netns

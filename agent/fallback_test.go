@@ -116,7 +116,7 @@ func TestRenderFallback(t *testing.T) {
 	if got := rs.Chains["nat"][svcChain(svc)]; !slices.Equal(got, wantDNAT) {
 		t.Errorf("service chain:\n got %q\nwant %q", got, wantDNAT)
 	}
-	if hp := rs.Chains["nat"][hairpinChain(svc.Address)]; len(hp) != 0 {
+	if hp := rs.Chains["nat"][chainHairpin]; len(hp) != 0 {
 		t.Errorf("hairpin rules for remote producers: %q", hp)
 	}
 	for _, r := range rs.Chains["nat"][chainPost] {

@@ -93,17 +93,25 @@ func everyShape() State {
 
 // withOtherShapes adds rules of shapes Render writes in other configurations: the node-local
 // matches of every --detect-local-mode other than NodeAddresses, a hairpin MASQUERADE spelled
-// with "/32" after --ctorigdst, and refusals of NEW connections on other ports.
+// with "/32" after --ctorigdst, refusals of NEW connections on other ports, the host clients'
+// jump without a prefix, and MAGIC-IP-SERVICES split into a tree of address blocks (many
+// services).
 func withOtherShapes(rs Ruleset) Ruleset {
 	nat, filter := rs.Chains["nat"], rs.Chains["filter"]
-	addr := []netip.Addr{netip.MustParseAddr("169.254.210.210")}
 	for _, d := range []*LocalDetector{
 		{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}}},
 		{Mode: BridgeInterface, Local: []LocalMatch{{Interface: "cni0"}}},
 		{Mode: InterfaceNamePrefix, Local: []LocalMatch{{Interface: "veth+"}, {Interface: "cali+"}}},
 	} {
-		nat[chainPrerouting] = append(nat[chainPrerouting], d.prerouting(addr)...)
+		nat[chainPrerouting] = append(nat[chainPrerouting], d.dispatch(IPv4)...)
 	}
+	nat[chainPost] = append(nat[chainPost], hostsJump([]netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("255.1.1.1")}))
+	var lines []dispatchLine
+	for i := range 3 * blockLeaf {
+		a := netip.AddrFrom4([4]byte{169, 254, byte(i % 7), byte(i)})
+		lines = append(lines, dispatchLine{a, fmt.Sprintf(`-d %s/32 -p tcp -m tcp --dport 80 -m comment --comment "many:%d" -j %s`, a, i, chainServices)})
+	}
+	splitDispatch(nat, blockPrefix+"TEST", lines)
 	nat[chainPost] = append(nat[chainPost],
 		`-s 10.244.1.10/32 -d 10.244.1.10/32 -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210/32 -m comment --comment "datadog:apm hairpin: ns/datadog-0" -j MASQUERADE`)
 	filter[chainInput] = append(filter[chainInput],

@@ -74,43 +74,43 @@ func (m LocalMatch) String() string {
 	return "arriving on " + m.Interface
 }
 
-// prerouting renders MAGIC-IP-PREROUTING: off-node traffic returns unredirected, node-local traffic
-// to a magic address goes on to MAGIC-IP-SERVICES. A nil detector counts every source as node-local.
-// Rules are written as iptables-save prints them (-s, -d, -i, then matches).
-func (d *LocalDetector) prerouting(addrs []netip.Addr) []string {
+// external renders the start of MAGIC-IP-PREROUTING in NodeAddresses mode: traffic arriving on an
+// external interface returns unredirected. Rules are written as iptables-save prints them (-s,
+// -d, -i, then matches).
+func (d *LocalDetector) external() []string {
 	var out []string
 	if d != nil && d.Mode == NodeAddresses {
 		for _, ifc := range d.External {
 			out = append(out, fmt.Sprintf(`-i %s -m comment --comment "external interface: not node-local" -j RETURN`, ifc))
 		}
 	}
-	for _, a := range addrs {
-		out = append(out, d.dispatchTo(a)...)
-	}
 	return out
 }
 
-// dispatchTo is the part of prerouting for one magic address.
-func (d *LocalDetector) dispatchTo(a netip.Addr) []string {
+// dispatch renders the end of MAGIC-IP-PREROUTING, after the guard (notMagic) let through only
+// packets inside the magic addresses' prefix: node-local traffic of family fam goes on to
+// MAGIC-IP-SERVICES, which matches each service's exact address. No rule per address: a new
+// connection to the last of 1,000 MagicIPs walked 1,000 of them first. A nil detector counts
+// every source as node-local.
+func (d *LocalDetector) dispatch(fam Family) []string {
 	if d == nil || d.Mode == NodeAddresses {
-		return []string{fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices)}
+		return []string{"-j " + chainServices}
 	}
 	var out []string
 	for _, m := range d.Local {
-		if m.Source.IsValid() && m.Source.Addr().Is4() != a.Is4() {
+		if m.Source.IsValid() && m.Source.Addr().Is4() != (fam == IPv4) {
 			continue // a pod CIDR of the other family
 		}
-		out = append(out, m.dispatch(a, d.Mode))
+		out = append(out, m.dispatch(d.Mode))
 	}
 	return out
 }
 
-func (m LocalMatch) dispatch(a netip.Addr, mode LocalMode) string {
+func (m LocalMatch) dispatch(mode LocalMode) string {
 	var b strings.Builder
 	if m.Source.IsValid() {
 		fmt.Fprintf(&b, "-s %s ", m.Source.Masked())
 	}
-	fmt.Fprintf(&b, "-d %s ", hostCIDR(a))
 	if m.Interface != "" {
 		fmt.Fprintf(&b, "-i %s ", m.Interface)
 	}

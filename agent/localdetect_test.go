@@ -179,27 +179,22 @@ func TestLocalPrerouting(t *testing.T) {
 	}{
 		"nil: every source is local": {nil, []string{
 			`! -d 169.254.0.0/22 -m comment --comment "not a magic address" -j RETURN`,
-			"-d 169.254.1.1/32 -j MAGIC-IP-SERVICES",
-			"-d 169.254.2.2/32 -j MAGIC-IP-SERVICES",
+			"-j MAGIC-IP-SERVICES",
 		}},
 		"NodeAddresses": {ExternalInterfaces("eth0", "ens6"), []string{
 			`-i eth0 -m comment --comment "external interface: not node-local" -j RETURN`,
 			`-i ens6 -m comment --comment "external interface: not node-local" -j RETURN`,
 			`! -d 169.254.0.0/22 -m comment --comment "not a magic address" -j RETURN`,
-			"-d 169.254.1.1/32 -j MAGIC-IP-SERVICES",
-			"-d 169.254.2.2/32 -j MAGIC-IP-SERVICES",
+			"-j MAGIC-IP-SERVICES",
 		}},
 		"NodeCIDR": {&LocalDetector{Mode: NodeCIDR, Local: []LocalMatch{{Source: netip.MustParsePrefix("10.244.1.0/24")}}}, []string{
 			`! -d 169.254.0.0/22 -m comment --comment "not a magic address" -j RETURN`,
-			`-s 10.244.1.0/24 -d 169.254.1.1/32 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`,
-			`-s 10.244.1.0/24 -d 169.254.2.2/32 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`,
+			`-s 10.244.1.0/24 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`,
 		}},
 		"InterfaceNamePrefix": {&LocalDetector{Mode: InterfaceNamePrefix, Local: []LocalMatch{{Interface: "veth+"}, {Interface: "lxc+"}}}, []string{
 			`! -d 169.254.0.0/22 -m comment --comment "not a magic address" -j RETURN`,
-			`-d 169.254.1.1/32 -i veth+ -m comment --comment "node-local (InterfaceNamePrefix)" -j MAGIC-IP-SERVICES`,
-			`-d 169.254.1.1/32 -i lxc+ -m comment --comment "node-local (InterfaceNamePrefix)" -j MAGIC-IP-SERVICES`,
-			`-d 169.254.2.2/32 -i veth+ -m comment --comment "node-local (InterfaceNamePrefix)" -j MAGIC-IP-SERVICES`,
-			`-d 169.254.2.2/32 -i lxc+ -m comment --comment "node-local (InterfaceNamePrefix)" -j MAGIC-IP-SERVICES`,
+			`-i veth+ -m comment --comment "node-local (InterfaceNamePrefix)" -j MAGIC-IP-SERVICES`,
+			`-i lxc+ -m comment --comment "node-local (InterfaceNamePrefix)" -j MAGIC-IP-SERVICES`,
 		}},
 		"a local mode with nothing to match redirects nothing": {&LocalDetector{Mode: NodeCIDR}, []string{`! -d 169.254.0.0/22 -m comment --comment "not a magic address" -j RETURN`}},
 	}

@@ -11,8 +11,8 @@ import (
 func TestRestoreChanges(t *testing.T) {
 	ref := referenceState()
 	svcChainOf := func(st State, i int) string { return svcChain(st.Services[i]) }
-	// The address's hairpin chain changes with the set of its producer IPs; POSTROUTING does not.
-	hairpin := hairpinChain(ref.Services[0].Address)
+	// The hairpin chain changes with the set of local producer IPs; POSTROUTING does not.
+	hairpin := chainHairpin
 	hairpinA := "-A " + hairpin + ` -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE`
 	tests := map[string]struct {
 		next func() State

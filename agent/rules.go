@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"cmp"
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
@@ -24,8 +23,10 @@ const (
 	chainPost       = "MAGIC-IP-POSTROUTING"
 	chainServices   = "MAGIC-IP-SERVICES"
 	chainInput      = "MAGIC-IP-INPUT"
+	chainHosts      = "MAGIC-IP-HOSTS"
+	chainHairpin    = "MAGIC-IP-HAIRPIN"
 	svcChainPrefix  = "MAGIC-IP-SVC-"
-	hairpinPrefix   = "MAGIC-IP-HP-"
+	blockPrefix     = "MAGIC-IP-BLK-"
 )
 
 // Jump is a rule in a built-in chain that sends packets to one of our chains; it must be first.
@@ -51,12 +52,6 @@ func (j Jump) Spec() []string {
 func IsOurs(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) }
 
 // svcChain names the chain of one service: prefix + a short hash of what it serves.
-// hairpinChain names the hairpin chain of one magic address: prefix + a short hash of it.
-func hairpinChain(a netip.Addr) string {
-	h := sha256.Sum256([]byte("hairpin/" + a.String()))
-	return hairpinPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
-}
-
 func svcChain(s Service) string {
 	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", s.Key(), s.Address, s.Port, s.Protocol))
 	return svcChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
@@ -99,12 +94,15 @@ type Renderer struct {
 	services map[serviceID]*serviceLines
 	addrs    map[netip.Addr]*addressLines
 	hairpins map[Endpoint]string
+	// refs counts the local producers' endpoints behind the hairpin chain; hairpinIPs are the
+	// chain's IPs, one per rule, in its order. See hairpinRefs.
+	refs       hairpinRefs
+	hairpinIPs []netip.Addr
 
-	// last and out are the State (its services of Family) and the Ruleset of the last call;
-	// byAddr lists the indices of last's services per address. See update.
-	last   State
-	out    Ruleset
-	byAddr map[netip.Addr][]int
+	// last and out are the State (its services of Family) and the Ruleset of the last call. See
+	// update.
+	last State
+	out  Ruleset
 }
 
 // serviceID is what a service's match lines depend on (its endpoints are compared apart).
@@ -126,10 +124,8 @@ type serviceLines struct {
 }
 
 type addressLines struct {
-	prerouting               []string
-	output, masquerade, jump string
-	hairpinChain             string
-	undeclared               []string
+	masquerade string
+	undeclared []string
 }
 
 // Render implements Render with the lines of the last call reused where their inputs are equal.
@@ -155,42 +151,47 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 	}
 	addrs := slices.DeleteFunc(addresses(st), func(a netip.Addr) bool { return !fam.has(a) })
 	guard, postGuard := notMagic(addrs)
-	filter := map[string][]string{chainInput: guard}
-	nat[chainPrerouting] = append(local.prerouting(nil), guard...) // the external interfaces' RETURNs, if any
-	nat[chainOutput], nat[chainPost] = guard, postGuard
+	filter := map[string][]string{chainInput: slices.Clone(guard)}
+	nat[chainPrerouting] = append(local.external(), guard...)
+	nat[chainOutput], nat[chainPost] = slices.Clone(guard), slices.Clone(postGuard)
 	lines := make([]*addressLines, len(addrs))
 	for i, a := range addrs {
 		l := prevAddrs[a]
 		if l == nil {
-			l = renderAddress(a, local, fam)
+			l = renderAddress(a, fam)
 		}
 		r.addrs[a], lines[i] = l, l
-		nat[chainPrerouting] = append(nat[chainPrerouting], l.prerouting...)
-		nat[chainOutput] = append(nat[chainOutput], l.output)
-		nat[chainPost] = append(nat[chainPost], l.masquerade)
+		nat[chainHosts] = append(nat[chainHosts], l.masquerade)
 	}
-	hairpin := hairpinRules(st.Services, prevHP, r.hairpins)
-	for i, a := range addrs {
-		nat[chainPost] = append(nat[chainPost], lines[i].jump)
-		nat[lines[i].hairpinChain] = hairpin[a]
+	if len(addrs) > 0 {
+		nat[chainPrerouting] = append(nat[chainPrerouting], local.dispatch(fam)...)
+		nat[chainOutput] = append(nat[chainOutput], "-j "+chainServices)
+		nat[chainPost] = append(nat[chainPost], hostsJump(addrs), hairpinJump)
+		r.refs = hairpinRefs{}
+		for _, s := range st.Services {
+			r.refs.count(s.Endpoints, 1)
+		}
+		r.hairpinIPs = slices.SortedFunc(maps.Keys(r.refs), netip.Addr.Compare)
+		nat[chainHairpin] = make([]string, len(r.hairpinIPs))
+		for i, ip := range r.hairpinIPs {
+			nat[chainHairpin][i] = r.hairpinRule(r.refs.first(ip), ip, prevHP)
+		}
 	}
+	var dispatch []dispatchLine
 	for _, s := range st.Services {
 		l := r.service(s, prevSvcs)
 		filter[chainInput] = append(filter[chainInput], l.verdict)
 		if len(s.Endpoints) == 0 {
 			continue
 		}
-		nat[chainServices] = append(nat[chainServices], l.dispatch)
+		dispatch = append(dispatch, dispatchLine{s.Address, l.dispatch})
 		nat[l.chain] = l.rules.Get(s.Endpoints, func() []string { return endpointRules(s) })
 	}
+	splitDispatch(nat, chainServices, dispatch)
 	// Any other port on a magic address is refused too: the address serves only its declared
 	// ports. Every address the node carries gets these, so none is ever left without a verdict.
 	for _, l := range lines {
 		filter[chainInput] = append(filter[chainInput], l.undeclared...)
-	}
-	r.byAddr = map[netip.Addr][]int{}
-	for i, s := range st.Services {
-		r.byAddr[s.Address] = append(r.byAddr[s.Address], i)
 	}
 	r.last, r.out = st, Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": filter}}
 	return r.out
@@ -198,7 +199,7 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 
 // update renders st from the last call's Ruleset when st has the same addresses and services as
 // the last State, each with producers or without as before: only the chains of the services whose
-// producers changed, and the hairpin chains of their addresses, are built again (from their kept
+// producers changed, and the hairpin chain, are built again (from their kept
 // lines when these producers were seen last). Every other chain of the result is the last one's,
 // the same slice: RestoreChanges finds them unchanged without comparing their lines. ok is false
 // when st differs more (Render assembles every chain).
@@ -214,24 +215,107 @@ func (r *Renderer) update(st State) (Ruleset, bool) {
 	rs := r.out
 	if len(changed) > 0 {
 		nat := maps.Clone(rs.Chains["nat"])
-		addrs := map[netip.Addr]bool{}
+		var touched []netip.Addr
 		for _, i := range changed {
 			s := st.Services[i]
 			l := r.services[s.id()]
 			nat[l.chain] = l.rules.Get(s.Endpoints, func() []string { return endpointRules(s) })
-			addrs[s.Address] = true
+			touched = append(append(touched, r.refs.count(last[i].Endpoints, -1)...), r.refs.count(s.Endpoints, 1)...)
 		}
-		for a := range addrs {
-			var svcs []Service
-			for _, i := range r.byAddr[a] {
-				svcs = append(svcs, st.Services[i])
-			}
-			nat[r.addrs[a].hairpinChain] = hairpinRules(svcs, r.hairpins, nil)[a]
+		if len(touched) > 0 {
+			r.updateHairpin(nat, touched)
 		}
 		rs = Ruleset{Chains: map[string]map[string][]string{"nat": nat, "filter": rs.Chains["filter"]}}
 	}
 	r.last, r.out = st, rs
 	return rs, true
+}
+
+// updateHairpin rewrites in nat the hairpin chain's rules of the IPs touched (their counts in
+// r.refs already changed): a rule added, deleted or given another pod, in place, on a copy of the
+// chain (the last Ruleset keeps its own), so a producer change costs the same whatever the node
+// serves.
+func (r *Renderer) updateHairpin(nat map[string][]string, touched []netip.Addr) {
+	ips, rules := slices.Clone(r.hairpinIPs), slices.Clone(nat[chainHairpin])
+	for _, ip := range touched {
+		pod := r.refs.first(ip)
+		j, found := slices.BinarySearchFunc(ips, ip, netip.Addr.Compare)
+		switch {
+		case pod != "" && found:
+			rules[j] = r.hairpinRule(pod, ip, r.hairpins)
+		case pod != "":
+			ips, rules = slices.Insert(ips, j, ip), slices.Insert(rules, j, r.hairpinRule(pod, ip, r.hairpins))
+		case found:
+			ips, rules = slices.Delete(ips, j, j+1), slices.Delete(rules, j, j+1)
+		}
+	}
+	if !slices.Equal(rules, nat[chainHairpin]) {
+		r.hairpinIPs, nat[chainHairpin] = ips, rules
+	}
+}
+
+// hairpinRule is the hairpin chain's rule of a local producer IP, named after pod, taken from
+// prev where there and kept in r.hairpins.
+func (r *Renderer) hairpinRule(pod string, ip netip.Addr, prev map[Endpoint]string) string {
+	ep := Endpoint{Pod: pod, Addr: netip.AddrPortFrom(ip, 0)}
+	rule, ok := prev[ep]
+	if !ok {
+		rule = hairpinRule(pod, ip)
+	}
+	r.hairpins[ep] = rule
+	return rule
+}
+
+func hairpinRule(pod string, ip netip.Addr) string {
+	cidr := hostCIDR(ip)
+	return fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, cidr, cidr, pod)
+}
+
+// hairpinRefs counts, per local producer IP, the endpoints of each pod at that IP over every
+// service. The hairpin chain (MAGIC-IP-HAIRPIN, reached from MAGIC-IP-POSTROUTING by redirected
+// connections first sent to the magic addresses' prefix) masquerades a producer's connections to
+// its own magic IP that were redirected to itself: the packet would otherwise come back with its
+// own address as source and destination, and the pod drops it (the connection hangs). Only this
+// self-traffic is masqueraded, as kube-proxy does for hairpin traffic; consumers, and producers
+// sent to another producer, keep their source address. The chain holds one rule per IP, in IP
+// order, whatever the magic addresses it serves (two pods with one IP — host-network producers
+// —, or one producer of several ports or addresses, get one), named after the IP's first pod by
+// name. Producers on other nodes (Fallback) are not counted: they never send from this node.
+type hairpinRefs map[netip.Addr]map[string]int
+
+// count adds n to the counts of eps and returns the local IPs it touched.
+func (h hairpinRefs) count(eps []Endpoint, n int) []netip.Addr {
+	var touched []netip.Addr
+	for _, ep := range eps {
+		if ep.Node != "" {
+			continue
+		}
+		ip := ep.Addr.Addr()
+		pods := h[ip]
+		if pods == nil {
+			pods = map[string]int{}
+			h[ip] = pods
+		}
+		if pods[ep.Pod] += n; pods[ep.Pod] <= 0 {
+			delete(pods, ep.Pod)
+		}
+		if len(pods) == 0 {
+			delete(h, ip)
+		}
+		touched = append(touched, ip)
+	}
+	return touched
+}
+
+// first is the first pod by name at ip ("" if none).
+func (h hairpinRefs) first(ip netip.Addr) string {
+	var first string
+	for pod := range h[ip] {
+		if first == "" || pod < first {
+			first = pod
+		}
+	}
+	return first
 }
 
 // notMagic is the line that starts our input, prerouting and output chains (in), and the one
@@ -277,20 +361,93 @@ func covering(addrs []netip.Addr) (netip.Prefix, bool) {
 }
 
 // renderAddress formats the lines of one magic address.
-func renderAddress(a netip.Addr, local *LocalDetector, fam Family) *addressLines {
-	l := &addressLines{hairpinChain: hairpinChain(a)}
-	l.prerouting = local.dispatchTo(a)
-	l.output = fmt.Sprintf("-d %s -j %s", hostCIDR(a), chainServices)
+func renderAddress(a netip.Addr, fam Family) *addressLines {
+	l := &addressLines{}
 	// A host client talking to a local address gets that address as its source. Once its
 	// packets are redirected to a pod, the pod's replies would come back with the node's own
 	// address as destination *and* (un-NATed) as source: dropped as martians. Masquerade them.
 	l.masquerade = fmt.Sprintf(`-s %s ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of %s" -j MASQUERADE`, hostCIDR(a), a)
-	l.jump = fmt.Sprintf(`-m conntrack --ctstate DNAT --ctorigdst %s -m comment --comment "hairpin through %s" -j %s`, a, a, l.hairpinChain)
 	for _, p := range []v1alpha1.Protocol{v1alpha1.ProtocolTCP, v1alpha1.ProtocolUDP} {
 		l.undeclared = append(l.undeclared, fmt.Sprintf(`-d %s -p %s %s -m comment --comment "%s: undeclared port" %s`,
 			hostCIDR(a), proto(p), newConn, a, verdict(v1alpha1.Reject, p, fam)))
 	}
 	return l
+}
+
+// hostsJump sends to MAGIC-IP-HOSTS (the host clients' masquerade, a rule per magic address) the
+// connections from an address of the magic addresses' prefix: a pod's connection (its source a
+// pod IP) walks none of them.
+func hostsJump(addrs []netip.Addr) string {
+	if p, ok := covering(addrs); ok && p.Bits() > 0 {
+		return fmt.Sprintf(`-s %s -m comment --comment "host clients" -j %s`, p, chainHosts)
+	}
+	return fmt.Sprintf(`-m comment --comment "host clients" -j %s`, chainHosts)
+}
+
+// hairpinJump sends the redirected connections that reached postrouting's end (first sent to an
+// address of the magic addresses' prefix, see notMagic) to MAGIC-IP-HAIRPIN, one rule per local
+// producer IP: one match whatever the node serves (a jump per magic address, each matching the
+// connection's original destination, cost a new connection to the last of 1,000 MagicIPs 1,000
+// conntrack matches).
+const hairpinJump = `-m conntrack --ctstate DNAT -m comment --comment "hairpin: a producer reaching itself" -j ` + chainHairpin
+
+// dispatchLine is a service's line of MAGIC-IP-SERVICES and its address.
+type dispatchLine struct {
+	addr netip.Addr
+	line string
+}
+
+// blockLeaf is the most dispatch lines a chain of MAGIC-IP-SERVICES' tree holds before it splits.
+const blockLeaf = 16
+
+// splitDispatch writes the dispatch lines into chain, as they come while they are few (at most
+// blockLeaf); more are split by address into a binary tree of prefixes: chain holds one rule per
+// half, "-d <prefix of the half> -j MAGIC-IP-BLK-<hash>", and each half is split in the same way.
+// A new connection walks a rule or two per level and at most blockLeaf lines at the end — some 30
+// rules at 1,000 MagicIPs, where a flat chain had it walk every other service's line (with
+// iptables there is no set lookup: no ipset). Each line matches its service's exact address,
+// port and protocol, so the tree changes where a line is, not what it matches.
+func splitDispatch(nat map[string][]string, chain string, lines []dispatchLine) {
+	out := make([]string, 0, min(len(lines), blockLeaf))
+	if len(lines) <= blockLeaf {
+		for _, l := range lines {
+			out = append(out, l.line)
+		}
+		nat[chain] = out
+		return
+	}
+	sorted := slices.SortedStableFunc(slices.Values(lines), func(x, y dispatchLine) int { return x.addr.Compare(y.addr) })
+	whole, _ := covering([]netip.Addr{sorted[0].addr, sorted[len(sorted)-1].addr})
+	if whole.IsSingleIP() {
+		for _, l := range sorted {
+			out = append(out, l.line)
+		}
+		nat[chain] = out
+		return
+	}
+	// The first line whose address has the bit after the common prefix set starts the upper half.
+	cut, _ := slices.BinarySearchFunc(sorted, upperHalf(whole), func(l dispatchLine, t netip.Addr) int { return l.addr.Compare(t) })
+	for _, half := range [][]dispatchLine{sorted[:cut], sorted[cut:]} {
+		p, _ := covering([]netip.Addr{half[0].addr, half[len(half)-1].addr})
+		child := blockChain(p)
+		out = append(out, fmt.Sprintf(`-d %s -j %s`, p, child))
+		splitDispatch(nat, child, half)
+	}
+	nat[chain] = out
+}
+
+// upperHalf is the first address of p's upper half: p's address with the bit after its prefix set.
+func upperHalf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	b[p.Bits()/8] |= 0x80 >> (p.Bits() % 8)
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// blockChain names the chain of MAGIC-IP-SERVICES' tree for the addresses of p.
+func blockChain(p netip.Prefix) string {
+	h := sha256.Sum256([]byte("block/" + p.String()))
+	return blockPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
 }
 
 // service returns the lines of s kept from the last call (its endpoint rules are formatted again
@@ -320,45 +477,6 @@ func addresses(st State) []netip.Addr {
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	return slices.Compact(addrs)
-}
-
-// hairpinRules masquerade a producer's connections to its own magic IP that were redirected to
-// itself: the packet would otherwise come back with its own address as source and destination,
-// and the pod drops it (the connection hangs). Only this self-traffic is masqueraded, as
-// kube-proxy does for hairpin traffic; consumers, and producers sent to another producer, keep
-// their source address. The rules of each magic address fill its hairpin chain (reached from
-// MAGIC-IP-POSTROUTING by connections first sent to that address), one rule per producer IP in IP
-// order, so a producer change rewrites only that small chain. One pass over the services. The
-// rules are taken from prev where there, and each rule is kept in keep (unless nil).
-func hairpinRules(svcs []Service, prev, keep map[Endpoint]string) map[netip.Addr][]string {
-	eps := map[netip.Addr][]Endpoint{}
-	for _, s := range svcs {
-		for _, ep := range s.Endpoints {
-			if ep.Node != "" {
-				continue // a producer on another node never sends from this node
-			}
-			eps[s.Address] = append(eps[s.Address], Endpoint{Pod: ep.Pod, Addr: netip.AddrPortFrom(ep.Addr.Addr(), 0)})
-		}
-	}
-	out := make(map[netip.Addr][]string, len(eps))
-	for a, list := range eps {
-		slices.SortFunc(list, func(x, y Endpoint) int { return cmp.Or(x.Addr.Compare(y.Addr), cmp.Compare(x.Pod, y.Pod)) })
-		for i, ep := range list {
-			if i > 0 && list[i-1].Addr == ep.Addr {
-				continue // two pods with one IP (host-network producers), or one producer of two ports: one rule
-			}
-			rule, ok := prev[ep]
-			if !ok {
-				ip := hostCIDR(ep.Addr.Addr())
-				rule = fmt.Sprintf(`-s %s -d %s -m comment --comment "hairpin: %s reaching itself" -j MASQUERADE`, ip, ip, ep.Pod)
-			}
-			if keep != nil {
-				keep[ep] = rule
-			}
-			out[a] = append(out[a], rule)
-		}
-	}
-	return out
 }
 
 // endpointRules spread new connections evenly: rule i of n matches with probability 1/(n-i). The

@@ -43,22 +43,24 @@ func referenceState() State {
 //   - filter INPUT refuses new connections no DNAT touched (never replies: a host client's own
 //     refusal must reach it): the UDP port keeps its rule, and undeclared ports are refused too.
 const referenceRestore = `*nat
-:MAGIC-IP-HP-ADWEURQNBE7D - [0:0]
+:MAGIC-IP-HAIRPIN - [0:0]
+:MAGIC-IP-HOSTS - [0:0]
 :MAGIC-IP-OUTPUT - [0:0]
 :MAGIC-IP-POSTROUTING - [0:0]
 :MAGIC-IP-PREROUTING - [0:0]
 :MAGIC-IP-SERVICES - [0:0]
 :MAGIC-IP-SVC-BMDMKVQYRIDQ - [0:0]
--A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
--A MAGIC-IP-HP-ADWEURQNBE7D -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-HAIRPIN -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
+-A MAGIC-IP-HAIRPIN -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-HOSTS -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
 -A MAGIC-IP-OUTPUT ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
--A MAGIC-IP-OUTPUT -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-OUTPUT -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING ! -s 169.254.210.210/32 -m conntrack ! --ctorigdst 169.254.210.210 -m comment --comment "not from or to a magic address" -j RETURN
--A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
--A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst 169.254.210.210 -m comment --comment "hairpin through 169.254.210.210" -j MAGIC-IP-HP-ADWEURQNBE7D
+-A MAGIC-IP-POSTROUTING -s 169.254.210.210/32 -m comment --comment "host clients" -j MAGIC-IP-HOSTS
+-A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT -m comment --comment "hairpin: a producer reaching itself" -j MAGIC-IP-HAIRPIN
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
 -A MAGIC-IP-PREROUTING ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
--A MAGIC-IP-PREROUTING -d 169.254.210.210/32 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-PREROUTING -j MAGIC-IP-SERVICES
 -A MAGIC-IP-SERVICES -d 169.254.210.210/32 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-BMDMKVQYRIDQ
 -A MAGIC-IP-SVC-BMDMKVQYRIDQ -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.244.1.5:8126
 -A MAGIC-IP-SVC-BMDMKVQYRIDQ -p tcp -m comment --comment "datadog:apm -> datadog/agent-b" -j DNAT --to-destination 10.244.1.7:8126
@@ -478,22 +480,24 @@ func dualReferenceState() State {
 // referenceRestore on the IPv6 address and the producers' IPv6 addresses, /128 hosts, DNAT to
 // [address]:port, ICMPv6 port unreachable for UDP.
 const referenceRestore6 = `*nat
-:MAGIC-IP-HP-OL4DFDETI7HW - [0:0]
+:MAGIC-IP-HAIRPIN - [0:0]
+:MAGIC-IP-HOSTS - [0:0]
 :MAGIC-IP-OUTPUT - [0:0]
 :MAGIC-IP-POSTROUTING - [0:0]
 :MAGIC-IP-PREROUTING - [0:0]
 :MAGIC-IP-SERVICES - [0:0]
 :MAGIC-IP-SVC-VGLDFDMB65QZ - [0:0]
--A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::5/128 -d fd00:10:244:1::5/128 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
--A MAGIC-IP-HP-OL4DFDETI7HW -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-HAIRPIN -s fd00:10:244:1::5/128 -d fd00:10:244:1::5/128 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
+-A MAGIC-IP-HAIRPIN -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-HOSTS -s fd00::a9fe:d2d2/128 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of fd00::a9fe:d2d2" -j MASQUERADE
 -A MAGIC-IP-OUTPUT ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
--A MAGIC-IP-OUTPUT -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-OUTPUT -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING ! -s fd00::a9fe:d2d2/128 -m conntrack ! --ctorigdst fd00::a9fe:d2d2 -m comment --comment "not from or to a magic address" -j RETURN
--A MAGIC-IP-POSTROUTING -s fd00::a9fe:d2d2/128 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of fd00::a9fe:d2d2" -j MASQUERADE
--A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT --ctorigdst fd00::a9fe:d2d2 -m comment --comment "hairpin through fd00::a9fe:d2d2" -j MAGIC-IP-HP-OL4DFDETI7HW
+-A MAGIC-IP-POSTROUTING -s fd00::a9fe:d2d2/128 -m comment --comment "host clients" -j MAGIC-IP-HOSTS
+-A MAGIC-IP-POSTROUTING -m conntrack --ctstate DNAT -m comment --comment "hairpin: a producer reaching itself" -j MAGIC-IP-HAIRPIN
 -A MAGIC-IP-PREROUTING -i eth0 -m comment --comment "external interface: not node-local" -j RETURN
 -A MAGIC-IP-PREROUTING ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
--A MAGIC-IP-PREROUTING -d fd00::a9fe:d2d2/128 -j MAGIC-IP-SERVICES
+-A MAGIC-IP-PREROUTING -j MAGIC-IP-SERVICES
 -A MAGIC-IP-SERVICES -d fd00::a9fe:d2d2/128 -p tcp -m tcp --dport 8126 -m comment --comment "datadog:apm" -j MAGIC-IP-SVC-VGLDFDMB65QZ
 -A MAGIC-IP-SVC-VGLDFDMB65QZ -p tcp -m comment --comment "datadog:apm -> datadog/agent-a" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination [fd00:10:244:1::5]:8126
 -A MAGIC-IP-SVC-VGLDFDMB65QZ -p tcp -m comment --comment "datadog:apm -> datadog/agent-b" -j DNAT --to-destination [fd00:10:244:1::7]:8126
@@ -522,10 +526,10 @@ func TestRenderFamily(t *testing.T) {
 		"IPv4 of a dual-stack State": {fam: IPv4, local: ExternalInterfaces("eth0"), want: referenceRestore},
 		"IPv6 of a dual-stack State": {fam: IPv6, local: ExternalInterfaces("eth0"), want: referenceRestore6},
 		"IPv4, NodeCIDR": {fam: IPv4, local: cidrs,
-			has: []string{`-A MAGIC-IP-PREROUTING -s 10.244.1.0/24 -d 169.254.210.210/32 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`},
+			has: []string{`-A MAGIC-IP-PREROUTING -s 10.244.1.0/24 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`},
 			not: []string{"fd00"}},
 		"IPv6, NodeCIDR": {fam: IPv6, local: cidrs,
-			has: []string{`-A MAGIC-IP-PREROUTING -s fd00:10:244:1::/64 -d fd00::a9fe:d2d2/128 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`},
+			has: []string{`-A MAGIC-IP-PREROUTING -s fd00:10:244:1::/64 -m comment --comment "node-local (NodeCIDR)" -j MAGIC-IP-SERVICES`},
 			not: []string{"10.244.1.0/24", "169.254"}},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -577,6 +581,95 @@ func TestNotMagic(t *testing.T) {
 			}
 			if got, post := notMagic(addrs); !slices.Equal(got, want) || !slices.Equal(post, wantPost) {
 				t.Errorf("notMagic(%v) = %q, %q; want %q, %q", tc.addrs, got, post, want, wantPost)
+			}
+		})
+	}
+}
+
+// TestSplitDispatch: MAGIC-IP-SERVICES stays one flat chain, in the services' order, while it
+// holds at most blockLeaf lines; more are split into a tree of address prefixes in which every
+// line is found exactly once, on the way its address leads (each "-d prefix" rule jumps only for
+// addresses inside it), after walking a few rules per level: a new connection to any of 1,000
+// addresses walks about 30 rules, not 1,000.
+func TestSplitDispatch(t *testing.T) {
+	addrN := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{169, 254, byte(200 + i/250), byte(1 + i%250)}) }
+	lines := func(n, ports int, addr func(int) netip.Addr) []dispatchLine {
+		var out []dispatchLine
+		for i := range n {
+			for p := range ports {
+				a := addr(i)
+				out = append(out, dispatchLine{a, fmt.Sprintf("-d %s/32 --dport %d", a, 80+p)})
+			}
+		}
+		return out
+	}
+	for name, tc := range map[string]struct {
+		lines    []dispatchLine
+		flat     bool // one chain, the lines in their order
+		maxWalk  int  // the most rules a packet to any line's address walks to reach its line
+		maxChain int
+	}{
+		"none":                        {lines: nil, flat: true},
+		"one MagicIP, 3 ports":        {lines: lines(1, 3, addrN), flat: true, maxWalk: 3},
+		"16 lines":                    {lines: lines(8, 2, addrN), flat: true, maxWalk: 16},
+		"17 lines split":              {lines: lines(17, 1, addrN), maxWalk: 2*2 + blockLeaf},
+		"1,000 MagicIPs":              {lines: lines(1000, 1, addrN), maxWalk: 40},
+		"1,000 MagicIPs × 3 ports":    {lines: lines(1000, 3, addrN), maxWalk: 50},
+		"one address, 20 ports":       {lines: lines(1, 20, addrN), maxWalk: 20},
+		"spread over the whole space": {lines: lines(64, 1, func(i int) netip.Addr { return netip.AddrFrom4([4]byte{byte(i * 4), 1, 2, 3}) }), maxWalk: 30},
+		"IPv6": {lines: lines(100, 1, func(i int) netip.Addr {
+			return netip.AddrFrom16([16]byte{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, byte(i / 256), byte(i)})
+		}), maxWalk: 30},
+	} {
+		t.Run(name, func(t *testing.T) {
+			nat := map[string][]string{}
+			splitDispatch(nat, chainServices, tc.lines)
+			if tc.flat {
+				var want []string
+				for _, l := range tc.lines {
+					want = append(want, l.line)
+				}
+				if len(nat) != 1 || !slices.Equal(nat[chainServices], want) {
+					t.Fatalf("want one flat chain %q, got %q", want, nat)
+				}
+			}
+			for c, rules := range nat {
+				if !IsOurs(c) || len(c) > 28 {
+					t.Errorf("chain name %q: want ours and at most 28 characters", c)
+				}
+				if len(rules) > blockLeaf && slices.ContainsFunc(rules, func(r string) bool { return strings.Fields(r)[1] != strings.Fields(rules[0])[1] }) {
+					t.Errorf("%s holds %d rules of several addresses, want at most %d", c, len(rules), blockLeaf)
+				}
+			}
+			// walk follows the rules of chain as the kernel would for a packet to a, returning the
+			// lines it reaches (a jump to a block chain returns when nothing there matched) and
+			// counting every rule evaluated.
+			var walk func(chain string, a netip.Addr, n *int) []string
+			walk = func(chain string, a netip.Addr, n *int) []string {
+				var found []string
+				for _, r := range nat[chain] {
+					*n++
+					if f := strings.Fields(r); len(f) == 4 && f[2] == "-j" && strings.HasPrefix(f[3], blockPrefix) {
+						if netip.MustParsePrefix(f[1]).Contains(a) {
+							found = append(found, walk(f[3], a, n)...)
+						}
+						continue
+					}
+					if strings.HasPrefix(r, "-d "+a.String()+"/") {
+						found = append(found, r)
+					}
+				}
+				return found
+			}
+			for _, l := range tc.lines {
+				n := 0
+				found := walk(chainServices, l.addr, &n)
+				if !slices.Contains(found, l.line) || len(found) != len(slices.DeleteFunc(slices.Clone(tc.lines), func(x dispatchLine) bool { return x.addr != l.addr })) {
+					t.Fatalf("a packet to %s finds %q, want every line of its address once (%q among them)", l.addr, found, l.line)
+				}
+				if n > tc.maxWalk {
+					t.Errorf("a packet to %s walks %d rules, want at most %d", l.addr, n, tc.maxWalk)
+				}
 			}
 		})
 	}

@@ -153,7 +153,8 @@ func TestRenderAddressWithoutServices(t *testing.T) {
 	}
 }
 
-// TestHairpinRules: one masquerade rule per producer IP of the address, for self-traffic only.
+// TestHairpinRules: one masquerade rule per local producer IP, whatever the addresses it serves,
+// for self-traffic only.
 func TestHairpinRules(t *testing.T) {
 	a := netip.MustParseAddr(testAddr)
 	b := netip.MustParseAddr("169.254.20.20")
@@ -172,14 +173,21 @@ func TestHairpinRules(t *testing.T) {
 		svcs []Service
 		want []string
 	}{
-		"no producers":  {nil, []string{}},
+		"no producers":  {[]Service{svc(a, 80)}, []string{}},
 		"one producer":  {[]Service{svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")}},
 		"two producers": {[]Service{svc(a, 80, "d/y@10.244.1.9", "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x"), rule("10.244.1.9", "d/y")}},
 		"two ports of the address: one rule": {
 			[]Service{svc(a, 80, "d/x@10.244.1.5"), svc(a, 81, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")},
 		},
-		"another address's producers are not this chain's": {
-			[]Service{svc(b, 80, "d/z@10.244.1.7"), svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")},
+		"every address's producers, in IP order": {
+			[]Service{svc(b, 80, "d/z@10.244.1.7"), svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x"), rule("10.244.1.7", "d/z")},
+		},
+		"a producer of two addresses: one rule": {
+			[]Service{svc(b, 80, "d/x@10.244.1.5"), svc(a, 80, "d/x@10.244.1.5")}, []string{rule("10.244.1.5", "d/x")},
+		},
+		"remote producers (Fallback) get none": {
+			[]Service{{MagicIP: "m", PortName: "p", Address: a, Port: 80, Protocol: v1alpha1.ProtocolTCP,
+				Endpoints: []Endpoint{{Pod: "d/r", Node: "node-b", Addr: netip.MustParseAddrPort("10.244.2.5:80")}}}}, nil,
 		},
 		"host-network producers share the node IP: one rule": {
 			[]Service{svc(a, 80, "d/h2@172.20.0.11", "d/h1@172.20.0.11")}, []string{rule("172.20.0.11", "d/h1")},
@@ -187,7 +195,7 @@ func TestHairpinRules(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := hairpinRules(tc.svcs, nil, nil)[a]; !slices.Equal(got, tc.want) {
+			if got := Render(State{Services: tc.svcs}, nil).Chains["nat"][chainHairpin]; !slices.Equal(got, tc.want) {
 				t.Errorf("got\n%q\nwant\n%q", got, tc.want)
 			}
 		})

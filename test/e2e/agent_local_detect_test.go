@@ -39,9 +39,9 @@ func testAgentLocalDetection(t *testing.T, b backend) {
 	rule := func(ipt, nft string) map[string]string {
 		return map[string]string{agent.DatapathIptables: ipt, agent.DatapathNftables: nft}
 	}
-	ip, addr := b.nftFamily(), b.route().String() // ip or ip6; the magic address as a /32 or /128
-	// nftables: after the guard (the packet is addressed to a magic address), one rule per source
-	// prefix or interface, none per address.
+	ip := b.nftFamily() // ip or ip6
+	// Both datapaths: after the guard (the packet is addressed to a magic address, or with
+	// iptables inside their prefix), one rule per source prefix or interface, none per address.
 	toServices := `iifname %q jump services comment "node-local interface"`
 	for _, tc := range []struct {
 		name            string
@@ -52,14 +52,14 @@ func testAgentLocalDetection(t *testing.T, b backend) {
 		{"defaults", nil, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -i %s -m comment --comment "external interface: not node-local" -j RETURN`, harness.UplinkName),
 			fmt.Sprintf(`prerouting: iifname %q return comment "external interface: not node-local"`, harness.UplinkName)),
 			clients(consumer.Netns, routed.Netns), nil},
-		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -d %s -m comment --comment "node-local (NodeCIDR)"`, b.podCIDR(n), addr),
+		{"NodeCIDR", []string{"--detect-local-mode=NodeCIDR"}, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -s %s -m comment --comment "node-local (NodeCIDR)"`, b.podCIDR(n)),
 			fmt.Sprintf(`prerouting: %s saddr %s jump services comment "node-local source"`, ip, b.podCIDR(n))),
 			clients(consumer.Netns, routed.Netns), nil},
-		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, rule(fmt.Sprintf(`-d %s -i %s -m comment --comment "node-local (BridgeInterface)"`, addr, harness.PodBridge),
+		{"BridgeInterface", []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface", harness.PodBridge}, rule(fmt.Sprintf(`-A MAGIC-IP-PREROUTING -i %s -m comment --comment "node-local (BridgeInterface)"`, harness.PodBridge),
 			"prerouting: "+fmt.Sprintf(toServices, harness.PodBridge)),
 			clients(consumer.Netns), clients(routed.Netns)},
 		// The bridge's pods arrive on cni0 (the veth is a bridge port): not a cali* interface.
-		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, rule(fmt.Sprintf(`-d %s -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`, addr),
+		{"InterfaceNamePrefix", []string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefixes", "lxc,cali"}, rule(`-A MAGIC-IP-PREROUTING -i cali+ -m comment --comment "node-local (InterfaceNamePrefix)"`,
 			"prerouting: "+fmt.Sprintf(toServices, "cali*")),
 			clients(routed.Netns), clients(consumer.Netns)},
 	} {
