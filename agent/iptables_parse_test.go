@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -336,6 +337,7 @@ func TestDrifted(t *testing.T) {
 			want: []string{
 				"nat/MAGIC-IP-HAIRPIN missing",
 				"nat/MAGIC-IP-HOSTS missing",
+				"nat/" + bucketChain(hairpinBucket(netip.MustParseAddr("10.244.1.5"))) + " missing",
 				"nat/MAGIC-IP-OUTPUT missing",
 				"nat/MAGIC-IP-POSTROUTING missing",
 				"nat/MAGIC-IP-PREROUTING missing",

@@ -11,8 +11,9 @@ import (
 func TestRestoreChanges(t *testing.T) {
 	ref := referenceState()
 	svcChainOf := func(st State, i int) string { return svcChain(st.Services[i]) }
-	// The hairpin chain changes with the set of local producer IPs; POSTROUTING does not.
-	hairpin := chainHairpin
+	// The hairpin chain of the producers' block changes with their set of IPs; POSTROUTING and
+	// MAGIC-IP-HAIRPIN do not, until the block has no producer left.
+	hairpin := bucketChain(hairpinBucket(netip.MustParseAddr("10.244.1.5")))
 	hairpinA := "-A " + hairpin + ` -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE`
 	tests := map[string]struct {
 		next func() State
@@ -59,9 +60,11 @@ func TestRestoreChanges(t *testing.T) {
 			},
 			want: []string{
 				"*nat",
-				":" + hairpin + " - [0:0]",
+				":MAGIC-IP-HAIRPIN - [0:0]",
 				":MAGIC-IP-SERVICES - [0:0]",
+				":" + hairpin + " - [0:0]",
 				":" + svcChainOf(ref, 0) + " - [0:0]",
+				"-X " + hairpin,
 				"-X " + svcChainOf(ref, 0),
 				"COMMIT",
 			},

@@ -27,6 +27,7 @@ const (
 	chainHairpin    = "MAGIC-IP-HAIRPIN"
 	svcChainPrefix  = "MAGIC-IP-SVC-"
 	blockPrefix     = "MAGIC-IP-BLK-"
+	hairpinPrefix   = "MAGIC-IP-HP-"
 )
 
 // Jump is a rule in a built-in chain that sends packets to one of our chains; it must be first.
@@ -94,10 +95,10 @@ type Renderer struct {
 	services map[serviceID]*serviceLines
 	addrs    map[netip.Addr]*addressLines
 	hairpins map[Endpoint]string
-	// refs counts the local producers' endpoints behind the hairpin chain; hairpinIPs are the
-	// chain's IPs, one per rule, in its order. See hairpinRefs.
-	refs       hairpinRefs
-	hairpinIPs []netip.Addr
+	// refs counts the local producers' endpoints behind the hairpin chains; buckets are the
+	// blocks of MAGIC-IP-HAIRPIN, one per rule, in its order. See hairpinRefs.
+	refs    hairpinRefs
+	buckets []netip.Prefix
 
 	// last and out are the State (its services of Family) and the Ruleset of the last call. See
 	// update.
@@ -171,10 +172,14 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 		for _, s := range st.Services {
 			r.refs.count(s.Endpoints, 1)
 		}
-		r.hairpinIPs = slices.SortedFunc(maps.Keys(r.refs), netip.Addr.Compare)
-		nat[chainHairpin] = make([]string, len(r.hairpinIPs))
-		for i, ip := range r.hairpinIPs {
-			nat[chainHairpin][i] = r.hairpinRule(r.refs.first(ip), ip, prevHP)
+		r.buckets, nat[chainHairpin] = nil, []string{}
+		for _, ip := range slices.SortedFunc(maps.Keys(r.refs), netip.Addr.Compare) {
+			b := hairpinBucket(ip)
+			if len(r.buckets) == 0 || r.buckets[len(r.buckets)-1] != b {
+				r.buckets = append(r.buckets, b)
+				nat[chainHairpin] = append(nat[chainHairpin], bucketJump(b))
+			}
+			nat[bucketChain(b)] = append(nat[bucketChain(b)], r.hairpinRule(r.refs.first(ip), ip, prevHP))
 		}
 	}
 	var dispatch []dispatchLine
@@ -231,27 +236,63 @@ func (r *Renderer) update(st State) (Ruleset, bool) {
 	return rs, true
 }
 
-// updateHairpin rewrites in nat the hairpin chain's rules of the IPs touched (their counts in
-// r.refs already changed): a rule added, deleted or given another pod, in place, on a copy of the
-// chain (the last Ruleset keeps its own), so a producer change costs the same whatever the node
-// serves.
+// updateHairpin rewrites in nat the hairpin chains of the blocks of the IPs touched (their
+// counts in r.refs already changed): a block's chain refilled from its 16 addresses' counts, or
+// gone with its jump when none is left, a new block's jump put in place in MAGIC-IP-HAIRPIN (on a
+// copy: the last Ruleset keeps its own). A producer change rewrites a chain of at most 16 rules,
+// whatever the node serves.
 func (r *Renderer) updateHairpin(nat map[string][]string, touched []netip.Addr) {
-	ips, rules := slices.Clone(r.hairpinIPs), slices.Clone(nat[chainHairpin])
+	buckets, jumps := r.buckets, nat[chainHairpin]
+	cloned := false
+	seen := map[netip.Prefix]bool{}
 	for _, ip := range touched {
-		pod := r.refs.first(ip)
-		j, found := slices.BinarySearchFunc(ips, ip, netip.Addr.Compare)
-		switch {
-		case pod != "" && found:
-			rules[j] = r.hairpinRule(pod, ip, r.hairpins)
-		case pod != "":
-			ips, rules = slices.Insert(ips, j, ip), slices.Insert(rules, j, r.hairpinRule(pod, ip, r.hairpins))
-		case found:
-			ips, rules = slices.Delete(ips, j, j+1), slices.Delete(rules, j, j+1)
+		b := hairpinBucket(ip)
+		if seen[b] {
+			continue
+		}
+		seen[b] = true
+		var rules []string
+		for a := b.Addr(); b.Contains(a); a = a.Next() {
+			if pod := r.refs.first(a); pod != "" {
+				rules = append(rules, r.hairpinRule(pod, a, r.hairpins))
+			}
+		}
+		name := bucketChain(b)
+		j, had := slices.BinarySearchFunc(buckets, b, netip.Prefix.Compare)
+		if len(rules) > 0 && !slices.Equal(rules, nat[name]) {
+			nat[name] = rules
+		}
+		if (len(rules) > 0) == had {
+			continue
+		}
+		if !cloned {
+			buckets, jumps, cloned = slices.Clone(buckets), slices.Clone(jumps), true
+		}
+		if had {
+			delete(nat, name)
+			buckets, jumps = slices.Delete(buckets, j, j+1), slices.Delete(jumps, j, j+1)
+		} else {
+			buckets, jumps = slices.Insert(buckets, j, b), slices.Insert(jumps, j, bucketJump(b))
 		}
 	}
-	if !slices.Equal(rules, nat[chainHairpin]) {
-		r.hairpinIPs, nat[chainHairpin] = ips, rules
-	}
+	r.buckets, nat[chainHairpin] = buckets, jumps
+}
+
+// hairpinBucket is the block of 16 addresses ip is in (/28, /124): MAGIC-IP-HAIRPIN jumps to one
+// chain per block holding producers, so a new connection walks a rule per block and at most 16
+// producers' rules, and a producer change rewrites one small chain (one chain of every producer's
+// rule, 300 at 100 MagicIPs × 3 producers, made each change sync rewrite all of them).
+func hairpinBucket(ip netip.Addr) netip.Prefix {
+	p, _ := ip.Prefix(ip.BitLen() - 4)
+	return p
+}
+
+func bucketJump(b netip.Prefix) string { return fmt.Sprintf("-d %s -j %s", b, bucketChain(b)) }
+
+// bucketChain names the hairpin chain of the block b.
+func bucketChain(b netip.Prefix) string {
+	h := sha256.Sum256([]byte("hairpin/" + b.String()))
+	return hairpinPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
 }
 
 // hairpinRule is the hairpin chain's rule of a local producer IP, named after pod, taken from

@@ -45,14 +45,16 @@ func referenceState() State {
 const referenceRestore = `*nat
 :MAGIC-IP-HAIRPIN - [0:0]
 :MAGIC-IP-HOSTS - [0:0]
+:MAGIC-IP-HP-SYWRTAIQTNE4 - [0:0]
 :MAGIC-IP-OUTPUT - [0:0]
 :MAGIC-IP-POSTROUTING - [0:0]
 :MAGIC-IP-PREROUTING - [0:0]
 :MAGIC-IP-SERVICES - [0:0]
 :MAGIC-IP-SVC-BMDMKVQYRIDQ - [0:0]
--A MAGIC-IP-HAIRPIN -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
--A MAGIC-IP-HAIRPIN -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-HAIRPIN -d 10.244.1.0/28 -j MAGIC-IP-HP-SYWRTAIQTNE4
 -A MAGIC-IP-HOSTS -s 169.254.210.210/32 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of 169.254.210.210" -j MASQUERADE
+-A MAGIC-IP-HP-SYWRTAIQTNE4 -s 10.244.1.5/32 -d 10.244.1.5/32 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
+-A MAGIC-IP-HP-SYWRTAIQTNE4 -s 10.244.1.7/32 -d 10.244.1.7/32 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
 -A MAGIC-IP-OUTPUT ! -d 169.254.210.210/32 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-OUTPUT -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING ! -s 169.254.210.210/32 -m conntrack ! --ctorigdst 169.254.210.210 -m comment --comment "not from or to a magic address" -j RETURN
@@ -270,8 +272,10 @@ func TestRenderChainNames(t *testing.T) {
 			}
 		}
 	}
-	// 5 base chains + one svc chain per service + one hairpin chain per address (2).
-	if want := 5 + len(bigState().Services) + 2; n != want {
+	// 7 chains of ours always there (prerouting, output, postrouting, services, input, hosts,
+	// hairpin) + one svc chain per service + one hairpin chain per block of producers (the
+	// producers of bigState are in one /28).
+	if want := 7 + len(bigState().Services) + 1; n != want {
 		t.Errorf("want %d chains, got %d", want, n)
 	}
 	for _, j := range Jumps {
@@ -482,14 +486,16 @@ func dualReferenceState() State {
 const referenceRestore6 = `*nat
 :MAGIC-IP-HAIRPIN - [0:0]
 :MAGIC-IP-HOSTS - [0:0]
+:MAGIC-IP-HP-DB6C5WAY22LN - [0:0]
 :MAGIC-IP-OUTPUT - [0:0]
 :MAGIC-IP-POSTROUTING - [0:0]
 :MAGIC-IP-PREROUTING - [0:0]
 :MAGIC-IP-SERVICES - [0:0]
 :MAGIC-IP-SVC-VGLDFDMB65QZ - [0:0]
--A MAGIC-IP-HAIRPIN -s fd00:10:244:1::5/128 -d fd00:10:244:1::5/128 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
--A MAGIC-IP-HAIRPIN -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
+-A MAGIC-IP-HAIRPIN -d fd00:10:244:1::/124 -j MAGIC-IP-HP-DB6C5WAY22LN
 -A MAGIC-IP-HOSTS -s fd00::a9fe:d2d2/128 ! -o lo -m conntrack --ctstate DNAT -m comment --comment "host client of fd00::a9fe:d2d2" -j MASQUERADE
+-A MAGIC-IP-HP-DB6C5WAY22LN -s fd00:10:244:1::5/128 -d fd00:10:244:1::5/128 -m comment --comment "hairpin: datadog/agent-a reaching itself" -j MASQUERADE
+-A MAGIC-IP-HP-DB6C5WAY22LN -s fd00:10:244:1::7/128 -d fd00:10:244:1::7/128 -m comment --comment "hairpin: datadog/agent-b reaching itself" -j MASQUERADE
 -A MAGIC-IP-OUTPUT ! -d fd00::a9fe:d2d2/128 -m comment --comment "not a magic address" -j RETURN
 -A MAGIC-IP-OUTPUT -j MAGIC-IP-SERVICES
 -A MAGIC-IP-POSTROUTING ! -s fd00::a9fe:d2d2/128 -m conntrack ! --ctorigdst fd00::a9fe:d2d2 -m comment --comment "not from or to a magic address" -j RETURN
