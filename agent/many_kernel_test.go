@@ -9,8 +9,9 @@ import (
 
 // TestManyAddressesTraffic: with each datapath, 40 MagicIPs of one TCP port each (the iptables
 // datapath's MAGIC-IP-SERVICES split into its tree of address blocks) all reach the producer
-// from a pod — the first, the last and one in between — while a neighbour on the external
-// interface is still refused, and a full resync finds the rules as written.
+// from a pod — the first, the last and one in between —, and from the producer itself (hairpin),
+// while a neighbour on the external interface is still refused, and a full resync finds the rules
+// as written.
 func TestManyAddressesTraffic(t *testing.T) {
 	const n = 40
 	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{169, 254, 200, byte(1 + i)}) }
@@ -32,6 +33,9 @@ func TestManyAddressesTraffic(t *testing.T) {
 				}
 				if got := outcomeOf(t.Context(), nd.outside, "tcp", dst); got != "refused" {
 					t.Errorf("tcp %s from the external interface: %q, want refused", dst, got)
+				}
+				if got := outcomeOf(t.Context(), nd.prod, "tcp", dst); got != "producer" {
+					t.Errorf("tcp %s from the producer itself (hairpin): %q, want the producer", dst, got)
 				}
 			}
 		})
