@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -114,5 +115,28 @@ func TestRendererFamilies(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestRendererForgetsGonePods: a long run of change syncs, each moving one producer to a new pod
+// and IP (a rollout), leaves the Renderer holding no more than after its first render — nothing
+// is kept per pod that came and went — while its rules stay those of a fresh Render.
+func TestRendererForgetsGonePods(t *testing.T) {
+	ext := ExternalInterfaces("eth0")
+	st := fleet(20, 0)
+	var r Renderer
+	r.Render(st, ext)
+	hairpins, refs := len(r.hairpins), len(r.refs)
+	for i := range 300 {
+		moved := st
+		moved.Services = slices.Clone(st.Services)
+		moved.Services[0].Endpoints = slices.Clone(st.Services[0].Endpoints)
+		moved.Services[0].Endpoints[0] = Endpoint{Pod: fmt.Sprintf("ns/rollout-%d", i), Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 250, byte(i / 200), byte(i % 200)}), 8000)}
+		if got, want := r.Render(moved, ext), Render(moved, ext); !reflect.DeepEqual(got, want) {
+			t.Fatalf("change %d: the Renderer's rules differ from a fresh Render", i)
+		}
+	}
+	if len(r.hairpins) > hairpins || len(r.refs) > refs+1 {
+		t.Errorf("after 300 producers came and went: %d hairpin rules kept (%d at first), %d producer IPs counted (%d at first)", len(r.hairpins), hairpins, len(r.refs), refs)
 	}
 }

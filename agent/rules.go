@@ -164,22 +164,24 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 		r.addrs[a], lines[i] = l, l
 		nat[chainHosts] = append(nat[chainHosts], l.masquerade)
 	}
+	r.refs, r.buckets = hairpinRefs{}, nil
+	for _, s := range st.Services {
+		r.refs.count(s.Endpoints, 1)
+	}
 	if len(addrs) > 0 {
 		nat[chainPrerouting] = append(nat[chainPrerouting], local.dispatch(fam)...)
 		nat[chainOutput] = append(nat[chainOutput], "-j "+chainServices)
 		nat[chainPost] = append(nat[chainPost], hostsJump(addrs), hairpinJump)
-		r.refs = hairpinRefs{}
-		for _, s := range st.Services {
-			r.refs.count(s.Endpoints, 1)
-		}
-		r.buckets, nat[chainHairpin] = nil, []string{}
+		nat[chainHairpin] = []string{}
 		for _, ip := range slices.SortedFunc(maps.Keys(r.refs), netip.Addr.Compare) {
-			b := hairpinBucket(ip)
+			b, pod := hairpinBucket(ip), r.refs.first(ip)
 			if len(r.buckets) == 0 || r.buckets[len(r.buckets)-1] != b {
 				r.buckets = append(r.buckets, b)
 				nat[chainHairpin] = append(nat[chainHairpin], bucketJump(b))
 			}
-			nat[bucketChain(b)] = append(nat[bucketChain(b)], r.hairpinRule(r.refs.first(ip), ip, prevHP))
+			rule := hairpinRuleOf(pod, ip, prevHP)
+			r.hairpins[Endpoint{Pod: pod, Addr: netip.AddrPortFrom(ip, 0)}] = rule
+			nat[bucketChain(b)] = append(nat[bucketChain(b)], rule)
 		}
 	}
 	var dispatch []dispatchLine
@@ -204,8 +206,8 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 
 // update renders st from the last call's Ruleset when st has the same addresses and services as
 // the last State, each with producers or without as before: only the chains of the services whose
-// producers changed, and the hairpin chain, are built again (from their kept
-// lines when these producers were seen last). Every other chain of the result is the last one's,
+// producers changed, and the hairpin chains of their producers' blocks, are built again (from
+// their kept lines when these producers were seen last). Every other chain of the result is the last one's,
 // the same slice: RestoreChanges finds them unchanged without comparing their lines. ok is false
 // when st differs more (Render assembles every chain).
 func (r *Renderer) update(st State) (Ruleset, bool) {
@@ -254,7 +256,7 @@ func (r *Renderer) updateHairpin(nat map[string][]string, touched []netip.Addr) 
 		var rules []string
 		for a := b.Addr(); b.Contains(a); a = a.Next() {
 			if pod := r.refs.first(a); pod != "" {
-				rules = append(rules, r.hairpinRule(pod, a, r.hairpins))
+				rules = append(rules, hairpinRuleOf(pod, a, r.hairpins))
 			}
 		}
 		name := bucketChain(b)
@@ -295,16 +297,14 @@ func bucketChain(b netip.Prefix) string {
 	return hairpinPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
 }
 
-// hairpinRule is the hairpin chain's rule of a local producer IP, named after pod, taken from
-// prev where there and kept in r.hairpins.
-func (r *Renderer) hairpinRule(pod string, ip netip.Addr, prev map[Endpoint]string) string {
-	ep := Endpoint{Pod: pod, Addr: netip.AddrPortFrom(ip, 0)}
-	rule, ok := prev[ep]
-	if !ok {
-		rule = hairpinRule(pod, ip)
+// hairpinRuleOf is the hairpin rule of a local producer IP, named after pod, taken from prev
+// (the rules of the last full Render) where there: a change sync formats only new producers'.
+// It keeps nothing, so pods that come and go between full renders leave nothing behind.
+func hairpinRuleOf(pod string, ip netip.Addr, prev map[Endpoint]string) string {
+	if rule, ok := prev[Endpoint{Pod: pod, Addr: netip.AddrPortFrom(ip, 0)}]; ok {
+		return rule
 	}
-	r.hairpins[ep] = rule
-	return rule
+	return hairpinRule(pod, ip)
 }
 
 func hairpinRule(pod string, ip netip.Addr) string {
@@ -318,8 +318,8 @@ func hairpinRule(pod string, ip netip.Addr) string {
 // its own magic IP that were redirected to itself: the packet would otherwise come back with its
 // own address as source and destination, and the pod drops it (the connection hangs). Only this
 // self-traffic is masqueraded, as kube-proxy does for hairpin traffic; consumers, and producers
-// sent to another producer, keep their source address. The chain holds one rule per IP, in IP
-// order, whatever the magic addresses it serves (two pods with one IP — host-network producers
+// sent to another producer, keep their source address. The chains hold one rule per IP, in IP
+// order within its block of 16 (hairpinBucket), whatever the magic addresses it serves (two pods with one IP — host-network producers
 // —, or one producer of several ports or addresses, get one), named after the IP's first pod by
 // name. Producers on other nodes (Fallback) are not counted: they never send from this node.
 type hairpinRefs map[netip.Addr]map[string]int
@@ -426,8 +426,8 @@ func hostsJump(addrs []netip.Addr) string {
 }
 
 // hairpinJump sends the redirected connections that reached postrouting's end (first sent to an
-// address of the magic addresses' prefix, see notMagic) to MAGIC-IP-HAIRPIN, one rule per local
-// producer IP: one match whatever the node serves (a jump per magic address, each matching the
+// address of the magic addresses' prefix, see notMagic) to MAGIC-IP-HAIRPIN, a jump per block of
+// local producer IPs (see hairpinBucket): one match whatever the node serves (a jump per magic address, each matching the
 // connection's original destination, cost a new connection to the last of 1,000 MagicIPs 1,000
 // conntrack matches).
 const hairpinJump = `-m conntrack --ctstate DNAT -m comment --comment "hairpin: a producer reaching itself" -j ` + chainHairpin
