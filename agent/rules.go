@@ -54,8 +54,14 @@ func IsOurs(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) }
 
 // svcChain names the chain of one service: prefix + a short hash of what it serves.
 func svcChain(s Service) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", s.Key(), s.Address, s.Port, s.Protocol))
-	return svcChainPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
+	return hashedName(svcChainPrefix, fmt.Sprintf("%s/%s/%d/%s", s.Key(), s.Address, s.Port, s.Protocol))
+}
+
+// hashedName is prefix + the first 12 base32 characters of key's sha256: a chain name of fixed
+// length (iptables allows 28 characters) that stays the same for the same key across restarts.
+func hashedName(prefix, key string) string {
+	h := sha256.Sum256([]byte(key))
+	return prefix + base32.StdEncoding.EncodeToString(h[:])[:12]
 }
 
 // Ruleset is the rendered content of our chains per table, in iptables-restore syntax.
@@ -174,14 +180,11 @@ func (r *Renderer) Render(st State, local *LocalDetector) Ruleset {
 		nat[chainPost] = append(nat[chainPost], hostsJump(addrs), hairpinJump)
 		nat[chainHairpin] = []string{}
 		for _, ip := range slices.SortedFunc(maps.Keys(r.refs), netip.Addr.Compare) {
-			b, pod := hairpinBucket(ip), r.refs.first(ip)
-			if len(r.buckets) == 0 || r.buckets[len(r.buckets)-1] != b {
+			if b := hairpinBucket(ip); len(r.buckets) == 0 || r.buckets[len(r.buckets)-1] != b {
 				r.buckets = append(r.buckets, b)
 				nat[chainHairpin] = append(nat[chainHairpin], bucketJump(b))
+				nat[bucketChain(b)] = r.blockRules(b, prevHP, r.hairpins)
 			}
-			rule := hairpinRuleOf(pod, ip, prevHP)
-			r.hairpins[Endpoint{Pod: pod, Addr: netip.AddrPortFrom(ip, 0)}] = rule
-			nat[bucketChain(b)] = append(nat[bucketChain(b)], rule)
 		}
 	}
 	var dispatch []dispatchLine
@@ -253,12 +256,7 @@ func (r *Renderer) updateHairpin(nat map[string][]string, touched []netip.Addr) 
 			continue
 		}
 		seen[b] = true
-		var rules []string
-		for a := b.Addr(); b.Contains(a); a = a.Next() {
-			if pod := r.refs.first(a); pod != "" {
-				rules = append(rules, hairpinRuleOf(pod, a, r.hairpins))
-			}
-		}
+		rules := r.blockRules(b, r.hairpins, nil)
 		name := bucketChain(b)
 		j, had := slices.BinarySearchFunc(buckets, b, netip.Prefix.Compare)
 		if len(rules) > 0 && !slices.Equal(rules, nat[name]) {
@@ -280,6 +278,26 @@ func (r *Renderer) updateHairpin(nat map[string][]string, touched []netip.Addr) 
 	r.buckets, nat[chainHairpin] = buckets, jumps
 }
 
+// blockRules is the hairpin chain of block b from the counts in r.refs: a rule per producer IP
+// in it, in IP order, each taken from prev where there (hairpinRuleOf) and stored in keep when
+// keep is not nil (a full Render keeps the rules it made; a change sync keeps none). Both Render
+// and updateHairpin fill a block with it, so the two cannot differ.
+func (r *Renderer) blockRules(b netip.Prefix, prev, keep map[Endpoint]string) []string {
+	var rules []string
+	for a := b.Addr(); b.Contains(a); a = a.Next() {
+		pod := r.refs.first(a)
+		if pod == "" {
+			continue
+		}
+		rule := hairpinRuleOf(pod, a, prev)
+		if keep != nil {
+			keep[Endpoint{Pod: pod, Addr: netip.AddrPortFrom(a, 0)}] = rule
+		}
+		rules = append(rules, rule)
+	}
+	return rules
+}
+
 // hairpinBucket is the block of 16 addresses ip is in (/28, /124): MAGIC-IP-HAIRPIN jumps to one
 // chain per block holding producers, so a new connection walks a rule per block and at most 16
 // producers' rules, and a producer change rewrites one small chain (one chain of every producer's
@@ -292,10 +310,7 @@ func hairpinBucket(ip netip.Addr) netip.Prefix {
 func bucketJump(b netip.Prefix) string { return fmt.Sprintf("-d %s -j %s", b, bucketChain(b)) }
 
 // bucketChain names the hairpin chain of the block b.
-func bucketChain(b netip.Prefix) string {
-	h := sha256.Sum256([]byte("hairpin/" + b.String()))
-	return hairpinPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
-}
+func bucketChain(b netip.Prefix) string { return hashedName(hairpinPrefix, "hairpin/"+b.String()) }
 
 // hairpinRuleOf is the hairpin rule of a local producer IP, named after pod, taken from prev
 // (the rules of the last full Render) where there: a change sync formats only new producers'.
@@ -486,10 +501,7 @@ func upperHalf(p netip.Prefix) netip.Addr {
 }
 
 // blockChain names the chain of MAGIC-IP-SERVICES' tree for the addresses of p.
-func blockChain(p netip.Prefix) string {
-	h := sha256.Sum256([]byte("block/" + p.String()))
-	return blockPrefix + base32.StdEncoding.EncodeToString(h[:])[:12]
-}
+func blockChain(p netip.Prefix) string { return hashedName(blockPrefix, "block/"+p.String()) }
 
 // service returns the lines of s kept from the last call (its endpoint rules are formatted again
 // by Render when its endpoints changed), or new ones.
