@@ -229,7 +229,7 @@ func (c *Controller) sync(ctx context.Context) error {
 	c.report(mips, res)
 	c.ready.Store(true)
 	c.Log.V(2).Info("synced", "full", full, "wrote", res.Wrote, "services", len(res.State.Services),
-		"conntrackFlushed", res.Flushed, "took", time.Since(start))
+		"conntrackFlushQueued", res.FlushQueued, "took", time.Since(start))
 	return nil
 }
 

@@ -71,6 +71,7 @@ func syncOneChange(b *testing.B, s *Syncer, n int) error {
 	if _, err := s.Sync(ctx, st, true); err != nil {
 		return err
 	}
+	s.WaitFlushes()
 	states := []State{moved, st}
 	b.ResetTimer()
 	cpu0 := processCPU()
@@ -80,6 +81,7 @@ func syncOneChange(b *testing.B, s *Syncer, n int) error {
 		if err != nil {
 			return err
 		}
+		s.WaitFlushes() // counted, as when the flush ran inside Sync
 		if !res.Wrote {
 			return fmt.Errorf("sync %d wrote nothing", i)
 		}

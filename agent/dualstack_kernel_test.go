@@ -362,6 +362,8 @@ func syncerIn(t *testing.T, node *harness.Netns, open func(*Iptables) (Datapath,
 			}
 			s.Links = links
 			_, err := s.Sync(context.Background(), st, false)
+			// The flush runs after Sync returns: the checks below look at its outcome.
+			s.WaitFlushes()
 			return err
 		})
 	}

@@ -20,6 +20,9 @@ type Metrics struct {
 	Producers      *prometheus.GaugeVec
 	Problems       *prometheus.GaugeVec
 	DatapathInfo   *prometheus.GaugeVec
+	FlushDuration  prometheus.Histogram
+	FlushedEntries prometheus.Counter
+	FlushErrors    prometheus.Counter
 }
 
 // NewMetrics creates the metrics (unregistered).
@@ -48,12 +51,18 @@ func NewMetrics() *Metrics {
 			Name: "magic_ip_agent_magicip_problems", Help: "1 when a MagicIP is not served on this node, by reason (Conflict, Invalid, InterfaceUnavailable)."}, []string{"magicip", "reason"}),
 		DatapathInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "magic_ip_agent_datapath_info", Help: "1 for the datapath in use and why it was chosen (reason: flag, kube-proxy-nftables, iptables-unusable, iptables-hint, no-hint)."}, []string{"datapath", "reason"}),
+		FlushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "magic_ip_agent_conntrack_flush_duration_seconds", Help: "Time of one background deletion of stale UDP conntrack entries (a walk of the kernel's whole conntrack table), after the sync that made them stale.", Buckets: buckets}),
+		FlushedEntries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "magic_ip_agent_conntrack_entries_flushed_total", Help: "UDP conntrack entries deleted because their producer or service went away."}),
+		FlushErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "magic_ip_agent_conntrack_flush_errors_total", Help: "Background conntrack flushes that failed (logged; the flows keep their producer until they idle out)."}),
 	}
 }
 
 // Register adds the metrics to reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.SyncFailing, m.LastSuccess, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems, m.DatapathInfo} {
+	for _, c := range []prometheus.Collector{m.SyncDuration, m.SyncErrors, m.SyncFailing, m.LastSuccess, m.IptablesExecs, m.RuleWrites, m.EventToApplied, m.DriftRepairs, m.Producers, m.Problems, m.DatapathInfo, m.FlushDuration, m.FlushedEntries, m.FlushErrors} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -65,6 +74,15 @@ func (m *Metrics) Register(reg prometheus.Registerer) error {
 func (m *Metrics) setDatapath(c DatapathChoice) {
 	m.DatapathInfo.Reset()
 	m.DatapathInfo.WithLabelValues(c.Datapath, c.Reason).Set(1)
+}
+
+// observeFlush records a background conntrack flush (Syncer.OnFlush).
+func (m *Metrics) observeFlush(r FlushResult) {
+	m.FlushDuration.Observe(r.Took.Seconds())
+	m.FlushedEntries.Add(float64(r.Deleted))
+	if r.Err != nil {
+		m.FlushErrors.Inc()
+	}
 }
 
 func (m *Metrics) observeSync(d time.Duration, execs int64, wrote bool) {

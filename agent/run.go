@@ -60,6 +60,8 @@ func Run(ctx context.Context, cfg Config, log logr.Logger) (err error) {
 		}()
 	}
 	syncer := &Syncer{Datapath: dp, Retire: retire, Links: links, Log: log, Unsupported: unsupported(cfg, node, dp, log)}
+	// The last background conntrack flush finishes before the cleanup and the handle's close.
+	defer syncer.WaitFlushes()
 	return runController(ctx, cfg, clients, syncer, choice, log)
 }
 
@@ -156,6 +158,7 @@ func runController(ctx context.Context, cfg Config, clients *kube.Clients, synce
 	}
 	m := NewMetrics()
 	m.setDatapath(choice)
+	syncer.OnFlush = m.observeFlush
 	c := NewController(ControllerConfig{
 		MagicIPs: mips.GetStore(), Pods: pods.GetStore(), Syncer: syncer, NodeName: cfg.NodeName,
 		DefaultInterface: cfg.HostInterface, ResyncPeriod: cfg.ResyncPeriod, MaxBackoff: cfg.MaxSyncBackoff, Addresses: addresses, Recorder: recorder, Node: node, Record: record, Metrics: m, Log: log,

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 )
@@ -40,6 +41,8 @@ func TestProbesHandler(t *testing.T) {
 func TestMetricsHandler(t *testing.T) {
 	m := NewMetrics()
 	m.observeSync(0, 2, true)
+	m.observeFlush(FlushResult{Deleted: 3, Took: time.Millisecond})
+	m.observeFlush(FlushResult{Err: errors.New("no socket")})
 	h, err := metricsHandler(m)
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +54,8 @@ func TestMetricsHandler(t *testing.T) {
 		"magic_ip_agent_sync_duration_seconds_count 1", "magic_ip_agent_iptables_execs_total 2",
 		"magic_ip_agent_rule_writes_total 1", "magic_ip_agent_sync_errors_total 0",
 		"magic_ip_agent_drift_repairs_total 0", "go_goroutines ", "process_resident_memory_bytes ",
+		"magic_ip_agent_conntrack_flush_duration_seconds_count 2", "magic_ip_agent_conntrack_entries_flushed_total 3",
+		"magic_ip_agent_conntrack_flush_errors_total 1",
 	} {
 		if !strings.Contains(body, "\n"+want) {
 			t.Errorf("/metrics lacks %q", want)

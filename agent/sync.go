@@ -14,8 +14,8 @@ import (
 )
 
 // Syncer applies States to the node: addresses with netlink, rules through its Datapath, then
-// stale addresses and stale UDP conntrack entries. It remembers what it applied, so a sync with
-// nothing changed writes nothing.
+// stale addresses; stale UDP conntrack entries are deleted right after, in the background (see
+// flusher). It remembers what it applied, so a sync with nothing changed writes nothing.
 type Syncer struct {
 	Datapath Datapath
 	// Retire are the other datapaths, whose rules an earlier run may have left (the node switched
@@ -28,7 +28,11 @@ type Syncer struct {
 	// IPv4Unavailable): their addresses in the States synced are left out and reported in
 	// State.Unprogrammed.
 	Unsupported map[Family]string
+	// OnFlush, when set, is told of every background conntrack flush (from the flusher's
+	// goroutine). Set it before the first Sync.
+	OnFlush func(FlushResult)
 
+	flusher   *flusher
 	lastState *State
 	dirty     bool
 	// addrs are the addresses the last sync put on the node (before failed interfaces were left
@@ -46,9 +50,10 @@ type SyncResult struct {
 	FailedInterfaces map[string]error
 	// Unserved maps each MagicIP left out because of a failed interface to its interface.
 	Unserved map[string]string
-	// Flushed counts conntrack entries deleted.
-	Flushed uint
-	State   State
+	// FlushQueued counts the UDP address:ports whose conntrack entries this sync handed to the
+	// background flush (WaitFlushes waits for it).
+	FlushQueued int
+	State       State
 }
 
 // Sync makes the node match st. full re-reads the kernel's rules and addresses to repair drift (at
@@ -79,7 +84,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 	if s.lastState == nil {
 		// A MagicIP deleted or changed while no agent ran leaves its address behind (removed just
 		// below) and its UDP flows: flush them all.
-		res.Flushed += s.flushOwned()
+		s.flushOwned()
 		s.retire(ctx)
 	}
 	if !trusted {
@@ -91,7 +96,7 @@ func (s *Syncer) Sync(ctx context.Context, st State, full bool) (SyncResult, err
 			s.addrs = want
 		}
 	}
-	res.Flushed += s.flushConntrack(st)
+	res.FlushQueued = s.queueFlush(st)
 	s.lastState, s.dirty = &st, false
 	return res, nil
 }
@@ -116,40 +121,62 @@ func (s *Syncer) retire(ctx context.Context) {
 	s.Retire = nil
 }
 
-// flushConntrack deletes the UDP conntrack entries of every UDP service that changed: whose
-// producers changed, and every one that disappeared (its MagicIP deleted, its address, port or
-// protocol changed, lost to a conflict, invalid, or its interface failed), so that a client
-// reusing its socket is redirected afresh or refused instead of following a stale entry. On the
-// first sync every UDP service is flushed: flows may predate the agent.
-// All of them in one pass over the conntrack table (see flushConntrackTo).
-func (s *Syncer) flushConntrack(st State) uint {
+// queueFlush hands to the background flush the UDP conntrack entries of every UDP service that
+// changed: whose producers changed (and may have flows left on one gone, see staleFlows), and
+// every one that disappeared (its MagicIP deleted, its address, port or protocol changed, lost to
+// a conflict, invalid, or its interface failed), so that a client reusing its socket is
+// redirected afresh or refused instead of following a stale entry. On the first sync every UDP
+// service is flushed: flows may predate the agent. All of them in one pass over the conntrack
+// table (see flushConntrackTo). It returns how many address:ports it queued.
+func (s *Syncer) queueFlush(st State) int {
 	changes := udpChanges(s.lastState, st)
 	if len(changes) == 0 {
 		return 0
 	}
 	targets := make([]netip.AddrPort, 0, len(changes))
 	for _, svc := range changes {
-		targets = append(targets, netip.AddrPortFrom(svc.Address, uint16(svc.Port)))
+		targets = append(targets, udpKey(svc))
 	}
-	n, err := flushConntrackTo(s.Links.h, targets)
-	if err != nil {
-		s.Log.Error(err, "conntrack flush failed", "udpPorts", len(changes), "first", changes[0].Key())
+	if s.flusher == nil {
+		s.flusher = newFlusher(openConntrack, s.flushed)
 	}
-	return n
+	s.flusher.add(targets)
+	return len(targets)
 }
 
-// flushOwned deletes the UDP conntrack entries of every address the node carries for us, all ports.
-func (s *Syncer) flushOwned() uint {
+// flushed logs a background flush and tells OnFlush.
+func (s *Syncer) flushed(r FlushResult) {
+	if r.Err != nil {
+		s.Log.Error(r.Err, "conntrack flush failed", "udpPorts", len(r.Targets), "first", r.Targets[0])
+	} else {
+		s.Log.V(2).Info("flushed UDP conntrack entries", "udpPorts", len(r.Targets), "deleted", r.Deleted, "took", r.Took)
+	}
+	if s.OnFlush != nil {
+		s.OnFlush(r)
+	}
+}
+
+// WaitFlushes returns once the conntrack flushes queued by the syncs so far have finished.
+func (s *Syncer) WaitFlushes() {
+	if s.flusher != nil {
+		s.flusher.wait()
+	}
+}
+
+// flushOwned deletes, before the first sync returns, the UDP conntrack entries of every address
+// the node carries for us, all ports.
+func (s *Syncer) flushOwned() {
 	owned, err := s.Links.Owned()
 	if err != nil {
 		s.Log.Error(err, "conntrack flush of the addresses left by an earlier run skipped")
-		return 0
+		return
 	}
 	n, err := flushUDPTo(s.Links.h, owned)
 	if err != nil {
 		s.Log.Error(err, "conntrack flush of the addresses left by an earlier run")
+		return
 	}
-	return n
+	s.Log.V(2).Info("flushed UDP conntrack entries of the addresses left by an earlier run", "deleted", n)
 }
 
 // udpChanges lists the UDP services (address and port) whose conntrack entries must go when the

@@ -324,6 +324,9 @@ func measureCurve(s *agent.Syncer, ipt *agent.Iptables, parts bool, n, rounds in
 	if c.first, err = timed(func() error { _, err := s.Sync(ctx, st, true); return err }); err != nil {
 		return c, err
 	}
+	// The first sync's conntrack flush (every UDP service: flows may predate the agent) runs on
+	// in the background; the changes below move TCP producers and queue none.
+	s.WaitFlushes()
 	c.firstApply = applied.last
 	if !parts {
 		c.nft.Render(c.conv.Input(st, local)) // what the datapath's converter and Renderer hold now
