@@ -32,6 +32,10 @@ const (
 	hairpinRule6  = `ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade comment "hairpin: a producer reaching itself (IPv6)"`
 	// After the guards: one rule whatever the addresses (the guard let only magic ones through).
 	toServicesRule = "jump services"
+	// Where every packet not from an external interface is node-local: a service of one
+	// producer DNATed at once from its slot 0, before the guards.
+	oneProducer    = `dnat ip to ip daddr . meta l4proto . th dport . 0 map @endpoints comment "one producer"`
+	oneProducer6   = `dnat ip6 to ip6 daddr . meta l4proto . th dport . 0 map @endpoints6 comment "one producer (IPv6)"`
 	hostClientRule = `oifname != "lo" ct status dnat masquerade comment "host client of a magic address"`
 )
 
@@ -53,6 +57,8 @@ func TestRender(t *testing.T) {
 				"set hairpin6 {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
 				`iifname "eth0" return comment "external interface: not node-local"`,
+				oneProducer,
+				oneProducer6,
 				notMagicTo,
 				notMagicTo6,
 				toServicesRule,
@@ -79,10 +85,10 @@ func TestRender(t *testing.T) {
 				"chain spread-ip-1",
 				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints comment "spread over 1 producer"`,
 				"chain spread-ip-2",
-				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints comment "spread over 2 producers"`,
+				`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @endpoints comment "spread over 2 producers (slots 1 to 2)"`,
 				`element @dispatch { 169.254.210.210 . tcp . 8126 : goto spread-ip-2 } comment "datadog:apm"`,
-				`element @endpoints { 169.254.210.210 . tcp . 8126 . 0 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
-				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 1 : 10.244.0.5 . 8126 } comment "datadog:apm -> datadog/a"`,
+				`element @endpoints { 169.254.210.210 . tcp . 8126 . 2 : 10.244.0.7 . 8126 } comment "datadog:apm -> datadog/b (terminating)"`,
 			},
 		},
 		"node-local by source and interface prefix, per family; remote producer gets no hairpin": {
@@ -147,6 +153,8 @@ func TestRender(t *testing.T) {
 				"set hairpin { 10.244.0.5 . 10.244.0.5 }",
 				"set hairpin6 { fd00:10:244::5 . fd00:10:244::5 }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
+				oneProducer,
+				oneProducer6,
 				notMagicTo,
 				notMagicTo6,
 				toServicesRule,
@@ -193,6 +201,8 @@ func TestRender(t *testing.T) {
 				"set hairpin { 10.244.0.5 . 10.244.0.5 }",
 				"set hairpin6 {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
+				oneProducer,
+				oneProducer6,
 				notMagicTo,
 				notMagicTo6,
 				toServicesRule,
@@ -232,6 +242,8 @@ func TestRender(t *testing.T) {
 				"set hairpin {  }",
 				"set hairpin6 {  }",
 				"chain prerouting { type nat hook prerouting priority -110 }",
+				oneProducer,
+				oneProducer6,
 				notMagicTo,
 				notMagicTo6,
 				toServicesRule,
@@ -264,8 +276,8 @@ func TestRender(t *testing.T) {
 }
 
 // TestRenderSpread: n producers give a dispatch element going to the spread chain for n, whose one
-// rule picks slot numgen random mod n, so each gets 1/n of the new connections, and one map
-// element per slot, in order.
+// rule picks slot 1 + numgen random mod n, so each gets 1/n of the new connections, and one map
+// element per slot, in order (slot 0 is a single producer's).
 func TestRenderSpread(t *testing.T) {
 	var eps []Endpoint
 	for i := range 4 {
@@ -281,12 +293,16 @@ func TestRenderSpread(t *testing.T) {
 	}
 	for n := 1; n <= 4; n++ {
 		s := rs.Chain(fmt.Sprintf("spread-ip-%d", n))
-		if want := fmt.Sprintf("dnat ip to ip daddr . meta l4proto . th dport . numgen random mod %d map @endpoints", n); s == nil || len(s.Rules) != 1 || s.Rules[0].Text != want {
+		offset := " offset 1" // slots 1 to n; 0 is a single producer's (see oneProducer)
+		if n == 1 {
+			offset = ""
+		}
+		if want := fmt.Sprintf("dnat ip to ip daddr . meta l4proto . th dport . numgen random mod %d%s map @endpoints", n, offset); s == nil || len(s.Rules) != 1 || s.Rules[0].Text != want {
 			t.Errorf("spread chain for %d producers %+v, want one rule %q", n, s, want)
 		}
 	}
 	for i, e := range c.Elements {
-		if want := fmt.Sprintf("169.254.210.210 . tcp . 8126 . %d : 10.0.0.%d . 80", i, i+1); e.Text() != want {
+		if want := fmt.Sprintf("169.254.210.210 . tcp . 8126 . %d : 10.0.0.%d . 80", i+1, i+1); e.Text() != want {
 			t.Errorf("element %d: %q, want %q", i, e.Text(), want)
 		}
 	}

@@ -94,7 +94,7 @@ func (r *Renderer) Render(in Input) Ruleset {
 	r.services, r.addrs = make(map[serviceID]*serviceRules, len(in.Services)), make(map[netip.Addr]*addressRules, len(in.Addresses))
 	addrs := in.Addresses
 	if r.pre == nil { // the same whatever the node serves (Local is part of what the rules were built for)
-		r.pre = append(append(in.Local.external(), notMagic("daddr")...), in.Local.dispatch()...)
+		r.pre = slices.Concat(in.Local.external(), in.Local.fast(), notMagic("daddr"), in.Local.dispatch())
 		r.output = append(notMagic("daddr"), toServices())
 		r.post = append(append(hairpinMasquerade(), notMagic("saddr")...), hostClient())
 	}

@@ -266,13 +266,36 @@ func endpointData(to netip.AddrPort) []byte {
 // replaced cost the kernel about 0.2 ms more at 1,000 MagicIPs × 3 ports than at one. (A chain
 // cannot hand the key over in registers: the kernel refuses a load from a register no earlier
 // expression of the same rule wrote, ENODATA.)
+//
+// A service with one producer has it in slot 0, one with n > 1 in slots 1 to n (numgen's
+// offset 1): the prerouting chain DNATs new connections to a service of one producer straight
+// from slot 0 (single), before any other lookup — the usual case, a DaemonSet's one producer
+// per node — and the others miss that slot and go on to the dispatch map.
 func (b *builder) spread(f family, n int) *builder {
+	slot, text := expr.Any(&expr.Numgen{Register: reg32(int(f.len) + 8), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM}), fmt.Sprintf("numgen random mod %d", n)
+	if n > 1 {
+		slot = &expr.Numgen{Register: reg32(int(f.len) + 8), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM, Offset: 1}
+		text += " offset 1"
+	}
+	return b.endpointDNAT(f, text, slot)
+}
+
+// single DNATs a new connection to a service of one producer, whose slot is 0 (see spread); a
+// packet to any other service or address finds no element and goes on to the next rule.
+func (b *builder) single(f family) *builder {
+	return b.endpointDNAT(f, "0", &expr.Immediate{Register: reg32(int(f.len) + 8), Data: make([]byte, 4)})
+}
+
+// endpointDNAT loads the packet's destination . protocol . port and the slot (loaded by slot,
+// in nft syntax slotText) into the registers, looks the key up in the endpoints map of f and
+// DNATs to the address and port found.
+func (b *builder) endpointDNAT(f family, slotText string, slot expr.Any) *builder {
 	set := f.endpointsMap()
-	return b.nfproto(f).add(fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", f.name, f.name, n, set),
+	return b.nfproto(f).add(fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . %s map @%s", f.name, f.name, slotText, set),
 		&expr.Payload{DestRegister: unix.NFT_REG_1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.len},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(int(f.len))},
 		&expr.Payload{DestRegister: reg32(int(f.len) + 4), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Numgen{Register: reg32(int(f.len) + 8), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		slot,
 		&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: set, DestRegister: unix.NFT_REG_1, IsDestRegSet: true},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: unix.NFT_REG_1, RegProtoMin: reg32(int(f.len)), Specified: true})
 }

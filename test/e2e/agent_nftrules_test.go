@@ -47,6 +47,9 @@ func nftRuleText(exprs []expr.Any) string {
 		case *expr.Numgen:
 			prev := subject
 			subject, mask = fmt.Sprintf("numgen random mod %d", e.Modulus), nil
+			if e.Offset != 0 {
+				subject += fmt.Sprintf(" offset %d", e.Offset)
+			}
 			if e.Register != 1 && prev != "" { // a concatenation's further field
 				subject = prev + " . " + subject
 			}
@@ -68,6 +71,9 @@ func nftRuleText(exprs []expr.Any) string {
 			out = append(out, subject+" @"+e.SetName)
 		case *expr.Immediate:
 			imm[e.Register] = e.Data
+			if e.Register >= unix.NFT_REG32_00 && subject != "" && len(e.Data) == 4 { // a constant field of a concatenation
+				subject += fmt.Sprintf(" . %d", binary.NativeEndian.Uint32(e.Data))
+			}
 		case *expr.NAT:
 			if mapped != "" {
 				out = append(out, nftMapDNATText(e, subject, mapped))
