@@ -39,7 +39,7 @@ func BenchmarkBackends(b *testing.B) {
 	alone := e.convergence(trials(40, 3))
 	e.startKubeProxy()
 	beside := e.convergence(trials(40, 3))
-	paths := e.dataPath(trials(100, 5), trials(200, 50))
+	paths := e.dataPath(trials(200, 5), trials(200, 50))
 	convRows("backends: convergence (Ready → first answer), alone", alone)
 	convRows("backends: convergence (Ready → first answer), beside kube-proxy (iptables mode beside the iptables datapath, nftables mode beside the nftables one)", beside)
 	for i, n := range e.nodes {
