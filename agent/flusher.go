@@ -3,7 +3,6 @@ package agent
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -34,8 +33,11 @@ type flusher struct {
 
 	mu      sync.Mutex
 	settled *sync.Cond
-	pending []netip.AddrPort
-	running bool
+	// pending are the targets of the next flush, in the order handed over; queuedSet the same,
+	// to keep each once (a first sync hands over every UDP service: thousands at 1,000 MagicIPs).
+	pending   []netip.AddrPort
+	queuedSet map[netip.AddrPort]struct{}
+	running   bool
 	// queued counts the add calls; finished is the count the last finished flush covered.
 	queued, finished uint64
 }
@@ -84,8 +86,12 @@ func (f *flusher) add(targets []netip.AddrPort) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.queuedSet == nil {
+		f.queuedSet = make(map[netip.AddrPort]struct{}, len(targets))
+	}
 	for _, t := range targets {
-		if !slices.Contains(f.pending, t) {
+		if _, ok := f.queuedSet[t]; !ok {
+			f.queuedSet[t] = struct{}{}
 			f.pending = append(f.pending, t)
 		}
 	}
@@ -95,7 +101,7 @@ func (f *flusher) add(targets []netip.AddrPort) {
 	}
 	d, err := f.open()
 	if err != nil {
-		targets, f.pending, f.finished = f.pending, nil, f.queued
+		targets, f.pending, f.queuedSet, f.finished = f.pending, nil, nil, f.queued
 		if f.done != nil {
 			f.done(FlushResult{Targets: targets, Err: err})
 		}
@@ -111,7 +117,7 @@ func (f *flusher) run(d conntrackDeleter) {
 	f.mu.Lock()
 	for len(f.pending) > 0 {
 		targets, covers := f.pending, f.queued
-		f.pending = nil
+		f.pending, f.queuedSet = nil, nil
 		f.mu.Unlock()
 		start := time.Now()
 		n, err := d.Delete(targets)
